@@ -1,0 +1,63 @@
+"""fastlayers: the classic "Deep Learning from Scratch" layers on parallel Numba kernels.
+
+Layers: :class:`Relu`, :class:`Sigmoid`, :class:`Affine`, :class:`SoftmaxWithLoss`,
+:class:`MulLayer`, :class:`AddLayer`. Functions: :func:`relu`, :func:`sigmoid`, :func:`softmax`,
+:func:`cross_entropy_error`, :func:`numerical_gradient`. Kernel-level API with ``out=`` buffers:
+:mod:`fastlayers.functional`; NumPy reference path: :mod:`fastlayers.reference`.
+"""
+
+from __future__ import annotations
+
+import numba as _numba
+
+from ._backend import get_backend, use_backend
+from .functional import cross_entropy_error, softmax
+from .functional import relu_forward as relu
+from .functional import sigmoid_forward as sigmoid
+from .gradient import numerical_gradient
+from .layers import Affine, AddLayer, MulLayer, Relu, Sigmoid, SoftmaxWithLoss
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Affine",
+    "AddLayer",
+    "MulLayer",
+    "Relu",
+    "Sigmoid",
+    "SoftmaxWithLoss",
+    "cross_entropy_error",
+    "get_backend",
+    "get_num_threads",
+    "numerical_gradient",
+    "relu",
+    "set_num_threads",
+    "sigmoid",
+    "softmax",
+    "use_backend",
+    "__version__",
+]
+
+
+def set_num_threads(n: int) -> None:
+    """Set the number of threads the parallel kernels use (in the calling Python thread).
+
+    Parameters
+    ----------
+    n : int
+        From 1 to the number Numba started with (``NUMBA_NUM_THREADS``, default: the core count).
+
+    Raises
+    ------
+    ValueError
+        If ``n`` is out of that range.
+    """
+    limit = _numba.config.NUMBA_NUM_THREADS
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limit:
+        raise ValueError(f"n must be an integer from 1 to {limit} (NUMBA_NUM_THREADS), got {n!r}")
+    _numba.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """The number of threads the parallel kernels use in the calling Python thread."""
+    return _numba.get_num_threads()

@@ -1,0 +1,75 @@
+"""Compile flags for every kernel, in one place, and the serial/parallel twin builder.
+
+Flags (the same for every kernel; tests check that no kernel sets its own):
+
+- ``error_model="numpy"`` on serial and parallel twins alike: ``prange`` bodies always use the NumPy
+  error model, so a serial twin compiled with the default ``"python"`` model would disagree with its
+  parallel twin on division by zero and would not vectorize divisions.
+- ``fastmath``: off. The kernels are written so that the compiler can vectorize them without it
+  (the exp in ``_math`` needs no libm call); ``nnan``/``ninf`` would break NaN propagation and the
+  exact saturation of the sigmoid.
+- ``cache=True`` when Numba can find a writable cache location (``NUMBA_CACHE_DIR``, the package's
+  ``__pycache__``, or the user-wide cache directory). Where it cannot (read-only install and read-only
+  home), Numba raises at decoration time; we then compile without caching so that ``import
+  fastlayers`` still works. ``FASTLAYERS_NO_CACHE=1`` switches caching off.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+from typing import Callable
+
+import numba
+
+FLAGS: dict = {"error_model": "numpy", "nogil": True}
+CACHE_ENABLED: bool = os.environ.get("FASTLAYERS_NO_CACHE", "") in ("", "0")
+
+#: Kernels that could not be cached, by name (read by ``python -m fastlayers info``).
+UNCACHED: list[str] = []
+
+
+def _copy_function(fn: Callable, suffix: str) -> Callable:
+    """A copy of ``fn`` with its own qualified name, so that Numba caches it under its own index."""
+    new = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix, fn.__defaults__, fn.__closure__)
+    new.__qualname__ = fn.__qualname__ + suffix
+    new.__doc__ = fn.__doc__
+    new.__module__ = fn.__module__
+    return new
+
+
+def jit(fn: Callable, parallel: bool = False):
+    """Compile ``fn`` with the project's flags, caching it when a cache location exists."""
+    if CACHE_ENABLED:
+        try:
+            return numba.njit(parallel=parallel, cache=True, **FLAGS)(fn)
+        except RuntimeError as exc:  # "cannot cache function ...: no locator available"
+            if "no locator" not in str(exc):
+                raise
+            UNCACHED.append(fn.__qualname__)
+    return numba.njit(parallel=parallel, cache=False, **FLAGS)(fn)
+
+
+class Twins:
+    """A kernel compiled twice from one Python function: ``serial`` and ``parallel``."""
+
+    __slots__ = ("name", "py_func", "serial", "parallel")
+
+    def __init__(self, fn: Callable):
+        self.name = fn.__name__
+        self.py_func = fn
+        self.serial = jit(_copy_function(fn, "_serial"), parallel=False)
+        self.parallel = jit(_copy_function(fn, "_parallel"), parallel=True)
+
+    def __repr__(self) -> str:
+        return f"<kernel twins {self.name}>"
+
+
+def twins(fn: Callable) -> Twins:
+    """Decorator: build the serial and parallel versions of a kernel written with ``prange``."""
+    return Twins(fn)
+
+
+def helper(fn: Callable):
+    """Decorator for a small jitted function called from kernels (inlined by LLVM)."""
+    return jit(fn, parallel=False)

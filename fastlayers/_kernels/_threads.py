@@ -1,0 +1,108 @@
+"""Threading layer choice and the launch policy: serial or parallel twin, and when to hold a lock.
+
+Choice of threading layer (facts measured on this project's machines, see the README):
+
+- ``tbb`` is the layer we want: it survived both 8 Python threads calling one parallel kernel and a
+  ``fork``ed child running kernels after its parent did. pip's ``tbb`` wheel puts ``libtbb.so.12``
+  in ``<prefix>/lib``, where Numba does not look; we load it with ``RTLD_GLOBAL`` before the first
+  parallel launch so that Numba's default order (tbb, omp, workqueue) finds it.
+- ``omp`` (GNU OpenMP) is thread-safe but a forked child that runs a parallel region after its parent
+  did is killed by libgomp. After a fork, the child therefore runs serial twins only.
+  We also default ``OMP_WAIT_POLICY`` to ``PASSIVE`` (unless the user set it) so that OpenMP threads
+  that spin after a region do not fight OpenBLAS's threads for the same cores.
+- ``workqueue`` aborts the process when two threads launch parallel kernels at once; when it is the
+  layer in use, parallel launches are serialized by a lock.
+
+A user's ``NUMBA_THREADING_LAYER`` is respected.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import threading
+from pathlib import Path
+
+import numba
+
+#: Below this many elements an elementwise kernel runs serially (measured, see README).
+ELEMENTWISE_PARALLEL_MIN = 1 << 16
+#: Below this many elements of the (N, C) input a row-wise kernel runs serially.
+ROWWISE_PARALLEL_MIN = 1 << 15
+
+_THREAD_SAFE_LAYERS = ("tbb", "omp")
+_layer_checked = False
+_layer_safe = False
+_launch_lock = threading.Lock()
+_forked_child = False
+TBB_PRELOADED: str | None = None
+
+
+def _tbb_candidates() -> list[Path]:
+    prefixes = {sys.prefix, sys.base_prefix, os.environ.get("CONDA_PREFIX", "")}
+    found = []
+    for prefix in filter(None, prefixes):
+        found.extend(sorted(Path(prefix, "lib").glob("libtbb.so.12*")))
+    return found
+
+
+def _preload_tbb() -> str | None:
+    """Load pip's libtbb globally so that Numba's tbb threading layer can find it."""
+    for path in _tbb_candidates():
+        try:
+            ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+        except OSError:
+            continue
+        return str(path)
+    return None
+
+
+def _configure() -> None:
+    global TBB_PRELOADED
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if os.environ.get("NUMBA_THREADING_LAYER", "default") in ("default", "safe", "threadsafe", "forksafe", "tbb"):
+        TBB_PRELOADED = _preload_tbb()
+
+
+def _after_fork_in_child() -> None:
+    global _forked_child
+    _forked_child = True
+
+
+_configure()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def threading_layer() -> str | None:
+    """The threading layer Numba chose, or None before the first parallel launch."""
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return None
+
+
+def _parallel_allowed() -> bool:
+    if _forked_child and threading_layer() == "omp":
+        return False  # libgomp kills a forked child that opens a parallel region
+    return numba.get_num_threads() > 1
+
+
+def launch(kernel, size: int, threshold: int, *args):
+    """Run ``kernel`` (a :class:`~fastlayers._kernels._jit.Twins`) on ``args``.
+
+    The serial twin runs below ``threshold`` elements, with one thread, or in a forked child on the
+    ``omp`` layer; otherwise the parallel twin runs, under a lock when the threading layer is not
+    thread-safe. Returns what the kernel returns.
+    """
+    global _layer_checked, _layer_safe
+    if size < threshold or not _parallel_allowed():
+        return kernel.serial(*args)
+    if _layer_checked and _layer_safe:
+        return kernel.parallel(*args)
+    with _launch_lock:
+        result = kernel.parallel(*args)
+        _layer_safe = threading_layer() in _THREAD_SAFE_LAYERS
+        _layer_checked = True
+    return result

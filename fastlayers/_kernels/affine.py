@@ -1,0 +1,41 @@
+"""Affine kernels around the BLAS products: the bias add and the bias-gradient reduction.
+
+The matrix products themselves are NumPy ``matmul`` calls with ``out=`` in
+:mod:`fastlayers.functional` (BLAS is faster than any loop written here, and never called inside a
+``prange``).
+"""
+
+from __future__ import annotations
+
+from numba import prange
+
+from ._jit import twins
+
+COL_BLOCK = 64
+
+
+@twins
+def bias_add(out, b):
+    """out[i, j] += b[j] in place. ``out``: (N, M); ``b``: (M,), same dtype."""
+    n, m = out.shape
+    for i in prange(n):
+        for j in range(m):
+            out[i, j] += b[j]
+
+
+@twins
+def bias_grad(dout, db):
+    """db[j] = sum over i of dout[i, j], rows added in order 0..N-1 (deterministic).
+
+    ``dout``: (N, M); ``db``: (M,), same dtype, overwritten. Parallel over blocks of columns, so no
+    two threads write the same element and the order of additions never depends on the threads.
+    """
+    n, m = dout.shape
+    for blk in prange((m + COL_BLOCK - 1) // COL_BLOCK):
+        j0 = blk * COL_BLOCK
+        j1 = min(m, j0 + COL_BLOCK)
+        for j in range(j0, j1):
+            db[j] = dout[0, j]
+        for i in range(1, n):
+            for j in range(j0, j1):
+                db[j] += dout[i, j]

@@ -1,0 +1,520 @@
+"""Kernel-level API: validation, dtype rule, allocation with optional ``out=`` buffers, backend choice.
+
+Every public function here validates its arguments in Python (Numba does not bounds-check), then
+runs either a compiled kernel from :mod:`fastlayers._kernels` (backend ``"numba"``) or its twin in
+:mod:`fastlayers.reference` (backend ``"numpy"``). Caller arrays are never modified, except an
+``out=`` buffer given on purpose.
+
+The dtype rule
+--------------
+One call computes in one float dtype, float32 or float64, and returns that dtype:
+
+- float32 and float64 arrays keep their dtype; float16 is computed (and returned) as float32.
+- Arrays and arguments that are not floating point (Python scalars and lists, integer and bool arrays)
+  take the float dtype of the call's floating-point arrays, or float64 if there are none.
+- Two floating-point arrays of different precision in one call (float32 ``x`` with float64 ``W``)
+  raise ``TypeError``: nothing is upcast behind the caller's back.
+- Complex, object, string and other dtypes raise ``TypeError``.
+
+Layouts: C-contiguous inputs take the fast path; Fortran-ordered inputs are processed in their own
+order (and give Fortran-ordered outputs); other strided views are copied to C order first.
+
+``out=`` buffers must have the exact shape and dtype of the result and be writeable; an ``out`` that
+is the same array as an input is allowed (in-place), one that partly overlaps an input is computed
+through a temporary.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import reference
+from ._backend import get_backend
+from ._kernels import affine as _affine
+from ._kernels import elementwise as _elem
+from ._kernels import softmax as _softmax
+from ._kernels._threads import ELEMENTWISE_PARALLEL_MIN, ROWWISE_PARALLEL_MIN, launch
+
+__all__ = [
+    "relu_forward",
+    "relu_backward",
+    "sigmoid_forward",
+    "sigmoid_backward",
+    "affine_forward",
+    "affine_backward",
+    "softmax",
+    "softmax_cross_entropy_forward",
+    "softmax_cross_entropy_backward",
+    "cross_entropy_error",
+]
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+# --------------------------------------------------------------------------------------------
+# validation helpers
+# --------------------------------------------------------------------------------------------
+def _float_kind(a: np.ndarray, name: str) -> np.dtype | None:
+    """The float dtype ``a`` imposes on the call, None if it adopts the call's dtype."""
+    kind = a.dtype.kind
+    if kind == "f":
+        if a.dtype.itemsize == 2:
+            return np.dtype(np.float32)
+        if a.dtype in _FLOATS:
+            return a.dtype
+        raise TypeError(f"{name} has dtype {a.dtype}; only float16, float32 and float64 are supported")
+    if kind in "iub":
+        return None
+    raise TypeError(f"{name} has dtype {a.dtype}; expected a real number array (float32 or float64)")
+
+
+def _as_arrays(**args) -> tuple[np.dtype, list[np.ndarray]]:
+    """Convert keyword arguments to arrays of one float dtype, following the module's dtype rule."""
+    arrays = []
+    precision: dict[np.dtype, str] = {}  # float dtype -> first argument that imposes it
+    for name, value in args.items():
+        try:
+            a = np.asarray(value)
+        except (ValueError, TypeError) as exc:  # ragged lists and the like
+            raise TypeError(f"{name} cannot be converted to an array: {exc}") from None
+        dt = _float_kind(a, name)
+        if dt is not None and isinstance(value, (np.ndarray, np.floating)):
+            precision.setdefault(dt, name)
+        arrays.append(a)
+    if len(precision) > 1:
+        names = " but ".join(f"{n} is {dt}" for dt, n in precision.items())
+        raise TypeError(f"mixed float precision: {names}; cast them to one dtype (e.g. with .astype)")
+    dtype = next(iter(precision), np.dtype(np.float64))
+    return dtype, [a if a.dtype == dtype else a.astype(dtype) for a in arrays]
+
+
+def _check_out(out, shape: tuple, dtype: np.dtype, name: str = "out") -> np.ndarray:
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {out.shape} but the result has shape {tuple(shape)}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name} has dtype {out.dtype} but the result has dtype {dtype}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    return out
+
+
+def _same_shape(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"{name_a} has shape {a.shape} but {name_b} has shape {b.shape}")
+
+
+def _require_2d(a: np.ndarray, name: str, what: str = "(N, C)") -> None:
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 2-D {what}, got {a.ndim}-D with shape {a.shape}")
+
+
+def _require_batch(a: np.ndarray, name: str) -> None:
+    if a.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {a.shape}); at least one row is needed")
+
+
+def _overlaps(out: np.ndarray, a: np.ndarray) -> bool:
+    """True when ``out`` shares memory with ``a`` other than by being exactly the same view."""
+    same = (
+        out.__array_interface__["data"][0] == a.__array_interface__["data"][0]
+        and out.strides == a.strides
+        and out.shape == a.shape
+    )
+    return not same and np.may_share_memory(out, a)
+
+
+def _is_scalar(value) -> bool:
+    return isinstance(value, numbers.Number) or (isinstance(value, np.ndarray) and value.ndim == 0)
+
+
+def _numpy_backend() -> bool:
+    return get_backend() == "numpy"
+
+
+def _finish(result: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    """``result``, copied into ``out`` when a buffer was given and it is not already there."""
+    if out is None or result is out:
+        return result
+    np.copyto(out, result)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# elementwise
+# --------------------------------------------------------------------------------------------
+def _flat(arrays: list[np.ndarray]) -> list[np.ndarray] | None:
+    """1-D views of same-shape arrays that all walk memory in one order, or None."""
+    if all(a.flags.c_contiguous for a in arrays):
+        return [a.reshape(-1) for a in arrays]
+    if all(a.flags.f_contiguous for a in arrays):
+        return [a.T.reshape(-1) for a in arrays]
+    return None
+
+
+def _elementwise(kernel, ref, inputs: list[np.ndarray], out: np.ndarray | None) -> np.ndarray:
+    """Run an elementwise kernel on same-shape, same-dtype ``inputs``."""
+    x = inputs[0]
+    if out is not None:
+        _check_out(out, x.shape, x.dtype)
+    if _numpy_backend():
+        return _finish(ref(*inputs), out)
+    order = "F" if (x.flags.f_contiguous and not x.flags.c_contiguous) else "C"
+    target = out
+    if target is None or any(_overlaps(target, a) for a in inputs):
+        target = np.empty(x.shape, x.dtype, order=order)
+    views = _flat([*inputs, target])
+    if views is None:
+        c_inputs = [np.ascontiguousarray(a) for a in inputs]
+        if not target.flags.c_contiguous:
+            target = np.empty(x.shape, x.dtype)
+        views = [a.reshape(-1) for a in (*c_inputs, target)]
+    launch(kernel, x.size, ELEMENTWISE_PARALLEL_MIN, *views)
+    return _finish(target, out)
+
+
+def relu_forward(x, out: np.ndarray | None = None) -> np.ndarray:
+    """ReLU: ``max(x, 0)`` elementwise (NaN stays NaN).
+
+    Parameters
+    ----------
+    x : array_like, any shape
+        float32 or float64 (see the module's dtype rule).
+    out : ndarray, optional
+        Buffer of ``x``'s shape and dtype for the result; may be ``x`` itself.
+
+    Returns
+    -------
+    ndarray of ``x``'s shape and dtype.
+    """
+    _, (x,) = _as_arrays(x=x)
+    return _elementwise(_elem.relu_forward, reference.relu_forward, [x], out)
+
+
+def relu_backward(dout, y, out: np.ndarray | None = None) -> np.ndarray:
+    """ReLU gradient: ``dout`` where ``y > 0``, else 0.
+
+    Parameters
+    ----------
+    dout : array_like
+        Upstream gradient.
+    y : array_like
+        The forward output (or input: the sign is the same), of ``dout``'s shape.
+    out : ndarray, optional
+        Buffer for the result; may be ``dout`` itself.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ.
+    TypeError
+        If the dtypes are float of different precision.
+    """
+    _, (dout, y) = _as_arrays(dout=dout, y=y)
+    _same_shape(dout, y, "dout", "y")
+    return _elementwise(_elem.relu_backward, reference.relu_backward, [dout, y], out)
+
+
+def sigmoid_forward(x, out: np.ndarray | None = None) -> np.ndarray:
+    """Sigmoid ``1 / (1 + exp(-x))`` without overflow: exact 0 and 1 at the extremes, NaN kept.
+
+    Parameters and returns as :func:`relu_forward`.
+    """
+    _, (x,) = _as_arrays(x=x)
+    return _elementwise(_elem.sigmoid_forward, reference.sigmoid_forward, [x], out)
+
+
+def sigmoid_backward(dout, y, out: np.ndarray | None = None) -> np.ndarray:
+    """Sigmoid gradient ``dout * (1 - y) * y`` with ``y`` the forward output.
+
+    Parameters, returns and errors as :func:`relu_backward`.
+    """
+    _, (dout, y) = _as_arrays(dout=dout, y=y)
+    _same_shape(dout, y, "dout", "y")
+    return _elementwise(_elem.sigmoid_backward, reference.sigmoid_backward, [dout, y], out)
+
+
+# --------------------------------------------------------------------------------------------
+# affine
+# --------------------------------------------------------------------------------------------
+def _affine_operands(x, W, b) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    _, (x, W, b) = _as_arrays(x=x, W=W, b=b)
+    if W.ndim != 2:
+        raise ValueError(f"W must be 2-D (D, M), got shape {W.shape}")
+    if b.shape != (W.shape[1],):
+        raise ValueError(f"b must have shape ({W.shape[1]},) to match W of shape {W.shape}, got {b.shape}")
+    if x.ndim < 2:
+        raise ValueError(f"x must be at least 2-D (N, ...), got shape {x.shape}")
+    _require_batch(x, "x")
+    x2 = x.reshape(x.shape[0], -1)
+    if x2.shape[1] != W.shape[0]:
+        raise ValueError(
+            f"x has {x2.shape[1]} features per row (shape {x.shape}) but W has {W.shape[0]} rows (shape {W.shape})"
+        )
+    return x, x2, W, b
+
+
+def affine_forward(x, W, b, out: np.ndarray | None = None) -> np.ndarray:
+    """Affine transform ``x.reshape(N, -1) @ W + b``.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, ...)
+        Batch of N inputs; each row flattens to D values.
+    W : ndarray, shape (D, M)
+    b : ndarray, shape (M,)
+        All three of one float dtype.
+    out : ndarray, shape (N, M), optional
+        Buffer for the result; must not overlap the inputs.
+
+    Returns
+    -------
+    ndarray, shape (N, M)
+
+    Raises
+    ------
+    ValueError
+        Shapes that do not fit, or an empty batch.
+    TypeError
+        Mixed float precision, unsupported dtypes, or an ``out`` of the wrong dtype.
+    """
+    x, x2, W, b = _affine_operands(x, W, b)
+    shape = (x2.shape[0], W.shape[1])
+    if out is not None:
+        _check_out(out, shape, x2.dtype)
+        if any(np.may_share_memory(out, a) for a in (x2, W, b)):
+            raise ValueError("out must not overlap x, W or b")
+    if _numpy_backend():
+        return _finish(reference.affine_forward(x2, W, b), out)
+    if out is None:
+        out = np.empty(shape, x2.dtype)
+    np.matmul(x2, W, out=out)
+    launch(_affine.bias_add, out.size, ROWWISE_PARALLEL_MIN, out, b)
+    return out
+
+
+def affine_backward(
+    dout,
+    x,
+    W,
+    dx: np.ndarray | None = None,
+    dW: np.ndarray | None = None,
+    db: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of the affine transform.
+
+    Parameters
+    ----------
+    dout : array_like, shape (N, M)
+        Upstream gradient.
+    x : array_like, shape (N, ...)
+        The forward input (any shape that flattens to (N, D)).
+    W : ndarray, shape (D, M)
+    dx, dW, db : ndarray, optional
+        Buffers for the results, shaped like ``x``, ``W`` and ``(M,)``; ``dx`` must be C-contiguous
+        when ``x`` is not 2-D.
+
+    Returns
+    -------
+    (dx, dW, db) : ``dout @ W.T`` reshaped like ``x``, ``x2.T @ dout``, ``dout.sum(axis=0)``.
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`affine_forward`, and when ``dout`` is not (N, M).
+    """
+    _, (dout, x, W) = _as_arrays(dout=dout, x=x, W=W)
+    x, x2, W, _ = _affine_operands(x, W, np.zeros(W.shape[1:2], W.dtype))
+    n, m = x2.shape[0], W.shape[1]
+    _require_2d(dout, "dout", "(N, M)")
+    if dout.shape != (n, m):
+        raise ValueError(f"dout has shape {dout.shape} but x of shape {x.shape} and W of shape {W.shape} give ({n}, {m})")
+    dtype = x2.dtype
+    for name, buf, shape in (("dx", dx, x.shape), ("dW", dW, W.shape), ("db", db, (m,))):
+        if buf is not None:
+            _check_out(buf, shape, dtype, name)
+            if any(np.may_share_memory(buf, a) for a in (dout, x2, W)):
+                raise ValueError(f"{name} must not overlap dout, x or W")
+    if dx is not None and x.ndim != 2 and not dx.flags.c_contiguous:
+        raise ValueError(f"dx must be C-contiguous when x is {x.ndim}-D")
+    if _numpy_backend():
+        rdx, rdW, rdb = reference.affine_backward(dout, x2, W)
+        return _finish(rdx.reshape(x.shape), dx), _finish(rdW, dW), _finish(rdb, db)
+    if dx is None:
+        dx = np.empty(x.shape, dtype)
+    if dW is None:
+        dW = np.empty(W.shape, dtype)
+    if db is None:
+        db = np.empty((m,), dtype)
+    np.matmul(dout, W.T, out=dx.reshape(n, -1))
+    np.matmul(x2.T, dout, out=dW)
+    launch(_affine.bias_grad, dout.size, ROWWISE_PARALLEL_MIN, dout, db)
+    return dx, dW, db
+
+
+# --------------------------------------------------------------------------------------------
+# softmax and cross-entropy
+# --------------------------------------------------------------------------------------------
+def _targets(t, x: np.ndarray, name: str = "t") -> np.ndarray:
+    """Validated targets for a 2-D (N, C) ``x``: int64 labels (N,) or rows of x's dtype and shape."""
+    n, c = x.shape
+    t = np.asarray(t)
+    if t.shape == x.shape:
+        if t.dtype.kind not in "fiub":
+            raise TypeError(f"{name} has dtype {t.dtype}; target rows must be real numbers")
+        return np.ascontiguousarray(t, dtype=x.dtype)
+    if t.ndim != 1:
+        raise ValueError(
+            f"{name} must be labels of shape ({n},) or one-hot rows of shape {x.shape}, got shape {t.shape}"
+        )
+    if t.dtype.kind not in "iu":
+        raise TypeError(
+            f"{name} has dtype {t.dtype}; labels must be integers (or pass one-hot rows of shape {x.shape})"
+        )
+    if t.shape[0] != n:
+        raise ValueError(f"{name} has {t.shape[0]} labels but x has {n} rows")
+    if n and (t.min() < 0 or t.max() >= c):
+        raise ValueError(f"{name} holds labels outside [0, {c}): min {t.min()}, max {t.max()}")
+    return np.ascontiguousarray(t, dtype=np.int64)
+
+
+def _scalar(value, name: str, dtype: np.dtype):
+    if not _is_scalar(value):
+        raise TypeError(f"{name} must be a scalar, got {type(value).__name__} of shape {np.shape(value)}")
+    v = np.asarray(value)
+    if v.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must be a real number, got dtype {v.dtype}")
+    return dtype.type(v)
+
+
+def softmax(x, out: np.ndarray | None = None) -> np.ndarray:
+    """Softmax of a 1-D vector, or of each row of a 2-D array (max subtracted first).
+
+    Parameters
+    ----------
+    x : array_like, shape (C,) or (N, C)
+    out : ndarray, optional
+        Buffer of ``x``'s shape and dtype; may be ``x`` itself.
+
+    Raises
+    ------
+    ValueError
+        For 0-d, 3-D or higher, or empty input.
+    """
+    _, (x,) = _as_arrays(x=x)
+    if x.ndim not in (1, 2):
+        raise ValueError(f"x must be 1-D (C,) or 2-D (N, C), got shape {x.shape}")
+    if x.size == 0:
+        raise ValueError(f"x is empty (shape {x.shape})")
+    if out is not None:
+        _check_out(out, x.shape, x.dtype)
+    x2 = x.reshape(1, -1) if x.ndim == 1 else x
+    if _numpy_backend():
+        return _finish(reference.softmax(x2).reshape(x.shape), out)
+    usable = out is not None and out.flags.c_contiguous and not _overlaps(out, x)
+    target = out if usable else np.empty(x.shape, x.dtype)
+    launch(_softmax.softmax, x2.size, ROWWISE_PARALLEL_MIN, x2, target.reshape(x2.shape))
+    return _finish(target, out)
+
+
+def softmax_cross_entropy_forward(x, t) -> tuple[np.floating, np.ndarray]:
+    """Softmax followed by the mean cross-entropy, in one pass, computed as log-sum-exp.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C)
+        Scores (logits), float32 or float64.
+    t : array_like
+        Integer labels of shape (N,) in ``[0, C)``, or target rows (one-hot or probabilities) of
+        shape (N, C), converted to ``x``'s dtype.
+
+    Returns
+    -------
+    (loss, y) : the mean loss as a NumPy scalar of ``x``'s dtype, and ``softmax(x)``.
+
+    Raises
+    ------
+    ValueError
+        Wrong shapes, an empty batch, labels out of range.
+    TypeError
+        Float or bool labels, unsupported dtypes.
+    """
+    _, (x,) = _as_arrays(x=x)
+    _require_2d(x, "x")
+    _require_batch(x, "x")
+    t = _targets(t, x)
+    if _numpy_backend():
+        return reference.softmax_cross_entropy_forward(x, t)
+    y = np.empty(x.shape, x.dtype)
+    losses = np.empty(x.shape[0], x.dtype)
+    kernel = _softmax.softmax_xent_labels if t.ndim == 1 else _softmax.softmax_xent_probs
+    launch(kernel, x.size, ROWWISE_PARALLEL_MIN, x, t, y, losses)
+    return losses.mean(), y
+
+
+def softmax_cross_entropy_backward(y, t, dout=1.0, out: np.ndarray | None = None) -> np.ndarray:
+    """Gradient of the mean softmax cross-entropy with respect to the scores: ``dout * (y - t) / N``.
+
+    Parameters
+    ----------
+    y : array_like, shape (N, C)
+        The softmax output of the forward pass.
+    t : array_like
+        The targets of the forward pass (labels or rows, see :func:`softmax_cross_entropy_forward`).
+    dout : scalar, default 1.0
+        Upstream gradient of the loss.
+    out : ndarray, shape (N, C), optional
+        Buffer for the result; may be ``y`` itself.
+    """
+    _, (y,) = _as_arrays(y=y)
+    _require_2d(y, "y")
+    _require_batch(y, "y")
+    t = _targets(t, y)
+    dout = _scalar(dout, "dout", y.dtype)
+    if out is not None:
+        _check_out(out, y.shape, y.dtype)
+    if _numpy_backend():
+        return _finish(reference.softmax_cross_entropy_backward(y, t, dout), out)
+    target = out if out is not None and not _overlaps(out, y) else np.empty(y.shape, y.dtype)
+    scale = y.dtype.type(dout / y.dtype.type(y.shape[0]))
+    kernel = _softmax.xent_grad_labels if t.ndim == 1 else _softmax.xent_grad_probs
+    launch(kernel, y.size, ROWWISE_PARALLEL_MIN, y, t, scale, target)
+    return _finish(target, out)
+
+
+def cross_entropy_error(y, t) -> np.floating:
+    """Mean cross-entropy of probabilities ``y`` against labels or target rows.
+
+    Parameters
+    ----------
+    y : array_like, shape (C,) or (N, C)
+        Probabilities (a softmax output); 1-D is a batch of one.
+    t : array_like
+        Labels (N,) (a scalar label for 1-D ``y``) or rows shaped like ``y``.
+
+    Returns
+    -------
+    The mean over the batch of ``-sum(t * log(y))``, as a NumPy scalar of ``y``'s dtype; terms with
+    ``t == 0`` count as 0, and a zero probability at a target gives ``inf`` (no ``1e-7`` fudge).
+    """
+    _, (y,) = _as_arrays(y=y)
+    if y.ndim == 1:
+        y = y.reshape(1, -1)
+        t = np.asarray(t)
+        t = t.reshape(1, -1) if t.ndim == 1 and t.shape[0] == y.shape[1] else t.reshape(-1)
+    elif y.ndim != 2:
+        raise ValueError(f"y must be 1-D (C,) or 2-D (N, C), got shape {y.shape}")
+    _require_batch(y, "y")
+    if y.shape[1] == 0:
+        raise ValueError(f"y has no classes (shape {y.shape})")
+    t = _targets(t, y)
+    if _numpy_backend():
+        return reference.cross_entropy_error(y, t)
+    losses = np.empty(y.shape[0], y.dtype)
+    kernel = _softmax.cross_entropy_labels if t.ndim == 1 else _softmax.cross_entropy_probs
+    y = np.ascontiguousarray(y)
+    launch(kernel, y.size, ROWWISE_PARALLEL_MIN, y, t, losses)
+    return losses.mean()
