@@ -15,7 +15,7 @@ from .functional import cross_entropy_error, softmax
 from .functional import relu_forward as relu
 from .functional import sigmoid_forward as sigmoid
 from .gradient import numerical_gradient
-from .layers import Affine, AddLayer, MulLayer, Relu, Sigmoid, SoftmaxWithLoss
+from .layers import AddLayer, Affine, MulLayer, Relu, Sigmoid, SoftmaxWithLoss
 
 __version__ = "0.1.0"
 

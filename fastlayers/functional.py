@@ -292,7 +292,7 @@ def affine_forward(x, W, b, out: np.ndarray | None = None) -> np.ndarray:
     if out is None:
         out = np.empty(shape, x2.dtype)
     np.matmul(x2, W, out=out)
-    launch(_affine.bias_add, out.size, ROWWISE_PARALLEL_MIN, out, b)
+    launch(_affine.bias_add, out.size, ELEMENTWISE_PARALLEL_MIN, out, b)
     return out
 
 
@@ -331,7 +331,9 @@ def affine_backward(
     n, m = x2.shape[0], W.shape[1]
     _require_2d(dout, "dout", "(N, M)")
     if dout.shape != (n, m):
-        raise ValueError(f"dout has shape {dout.shape} but x of shape {x.shape} and W of shape {W.shape} give ({n}, {m})")
+        raise ValueError(
+            f"dout has shape {dout.shape} but x of shape {x.shape} and W of shape {W.shape} give ({n}, {m})"
+        )
     dtype = x2.dtype
     for name, buf, shape in (("dx", dx, x.shape), ("dW", dW, W.shape), ("db", db, (m,))):
         if buf is not None:
@@ -351,7 +353,7 @@ def affine_backward(
         db = np.empty((m,), dtype)
     np.matmul(dout, W.T, out=dx.reshape(n, -1))
     np.matmul(x2.T, dout, out=dW)
-    launch(_affine.bias_grad, dout.size, ROWWISE_PARALLEL_MIN, dout, db)
+    launch(_affine.bias_grad, dout.size, ELEMENTWISE_PARALLEL_MIN, dout, db)
     return dx, dW, db
 
 
@@ -481,7 +483,7 @@ def softmax_cross_entropy_backward(y, t, dout=1.0, out: np.ndarray | None = None
     target = out if out is not None and not _overlaps(out, y) else np.empty(y.shape, y.dtype)
     scale = y.dtype.type(dout / y.dtype.type(y.shape[0]))
     kernel = _softmax.xent_grad_labels if t.ndim == 1 else _softmax.xent_grad_probs
-    launch(kernel, y.size, ROWWISE_PARALLEL_MIN, y, t, scale, target)
+    launch(kernel, y.size, ELEMENTWISE_PARALLEL_MIN, y, t, scale, target)
     return _finish(target, out)
 
 

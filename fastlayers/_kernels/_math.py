@@ -9,9 +9,10 @@ Both functions dispatch on the argument's dtype at compile time (``numba.extendi
 float32 version uses float32 constants and a shorter polynomial, so float32 code never silently
 promotes to float64.
 
-Accuracy, measured by ``tests/test_kernels_math.py`` against ``np.exp`` on a dense grid of
-``[-800, 0]``: float64 within 2 ulp, float32 within 2 ulp, exact 0 below the underflow point, exact
-1 at 0, NaN in gives NaN out, ``-inf`` gives 0.
+Accuracy, checked by ``tests/test_kernels.py`` on a dense grid of ``[-800, 0]`` against the exact
+value (float64 ``np.exp``): within 1.5 ulp in float32 and float64 (1 ulp of NumPy's own result),
+subnormal results within one subnormal step, exact 0 below the underflow point, exact 1 at 0, NaN in
+gives NaN out, ``-inf`` gives 0.
 """
 
 from __future__ import annotations
@@ -125,8 +126,10 @@ def _exp_nonpos_overload(x):
             ni = np.int32(n)  # in [-150, 0]
             n1 = ni >> np.int32(1)
             n2 = ni - n1
-            y = p * _bits_to_f32((n1 + np.int32(127)) << np.int32(23)) * _bits_to_f32(
-                (n2 + np.int32(127)) << np.int32(23)
+            y = (
+                p
+                * _bits_to_f32((n1 + np.int32(127)) << np.int32(23))
+                * _bits_to_f32((n2 + np.int32(127)) << np.int32(23))
             )
             return y if x == x else x
 

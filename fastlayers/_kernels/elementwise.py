@@ -2,8 +2,9 @@
 
 Contract shared by all kernels here: every array argument is 1-D, of the same length and dtype
 (float32 or float64); ``out`` may be the same array as an input (exact aliasing is safe, partial
-overlap is not). The outer ``prange`` runs over blocks of ``BLOCK`` elements so that each thread
-gets long contiguous runs that LLVM vectorizes.
+overlap is not). The outer ``prange`` runs over blocks of ``BLOCK`` elements; each block works on
+slice views indexed from 0, which lets Numba drop its negative-index wraparound and LLVM vectorize
+the inner loop (indexing the whole array from ``blk * BLOCK`` does not vectorize: measured 10x slower).
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ def relu_forward(x, out):
     n = x.shape[0]
     zero = typed(0, x)
     for blk in prange((n + BLOCK - 1) // BLOCK):
-        for i in range(blk * BLOCK, min(n, (blk + 1) * BLOCK)):
-            v = x[i]
-            out[i] = zero if v <= zero else v
+        lo, hi = blk * BLOCK, min(n, (blk + 1) * BLOCK)
+        xb, ob = x[lo:hi], out[lo:hi]
+        for i in range(hi - lo):
+            v = xb[i]
+            ob[i] = zero if v <= zero else v
 
 
 @twins
@@ -33,8 +36,10 @@ def relu_backward(dout, y, out):
     n = dout.shape[0]
     zero = typed(0, dout)
     for blk in prange((n + BLOCK - 1) // BLOCK):
-        for i in range(blk * BLOCK, min(n, (blk + 1) * BLOCK)):
-            out[i] = zero if y[i] <= zero else dout[i]
+        lo, hi = blk * BLOCK, min(n, (blk + 1) * BLOCK)
+        db, yb, ob = dout[lo:hi], y[lo:hi], out[lo:hi]
+        for i in range(hi - lo):
+            ob[i] = zero if yb[i] <= zero else db[i]
 
 
 @twins
@@ -47,11 +52,13 @@ def sigmoid_forward(x, out):
     one = typed(1, x)
     zero = typed(0, x)
     for blk in prange((n + BLOCK - 1) // BLOCK):
-        for i in range(blk * BLOCK, min(n, (blk + 1) * BLOCK)):
-            v = x[i]
+        lo, hi = blk * BLOCK, min(n, (blk + 1) * BLOCK)
+        xb, ob = x[lo:hi], out[lo:hi]
+        for i in range(hi - lo):
+            v = xb[i]
             e = exp_nonpos(-abs(v))
             d = one / (one + e)
-            out[i] = d if v >= zero else e * d
+            ob[i] = d if v >= zero else e * d
 
 
 @twins
@@ -60,6 +67,8 @@ def sigmoid_backward(dout, y, out):
     n = dout.shape[0]
     one = typed(1, dout)
     for blk in prange((n + BLOCK - 1) // BLOCK):
-        for i in range(blk * BLOCK, min(n, (blk + 1) * BLOCK)):
-            s = y[i]
-            out[i] = dout[i] * (one - s) * s
+        lo, hi = blk * BLOCK, min(n, (blk + 1) * BLOCK)
+        db, yb, ob = dout[lo:hi], y[lo:hi], out[lo:hi]
+        for i in range(hi - lo):
+            s = yb[i]
+            ob[i] = db[i] * (one - s) * s

@@ -18,62 +18,110 @@ from ._math import exp_nonpos, typed
 
 
 @helper
-def _exp_shifted_row(x, i, y):
-    """y[i, :] = exp(x[i, :] - max(x[i, :])); returns (max, sum of the exps). NaN-propagating."""
-    c = x.shape[1]
-    m = x[i, 0]
-    for j in range(1, c):
-        v = x[i, j]
-        if v > m or v != v:
-            m = v
+def _sum8(r):
+    """Sum of a 1-D array in eight interleaved lanes combined in a fixed tree: deterministic, and
+    free of the one-add-at-a-time dependency chain that keeps a plain running sum from vectorizing."""
+    c = r.shape[0]
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = typed(0, r)
+    k = c - c % 8
+    for j in range(0, k, 8):
+        a0 += r[j]
+        a1 += r[j + 1]
+        a2 += r[j + 2]
+        a3 += r[j + 3]
+        a4 += r[j + 4]
+        a5 += r[j + 5]
+        a6 += r[j + 6]
+        a7 += r[j + 7]
+    for j in range(k, c):
+        a0 += r[j]
+    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+
+
+@helper
+def _max8(r):
+    """Max of a non-empty 1-D array in eight lanes (a single running max does not vectorize).
+    NaN handling is left to the caller: NaN never wins a comparison here."""
+    c = r.shape[0]
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = r[0]
+    k = c - c % 8
+    for j in range(0, k, 8):
+        a0 = r[j] if r[j] > a0 else a0
+        a1 = r[j + 1] if r[j + 1] > a1 else a1
+        a2 = r[j + 2] if r[j + 2] > a2 else a2
+        a3 = r[j + 3] if r[j + 3] > a3 else a3
+        a4 = r[j + 4] if r[j + 4] > a4 else a4
+        a5 = r[j + 5] if r[j + 5] > a5 else a5
+        a6 = r[j + 6] if r[j + 6] > a6 else a6
+        a7 = r[j + 7] if r[j + 7] > a7 else a7
+    for j in range(k, c):
+        a0 = r[j] if r[j] > a0 else a0
+    a0 = a1 if a1 > a0 else a0
+    a2 = a3 if a3 > a2 else a2
+    a4 = a5 if a5 > a4 else a4
+    a6 = a7 if a7 > a6 else a6
+    a0 = a2 if a2 > a0 else a0
+    a4 = a6 if a6 > a4 else a4
+    return a4 if a4 > a0 else a0
+
+
+@helper
+def _exp_shifted_row(xr, yr):
+    """yr = exp(xr - max(xr)) for one row; returns (max, sum of the exps).
+
+    NaN anywhere in the row makes the sum NaN, and so the whole row of the result and its loss,
+    whatever the max; a +inf gives inf - inf = NaN the same way, as in the reference.
+    """
+    c = xr.shape[0]
+    m = _max8(xr)
     for j in range(c):
-        y[i, j] = exp_nonpos(x[i, j] - m)
-    s = typed(0, x)
-    for j in range(c):
-        s += y[i, j]
-    return m, s
+        yr[j] = exp_nonpos(xr[j] - m)
+    return m, _sum8(yr)
+
+
+@helper
+def _scale_row(yr, r):
+    for j in range(yr.shape[0]):
+        yr[j] *= r
 
 
 @twins
 def softmax(x, y):
     """y = softmax(x) along each row (max subtracted first)."""
-    n, c = x.shape
+    n = x.shape[0]
     one = typed(1, x)
     for i in prange(n):
-        m, s = _exp_shifted_row(x, i, y)
-        r = one / s
-        for j in range(c):
-            y[i, j] *= r
+        m, s = _exp_shifted_row(x[i], y[i])
+        _scale_row(y[i], one / s)
 
 
 @twins
 def softmax_xent_labels(x, t, y, losses):
     """y = softmax(x); losses[i] = logsumexp(x[i]) - x[i, t[i]]."""
-    n, c = x.shape
+    n = x.shape[0]
     one = typed(1, x)
     for i in prange(n):
-        m, s = _exp_shifted_row(x, i, y)
-        r = one / s
-        for j in range(c):
-            y[i, j] *= r
+        m, s = _exp_shifted_row(x[i], y[i])
+        _scale_row(y[i], one / s)
         losses[i] = (np.log(s) + m) - x[i, t[i]]
 
 
 @twins
 def softmax_xent_probs(x, t, y, losses):
     """y = softmax(x); losses[i] = sum_j t[i, j] * (logsumexp(x[i]) - x[i, j])."""
-    n, c = x.shape
+    n = x.shape[0]
     one = typed(1, x)
     for i in prange(n):
-        m, s = _exp_shifted_row(x, i, y)
-        r = one / s
-        for j in range(c):
-            y[i, j] *= r
+        xr, tr, yr = x[i], t[i], y[i]
+        m, s = _exp_shifted_row(xr, yr)
         lse = np.log(s) + m
-        acc = typed(0, x)
-        for j in range(c):
-            acc += t[i, j] * (lse - x[i, j])
-        losses[i] = acc
+        # sum_j t_j * (lse - x_j), written into yr first so that _sum8 can add it; then the softmax
+        for j in range(xr.shape[0]):
+            yr[j] = tr[j] * (lse - xr[j])
+        losses[i] = _sum8(yr)
+        for j in range(xr.shape[0]):
+            yr[j] = exp_nonpos(xr[j] - m)
+        _scale_row(yr, one / s)
 
 
 @twins
@@ -81,9 +129,10 @@ def xent_grad_labels(y, t, scale, out):
     """out = (y - onehot(t)) * scale, with ``scale`` = dout / N of y's dtype."""
     n, c = y.shape
     for i in prange(n):
+        yr, orow = y[i], out[i]
         for j in range(c):
-            out[i, j] = y[i, j] * scale
-        out[i, t[i]] = (y[i, t[i]] - typed(1, y)) * scale
+            orow[j] = yr[j] * scale
+        orow[t[i]] = (yr[t[i]] - typed(1, y)) * scale
 
 
 @twins
@@ -91,8 +140,9 @@ def xent_grad_probs(y, t, scale, out):
     """out = (y - t) * scale, with ``scale`` = dout / N of y's dtype."""
     n, c = y.shape
     for i in prange(n):
+        yr, tr, orow = y[i], t[i], out[i]
         for j in range(c):
-            out[i, j] = (y[i, j] - t[i, j]) * scale
+            orow[j] = (yr[j] - tr[j]) * scale
 
 
 @twins

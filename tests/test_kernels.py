@@ -1,0 +1,78 @@
+"""Kernel-level checks: the vectorizable exp, the compile flags, and the kernel inventory."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+from numba import njit
+
+from fastlayers._kernels import _jit, affine, elementwise, softmax
+from fastlayers._kernels._math import exp_nonpos
+
+from .conftest import DTYPES
+
+ALL_KERNELS = [k for m in (elementwise, affine, softmax) for _, k in inspect.getmembers(m) if isinstance(k, _jit.Twins)]
+
+
+@njit(error_model="numpy")
+def _exp_loop(x, out):
+    for i in range(x.size):
+        out[i] = exp_nonpos(x[i])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_exp_within_one_and_a_half_ulp(dtype):
+    x = np.linspace(-800, 0, 400_001).astype(dtype)
+    out = np.empty_like(x)
+    _exp_loop(x, out)
+    want = np.exp(x.astype(np.float64))
+    normal = want > np.finfo(dtype).tiny
+    ulp = np.abs(out[normal] - want[normal]) / np.spacing(want[normal].astype(dtype)).astype(np.float64)
+    assert ulp.max() <= 1.5  # of the exact value; a correctly rounded exp would be 0.5
+    # subnormal results: off by at most one subnormal step; below the underflow point exactly 0
+    sub = ~normal
+    assert np.all(np.abs(out[sub] - want[sub]) <= np.finfo(dtype).smallest_subnormal)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_exp_special_values(dtype):
+    x = np.array([0.0, -0.0, -np.inf, np.nan, -1e30, -1e-30], dtype)
+    out = np.empty_like(x)
+    _exp_loop(x, out)
+    assert out[0] == 1 and out[1] == 1 and out[2] == 0 and np.isnan(out[3]) and out[4] == 0 and out[5] == 1
+    assert out.dtype == dtype
+
+
+def test_inventory():
+    names = {k.name for k in ALL_KERNELS}
+    assert names == {
+        "relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward", "bias_add", "bias_grad",
+        "softmax", "softmax_xent_labels", "softmax_xent_probs", "xent_grad_labels", "xent_grad_probs",
+        "cross_entropy_labels", "cross_entropy_probs",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("kernel", ALL_KERNELS, ids=lambda k: k.name)
+def test_kernel_flags(kernel):
+    """One set of flags for all: numpy error model, no fastmath, parallel twin really parallel."""
+    source = inspect.getsource(kernel.py_func)
+    assert "prange(" in source
+    for twin, parallel in ((kernel.serial, False), (kernel.parallel, True)):
+        opts = twin.targetoptions
+        assert opts.get("error_model") == "numpy"
+        assert not opts.get("fastmath")
+        assert bool(opts.get("parallel")) is parallel
+        assert twin.py_func.__qualname__.endswith("_parallel" if parallel else "_serial")
+
+
+def test_no_kernel_sets_its_own_flags():
+    import pathlib
+
+    for path in pathlib.Path(_jit.__file__).parent.glob("*.py"):
+        if path.name == "_jit.py":
+            continue
+        text = path.read_text()
+        assert "fastmath" not in text.replace("# fastmath", "") or path.name == "_math.py", path
+        assert "@njit" not in text and "numba.njit" not in text, path

@@ -1,0 +1,143 @@
+"""The classic layer classes: API compatibility, the seeds' example, state, dtypes, no mutation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastlayers
+from fastlayers import AddLayer, Affine, MulLayer, Relu, Sigmoid, SoftmaxWithLoss
+
+from .conftest import DTYPES
+
+
+def test_apple_and_orange():
+    """The seeds' shopping example, with its published figures."""
+    apple, apple_num, orange, orange_num, tax = 100, 2, 150, 3, 1.1
+    mul_apple, mul_orange, mul_tax, add = MulLayer(), MulLayer(), MulLayer(), AddLayer()
+    apple_price = mul_apple.forward(apple, apple_num)
+    orange_price = mul_orange.forward(orange, orange_num)
+    all_price = add.forward(apple_price, orange_price)
+    price = mul_tax.forward(all_price, tax)
+    dall_price, dtax = mul_tax.backward(1)
+    dapple_price, dorange_price = add.backward(dall_price)
+    dorange, dorange_num = mul_orange.backward(dorange_price)
+    dapple, dapple_num = mul_apple.backward(dapple_price)
+    assert int(price) == 715
+    assert dapple == pytest.approx(2.2)
+    assert int(dapple_num) == 110
+    assert dorange == pytest.approx(3.3)
+    assert int(dorange_num) == 165
+    assert dtax == 650
+    assert isinstance(dapple, float) and isinstance(dtax, int)
+
+
+def test_mul_add_broadcast_gradients_have_input_shapes():
+    x = np.arange(6.0).reshape(2, 3)
+    y = np.array([1.0, 2.0, 3.0])
+    mul, add = MulLayer(), AddLayer()
+    np.testing.assert_array_equal(mul.forward(x, y), x * y)
+    dout = np.ones((2, 3))
+    dx, dy = mul.backward(dout)
+    assert dx.shape == (2, 3) and dy.shape == (3,)
+    np.testing.assert_array_equal(dy, x.sum(axis=0))
+    add.forward(x, np.ones((2, 1)))
+    dx, dy = add.backward(dout)
+    assert dx.shape == (2, 3) and dy.shape == (2, 1)
+    np.testing.assert_array_equal(dy, [[3.0], [3.0]])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_layer(dtype):
+    x = np.array([[1.0, -0.5], [-2.0, 3.0]], dtype)
+    layer = Relu()
+    out = layer.forward(x)
+    np.testing.assert_array_equal(out, [[1.0, 0.0], [0.0, 3.0]])
+    np.testing.assert_array_equal(layer.mask, [[False, True], [True, False]])
+    dout = np.ones_like(x)
+    before = dout.copy()
+    dx = layer.backward(dout)
+    np.testing.assert_array_equal(dout, before)  # the classic code zeroes the caller's dout
+    np.testing.assert_array_equal(dx, [[1.0, 0.0], [0.0, 1.0]])
+    assert out.dtype == dx.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sigmoid_layer_saturates_without_warnings(dtype):
+    x = np.array([-1e4, -800.0, -100.0, 0.0, 100.0, 800.0, 1e4, np.nan], dtype)
+    layer = Sigmoid()
+    out = layer.forward(x)  # warnings are errors in this suite: an overflow would fail here
+    assert out.dtype == dtype
+    assert out[0] == 0 and out[1] == 0 and out[-2] == 1 and out[5] == 1
+    assert out[3] == 0.5 and np.isnan(out[-1])
+    assert layer.out is out
+    dx = layer.backward(np.ones_like(x))
+    assert dx[3] == 0.25 and dx[0] == 0 and dx.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_affine_layer_keeps_references_and_shapes(dtype):
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((12, 4)).astype(dtype)
+    b = rng.standard_normal(4).astype(dtype)
+    layer = Affine(W, b)
+    x = rng.standard_normal((5, 3, 2, 2)).astype(dtype)
+    out = layer.forward(x)
+    assert out.shape == (5, 4) and out.dtype == dtype
+    assert layer.original_x_shape == (5, 3, 2, 2) and layer.x.shape == (5, 12)
+    dx = layer.backward(np.ones((5, 4), dtype))
+    assert dx.shape == x.shape and layer.dW.shape == W.shape and layer.db.shape == b.shape
+    assert dx.dtype == layer.dW.dtype == layer.db.dtype == dtype
+    W -= 1.0  # an optimizer updating in place is seen by the layer
+    assert layer.W is W
+    np.testing.assert_allclose(layer.forward(x), x.reshape(5, -1) @ W + b, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_with_loss_labels_equal_onehot(dtype):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((6, 4)).astype(dtype)
+    labels = np.array([0, 3, 1, 2, 3, 0])
+    onehot = np.zeros((6, 4), dtype)
+    onehot[np.arange(6), labels] = 1
+    a, b = SoftmaxWithLoss(), SoftmaxWithLoss()
+    la, lb = a.forward(x, labels), b.forward(x, onehot)
+    assert la.dtype == dtype
+    np.testing.assert_allclose(la, lb, rtol=1e-6)
+    np.testing.assert_allclose(a.backward(), b.backward(), atol=1e-7)
+    assert a.loss == la and a.y.shape == x.shape and a.t is labels
+    # dout is honoured (the classic code ignores it)
+    np.testing.assert_allclose(a.backward(dout=3.0), 3.0 * a.backward(), rtol=1e-6)
+    # the classic formula
+    y = a.y
+    np.testing.assert_allclose(b.backward(), (y - onehot) / 6, atol=1e-7)
+
+
+def test_functions_exported():
+    x = np.array([-1.0, 0.0, 2.0])
+    np.testing.assert_array_equal(fastlayers.relu(x), [0.0, 0.0, 2.0])
+    np.testing.assert_allclose(fastlayers.sigmoid(x), 1 / (1 + np.exp(-x)))
+    s = fastlayers.softmax(np.array([0.3, 2.9, 4.0]))
+    np.testing.assert_allclose(s, [0.01821127, 0.24519181, 0.73659691], rtol=1e-6)
+    y = np.array([0.1, 0.05, 0.6, 0.0, 0.05, 0.1, 0.0, 0.1, 0.0, 0.0])
+    t = np.zeros(10)
+    t[2] = 1
+    assert fastlayers.cross_entropy_error(y, t) == pytest.approx(-np.log(0.6))
+    assert fastlayers.cross_entropy_error(y, 2) == pytest.approx(-np.log(0.6))
+    assert fastlayers.cross_entropy_error(np.stack([y, y]), np.array([2, 2])) == pytest.approx(-np.log(0.6))
+
+
+def test_lists_and_integers_become_float64():
+    assert fastlayers.relu([[1, -2]]).dtype == np.float64
+    assert fastlayers.sigmoid(np.array([1, 2], np.int32)).dtype == np.float64
+    assert fastlayers.relu(np.array([1.0], np.float16)).dtype == np.float32
+    y = np.ones(3, np.float32)
+    assert fastlayers.functional.relu_backward([1, 2, 3], y).dtype == np.float32
+
+
+def test_layers_reusable_after_errors():
+    layer = SoftmaxWithLoss()
+    with pytest.raises(ValueError):
+        layer.forward(np.zeros((2, 3)), np.array([0, 5]))
+    assert layer.forward(np.zeros((2, 3)), np.array([0, 2])) == pytest.approx(np.log(3))
+    np.testing.assert_allclose(layer.backward().sum(), 0.0, atol=1e-12)
