@@ -81,3 +81,24 @@ def cross_entropy_error(y: np.ndarray, t: np.ndarray) -> np.floating:
             return -np.log(y[np.arange(y.shape[0]), t]).mean()
         logy = np.log(np.where(t != 0, y, 1))  # terms with t == 0 contribute nothing
         return -(t * logy).sum(axis=1).mean()
+
+
+# optimizer updates: in place on ``p`` and the state arrays, as the classic optimizers do
+def sgd(p: np.ndarray, g: np.ndarray, lr) -> None:
+    p -= lr * g
+
+
+def momentum(p: np.ndarray, v: np.ndarray, g: np.ndarray, lr, mu) -> None:
+    v[...] = mu * v - lr * g
+    p += v
+
+
+def adagrad(p: np.ndarray, h: np.ndarray, g: np.ndarray, lr, eps) -> None:
+    h += g * g
+    p -= lr * g / (np.sqrt(h) + eps)
+
+
+def adam(p: np.ndarray, m: np.ndarray, v: np.ndarray, g: np.ndarray, lr_t, beta1, beta2, eps) -> None:
+    m += (1 - beta1) * (g - m)
+    v += (1 - beta2) * (g * g - v)
+    p -= lr_t * m / (np.sqrt(v) + eps)

@@ -1,0 +1,164 @@
+"""Data for the training command: scikit-learn's 8x8 digits (no download) and MNIST-format IDX files.
+
+Both loaders return ``(x_train, t_train), (x_test, t_test)`` as in the classic ``load_mnist``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["load_digits", "load_mnist", "read_idx"]
+
+#: File names of MNIST and Fashion-MNIST (the same for both); ``.gz`` or uncompressed.
+MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"),
+               0x0E: np.dtype(">f8")}  # fmt: skip
+
+
+def _finish(x: np.ndarray, t: np.ndarray, normalize: bool, flatten: bool, one_hot_label: bool, scale: float,
+            dtype, image_shape: tuple) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    x = x.astype(dtype)
+    if normalize:
+        x /= dtype(scale)
+    x = x.reshape(len(x), -1) if flatten else x.reshape(len(x), 1, *image_shape)
+    if one_hot_label:
+        onehot = np.zeros((t.size, 10), dtype)
+        onehot[np.arange(t.size), t] = 1
+        return x, onehot
+    return x, t.astype(np.int64)
+
+
+def load_digits(
+    normalize: bool = True,
+    flatten: bool = True,
+    one_hot_label: bool = False,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    dtype=np.float32,
+):
+    """scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), split with a fixed seed.
+
+    Parameters
+    ----------
+    normalize : scale pixel values (0..16) to [0, 1].
+    flatten : rows of 64 values; otherwise (N, 1, 8, 8).
+    one_hot_label : one-hot rows instead of integer labels.
+    test_fraction : share of the images held out, stratified by class.
+    seed : seed of the split.
+    dtype : dtype of the images.
+
+    Raises
+    ------
+    ImportError
+        When scikit-learn is not installed (``pip install 'fastlayers[train]'``).
+    """
+    try:
+        from sklearn.datasets import load_digits as _sk_load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("the digits data set needs scikit-learn: pip install 'fastlayers[train]'") from exc
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    digits = _sk_load_digits()
+    x_tr, x_te, t_tr, t_te = train_test_split(
+        digits.images, digits.target, test_size=test_fraction, random_state=seed, stratify=digits.target
+    )
+    dt = np.dtype(dtype).type
+    return (
+        _finish(x_tr, t_tr, normalize, flatten, one_hot_label, 16.0, dt, (8, 8)),
+        _finish(x_te, t_te, normalize, flatten, one_hot_label, 16.0, dt, (8, 8)),
+    )
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read one IDX file (optionally gzip-compressed) into an array of its stored shape.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        If the header is not IDX or the data is shorter or longer than the header says.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise ValueError(f"{path}: cannot be read as IDX ({exc})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] < 1:
+        raise ValueError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path}: truncated IDX header")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise ValueError(f"{path}: header says shape {shape} ({expected} bytes) but {len(raw) - header} bytes follow")
+    return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _find(data_dir: Path, stem: str) -> Path:
+    for name in (stem + ".gz", stem):
+        if (data_dir / name).is_file():
+            return data_dir / name
+    raise FileNotFoundError(f"{data_dir}: neither {stem}.gz nor {stem} found (expected the four MNIST-format files)")
+
+
+def load_mnist(
+    data_dir: str | os.PathLike,
+    normalize: bool = True,
+    flatten: bool = True,
+    one_hot_label: bool = False,
+    dtype=np.float32,
+):
+    """Load MNIST or Fashion-MNIST from the four IDX files in ``data_dir`` (``.gz`` or raw).
+
+    Parameters
+    ----------
+    data_dir : directory holding ``train-images-idx3-ubyte[.gz]``, ``train-labels-idx1-ubyte[.gz]``,
+        ``t10k-images-idx3-ubyte[.gz]`` and ``t10k-labels-idx1-ubyte[.gz]``.
+    normalize : scale pixels (0..255) to [0, 1].
+    flatten : rows of H*W values; otherwise (N, 1, H, W).
+    one_hot_label : one-hot rows (10 classes) instead of integer labels.
+    dtype : dtype of the images.
+
+    Raises
+    ------
+    FileNotFoundError
+        A missing directory or file (the message names it).
+    ValueError
+        A corrupt file, or images and labels that do not match.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"data directory {data_dir} does not exist")
+    arrays = {key: read_idx(_find(data_dir, stem)) for key, stem in MNIST_FILES.items()}
+    dt = np.dtype(dtype).type
+    out = []
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim != 3 or labels.ndim != 1:
+            raise ValueError(f"{split} images must be 3-D and labels 1-D, got {images.shape} and {labels.shape}")
+        if len(images) != len(labels):
+            raise ValueError(f"{split} has {len(images)} images but {len(labels)} labels")
+        if labels.size and (labels.min() < 0 or labels.max() > 9):
+            raise ValueError(f"{split} labels must be in 0..9, got {labels.min()}..{labels.max()}")
+        out.append(_finish(images, labels, normalize, flatten, one_hot_label, 255.0, dt, images.shape[1:]))
+    return tuple(out)

@@ -1,0 +1,220 @@
+"""The classic networks, built from the fast layers: ``TwoLayerNet`` and ``MultiLayerNet``."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from .gradient import numerical_gradient
+from .layers import Affine, Relu, Sigmoid, SoftmaxWithLoss
+
+__all__ = ["TwoLayerNet", "MultiLayerNet", "gradient_check"]
+
+_ACTIVATIONS = {"relu": Relu, "sigmoid": Sigmoid}
+
+
+def _size(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _float_dtype(dtype) -> np.dtype:
+    dt = np.dtype(dtype)
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+class _Net:
+    """What the two classic networks share: forward through ``layers``, loss, accuracy, gradients."""
+
+    params: dict
+    layers: OrderedDict
+    last_layer: SoftmaxWithLoss
+
+    @property
+    def lastLayer(self) -> SoftmaxWithLoss:  # noqa: N802 - the classic TwoLayerNet's name
+        return self.last_layer
+
+    def predict(self, x) -> np.ndarray:
+        """Scores (N, output_size) for a batch ``x`` (N, input_size), before the softmax."""
+        for layer in self.layers.values():
+            x = layer.forward(x)
+        return x
+
+    def _penalty(self) -> float:
+        return 0.0
+
+    def loss(self, x, t) -> np.floating:
+        """Mean softmax cross-entropy of the batch (plus the weight decay term, if any)."""
+        loss = self.last_layer.forward(self.predict(x), t)
+        penalty = self._penalty()
+        return loss + loss.dtype.type(penalty) if penalty else loss
+
+    def accuracy(self, x, t) -> float:
+        """Fraction of rows whose highest score is the target class; ``t`` as labels or one-hot."""
+        y = np.argmax(self.predict(x), axis=1)
+        t = np.asarray(t)
+        if t.ndim != 1:
+            t = np.argmax(t, axis=1)
+        if t.shape[0] != y.shape[0]:
+            raise ValueError(f"t has {t.shape[0]} rows but x has {y.shape[0]}")
+        return float(np.sum(y == t)) / y.shape[0]
+
+    def numerical_gradient(self, x, t) -> dict[str, np.ndarray]:
+        """Gradients of the loss by central differences (slow: two forward passes per parameter)."""
+        return {key: numerical_gradient(lambda _: self.loss(x, t), p) for key, p in self.params.items()}
+
+    def _affine_grads(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def gradient(self, x, t) -> dict[str, np.ndarray]:
+        """Gradients of the loss by backpropagation, keyed like ``params``."""
+        self.loss(x, t)
+        dout = self.last_layer.backward(1)
+        for layer in reversed(self.layers.values()):
+            dout = layer.backward(dout)
+        return self._affine_grads()
+
+
+class TwoLayerNet(_Net):
+    """Affine -> ReLU -> Affine -> SoftmaxWithLoss, with the classic attributes and methods.
+
+    Parameters
+    ----------
+    input_size, hidden_size, output_size : int
+    weight_init_std : float, default 0.01
+        Standard deviation of the Gaussian initial weights; biases start at 0.
+    dtype : float32 or float64, default float64
+        dtype of the parameters (inputs must be of the same precision, or integer).
+    seed : int, optional
+        Seed of the initial weights (``numpy.random.default_rng``).
+
+    Attributes
+    ----------
+    params : dict with ``W1``, ``b1``, ``W2``, ``b2``
+    layers : OrderedDict ``Affine1``, ``Relu1``, ``Affine2``
+    lastLayer : SoftmaxWithLoss
+    """
+
+    def __init__(self, input_size, hidden_size, output_size, weight_init_std=0.01, *, dtype=np.float64, seed=None):
+        sizes = [_size(input_size, "input_size"), _size(hidden_size, "hidden_size"), _size(output_size, "output_size")]
+        dt = _float_dtype(dtype)
+        rng = np.random.default_rng(seed)
+        self.params = {
+            "W1": (weight_init_std * rng.standard_normal(sizes[:2])).astype(dt),
+            "b1": np.zeros(sizes[1], dt),
+            "W2": (weight_init_std * rng.standard_normal(sizes[1:])).astype(dt),
+            "b2": np.zeros(sizes[2], dt),
+        }
+        self.layers = OrderedDict()
+        self.layers["Affine1"] = Affine(self.params["W1"], self.params["b1"])
+        self.layers["Relu1"] = Relu()
+        self.layers["Affine2"] = Affine(self.params["W2"], self.params["b2"])
+        self.last_layer = SoftmaxWithLoss()
+
+    def _affine_grads(self) -> dict[str, np.ndarray]:
+        a1, a2 = self.layers["Affine1"], self.layers["Affine2"]
+        return {"W1": a1.dW, "b1": a1.db, "W2": a2.dW, "b2": a2.db}
+
+
+class MultiLayerNet(_Net):
+    """Fully connected network: (Affine -> activation) per hidden layer, then Affine -> SoftmaxWithLoss.
+
+    Parameters
+    ----------
+    input_size : int
+    hidden_size_list : list of int
+        Sizes of the hidden layers (may be empty: plain softmax regression).
+    output_size : int
+    activation : {"relu", "sigmoid"}
+    weight_init_std : {"relu", "he", "sigmoid", "xavier"} or float
+        "relu"/"he": std sqrt(2 / fan_in); "sigmoid"/"xavier": sqrt(1 / fan_in); a float: that std.
+    weight_decay_lambda : float, default 0
+        L2 penalty ``0.5 * lambda * sum(W ** 2)`` added to the loss, and ``lambda * W`` to each dW.
+    dtype, seed : as :class:`TwoLayerNet`.
+
+    Attributes
+    ----------
+    params : dict with ``W1``, ``b1``, ... ``W{L}``, ``b{L}``
+    layers : OrderedDict ``Affine1``, ``Activation_function1``, ..., ``Affine{L}``
+    last_layer : SoftmaxWithLoss
+    """
+
+    def __init__(
+        self,
+        input_size,
+        hidden_size_list,
+        output_size,
+        activation="relu",
+        weight_init_std="relu",
+        weight_decay_lambda=0.0,
+        *,
+        dtype=np.float64,
+        seed=None,
+    ):
+        hidden = [_size(h, "hidden_size_list entries") for h in hidden_size_list]
+        sizes = [_size(input_size, "input_size"), *hidden, _size(output_size, "output_size")]
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        if not weight_decay_lambda >= 0:
+            raise ValueError(f"weight_decay_lambda must be >= 0, got {weight_decay_lambda!r}")
+        dt = _float_dtype(dtype)
+        rng = np.random.default_rng(seed)
+        self.hidden_size_list = hidden
+        self.hidden_layer_num = len(hidden)
+        self.weight_decay_lambda = float(weight_decay_lambda)
+        self.params = {}
+        self.layers = OrderedDict()
+        for idx in range(1, len(sizes)):
+            fan_in = sizes[idx - 1]
+            std = self._init_std(weight_init_std, fan_in)
+            self.params[f"W{idx}"] = (std * rng.standard_normal((fan_in, sizes[idx]))).astype(dt)
+            self.params[f"b{idx}"] = np.zeros(sizes[idx], dt)
+            self.layers[f"Affine{idx}"] = Affine(self.params[f"W{idx}"], self.params[f"b{idx}"])
+            if idx < len(sizes) - 1:
+                self.layers[f"Activation_function{idx}"] = _ACTIVATIONS[activation]()
+        self.last_layer = SoftmaxWithLoss()
+
+    @staticmethod
+    def _init_std(spec, fan_in: int) -> float:
+        if isinstance(spec, str):
+            key = spec.lower()
+            if key in ("relu", "he"):
+                return float(np.sqrt(2.0 / fan_in))
+            if key in ("sigmoid", "xavier"):
+                return float(np.sqrt(1.0 / fan_in))
+            raise ValueError(f"weight_init_std must be 'relu', 'he', 'sigmoid', 'xavier' or a number, got {spec!r}")
+        return float(spec)
+
+    def _penalty(self) -> float:
+        if not self.weight_decay_lambda:
+            return 0.0
+        total = sum(float(np.sum(self.params[f"W{i}"].astype(np.float64) ** 2)) for i in self._indices())
+        return 0.5 * self.weight_decay_lambda * total
+
+    def _indices(self) -> range:
+        return range(1, self.hidden_layer_num + 2)
+
+    def _affine_grads(self) -> dict[str, np.ndarray]:
+        grads = {}
+        lam = self.weight_decay_lambda
+        for i in self._indices():
+            layer = self.layers[f"Affine{i}"]
+            grads[f"W{i}"] = layer.dW + layer.dW.dtype.type(lam) * layer.W if lam else layer.dW
+            grads[f"b{i}"] = layer.db
+        return grads
+
+
+def gradient_check(net: _Net, x, t) -> dict[str, float]:
+    """Mean absolute difference, per parameter, between backprop and numerical gradients.
+
+    Use a small batch and float64 parameters: the numerical gradient costs two forward passes per
+    parameter element. Values around 1e-10 to 1e-8 mean backpropagation is right.
+    """
+    grad_backprop = net.gradient(x, t)
+    grad_backprop = {k: v.copy() for k, v in grad_backprop.items()}
+    grad_numerical = net.numerical_gradient(x, t)
+    return {key: float(np.mean(np.abs(grad_backprop[key] - grad_numerical[key]))) for key in net.params}

@@ -1,0 +1,155 @@
+"""Optimizers with the classic ``update(params, grads)`` interface, updating parameters in place.
+
+Each parameter array is updated through a compiled kernel (:mod:`fastlayers._kernels.optim`), or its
+NumPy twin in :mod:`fastlayers.reference` under the ``"numpy"`` backend. State (velocities, moment
+estimates) is kept per parameter name, in the parameter's dtype. Hyper-parameters are converted to
+the parameter's dtype, so float32 parameters stay float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import reference
+from ._backend import get_backend
+from ._kernels import optim as _optim
+from ._kernels._threads import ELEMENTWISE_PARALLEL_MIN, launch
+
+__all__ = ["SGD", "Momentum", "AdaGrad", "Adam"]
+
+
+def _positive(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _fraction(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    return float(value)
+
+
+class _Optimizer:
+    _state_names: tuple[str, ...] = ()
+    _kernel = None
+    _reference = None
+
+    def __init__(self) -> None:
+        self.state: dict[str, dict[str, np.ndarray]] = {}
+
+    def _pairs(self, params: dict, grads: dict):
+        """Validated (key, param, grad) triples."""
+        for key, p in params.items():
+            if key not in grads:
+                raise KeyError(f"grads has no entry {key!r} for params[{key!r}]")
+            g = np.asarray(grads[key])
+            if not isinstance(p, np.ndarray) or p.dtype.kind != "f" or p.dtype not in (np.float32, np.float64):
+                raise TypeError(f"params[{key!r}] must be a float32 or float64 numpy array")
+            if g.shape != p.shape:
+                raise ValueError(f"grads[{key!r}] has shape {g.shape} but params[{key!r}] has shape {p.shape}")
+            if g.dtype != p.dtype:
+                raise TypeError(f"grads[{key!r}] is {g.dtype} but params[{key!r}] is {p.dtype}")
+            if not p.flags.writeable:
+                raise ValueError(f"params[{key!r}] is read-only")
+            yield key, p, g
+
+    def _state_for(self, key: str, p: np.ndarray) -> list[np.ndarray]:
+        st = self.state.get(key)
+        if st is None or any(a.size != p.size or a.dtype != p.dtype for a in st.values()):
+            st = self.state[key] = {name: np.zeros(p.size, p.dtype) for name in self._state_names}
+        return [st[name] for name in self._state_names]
+
+    def _apply(self, p: np.ndarray, g: np.ndarray, state: list[np.ndarray], scalars: tuple) -> None:
+        scalars = tuple(p.dtype.type(s) for s in scalars)
+        flat = p.reshape(-1) if p.flags.c_contiguous else p.flatten()  # a view, or a copy written back
+        g = np.ascontiguousarray(g).reshape(-1)
+        if get_backend() == "numpy":
+            type(self)._reference(flat, *state, g, *scalars)
+        else:
+            launch(type(self)._kernel, p.size, ELEMENTWISE_PARALLEL_MIN, flat, *state, g, *scalars)
+        if not p.flags.c_contiguous:
+            p[...] = flat.reshape(p.shape)
+
+    def update(self, params: dict, grads: dict) -> None:
+        """Update every array of ``params`` in place from the same-named entry of ``grads``.
+
+        Raises
+        ------
+        KeyError
+            A parameter has no gradient.
+        ValueError, TypeError
+            A gradient of another shape or dtype than its parameter; a read-only parameter.
+        """
+        scalars = self._step_scalars()
+        for key, p, g in list(self._pairs(params, grads)):
+            self._apply(p, g, self._state_for(key, p), scalars)
+
+
+class SGD(_Optimizer):
+    """Stochastic gradient descent: ``p -= lr * g``."""
+
+    _kernel = _optim.sgd
+    _reference = staticmethod(reference.sgd)
+
+    def __init__(self, lr: float = 0.01) -> None:
+        super().__init__()
+        self.lr = _positive(lr, "lr")
+
+    def _step_scalars(self) -> tuple:
+        return (self.lr,)
+
+
+class Momentum(_Optimizer):
+    """Momentum SGD: ``v = momentum * v - lr * g; p += v``."""
+
+    _state_names = ("v",)
+    _kernel = _optim.momentum
+    _reference = staticmethod(reference.momentum)
+
+    def __init__(self, lr: float = 0.01, momentum: float = 0.9) -> None:
+        super().__init__()
+        self.lr = _positive(lr, "lr")
+        self.momentum = _fraction(momentum, "momentum")
+
+    def _step_scalars(self) -> tuple:
+        return (self.lr, self.momentum)
+
+
+class AdaGrad(_Optimizer):
+    """AdaGrad: ``h += g * g; p -= lr * g / (sqrt(h) + 1e-7)``."""
+
+    _state_names = ("h",)
+    _kernel = _optim.adagrad
+    _reference = staticmethod(reference.adagrad)
+
+    def __init__(self, lr: float = 0.01, eps: float = 1e-7) -> None:
+        super().__init__()
+        self.lr = _positive(lr, "lr")
+        self.eps = _positive(eps, "eps")
+
+    def _step_scalars(self) -> tuple:
+        return (self.lr, self.eps)
+
+
+class Adam(_Optimizer):
+    """Adam (Kingma and Ba), in the classic form with the bias correction folded into the step size."""
+
+    _state_names = ("m", "v")
+    _kernel = _optim.adam
+    _reference = staticmethod(reference.adam)
+
+    def __init__(self, lr: float = 0.001, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-7) -> None:
+        super().__init__()
+        self.lr = _positive(lr, "lr")
+        self.beta1 = _fraction(beta1, "beta1")
+        self.beta2 = _fraction(beta2, "beta2")
+        self.eps = _positive(eps, "eps")
+        self.iter = 0
+
+    def _step_scalars(self) -> tuple:
+        self.iter += 1
+        lr_t = self.lr * math.sqrt(1.0 - self.beta2**self.iter) / (1.0 - self.beta1**self.iter)
+        return (lr_t, self.beta1, self.beta2, self.eps)

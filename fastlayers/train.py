@@ -1,0 +1,93 @@
+"""The training loop behind ``python -m fastlayers train``, usable from code as :func:`fit`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._backend import use_backend
+from .nets import MultiLayerNet, TwoLayerNet
+from .optim import SGD, AdaGrad, Adam, Momentum
+
+OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "adagrad": AdaGrad, "adam": Adam}
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    loss: float
+    train_acc: float
+    test_acc: float
+    seconds: float
+    examples_per_s: float
+
+
+@dataclass
+class History:
+    backend: str
+    epochs: list[EpochStats] = field(default_factory=list)
+
+    @property
+    def train_seconds(self) -> float:
+        return sum(e.seconds for e in self.epochs)
+
+
+def build_net(kind: str, input_size: int, hidden: list[int], output_size: int, activation: str, dtype, seed: int):
+    """A ``TwoLayerNet`` (one hidden layer, ReLU, classic 0.01 init) or a ``MultiLayerNet``."""
+    if kind == "two":
+        if len(hidden) != 1 or activation != "relu":
+            raise ValueError("--net two has exactly one hidden layer and ReLU; use --net multi otherwise")
+        return TwoLayerNet(input_size, hidden[0], output_size, dtype=dtype, seed=seed)
+    if kind == "multi":
+        return MultiLayerNet(input_size, hidden, output_size, activation=activation, weight_init_std=activation,
+                             dtype=dtype, seed=seed)  # fmt: skip
+    raise ValueError(f"net must be 'two' or 'multi', got {kind!r}")
+
+
+def fit(
+    net,
+    optimizer,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    backend: str = "numba",
+    progress: Callable | None = None,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> History:
+    """Mini-batch training: shuffle with ``seed`` each epoch, forward, backward, update.
+
+    ``progress(iterable, desc)`` wraps the batch loop (e.g. tqdm); ``on_epoch`` sees each epoch's stats.
+    Loss is the mean over the epoch's batches; accuracies are measured on the whole sets.
+    """
+    x_train, t_train = train
+    x_test, t_test = test
+    n = x_train.shape[0]
+    if batch_size < 1 or epochs < 1:
+        raise ValueError(f"batch_size and epochs must be >= 1, got {batch_size} and {epochs}")
+    rng = np.random.default_rng(seed)
+    history = History(backend=backend)
+    with use_backend(backend):
+        for epoch in range(1, epochs + 1):
+            order = rng.permutation(n)
+            batches = range(0, n, batch_size)
+            if progress is not None:
+                batches = progress(batches, f"epoch {epoch}/{epochs}")
+            start = time.perf_counter()
+            losses = []
+            for lo in batches:
+                idx = order[lo : lo + batch_size]
+                grads = net.gradient(x_train[idx], t_train[idx])
+                losses.append(float(net.last_layer.loss))
+                optimizer.update(net.params, grads)
+            seconds = time.perf_counter() - start
+            stats = EpochStats(epoch, float(np.mean(losses)), net.accuracy(x_train, t_train),
+                               net.accuracy(x_test, t_test), seconds, n / seconds)  # fmt: skip
+            history.epochs.append(stats)
+            if on_epoch is not None:
+                on_epoch(stats)
+    return history
