@@ -12,6 +12,8 @@ Flags (the same for every kernel; tests check that no kernel sets its own):
   ``__pycache__``, or the user-wide cache directory). Where it cannot (read-only install and read-only
   home), Numba raises at decoration time; we then compile without caching so that ``import
   fastlayers`` still works. ``FASTLAYERS_NO_CACHE=1`` switches caching off.
+- A damaged cache (a truncated index file, an unreadable data file) is a cache miss, not an error:
+  :class:`_TolerantCache` discards the index and the kernel is compiled and cached afresh.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ import types
 from collections.abc import Callable
 
 import numba
+from numba.core.caching import FunctionCache
 
 FLAGS: dict = {"error_model": "numpy", "nogil": True}
 CACHE_ENABLED: bool = os.environ.get("FASTLAYERS_NO_CACHE", "") in ("", "0")
 
-#: Kernels that could not be cached, by name (read by ``python -m fastlayers info``).
+#: Every function compiled through :func:`jit`, and those that could not be cached, by name.
+COMPILED: list[str] = []
 UNCACHED: list[str] = []
 
 
@@ -38,15 +42,46 @@ def _copy_function(fn: Callable, suffix: str) -> Callable:
     return new
 
 
+class _TolerantCache(FunctionCache):
+    """Numba's per-function cache, with a damaged index or data file treated as a miss."""
+
+    def _discard_index(self) -> None:
+        try:
+            os.remove(self._cache_file._index_path)
+        except OSError:
+            pass
+
+    def load_overload(self, sig, target_context):
+        try:
+            return super().load_overload(sig, target_context)
+        except Exception:  # truncated pickle, EOF, unreadable file: recompile instead
+            self._discard_index()
+            return None
+
+    def save_overload(self, sig, data):
+        try:
+            super().save_overload(sig, data)
+        except Exception:
+            self._discard_index()
+            try:
+                super().save_overload(sig, data)
+            except Exception:  # caching only saves time: a failed save must not fail the call
+                pass
+
+
 def jit(fn: Callable, parallel: bool = False):
     """Compile ``fn`` with the project's flags, caching it when a cache location exists."""
+    COMPILED.append(fn.__qualname__)
     if CACHE_ENABLED:
         try:
-            return numba.njit(parallel=parallel, cache=True, **FLAGS)(fn)
+            dispatcher = numba.njit(parallel=parallel, cache=True, **FLAGS)(fn)
         except RuntimeError as exc:  # "cannot cache function ...: no locator available"
             if "no locator" not in str(exc):
                 raise
             UNCACHED.append(fn.__qualname__)
+        else:
+            dispatcher._cache = _TolerantCache(dispatcher.py_func)
+            return dispatcher
     return numba.njit(parallel=parallel, cache=False, **FLAGS)(fn)
 
 
