@@ -117,6 +117,14 @@ def _require_batch(a: np.ndarray, name: str) -> None:
         raise ValueError(f"{name} is an empty batch (shape {a.shape}); at least one row is needed")
 
 
+def _require_scores(a: np.ndarray, name: str) -> None:
+    """A 2-D (N, C) batch with N >= 1 rows and C >= 1 classes (the row kernels read column 0)."""
+    _require_2d(a, name)
+    _require_batch(a, name)
+    if a.shape[1] == 0:
+        raise ValueError(f"{name} has no classes (shape {a.shape}); at least one column is needed")
+
+
 def _overlaps(out: np.ndarray, a: np.ndarray) -> bool:
     """True when ``out`` shares memory with ``a`` other than by being exactly the same view."""
     same = (
@@ -445,8 +453,7 @@ def softmax_cross_entropy_forward(x, t) -> tuple[np.floating, np.ndarray]:
         Float or bool labels, unsupported dtypes.
     """
     _, (x,) = _as_arrays(x=x)
-    _require_2d(x, "x")
-    _require_batch(x, "x")
+    _require_scores(x, "x")
     t = _targets(t, x)
     if _numpy_backend():
         return reference.softmax_cross_entropy_forward(x, t)
@@ -472,8 +479,7 @@ def softmax_cross_entropy_backward(y, t, dout=1.0, out: np.ndarray | None = None
         Buffer for the result; may be ``y`` itself.
     """
     _, (y,) = _as_arrays(y=y)
-    _require_2d(y, "y")
-    _require_batch(y, "y")
+    _require_scores(y, "y")
     t = _targets(t, y)
     dout = _scalar(dout, "dout", y.dtype)
     if out is not None:
@@ -509,9 +515,7 @@ def cross_entropy_error(y, t) -> np.floating:
         t = t.reshape(1, -1) if t.ndim == 1 and t.shape[0] == y.shape[1] else t.reshape(-1)
     elif y.ndim != 2:
         raise ValueError(f"y must be 1-D (C,) or 2-D (N, C), got shape {y.shape}")
-    _require_batch(y, "y")
-    if y.shape[1] == 0:
-        raise ValueError(f"y has no classes (shape {y.shape})")
+    _require_scores(y, "y")
     t = _targets(t, y)
     if _numpy_backend():
         return reference.cross_entropy_error(y, t)

@@ -1,0 +1,20 @@
+"""Runs the public-API fuzz (tests/_fuzz_public_api.py) in a subprocess, so a crash fails the test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_fuzz_public_api_in_subprocess():
+    env = dict(os.environ, FUZZ_EXAMPLES=os.environ.get("FUZZ_EXAMPLES", "300"))
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error", "tests/_fuzz_public_api.py"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout[-6000:]}\n{res.stderr[-3000:]}"
+    assert "4 passed" in res.stdout
