@@ -1,4 +1,4 @@
-"""Command line: ``python -m fastlayers {train, gradcheck, info}``."""
+"""Command line: ``python -m fastlayers {train, gradcheck, bench, info}``."""
 
 from __future__ import annotations
 
@@ -198,6 +198,24 @@ def info() -> dict:
     }
 
 
+def cmd_bench(args) -> int:
+    from . import bench
+
+    rows = bench.run(args.dtype, args.layers, args.sizes)
+    if args.json is not None:
+        text = json.dumps({"machine": info(), "rows": bench.as_dicts(rows)}, indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            with open(args.json, "w") as fh:
+                fh.write(text + "\n")
+            print(f"JSON written to {args.json}")
+    if args.json != "-":
+        print(bench.format_table(rows))
+        print("times: medians, forward+backward through each API; fl/torch and fl/limit below 1 are faster")
+    return 0
+
+
 def cmd_info(args) -> int:
     data = info()
     if args.json:
@@ -234,6 +252,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=_positive_int, default=4)
     p.set_defaults(func=cmd_gradcheck)
+
+    p = sub.add_parser("bench", help="time each layer against the reference, PyTorch and the hardware limit")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--layers", nargs="+", choices=["relu", "sigmoid", "softmax_loss", "affine", "two_layer"])
+    p.add_argument("--sizes", choices=["small", "all"], default="all", help="small: the classic sizes only")
+    p.add_argument("--json", nargs="?", const="-", metavar="FILE", help="write JSON (to stdout without FILE)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("info", help="versions, threading layer, threads, BLAS, cache")
     p.add_argument("--json", action="store_true")

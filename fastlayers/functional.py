@@ -30,7 +30,7 @@ import numbers
 
 import numpy as np
 
-from . import reference
+from . import _backend, reference
 from ._backend import get_backend
 from ._kernels import affine as _affine
 from ._kernels import elementwise as _elem
@@ -72,6 +72,12 @@ def _float_kind(a: np.ndarray, name: str) -> np.dtype | None:
 
 def _as_arrays(**args) -> tuple[np.dtype, list[np.ndarray]]:
     """Convert keyword arguments to arrays of one float dtype, following the module's dtype rule."""
+    values = list(args.values())
+    first = values[0]
+    if type(first) is np.ndarray and first.dtype in _FLOATS:  # fast path: float arrays of one dtype
+        dtype = first.dtype
+        if all(type(v) is np.ndarray and v.dtype == dtype for v in values):
+            return dtype, values
     arrays = []
     precision: dict[np.dtype, str] = {}  # float dtype -> first argument that imposes it
     for name, value in args.items():
@@ -126,13 +132,8 @@ def _require_scores(a: np.ndarray, name: str) -> None:
 
 
 def _overlaps(out: np.ndarray, a: np.ndarray) -> bool:
-    """True when ``out`` shares memory with ``a`` other than by being exactly the same view."""
-    same = (
-        out.__array_interface__["data"][0] == a.__array_interface__["data"][0]
-        and out.strides == a.strides
-        and out.shape == a.shape
-    )
-    return not same and np.may_share_memory(out, a)
+    """True when ``out`` may share memory with ``a`` and is not ``a`` itself (exact in-place is safe)."""
+    return out is not a and np.may_share_memory(out, a)
 
 
 def _is_scalar(value) -> bool:
@@ -160,6 +161,24 @@ def _flat(arrays: list[np.ndarray]) -> list[np.ndarray] | None:
         return [a.reshape(-1) for a in arrays]
     if all(a.flags.f_contiguous for a in arrays):
         return [a.T.reshape(-1) for a in arrays]
+    return None
+
+
+def _fast(kernel, x, y=None) -> np.ndarray | None:
+    """The common call (C-contiguous float32/float64 ndarrays of one dtype and shape, no ``out``, numba
+    backend) without the general machinery: at the classic sizes Python overhead is most of the
+    time (ReLU 100x50: 5.3 us per call through the general path, 2.2 us here). None otherwise."""
+    if not (type(x) is np.ndarray and x.dtype.char in "fd" and x.flags.c_contiguous):
+        return None
+    if _backend._current != "numba":
+        return None
+    result = np.empty(x.shape, x.dtype)
+    if y is None:
+        launch(kernel, x.size, ELEMENTWISE_PARALLEL_MIN, x.ravel(), result.ravel())
+        return result
+    if type(y) is np.ndarray and y.dtype == x.dtype and y.shape == x.shape and y.flags.c_contiguous:
+        launch(kernel, x.size, ELEMENTWISE_PARALLEL_MIN, x.ravel(), y.ravel(), result.ravel())
+        return result
     return None
 
 
@@ -198,6 +217,10 @@ def relu_forward(x, out: np.ndarray | None = None) -> np.ndarray:
     -------
     ndarray of ``x``'s shape and dtype.
     """
+    if out is None:
+        fast = _fast(_elem.relu_forward, x)
+        if fast is not None:
+            return fast
     _, (x,) = _as_arrays(x=x)
     return _elementwise(_elem.relu_forward, reference.relu_forward, [x], out)
 
@@ -221,6 +244,10 @@ def relu_backward(dout, y, out: np.ndarray | None = None) -> np.ndarray:
     TypeError
         If the dtypes are float of different precision.
     """
+    if out is None:
+        fast = _fast(_elem.relu_backward, dout, y)
+        if fast is not None:
+            return fast
     _, (dout, y) = _as_arrays(dout=dout, y=y)
     _same_shape(dout, y, "dout", "y")
     return _elementwise(_elem.relu_backward, reference.relu_backward, [dout, y], out)
@@ -231,6 +258,10 @@ def sigmoid_forward(x, out: np.ndarray | None = None) -> np.ndarray:
 
     Parameters and returns as :func:`relu_forward`.
     """
+    if out is None:
+        fast = _fast(_elem.sigmoid_forward, x)
+        if fast is not None:
+            return fast
     _, (x,) = _as_arrays(x=x)
     return _elementwise(_elem.sigmoid_forward, reference.sigmoid_forward, [x], out)
 
@@ -240,6 +271,10 @@ def sigmoid_backward(dout, y, out: np.ndarray | None = None) -> np.ndarray:
 
     Parameters, returns and errors as :func:`relu_backward`.
     """
+    if out is None:
+        fast = _fast(_elem.sigmoid_backward, dout, y)
+        if fast is not None:
+            return fast
     _, (dout, y) = _as_arrays(dout=dout, y=y)
     _same_shape(dout, y, "dout", "y")
     return _elementwise(_elem.sigmoid_backward, reference.sigmoid_backward, [dout, y], out)

@@ -50,8 +50,19 @@ def test_inventory():
     assert names == {
         "relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward", "bias_add", "bias_grad",
         "softmax", "softmax_xent_labels", "softmax_xent_probs", "xent_grad_labels", "xent_grad_probs",
-        "cross_entropy_labels", "cross_entropy_probs",
+        "cross_entropy_labels", "cross_entropy_probs", "copy",
     }  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [0, 1, 8191, 8193, 300_007])
+def test_copy_kernel(dtype, n):
+    """The benchmarks' yardstick, against its NumPy twin ``np.copyto``."""
+    x = np.random.default_rng(0).standard_normal(n).astype(dtype)
+    for twin in (elementwise.copy.serial, elementwise.copy.parallel):
+        out = np.empty_like(x)
+        twin(x, out)
+        np.testing.assert_array_equal(out, x)
 
 
 @pytest.mark.parametrize("kernel", ALL_KERNELS, ids=lambda k: k.name)

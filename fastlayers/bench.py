@@ -1,0 +1,297 @@
+"""``python -m fastlayers bench``: each layer's forward+backward against its yardsticks, in one process.
+
+For every layer and size it times, as medians of repeated calls through each library's own API
+(outputs allocated per call, the way that API does):
+
+- fastlayers (backend ``numba``) and the NumPy reference path (backend ``numpy``): the speed-up;
+- PyTorch's CPU operators for the same work, when ``torch`` is importable;
+- the hardware limit: for memory-bound layers a parallel copy (the ``copy`` kernel, into a
+  preallocated buffer) of the same number of bytes the layer reads and writes, giving achieved and
+  copy GB/s; for Affine the time of its three matrix products alone (NumPy/BLAS, preallocated).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numba
+import numpy as np
+
+from . import layers
+from ._backend import use_backend
+from ._kernels import elementwise
+
+SIZES = {
+    "relu": [(100, 50), (256, 1024), (1024, 4096)],
+    "sigmoid": [(100, 50), (256, 1024), (1024, 4096)],
+    "softmax_loss": [(100, 10), (256, 1000), (512, 32000)],
+    "affine": [(100, 784, 50), (256, 1024, 1000), (1024, 4096, 1024)],
+    "two_layer": [(100, 784, 50, 10)],
+}
+
+
+@dataclass
+class Row:
+    layer: str
+    shape: str
+    dtype: str
+    fastlayers_us: float
+    reference_us: float
+    speedup: float
+    torch_us: float | None
+    vs_torch: float | None  # fastlayers time / torch time: below 1 is faster than PyTorch
+    limit: str  # what the hardware limit is: "copy" or "3 GEMMs"
+    limit_us: float | None
+    vs_limit: float | None  # fastlayers time / limit time
+    gbps: float | None
+    copy_gbps: float | None
+
+
+def median_time(fn: Callable[[], object], min_batch: float = 0.005, repeat: int = 7) -> float:
+    """Median seconds per call over ``repeat`` batches of calls lasting at least ``min_batch`` s each."""
+    fn()
+    number = 1
+    while True:
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_batch or number >= 1 << 16:
+            break
+        number *= 2
+    samples = [elapsed / number]
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(repeat - 1):
+            start = time.perf_counter()
+            for _ in range(number):
+                fn()
+            samples.append((time.perf_counter() - start) / number)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return float(np.median(samples))
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def _copy_time(nbytes: int, dtype) -> float:
+    """Seconds for the parallel copy kernel to read and write ``nbytes`` in all (half each way)."""
+    n = max(1, nbytes // 2 // np.dtype(dtype).itemsize)
+    src = np.ones(n, dtype)
+    dst = np.empty_like(src)
+    return median_time(lambda: elementwise.copy.parallel(src, dst))
+
+
+def _layer_pair(make: Callable[[], tuple[Callable, Callable]]) -> tuple[float, float]:
+    """(numba, numpy) times of the forward+backward callable that ``make()`` builds."""
+    times = []
+    for backend in ("numba", "numpy"):
+        with use_backend(backend):
+            fwd_bwd = make()
+            times.append(median_time(fwd_bwd))
+    return times[0], times[1]
+
+
+def bench_elementwise(kind: str, shape, dtype, torch) -> Row:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    cls = layers.Relu if kind == "relu" else layers.Sigmoid
+
+    def make():
+        layer = cls()
+        return lambda: (layer.forward(x), layer.backward(dout))
+
+    fast, ref = _layer_pair(make)
+    t_torch = None
+    if torch is not None:
+        tx, td = torch.from_numpy(x), torch.from_numpy(dout)
+        if kind == "relu":
+
+            def torch_fn():
+                y = torch.relu(tx)
+                return torch.ops.aten.threshold_backward(td, y, 0)
+        else:
+
+            def torch_fn():
+                y = torch.sigmoid(tx)
+                return torch.ops.aten.sigmoid_backward(td, y)
+
+        t_torch = median_time(torch_fn)
+    nbytes = 5 * x.nbytes  # forward: read x, write y; backward: read dout and y, write dx
+    t_copy = _copy_time(nbytes, dtype)
+    return _row(kind, shape, dtype, fast, ref, t_torch, "copy", t_copy, nbytes)
+
+
+def bench_softmax_loss(shape, dtype, torch) -> Row:
+    rng = np.random.default_rng(0)
+    x = (3 * rng.standard_normal(shape)).astype(dtype)
+    t = rng.integers(0, shape[1], shape[0])
+
+    def make():
+        layer = layers.SoftmaxWithLoss()
+        return lambda: (layer.forward(x, t), layer.backward())
+
+    fast, ref = _layer_pair(make)
+    t_torch = None
+    if torch is not None:
+        tt = torch.from_numpy(t)
+
+        def torch_fn():
+            tx = torch.from_numpy(x).requires_grad_()
+            torch.nn.functional.cross_entropy(tx, tt).backward()
+            return tx.grad
+
+        t_torch = median_time(torch_fn)
+    nbytes = 4 * x.nbytes  # forward: read x, write y; backward: read y, write dx
+    t_copy = _copy_time(nbytes, dtype)
+    return _row("softmax_loss", shape, dtype, fast, ref, t_torch, "copy", t_copy, nbytes)
+
+
+def bench_affine(shape, dtype, torch) -> Row:
+    n, d, m = shape
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, d)).astype(dtype)
+    W = (0.05 * rng.standard_normal((d, m))).astype(dtype)
+    b = rng.standard_normal(m).astype(dtype)
+    dout = rng.standard_normal((n, m)).astype(dtype)
+
+    def make():
+        layer = layers.Affine(W, b)
+        return lambda: (layer.forward(x), layer.backward(dout))
+
+    fast, ref = _layer_pair(make)
+    out, dx, dW = np.empty((n, m), dtype), np.empty((n, d), dtype), np.empty((d, m), dtype)
+
+    def gemms():
+        np.matmul(x, W, out=out)
+        np.matmul(dout, W.T, out=dx)
+        np.matmul(x.T, dout, out=dW)
+
+    t_gemm = median_time(gemms)
+    t_torch = None
+    if torch is not None:
+        tx, tW, tb, td = (torch.from_numpy(a) for a in (x, W, b, dout))
+
+        def torch_fn():
+            torch.addmm(tb, tx, tW)
+            return td @ tW.T, tx.T @ td, td.sum(0)
+
+        t_torch = median_time(torch_fn)
+    return _row("affine", shape, dtype, fast, ref, t_torch, "3 GEMMs", t_gemm, None)
+
+
+def bench_two_layer(shape, dtype, torch) -> Row:
+    n, d, h, c = shape
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, d)).astype(dtype)
+    t = rng.integers(0, c, n)
+    W1, b1 = (0.01 * rng.standard_normal((d, h))).astype(dtype), np.zeros(h, dtype)
+    W2, b2 = (0.01 * rng.standard_normal((h, c))).astype(dtype), np.zeros(c, dtype)
+
+    def make():
+        stack = [layers.Affine(W1, b1), layers.Relu(), layers.Affine(W2, b2)]
+        last = layers.SoftmaxWithLoss()
+
+        def step():
+            a = x
+            for layer in stack:
+                a = layer.forward(a)
+            last.forward(a, t)
+            g = last.backward()
+            for layer in reversed(stack):
+                g = layer.backward(g)
+            return g
+
+        return step
+
+    fast, ref = _layer_pair(make)
+    t_torch = None
+    if torch is not None:
+        tx, tt = torch.from_numpy(x), torch.from_numpy(t)
+        tW1, tb1, tW2, tb2 = (torch.from_numpy(a.copy()).requires_grad_() for a in (W1, b1, W2, b2))
+
+        def torch_fn():
+            for p in (tW1, tb1, tW2, tb2):
+                p.grad = None
+            hidden = torch.relu(torch.addmm(tb1, tx, tW1))
+            torch.nn.functional.cross_entropy(torch.addmm(tb2, hidden, tW2), tt).backward()
+
+        t_torch = median_time(torch_fn)
+    return _row("two_layer", shape, dtype, fast, ref, t_torch, "", None, None)
+
+
+def _row(layer, shape, dtype, fast, ref, t_torch, limit, t_limit, nbytes) -> Row:
+    us = 1e6
+    return Row(
+        layer=layer,
+        shape="x".join(str(s) for s in shape),
+        dtype=np.dtype(dtype).name,
+        fastlayers_us=fast * us,
+        reference_us=ref * us,
+        speedup=ref / fast,
+        torch_us=None if t_torch is None else t_torch * us,
+        vs_torch=None if t_torch is None else fast / t_torch,
+        limit=limit,
+        limit_us=None if t_limit is None else t_limit * us,
+        vs_limit=None if t_limit is None else fast / t_limit,
+        gbps=None if nbytes is None else nbytes / fast / 1e9,
+        copy_gbps=None if nbytes is None or t_limit is None else nbytes / t_limit / 1e9,
+    )
+
+
+def run(dtype="float32", layers_wanted: list[str] | None = None, sizes: str = "all") -> list[Row]:
+    """All benchmark rows for ``dtype``; ``sizes`` is "all" or "small" (the classic sizes only)."""
+    torch = _torch()
+    if torch is not None:
+        torch.set_num_threads(numba.get_num_threads())  # the same threads for both libraries
+    rows = []
+    for layer, shapes in SIZES.items():
+        if layers_wanted and layer not in layers_wanted:
+            continue
+        for shape in shapes[:1] if sizes == "small" else shapes:
+            if layer in ("relu", "sigmoid"):
+                rows.append(bench_elementwise(layer, shape, dtype, torch))
+            elif layer == "softmax_loss":
+                rows.append(bench_softmax_loss(shape, dtype, torch))
+            elif layer == "affine":
+                rows.append(bench_affine(shape, dtype, torch))
+            else:
+                rows.append(bench_two_layer(shape, dtype, torch))
+    return rows
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(rows: list[Row]) -> str:
+    head = (
+        f"{'layer':13s} {'shape':17s} {'dtype':8s} {'fastlayers':>11s} {'reference':>11s} {'speed-up':>8s} "
+        f"{'torch':>11s} {'fl/torch':>8s} {'limit':>8s} {'limit us':>10s} {'fl/limit':>8s} {'GB/s':>6s} "
+        f"{'copy GB/s':>9s}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r.layer:13s} {r.shape:17s} {r.dtype:8s} {r.fastlayers_us:9.1f}us {r.reference_us:9.1f}us "
+            f"{r.speedup:7.1f}x {_fmt(r.torch_us, '9.1f') + 'us' if r.torch_us else '-':>11s} "
+            f"{_fmt(r.vs_torch, '8.2f'):>8s} {r.limit:>8s} {_fmt(r.limit_us, '10.1f'):>10s} "
+            f"{_fmt(r.vs_limit, '8.2f'):>8s} {_fmt(r.gbps, '6.1f'):>6s} {_fmt(r.copy_gbps, '9.1f'):>9s}"
+        )
+    return "\n".join(lines)
+
+
+def as_dicts(rows: list[Row]) -> list[dict]:
+    return [asdict(r) for r in rows]
