@@ -67,15 +67,16 @@ def test_copy_kernel(dtype, n):
 
 @pytest.mark.parametrize("kernel", ALL_KERNELS, ids=lambda k: k.name)
 def test_kernel_flags(kernel):
-    """One set of flags for all: numpy error model, no fastmath, parallel twin really parallel."""
+    """One set of flags for all: numpy error model, fastmath limited to FMA contraction (never nnan,
+    ninf or reassoc), parallel twin really parallel."""
     source = inspect.getsource(kernel.py_func)
     assert "prange(" in source
     for twin, parallel in ((kernel.serial, False), (kernel.parallel, True)):
         opts = twin.targetoptions
         assert opts.get("error_model") == "numpy"
-        assert not opts.get("fastmath")
+        assert set(opts.get("fastmath")) == {"contract"}
         assert bool(opts.get("parallel")) is parallel
-        assert twin.py_func.__qualname__.endswith("_parallel" if parallel else "_serial")
+        assert twin.py_func.__qualname__.endswith(("_parallel_" if parallel else "_serial_") + _jit.TAG)
 
 
 def test_no_kernel_sets_its_own_flags():

@@ -141,3 +141,42 @@ def test_layers_reusable_after_errors():
         layer.forward(np.zeros((2, 3)), np.array([0, 5]))
     assert layer.forward(np.zeros((2, 3)), np.array([0, 2])) == pytest.approx(np.log(3))
     np.testing.assert_allclose(layer.backward().sum(), 0.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_results_kept_by_the_caller_are_never_overwritten(dtype):
+    """Buffer recycling must be invisible: every result the caller still holds keeps its values."""
+    rng = np.random.default_rng(5)
+    W, b = rng.standard_normal((6, 4)).astype(dtype), rng.standard_normal(4).astype(dtype)
+    layers = {"relu": Relu(), "sigmoid": Sigmoid(), "affine": Affine(W, b), "loss": SoftmaxWithLoss()}
+    kept, expected = [], []
+    for step in range(6):
+        x = rng.standard_normal((3, 6)).astype(dtype)
+        t = rng.integers(0, 4, 3)
+        h = layers["affine"].forward(x)
+        r = layers["relu"].forward(h)
+        s = layers["sigmoid"].forward(r)
+        layers["loss"].forward(s, t)
+        y = layers["loss"].y
+        d = layers["loss"].backward()
+        d_s = layers["sigmoid"].backward(d)
+        d_r = layers["relu"].backward(d_s)
+        dx = layers["affine"].backward(d_r)
+        dW = layers["affine"].dW
+        results = [h, r, s, d, d_s, d_r, dx, dW]
+        if step % 2:  # keep only views of some results: views must protect them too
+            results = [a[:] for a in results] + [y[:1]]
+        kept.append(results)
+        expected.append([a.copy() for a in results])
+    for got, want in zip(kept, expected, strict=True):
+        for a, e in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a, e)
+
+
+def test_dropped_results_are_recycled():
+    layer = Relu()
+    x = np.ones((64, 64))
+    first = layer.backward(x) if layer.forward(x) is not None else None
+    address = first.__array_interface__["data"][0]
+    del first
+    assert layer.backward(x).__array_interface__["data"][0] == address
