@@ -1,0 +1,61 @@
+"""Affine layer: forward (GEMM + bias), backward (two GEMMs + bias gradient), both, peak memory.
+
+``time_three_gemms`` is the yardstick: the layer's three matrix products alone, into preallocated
+outputs (BLAS through NumPy), the cost below which the layer cannot go.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import fastlayers
+
+from .common import AFFINE_SHAPES, BACKENDS, DTYPES, BackendSuite, data, dims, torch_or_skip
+
+
+class Affine(BackendSuite):
+    params = [AFFINE_SHAPES, DTYPES, BACKENDS]
+    param_names = ["shape", "dtype", "backend"]
+
+    def setup(self, shape, dtype, backend):
+        n, d, m = dims(shape)
+        self.x = data((n, d), dtype)
+        self.W = data((d, m), dtype, seed=1, scale=0.05)
+        self.b = data((m,), dtype, seed=2)
+        self.dout = data((n, m), dtype, seed=3)
+        if backend == "torch":
+            torch = torch_or_skip()
+            tx, tW, tb, td = (torch.from_numpy(a) for a in (self.x, self.W, self.b, self.dout))
+            self.forward = lambda: torch.addmm(tb, tx, tW)
+            self.backward = lambda: (td @ tW.T, tx.T @ td, td.sum(0))
+            self.forward_backward = lambda: (self.forward(), self.backward())
+            return
+        self._enter(backend)
+        layer = fastlayers.Affine(self.W, self.b)
+        layer.forward(self.x)
+        self.forward = lambda: layer.forward(self.x)
+        self.backward = lambda: layer.backward(self.dout)
+        self.forward_backward = lambda: (layer.forward(self.x), layer.backward(self.dout))
+        self.forward_backward()
+        self._out = np.empty((n, m), dtype)
+        self._dx = np.empty((n, d), dtype)
+        self._dW = np.empty((d, m), dtype)
+
+    def time_forward(self, shape, dtype, backend):
+        self.forward()
+
+    def time_backward(self, shape, dtype, backend):
+        self.backward()
+
+    def time_forward_backward(self, shape, dtype, backend):
+        self.forward_backward()
+
+    def peakmem_forward_backward(self, shape, dtype, backend):
+        self.forward_backward()
+
+    def time_three_gemms(self, shape, dtype, backend):
+        if backend != "numba":
+            raise NotImplementedError("the yardstick does not depend on the backend")
+        np.matmul(self.x, self.W, out=self._out)
+        np.matmul(self.dout, self.W.T, out=self._dx)
+        np.matmul(self.x.T, self.dout, out=self._dW)

@@ -1,0 +1,50 @@
+"""Shared pieces of the asv suites: seeded data, sizes, and the backend switch.
+
+Backends: ``numba`` (fastlayers' kernels), ``numpy`` (fastlayers' reference path, the same layer
+classes) and ``torch`` (PyTorch's CPU operators for the same work; the combination is skipped, the
+asv way, by raising NotImplementedError in ``setup`` when PyTorch is not importable).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import fastlayers
+
+BACKENDS = ["numba", "numpy", "torch"]
+DTYPES = ["float32", "float64"]
+
+# small: the classic sizes; medium; large
+ELEMENTWISE_SHAPES = ["100x50", "256x1024", "1024x4096"]
+SOFTMAX_SHAPES = ["100x10", "256x1000", "512x32000"]
+AFFINE_SHAPES = ["100x784x50", "256x1024x1000", "1024x4096x1024"]
+
+
+def dims(shape: str) -> tuple[int, ...]:
+    return tuple(int(s) for s in shape.split("x"))
+
+
+def data(shape: tuple[int, ...], dtype: str, seed: int = 0, scale: float = 1.0) -> np.ndarray:
+    return (scale * np.random.default_rng(seed).standard_normal(shape)).astype(dtype)
+
+
+def torch_or_skip():
+    try:
+        import torch
+    except ImportError:
+        raise NotImplementedError("PyTorch is not installed") from None
+    torch.set_num_threads(fastlayers.get_num_threads())
+    return torch
+
+
+class BackendSuite:
+    """Base class: ``setup`` switches the fastlayers backend, ``teardown`` switches it back."""
+
+    def _enter(self, backend: str) -> None:
+        self._backend_ctx = fastlayers.use_backend(backend if backend != "torch" else "numba")
+
+    def teardown(self, *params) -> None:
+        ctx = getattr(self, "_backend_ctx", None)
+        if ctx is not None:
+            ctx.__exit__(None, None, None)
+            self._backend_ctx = None
