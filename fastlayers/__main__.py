@@ -1,4 +1,4 @@
-"""Command line: ``python -m fastlayers {train, gradcheck, bench, info}``."""
+"""Command line: ``python -m fastlayers {train, gradcheck, bench, warmup, info}``."""
 
 from __future__ import annotations
 
@@ -216,6 +216,49 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def warmup(dtypes=("float32", "float64")) -> dict[str, float]:
+    """Compile (or load from the cache) every kernel, serial and parallel, for ``dtypes``.
+
+    Returns seconds per dtype. Useful at image-build time, so that the first real call is fast.
+    """
+    from . import functional as F
+    from . import optim
+    from ._kernels import _threads
+
+    times = {}
+    for name in dtypes:
+        dtype = np.dtype(name)
+        start = time.perf_counter()
+        for n in (4, _threads.ELEMENTWISE_PARALLEL_MIN):  # one size below, one above the thresholds
+            x = np.ones((n // 4 or 1, 4), dtype)
+            t = np.zeros(x.shape[0], np.int64)
+            F.relu_backward(x, F.relu_forward(x))
+            F.sigmoid_backward(x, F.sigmoid_forward(x))
+            F.affine_backward(x, x, np.ones((4, 4), dtype))
+            F.affine_forward(x, np.ones((4, 4), dtype), np.ones(4, dtype))
+            for target in (t, x):
+                _, y = F.softmax_cross_entropy_forward(x, target)
+                F.softmax_cross_entropy_backward(y, target)
+                F.cross_entropy_error(y, target)
+            F.softmax(x)
+            for opt in (optim.SGD(), optim.Momentum(), optim.AdaGrad(), optim.Adam()):
+                opt.update({"p": x.copy()}, {"p": x})
+        times[name] = time.perf_counter() - start
+    return times
+
+
+def cmd_warmup(args) -> int:
+    from ._kernels import _jit
+
+    start = time.perf_counter()
+    times = warmup(args.dtypes)
+    total = time.perf_counter() - start
+    for name, seconds in times.items():
+        print(f"{name}: {seconds:.1f} s")
+    print(f"{len(_jit.COMPILED)} compiled functions in {total:.1f} s (cache: {'on' if _jit.CACHE_ENABLED else 'off'})")
+    return 0
+
+
 def cmd_info(args) -> int:
     data = info()
     if args.json:
@@ -259,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", choices=["small", "all"], default="all", help="small: the classic sizes only")
     p.add_argument("--json", nargs="?", const="-", metavar="FILE", help="write JSON (to stdout without FILE)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("warmup", help="compile every kernel now (or load it from the cache) and time it")
+    p.add_argument("--dtypes", nargs="+", choices=["float32", "float64"], default=["float32", "float64"])
+    p.set_defaults(func=cmd_warmup)
 
     p = sub.add_parser("info", help="versions, threading layer, threads, BLAS, cache")
     p.add_argument("--json", action="store_true")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -108,16 +109,36 @@ def jit(fn: Callable, parallel: bool = False):
 
 
 class Twins:
-    """A kernel compiled twice from one Python function: ``serial`` and ``parallel``."""
+    """A kernel compiled twice from one Python function: ``serial`` and ``parallel``.
 
-    __slots__ = ("name", "py_func", "serial", "parallel")
+    The two dispatchers are built on first use, not at import, so that ``import fastlayers`` does
+    not pay for the kernels a program never calls (building a cached dispatcher costs milliseconds).
+    """
+
+    __slots__ = ("name", "py_func", "_serial", "_parallel", "_lock")
 
     def __init__(self, fn: Callable):
         self.name = fn.__name__
         self.py_func = fn
-        self.serial = jit(_copy_function(fn, "_serial"), parallel=False)
-        self.parallel = jit(_copy_function(fn, "_parallel"), parallel=True)
-        # the copies carry their own names (serial/parallel, and the tag), so each has its own cache
+        self._serial = None
+        self._parallel = None
+        self._lock = threading.Lock()
+
+    @property
+    def serial(self):
+        if self._serial is None:
+            with self._lock:
+                if self._serial is None:
+                    self._serial = jit(_copy_function(self.py_func, "_serial"), parallel=False)
+        return self._serial
+
+    @property
+    def parallel(self):
+        if self._parallel is None:
+            with self._lock:
+                if self._parallel is None:
+                    self._parallel = jit(_copy_function(self.py_func, "_parallel"), parallel=True)
+        return self._parallel
 
     def __repr__(self) -> str:
         return f"<kernel twins {self.name}>"
