@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--screenshot", type=Path)
     p = sub.add_parser("quick")
     p.add_argument("--screenshot", type=Path)
-    p.add_argument("--bench", default=r"Relu\.time_forward_backward$")
+    p.add_argument("--bench", default=r"Relu\.time_forward_backward")
     p.add_argument("--keep", type=Path, help="work in this directory and keep it")
     args = parser.parse_args(argv)
     if args.cmd == "vendor":
