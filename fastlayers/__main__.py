@@ -191,10 +191,7 @@ def info() -> dict:
         "cache_enabled": _jit.CACHE_ENABLED,
         "numba_cache_dir": numba.config.CACHE_DIR or "(next to the sources, else the user cache dir)",
         "uncached_kernels": _jit.UNCACHED,
-        "thresholds": {
-            "elementwise_parallel_min": _threads.ELEMENTWISE_PARALLEL_MIN,
-            "rowwise_parallel_min": _threads.ROWWISE_PARALLEL_MIN,
-        },
+        "parallel_min": {k.name: k.parallel_min for k in _jit.ALL_TWINS},
     }
 
 
@@ -223,13 +220,14 @@ def warmup(dtypes=("float32", "float64")) -> dict[str, float]:
     """
     from . import functional as F
     from . import optim
-    from ._kernels import _threads
+    from ._kernels import _jit
 
+    above = max(k.parallel_min for k in _jit.ALL_TWINS)  # a size that runs every parallel twin
     times = {}
     for name in dtypes:
         dtype = np.dtype(name)
         start = time.perf_counter()
-        for n in (4, _threads.ELEMENTWISE_PARALLEL_MIN):  # one size below, one above the thresholds
+        for n in (4, above):  # one size below every threshold, one above
             x = np.ones((n // 4 or 1, 4), dtype)
             t = np.zeros(x.shape[0], np.int64)
             F.relu_backward(x, F.relu_forward(x))

@@ -35,7 +35,7 @@ from ._backend import get_backend
 from ._kernels import affine as _affine
 from ._kernels import elementwise as _elem
 from ._kernels import softmax as _softmax
-from ._kernels._threads import ELEMENTWISE_PARALLEL_MIN, ROWWISE_PARALLEL_MIN, launch
+from ._kernels._threads import launch
 
 __all__ = [
     "relu_forward",
@@ -188,10 +188,10 @@ def _fast(kernel, x, y=None, out=None) -> np.ndarray | None:
     else:
         return None
     if y is None:
-        launch(kernel, x.size, ELEMENTWISE_PARALLEL_MIN, x.ravel(), result.ravel())
+        launch(kernel, x.size, x.ravel(), result.ravel())
         return result
     if type(y) is np.ndarray and y.dtype == x.dtype and y.shape == x.shape and y.flags.c_contiguous:
-        launch(kernel, x.size, ELEMENTWISE_PARALLEL_MIN, x.ravel(), y.ravel(), result.ravel())
+        launch(kernel, x.size, x.ravel(), y.ravel(), result.ravel())
         return result
     return None
 
@@ -213,7 +213,7 @@ def _elementwise(kernel, ref, inputs: list[np.ndarray], out: np.ndarray | None) 
         if not target.flags.c_contiguous:
             target = np.empty(x.shape, x.dtype)
         views = [a.reshape(-1) for a in (*c_inputs, target)]
-    launch(kernel, x.size, ELEMENTWISE_PARALLEL_MIN, *views)
+    launch(kernel, x.size, *views)
     return _finish(target, out)
 
 
@@ -345,7 +345,7 @@ def affine_forward(x, W, b, out: np.ndarray | None = None) -> np.ndarray:
     if out is None:
         out = np.empty(shape, x2.dtype)
     np.matmul(x2, W, out=out)
-    launch(_affine.bias_add, out.size, ELEMENTWISE_PARALLEL_MIN, out, b)
+    launch(_affine.bias_add, out.size, out, b)
     return out
 
 
@@ -406,7 +406,7 @@ def affine_backward(
         db = np.empty((m,), dtype)
     np.matmul(dout, W.T, out=dx.reshape(n, -1))
     np.matmul(x2.T, dout, out=dW)
-    launch(_affine.bias_grad, dout.size, ELEMENTWISE_PARALLEL_MIN, dout, db)
+    launch(_affine.bias_grad, dout.size, dout, db)
     return dx, dW, db
 
 
@@ -471,7 +471,7 @@ def softmax(x, out: np.ndarray | None = None) -> np.ndarray:
         return _finish(reference.softmax(x2).reshape(x.shape), out)
     usable = out is not None and out.flags.c_contiguous and not _overlaps(out, x)
     target = out if usable else np.empty(x.shape, x.dtype)
-    launch(_softmax.softmax, x2.size, ROWWISE_PARALLEL_MIN, x2, target.reshape(x2.shape))
+    launch(_softmax.softmax, x2.size, x2, target.reshape(x2.shape))
     return _finish(target, out)
 
 
@@ -512,7 +512,7 @@ def softmax_cross_entropy_forward(x, t, out: np.ndarray | None = None) -> tuple[
     y = np.empty(x.shape, x.dtype) if out is None else out
     losses = np.empty(x.shape[0], x.dtype)
     kernel = _softmax.softmax_xent_labels if t.ndim == 1 else _softmax.softmax_xent_probs
-    launch(kernel, x.size, ROWWISE_PARALLEL_MIN, x, t, y, losses)
+    launch(kernel, x.size, x, t, y, losses)
     return losses.mean(), y
 
 
@@ -541,7 +541,7 @@ def softmax_cross_entropy_backward(y, t, dout=1.0, out: np.ndarray | None = None
     target = out if out is not None and not _overlaps(out, y) else np.empty(y.shape, y.dtype)
     scale = y.dtype.type(dout / y.dtype.type(y.shape[0]))
     kernel = _softmax.xent_grad_labels if t.ndim == 1 else _softmax.xent_grad_probs
-    launch(kernel, y.size, ELEMENTWISE_PARALLEL_MIN, y, t, scale, target)
+    launch(kernel, y.size, y, t, scale, target)
     return _finish(target, out)
 
 
@@ -574,5 +574,5 @@ def cross_entropy_error(y, t) -> np.floating:
     losses = np.empty(y.shape[0], y.dtype)
     kernel = _softmax.cross_entropy_labels if t.ndim == 1 else _softmax.cross_entropy_probs
     y = np.ascontiguousarray(y)
-    launch(kernel, y.size, ROWWISE_PARALLEL_MIN, y, t, losses)
+    launch(kernel, y.size, y, t, losses)
     return losses.mean()

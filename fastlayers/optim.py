@@ -15,7 +15,7 @@ import numpy as np
 from . import reference
 from ._backend import get_backend
 from ._kernels import optim as _optim
-from ._kernels._threads import ELEMENTWISE_PARALLEL_MIN, launch
+from ._kernels._threads import launch
 
 __all__ = ["SGD", "Momentum", "AdaGrad", "Adam"]
 
@@ -69,7 +69,7 @@ class _Optimizer:
         if get_backend() == "numpy":
             type(self)._reference(flat, *state, g, *scalars)
         else:
-            launch(type(self)._kernel, p.size, ELEMENTWISE_PARALLEL_MIN, flat, *state, g, *scalars)
+            launch(type(self)._kernel, p.size, flat, *state, g, *scalars)
         if not p.flags.c_contiguous:
             p[...] = flat.reshape(p.shape)
 

@@ -91,7 +91,7 @@ def test_no_cache_location_still_imports():
     res = run_python(["-W", "error", "-c", SMOKE], {"NUMBA_CACHE_LOCATOR_CLASSES": "tests._no_locator.NoLocator"})
     assert res.returncode == 0, res.stderr
     n_uncached, n_compiled = (int(v) for v in res.stdout.split()[-2:])
-    assert n_compiled >= 10 and n_uncached == n_compiled  # every kernel used fell back to no caching
+    assert n_compiled > 0 and n_uncached == n_compiled  # every function compiled fell back to no caching
     normal = run_python(["-c", SMOKE])
     assert normal.returncode == 0 and normal.stdout.split()[-2] == "0"
 

@@ -53,6 +53,8 @@ TAG: str = _tag()
 #: Every function compiled through :func:`jit`, and those that could not be cached, by name.
 COMPILED: list[str] = []
 UNCACHED: list[str] = []
+#: Every kernel defined with :func:`twins`.
+ALL_TWINS: list = []
 
 
 def _copy_function(fn: Callable, suffix: str) -> Callable:
@@ -115,11 +117,13 @@ class Twins:
     not pay for the kernels a program never calls (building a cached dispatcher costs milliseconds).
     """
 
-    __slots__ = ("name", "py_func", "_serial", "_parallel", "_lock")
+    __slots__ = ("name", "py_func", "parallel_min", "_serial", "_parallel", "_lock")
 
-    def __init__(self, fn: Callable):
+    def __init__(self, fn: Callable, parallel_min: int):
         self.name = fn.__name__
         self.py_func = fn
+        self.parallel_min = parallel_min
+        ALL_TWINS.append(self)
         self._serial = None
         self._parallel = None
         self._lock = threading.Lock()
@@ -144,9 +148,13 @@ class Twins:
         return f"<kernel twins {self.name}>"
 
 
-def twins(fn: Callable) -> Twins:
-    """Decorator: build the serial and parallel versions of a kernel written with ``prange``."""
-    return Twins(fn)
+def twins(parallel_min: int) -> Callable[[Callable], Twins]:
+    """Decorator: the serial and parallel versions of a kernel written with ``prange``.
+
+    ``parallel_min``: the input size (elements) from which the parallel twin runs, measured per
+    kernel on 2 cores (serial and parallel timed at powers of two; see ``launch``).
+    """
+    return lambda fn: Twins(fn, parallel_min)
 
 
 def helper(fn: Callable):

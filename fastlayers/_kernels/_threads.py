@@ -29,13 +29,13 @@ from pathlib import Path
 
 import numba
 
-#: Below this many elements a memory-bound kernel (ReLU, Sigmoid, bias add and gradient, loss
-#: gradient) runs serially. Measured on 2 cores (tbb): serial and parallel ReLU cross near 2**18
-#: float32 elements (24 us vs 27 us at 2**18, 102 us vs 67 us at 2**20).
-ELEMENTWISE_PARALLEL_MIN = 1 << 18
-#: Below this many elements of the (N, C) input a softmax/loss kernel (exp per element) runs
-#: serially. Measured: equal at 100x50, parallel 1.4x faster at 64x256.
-ROWWISE_PARALLEL_MIN = 1 << 13
+# Thresholds, in elements, from which the parallel twin runs (each kernel names its own). Measured
+# on 2 cores with tbb, parallel/serial time ratio of float32 kernels at powers of two: memory-bound
+# passes cross near 2**18 (ReLU forward 1.47 at 2**17, 0.77 at 2**18), the exp-heavy ones much
+# earlier (sigmoid forward 0.87 at 2**15; softmax rows: equal at 100x50, 0.7 at 64x256), the bias
+# add later (1.26 at 2**18, 0.70 at 2**19).
+MEMORY_BOUND = 1 << 18
+EXP_BOUND = 1 << 13
 
 _THREAD_SAFE_LAYERS = ("tbb", "omp")
 _layer_checked = False
@@ -96,15 +96,15 @@ def _parallel_allowed() -> bool:
     return numba.get_num_threads() > 1
 
 
-def launch(kernel, size: int, threshold: int, *args):
+def launch(kernel, size: int, *args):
     """Run ``kernel`` (a :class:`~fastlayers._kernels._jit.Twins`) on ``args``.
 
-    The serial twin runs below ``threshold`` elements, with one thread, or in a forked child on the
-    ``omp`` layer; otherwise the parallel twin runs, under a lock when the threading layer is not
-    thread-safe. Returns what the kernel returns.
+    The serial twin runs below the kernel's ``parallel_min`` elements, with one thread, or in a
+    forked child on the ``omp`` layer; otherwise the parallel twin runs, under a lock when the
+    threading layer is not thread-safe. Returns what the kernel returns.
     """
     global _layer_checked, _layer_safe
-    if size < threshold or not _parallel_allowed():
+    if size < kernel.parallel_min or not _parallel_allowed():
         return kernel.serial(*args)
     if _layer_checked and _layer_safe:
         return kernel.parallel(*args)

@@ -14,7 +14,7 @@ from ._jit import twins
 COL_BLOCK = 64
 
 
-@twins
+@twins(1 << 19)
 def bias_add(out, b):
     """out[i, j] += b[j] in place. ``out``: (N, M); ``b``: (M,), same dtype."""
     n, m = out.shape
@@ -23,7 +23,7 @@ def bias_add(out, b):
             out[i, j] += b[j]
 
 
-@twins
+@twins(1 << 16)
 def bias_grad(dout, db):
     """db[j] = sum over i of dout[i, j], rows added in order 0..N-1 (deterministic).
 

@@ -13,11 +13,12 @@ from numba import prange
 
 from ._jit import twins
 from ._math import exp_nonpos, typed
+from ._threads import MEMORY_BOUND
 
 BLOCK = 8192
 
 
-@twins
+@twins(MEMORY_BOUND)
 def relu_forward(x, out):
     """out[i] = 0 where x[i] <= 0, else x[i] (NaN stays NaN)."""
     n = x.shape[0]
@@ -30,7 +31,7 @@ def relu_forward(x, out):
             ob[i] = zero if v <= zero else v
 
 
-@twins
+@twins(MEMORY_BOUND)
 def relu_backward(dout, y, out):
     """out[i] = 0 where y[i] <= 0, else dout[i]; ``y`` is the forward output (or input)."""
     n = dout.shape[0]
@@ -42,7 +43,7 @@ def relu_backward(dout, y, out):
             ob[i] = zero if yb[i] <= zero else db[i]
 
 
-@twins
+@twins(1 << 15)
 def sigmoid_forward(x, out):
     """out[i] = 1 / (1 + exp(-x[i])), computed from exp(-|x|) so that nothing overflows.
 
@@ -61,7 +62,7 @@ def sigmoid_forward(x, out):
             ob[i] = d if v >= zero else e * d
 
 
-@twins
+@twins(MEMORY_BOUND)
 def sigmoid_backward(dout, y, out):
     """out[i] = dout[i] * (1 - y[i]) * y[i]; ``y`` is the forward output."""
     n = dout.shape[0]
@@ -74,7 +75,7 @@ def sigmoid_backward(dout, y, out):
             ob[i] = db[i] * (one - s) * s
 
 
-@twins
+@twins(MEMORY_BOUND)
 def copy(x, out):
     """out[i] = x[i]: the yardstick of the benchmarks (the machine's parallel copy bandwidth)."""
     n = x.shape[0]

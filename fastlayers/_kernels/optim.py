@@ -12,11 +12,12 @@ from numba import prange
 
 from ._jit import twins
 from ._math import typed
+from ._threads import MEMORY_BOUND
 
 BLOCK = 8192
 
 
-@twins
+@twins(MEMORY_BOUND)
 def sgd(p, g, lr):
     """p -= lr * g"""
     n = p.shape[0]
@@ -27,7 +28,7 @@ def sgd(p, g, lr):
             pb[i] -= lr * gb[i]
 
 
-@twins
+@twins(MEMORY_BOUND)
 def momentum(p, v, g, lr, mu):
     """v = mu * v - lr * g; p += v"""
     n = p.shape[0]
@@ -39,7 +40,7 @@ def momentum(p, v, g, lr, mu):
             pb[i] += vb[i]
 
 
-@twins
+@twins(MEMORY_BOUND)
 def adagrad(p, h, g, lr, eps):
     """h += g * g; p -= lr * g / (sqrt(h) + eps)"""
     n = p.shape[0]
@@ -51,7 +52,7 @@ def adagrad(p, h, g, lr, eps):
             pb[i] -= lr * gb[i] / (np.sqrt(hb[i]) + eps)
 
 
-@twins
+@twins(MEMORY_BOUND)
 def adam(p, m, v, g, lr_t, beta1, beta2, eps):
     """m += (1 - beta1) * (g - m); v += (1 - beta2) * (g * g - v); p -= lr_t * m / (sqrt(v) + eps)"""
     n = p.shape[0]

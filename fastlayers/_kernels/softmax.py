@@ -15,6 +15,7 @@ from numba import prange
 
 from ._jit import helper, twins
 from ._math import exp_nonpos, typed
+from ._threads import EXP_BOUND, MEMORY_BOUND
 
 
 @helper
@@ -85,7 +86,7 @@ def _scale_row(yr, r):
         yr[j] *= r
 
 
-@twins
+@twins(EXP_BOUND)
 def softmax(x, y):
     """y = softmax(x) along each row (max subtracted first)."""
     n = x.shape[0]
@@ -95,7 +96,7 @@ def softmax(x, y):
         _scale_row(y[i], one / s)
 
 
-@twins
+@twins(EXP_BOUND)
 def softmax_xent_labels(x, t, y, losses):
     """y = softmax(x); losses[i] = logsumexp(x[i]) - x[i, t[i]]."""
     n = x.shape[0]
@@ -106,7 +107,7 @@ def softmax_xent_labels(x, t, y, losses):
         losses[i] = (np.log(s) + m) - x[i, t[i]]
 
 
-@twins
+@twins(EXP_BOUND)
 def softmax_xent_probs(x, t, y, losses):
     """y = softmax(x); losses[i] = sum_j t[i, j] * (logsumexp(x[i]) - x[i, j])."""
     n = x.shape[0]
@@ -124,7 +125,7 @@ def softmax_xent_probs(x, t, y, losses):
         _scale_row(yr, one / s)
 
 
-@twins
+@twins(MEMORY_BOUND)
 def xent_grad_labels(y, t, scale, out):
     """out = (y - onehot(t)) * scale, with ``scale`` = dout / N of y's dtype."""
     n, c = y.shape
@@ -135,7 +136,7 @@ def xent_grad_labels(y, t, scale, out):
         orow[t[i]] = (yr[t[i]] - typed(1, y)) * scale
 
 
-@twins
+@twins(MEMORY_BOUND)
 def xent_grad_probs(y, t, scale, out):
     """out = (y - t) * scale, with ``scale`` = dout / N of y's dtype."""
     n, c = y.shape
@@ -145,7 +146,7 @@ def xent_grad_probs(y, t, scale, out):
             orow[j] = (yr[j] - tr[j]) * scale
 
 
-@twins
+@twins(EXP_BOUND)
 def cross_entropy_labels(y, t, losses):
     """losses[i] = -log(y[i, t[i]]) for probabilities ``y``."""
     n = y.shape[0]
@@ -153,7 +154,7 @@ def cross_entropy_labels(y, t, losses):
         losses[i] = -np.log(y[i, t[i]])
 
 
-@twins
+@twins(EXP_BOUND)
 def cross_entropy_probs(y, t, losses):
     """losses[i] = -sum over t[i, j] != 0 of t[i, j] * log(y[i, j]) (0 * log 0 counts as 0)."""
     n, c = y.shape
