@@ -31,9 +31,9 @@ import numba
 
 # Thresholds, in elements, from which the parallel twin runs (each kernel names its own). Measured
 # on 2 cores with tbb, parallel/serial time ratio of float32 kernels at powers of two: memory-bound
-# passes cross near 2**18 (ReLU forward 1.47 at 2**17, 0.77 at 2**18), the exp-heavy ones much
-# earlier (sigmoid forward 0.87 at 2**15; softmax rows: equal at 100x50, 0.7 at 64x256), the bias
-# add later (1.26 at 2**18, 0.70 at 2**19).
+# passes cross near 2**18 (ReLU forward 1.47 at 2**17, 0.77 at 2**18; bias add 1.04 and 0.75, bias
+# gradient 0.96 and 0.73), the exp-heavy ones much earlier (sigmoid forward 0.87 at 2**15; softmax
+# rows: equal at 100x50, 0.7 at 64x256).
 MEMORY_BOUND = 1 << 18
 EXP_BOUND = 1 << 13
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 from numba import prange
 
 from ._jit import twins
+from ._threads import MEMORY_BOUND
 
 COL_BLOCK = 64
 
 
-@twins(1 << 19)
+@twins(MEMORY_BOUND)
 def bias_add(out, b):
     """out[i, j] += b[j] in place. ``out``: (N, M); ``b``: (M,), same dtype."""
     n, m = out.shape
@@ -23,7 +24,7 @@ def bias_add(out, b):
             out[i, j] += b[j]
 
 
-@twins(1 << 16)
+@twins(MEMORY_BOUND)
 def bias_grad(dout, db):
     """db[j] = sum over i of dout[i, j], rows added in order 0..N-1 (deterministic).
 
@@ -34,8 +35,11 @@ def bias_grad(dout, db):
     for blk in prange((m + COL_BLOCK - 1) // COL_BLOCK):
         j0 = blk * COL_BLOCK
         j1 = min(m, j0 + COL_BLOCK)
-        for j in range(j0, j1):
-            db[j] = dout[0, j]
+        acc = db[j0:j1]  # slice views indexed from 0: no wraparound checks, so the j loops vectorize
+        first = dout[0, j0:j1]
+        for j in range(j1 - j0):
+            acc[j] = first[j]
         for i in range(1, n):
-            for j in range(j0, j1):
-                db[j] += dout[i, j]
+            row = dout[i, j0:j1]
+            for j in range(j1 - j0):
+                acc[j] += row[j]
