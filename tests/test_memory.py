@@ -1,0 +1,71 @@
+"""No hidden temporaries: the peak memory of a forward+backward is its outputs and gradients.
+
+NumPy reports its allocations to ``tracemalloc``; the kernels allocate nothing. For each layer, after
+a warm-up call of the same shapes (compilation allocates), the peak traced during one forward and
+one backward must not exceed the bytes of what the calls return or keep (outputs, gradients,
+``SoftmaxWithLoss``'s one loss per row) plus 64 KiB for Python objects.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import fastlayers as fl
+
+N, D, M = 512, 1024, 256
+SLACK = 64 * 1024
+
+
+def peak_of(run) -> int:
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        results = run()
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    del results
+    return peak
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["relu", "sigmoid", "affine", "softmax_loss"])
+def test_peak_is_outputs_and_gradients(name, dtype):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, D)).astype(dtype)
+    itemsize = np.dtype(dtype).itemsize
+    if name in ("relu", "sigmoid"):
+        make = fl.Relu if name == "relu" else fl.Sigmoid
+        dout = rng.standard_normal((N, D)).astype(dtype)
+
+        def run():
+            layer = make()
+            return layer.forward(x), layer.backward(dout)
+
+        expected = 2 * x.nbytes
+    elif name == "affine":
+        W = rng.standard_normal((D, M)).astype(dtype)
+        b = rng.standard_normal(M).astype(dtype)
+        dout = rng.standard_normal((N, M)).astype(dtype)
+
+        def run():
+            layer = fl.Affine(W, b)
+            return layer.forward(x), layer.backward(dout), layer.dW, layer.db
+
+        expected = (N * M + N * D + D * M + M) * itemsize
+    else:
+        t = rng.integers(0, D, N)
+
+        def run():
+            layer = fl.SoftmaxWithLoss()
+            return layer.forward(x, t), layer.y, layer.backward()
+
+        expected = 2 * x.nbytes + N * itemsize  # y, dx, and the per-row losses averaged into the loss
+    run()  # warm-up: compile or load the kernels
+    peak = peak_of(run)
+    assert peak <= expected + SLACK, f"peak {peak} bytes, outputs and gradients {expected} bytes"
+    assert peak >= expected * 0.99  # the measurement sees the outputs at all
