@@ -431,8 +431,15 @@ def _targets(t, x: np.ndarray, name: str = "t") -> np.ndarray:
         )
     if t.shape[0] != n:
         raise ValueError(f"{name} has {t.shape[0]} labels but x has {n} rows")
-    if n and (t.min() < 0 or t.max() >= c):
-        raise ValueError(f"{name} holds labels outside [0, {c}): min {t.min()}, max {t.max()}")
+    if n == 0:
+        return t.astype(np.int64)
+    if t.dtype == np.int64:
+        t = np.ascontiguousarray(t)
+        lo, hi = _softmax.label_bounds(t)  # one compiled pass instead of two NumPy reductions
+    else:
+        lo, hi = int(t.min()), int(t.max())  # before any cast: a uint64 above 2**63 must not wrap
+    if lo < 0 or hi >= c:
+        raise ValueError(f"{name} holds labels outside [0, {c}): min {lo}, max {hi}")
     return np.ascontiguousarray(t, dtype=np.int64)
 
 
@@ -499,6 +506,12 @@ def softmax_cross_entropy_forward(x, t, out: np.ndarray | None = None) -> tuple[
     TypeError
         Float or bool labels, unsupported dtypes.
     """
+    loss, y, _ = _xent_forward(x, t, out)
+    return loss, y
+
+
+def _xent_forward(x, t, out) -> tuple[np.floating, np.ndarray, np.ndarray]:
+    """:func:`softmax_cross_entropy_forward`, also returning the validated targets."""
     _, (x,) = _as_arrays(x=x)
     _require_scores(x, "x")
     t = _targets(t, x)
@@ -508,12 +521,12 @@ def softmax_cross_entropy_forward(x, t, out: np.ndarray | None = None) -> tuple[
             raise ValueError("out must not overlap x")
     if _numpy_backend():
         loss, y = reference.softmax_cross_entropy_forward(x, t)
-        return loss, _finish(y, out)
+        return loss, _finish(y, out), t
     y = np.empty(x.shape, x.dtype) if out is None else out
     losses = np.empty(x.shape[0], x.dtype)
     kernel = _softmax.softmax_xent_labels if t.ndim == 1 else _softmax.softmax_xent_probs
-    launch(kernel, x.size, x, t, y, losses)
-    return losses.mean(), y
+    total = launch(kernel, x.size, x, t, y, losses)
+    return x.dtype.type(total / x.shape[0]), y, t
 
 
 def softmax_cross_entropy_backward(y, t, dout=1.0, out: np.ndarray | None = None) -> np.ndarray:
@@ -532,7 +545,11 @@ def softmax_cross_entropy_backward(y, t, dout=1.0, out: np.ndarray | None = None
     """
     _, (y,) = _as_arrays(y=y)
     _require_scores(y, "y")
-    t = _targets(t, y)
+    return _xent_backward(y, _targets(t, y), dout, out)
+
+
+def _xent_backward(y: np.ndarray, t: np.ndarray, dout, out) -> np.ndarray:
+    """:func:`softmax_cross_entropy_backward` for a validated ``y`` and targets ``t``."""
     dout = _scalar(dout, "dout", y.dtype)
     if out is not None:
         _check_out(out, y.shape, y.dtype)
@@ -574,5 +591,4 @@ def cross_entropy_error(y, t) -> np.floating:
     losses = np.empty(y.shape[0], y.dtype)
     kernel = _softmax.cross_entropy_labels if t.ndim == 1 else _softmax.cross_entropy_probs
     y = np.ascontiguousarray(y)
-    launch(kernel, y.size, y, t, losses)
-    return losses.mean()
+    return y.dtype.type(launch(kernel, y.size, y, t, losses) / y.shape[0])

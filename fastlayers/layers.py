@@ -218,16 +218,15 @@ class SoftmaxWithLoss:
         self.loss = None
         self.y = None
         self.t = None
+        self._t = None  # the targets as validated by forward: backward needs no second check
         self._dx = None
 
     def forward(self, x, t):
-        self.loss, self.y = F.softmax_cross_entropy_forward(x, t, out=_spare(self.y, np.shape(x), _dtype_of(x)))
+        self.loss, self.y, self._t = F._xent_forward(x, t, out=_spare(self.y, np.shape(x), _dtype_of(x)))
         self.t = t
         return self.loss
 
     def backward(self, dout=1):
         _need_forward(self, self.y)
-        self._dx = F.softmax_cross_entropy_backward(
-            self.y, self.t, dout, out=_spare(self._dx, self.y.shape, self.y.dtype)
-        )
+        self._dx = F._xent_backward(self.y, self._t, dout, out=_spare(self._dx, self.y.shape, self.y.dtype))
         return self._dx

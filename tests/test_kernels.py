@@ -88,3 +88,10 @@ def test_no_kernel_sets_its_own_flags():
         text = path.read_text()
         assert "fastmath" not in text.replace("# fastmath", "") or path.name == "_math.py", path
         assert "@njit" not in text and "numba.njit" not in text, path
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1000])
+def test_label_bounds(n):
+    """The one-pass label check, against its NumPy twin (t.min(), t.max())."""
+    t = np.random.default_rng(n).integers(-(2**40), 2**40, n)
+    assert softmax.label_bounds(t) == (t.min(), t.max())

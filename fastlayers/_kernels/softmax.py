@@ -3,8 +3,9 @@ cross-entropy of given probabilities.
 
 Contract: ``x``, ``y``, ``out`` and one-hot/probability targets are (N, C) arrays of one float
 dtype; integer labels ``t`` are (N,) int64 already checked to lie in [0, C) (nothing here checks:
-Numba does not bounds-check); ``losses`` is (N,) of the float dtype and receives one loss per row,
-which the caller averages. ``out`` may alias ``y``. The outer ``prange`` runs over rows; the additions
+Numba does not bounds-check); ``losses`` is (N,) of the float dtype and receives one loss per row; the
+loss kernels return their sum (float64), which the caller divides by N. ``out`` may alias ``y``.
+The outer ``prange`` runs over rows; the additions
 inside a row are always done in the same order, so results do not depend on the thread count.
 """
 
@@ -81,6 +82,28 @@ def _exp_shifted_row(xr, yr):
 
 
 @helper
+def _total(losses):
+    """Sum of the per-row losses, in row order, accumulated in float64 (deterministic, and more
+    accurate in float32 than NumPy's pairwise float32 mean)."""
+    acc = 0.0
+    for i in range(losses.shape[0]):
+        acc += np.float64(losses[i])
+    return acc
+
+
+@helper
+def label_bounds(t):
+    """(min, max) of a non-empty int64 label array, in one pass; its NumPy twin is (t.min(), t.max())."""
+    lo = t[0]
+    hi = t[0]
+    for i in range(t.shape[0]):
+        v = t[i]
+        lo = v if v < lo else lo
+        hi = v if v > hi else hi
+    return lo, hi
+
+
+@helper
 def _scale_row(yr, r):
     for j in range(yr.shape[0]):
         yr[j] *= r
@@ -98,18 +121,19 @@ def softmax(x, y):
 
 @twins(EXP_BOUND)
 def softmax_xent_labels(x, t, y, losses):
-    """y = softmax(x); losses[i] = logsumexp(x[i]) - x[i, t[i]]."""
+    """y = softmax(x); losses[i] = logsumexp(x[i]) - x[i, t[i]]; returns the sum of the losses."""
     n = x.shape[0]
     one = typed(1, x)
     for i in prange(n):
         m, s = _exp_shifted_row(x[i], y[i])
         _scale_row(y[i], one / s)
         losses[i] = (np.log(s) + m) - x[i, t[i]]
+    return _total(losses)
 
 
 @twins(EXP_BOUND)
 def softmax_xent_probs(x, t, y, losses):
-    """y = softmax(x); losses[i] = sum_j t[i, j] * (logsumexp(x[i]) - x[i, j])."""
+    """y = softmax(x); losses[i] = sum_j t[i, j] * (logsumexp(x[i]) - x[i, j]); returns their sum."""
     n = x.shape[0]
     one = typed(1, x)
     for i in prange(n):
@@ -123,6 +147,7 @@ def softmax_xent_probs(x, t, y, losses):
         for j in range(xr.shape[0]):
             yr[j] = exp_nonpos(xr[j] - m)
         _scale_row(yr, one / s)
+    return _total(losses)
 
 
 @twins(MEMORY_BOUND)
@@ -148,15 +173,17 @@ def xent_grad_probs(y, t, scale, out):
 
 @twins(EXP_BOUND)
 def cross_entropy_labels(y, t, losses):
-    """losses[i] = -log(y[i, t[i]]) for probabilities ``y``."""
+    """losses[i] = -log(y[i, t[i]]) for probabilities ``y``; returns the sum of the losses."""
     n = y.shape[0]
     for i in prange(n):
         losses[i] = -np.log(y[i, t[i]])
+    return _total(losses)
 
 
 @twins(EXP_BOUND)
 def cross_entropy_probs(y, t, losses):
-    """losses[i] = -sum over t[i, j] != 0 of t[i, j] * log(y[i, j]) (0 * log 0 counts as 0)."""
+    """losses[i] = -sum over t[i, j] != 0 of t[i, j] * log(y[i, j]) (0 * log 0 counts as 0); returns
+    the sum of the losses."""
     n, c = y.shape
     zero = typed(0, y)
     for i in prange(n):
@@ -166,3 +193,4 @@ def cross_entropy_probs(y, t, losses):
             if tj != zero:
                 acc -= tj * np.log(y[i, j])
         losses[i] = acc
+    return _total(losses)
