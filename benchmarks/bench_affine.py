@@ -41,18 +41,6 @@ class Affine(BackendSuite):
         self._dx = np.empty((n, d), dtype)
         self._dW = np.empty((d, m), dtype)
 
-    def time_forward(self, shape, dtype, backend):
-        self.forward()
-
-    def time_backward(self, shape, dtype, backend):
-        self.backward()
-
-    def time_forward_backward(self, shape, dtype, backend):
-        self.forward_backward()
-
-    def peakmem_forward_backward(self, shape, dtype, backend):
-        self.forward_backward()
-
     def time_three_gemms(self, shape, dtype, backend):
         if backend != "numba":
             raise NotImplementedError("the yardstick does not depend on the backend")

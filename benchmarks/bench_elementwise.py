@@ -35,18 +35,6 @@ class _Elementwise(BackendSuite):
         self.forward_backward = lambda: (layer.forward(self.x), layer.backward(self.dout))
         self.forward_backward()  # compile (or load from the cache) before timing
 
-    def time_forward(self, shape, dtype, backend):
-        self.forward()
-
-    def time_backward(self, shape, dtype, backend):
-        self.backward()
-
-    def time_forward_backward(self, shape, dtype, backend):
-        self.forward_backward()
-
-    def peakmem_forward_backward(self, shape, dtype, backend):
-        self.forward_backward()
-
 
 class Relu(_Elementwise):
     layer_class = fastlayers.Relu

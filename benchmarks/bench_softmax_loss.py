@@ -43,15 +43,3 @@ class SoftmaxWithLoss(BackendSuite):
         self.backward = lambda: layer.backward()
         self.forward_backward = lambda: (layer.forward(self.x, self.t), layer.backward())
         self.forward_backward()
-
-    def time_forward(self, shape, dtype, backend):
-        self.forward()
-
-    def time_backward(self, shape, dtype, backend):
-        self.backward()
-
-    def time_forward_backward(self, shape, dtype, backend):
-        self.forward_backward()
-
-    def peakmem_forward_backward(self, shape, dtype, backend):
-        self.forward_backward()

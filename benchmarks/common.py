@@ -38,7 +38,20 @@ def torch_or_skip():
 
 
 class BackendSuite:
-    """Base class: ``setup`` switches the fastlayers backend, ``teardown`` switches it back."""
+    """Base class: ``setup`` switches the fastlayers backend and sets ``self.forward``,
+    ``self.backward`` and ``self.forward_backward`` (callables); ``teardown`` switches back."""
+
+    def time_forward(self, *params):
+        self.forward()
+
+    def time_backward(self, *params):
+        self.backward()
+
+    def time_forward_backward(self, *params):
+        self.forward_backward()
+
+    def peakmem_forward_backward(self, *params):
+        self.forward_backward()
 
     def _enter(self, backend: str) -> None:
         self._backend_ctx = fastlayers.use_backend(backend if backend != "torch" else "numba")

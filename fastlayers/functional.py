@@ -217,6 +217,23 @@ def _elementwise(kernel, ref, inputs: list[np.ndarray], out: np.ndarray | None) 
     return _finish(target, out)
 
 
+def _unary(kernel, ref, x, out) -> np.ndarray:
+    fast = _fast(kernel, x, out=out)
+    if fast is not None:
+        return fast
+    _, (x,) = _as_arrays(x=x)
+    return _elementwise(kernel, ref, [x], out)
+
+
+def _binary(kernel, ref, dout, y, out) -> np.ndarray:
+    fast = _fast(kernel, dout, y, out=out)
+    if fast is not None:
+        return fast
+    _, (dout, y) = _as_arrays(dout=dout, y=y)
+    _same_shape(dout, y, "dout", "y")
+    return _elementwise(kernel, ref, [dout, y], out)
+
+
 def relu_forward(x, out: np.ndarray | None = None) -> np.ndarray:
     """ReLU: ``max(x, 0)`` elementwise (NaN stays NaN).
 
@@ -231,11 +248,7 @@ def relu_forward(x, out: np.ndarray | None = None) -> np.ndarray:
     -------
     ndarray of ``x``'s shape and dtype.
     """
-    fast = _fast(_elem.relu_forward, x, out=out)
-    if fast is not None:
-        return fast
-    _, (x,) = _as_arrays(x=x)
-    return _elementwise(_elem.relu_forward, reference.relu_forward, [x], out)
+    return _unary(_elem.relu_forward, reference.relu_forward, x, out)
 
 
 def relu_backward(dout, y, out: np.ndarray | None = None) -> np.ndarray:
@@ -257,12 +270,7 @@ def relu_backward(dout, y, out: np.ndarray | None = None) -> np.ndarray:
     TypeError
         If the dtypes are float of different precision.
     """
-    fast = _fast(_elem.relu_backward, dout, y, out=out)
-    if fast is not None:
-        return fast
-    _, (dout, y) = _as_arrays(dout=dout, y=y)
-    _same_shape(dout, y, "dout", "y")
-    return _elementwise(_elem.relu_backward, reference.relu_backward, [dout, y], out)
+    return _binary(_elem.relu_backward, reference.relu_backward, dout, y, out)
 
 
 def sigmoid_forward(x, out: np.ndarray | None = None) -> np.ndarray:
@@ -270,11 +278,7 @@ def sigmoid_forward(x, out: np.ndarray | None = None) -> np.ndarray:
 
     Parameters and returns as :func:`relu_forward`.
     """
-    fast = _fast(_elem.sigmoid_forward, x, out=out)
-    if fast is not None:
-        return fast
-    _, (x,) = _as_arrays(x=x)
-    return _elementwise(_elem.sigmoid_forward, reference.sigmoid_forward, [x], out)
+    return _unary(_elem.sigmoid_forward, reference.sigmoid_forward, x, out)
 
 
 def sigmoid_backward(dout, y, out: np.ndarray | None = None) -> np.ndarray:
@@ -282,12 +286,7 @@ def sigmoid_backward(dout, y, out: np.ndarray | None = None) -> np.ndarray:
 
     Parameters, returns and errors as :func:`relu_backward`.
     """
-    fast = _fast(_elem.sigmoid_backward, dout, y, out=out)
-    if fast is not None:
-        return fast
-    _, (dout, y) = _as_arrays(dout=dout, y=y)
-    _same_shape(dout, y, "dout", "y")
-    return _elementwise(_elem.sigmoid_backward, reference.sigmoid_backward, [dout, y], out)
+    return _binary(_elem.sigmoid_backward, reference.sigmoid_backward, dout, y, out)
 
 
 # --------------------------------------------------------------------------------------------

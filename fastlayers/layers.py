@@ -126,43 +126,40 @@ class AddLayer:
         return _sum_to_shape(dout * 1, self.x_shape), _sum_to_shape(dout * 1, self.y_shape)
 
 
-class Relu:
-    """ReLU layer. Keeps the forward output ``out``; ``mask`` (``x <= 0``) is computed on demand."""
+class _Activation:
+    """An elementwise activation: keeps its forward output ``out``, from which backward works."""
+
+    _forward = staticmethod(F.relu_forward)
+    _backward = staticmethod(F.relu_backward)
 
     def __init__(self) -> None:
         self.out = None
         self._dx = None
+
+    def forward(self, x):
+        self.out = self._forward(x, out=_spare(self.out, np.shape(x), _dtype_of(x)))
+        return self.out
+
+    def backward(self, dout):
+        _need_forward(self, self.out)
+        self._dx = self._backward(dout, self.out, out=_spare(self._dx, self.out.shape, _dtype_of(dout)))
+        return self._dx
+
+
+class Relu(_Activation):
+    """ReLU layer. Keeps the forward output ``out``; ``mask`` (``x <= 0``) is computed on demand."""
 
     @property
     def mask(self):
         """The classic boolean mask ``x <= 0`` (computed from ``out``, not stored)."""
         return None if self.out is None else self.out <= 0
 
-    def forward(self, x):
-        self.out = F.relu_forward(x, out=_spare(self.out, np.shape(x), _dtype_of(x)))
-        return self.out
 
-    def backward(self, dout):
-        _need_forward(self, self.out)
-        self._dx = F.relu_backward(dout, self.out, out=_spare(self._dx, self.out.shape, _dtype_of(dout)))
-        return self._dx
-
-
-class Sigmoid:
+class Sigmoid(_Activation):
     """Sigmoid layer. Keeps the forward output ``out``."""
 
-    def __init__(self) -> None:
-        self.out = None
-        self._dx = None
-
-    def forward(self, x):
-        self.out = F.sigmoid_forward(x, out=_spare(self.out, np.shape(x), _dtype_of(x)))
-        return self.out
-
-    def backward(self, dout):
-        _need_forward(self, self.out)
-        self._dx = F.sigmoid_backward(dout, self.out, out=_spare(self._dx, self.out.shape, _dtype_of(dout)))
-        return self._dx
+    _forward = staticmethod(F.sigmoid_forward)
+    _backward = staticmethod(F.sigmoid_backward)
 
 
 class Affine:
