@@ -60,3 +60,24 @@ def test_info_command():
     data = json.loads(res.stdout)
     assert data["threading_layer"] in ("tbb", "omp", "workqueue")
     assert data["numba_num_threads"] >= 1 and data["backend"] == "numba"
+
+
+def test_bench_command_table_and_json(tmp_path):
+    out = tmp_path / "bench.json"
+    res = run("bench", "--sizes", "small", "--layers", "relu", "softmax_loss", "affine", "--json", str(out))
+    assert res.returncode == 0, res.stderr
+    assert "relu" in res.stdout and "100x50" in res.stdout and "speed-up" in res.stdout
+    data = json.loads(out.read_text())
+    rows = {r["layer"]: r for r in data["rows"]}
+    assert set(rows) == {"relu", "softmax_loss", "affine"}
+    for row in rows.values():
+        assert row["fastlayers_us"] > 0 and row["reference_us"] > 0 and row["limit_us"] > 0
+    assert rows["relu"]["limit"] == "copy" and rows["relu"]["gbps"] > 0
+    assert rows["affine"]["limit"] == "3 GEMMs"
+    assert data["machine"]["threading_layer"] in ("tbb", "omp", "workqueue")
+
+
+def test_warmup_command():
+    res = run("warmup", "--dtypes", "float32")
+    assert res.returncode == 0, res.stderr
+    assert "float32:" in res.stdout and "compiled functions" in res.stdout
