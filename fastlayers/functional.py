@@ -32,6 +32,7 @@ import numpy as np
 
 from . import _backend, reference
 from ._backend import get_backend
+from ._kernels import _threads
 from ._kernels import affine as _affine
 from ._kernels import elementwise as _elem
 from ._kernels import softmax as _softmax
@@ -343,7 +344,8 @@ def affine_forward(x, W, b, out: np.ndarray | None = None) -> np.ndarray:
         return _finish(reference.affine_forward(x2, W, b), out)
     if out is None:
         out = np.empty(shape, x2.dtype)
-    np.matmul(x2, W, out=out)
+    with _threads.BLAS_LOCK:
+        np.matmul(x2, W, out=out)
     launch(_affine.bias_add, out.size, out, b)
     return out
 
@@ -403,8 +405,9 @@ def affine_backward(
         dW = np.empty(W.shape, dtype)
     if db is None:
         db = np.empty((m,), dtype)
-    np.matmul(dout, W.T, out=dx.reshape(n, -1))
-    np.matmul(x2.T, dout, out=dW)
+    with _threads.BLAS_LOCK:
+        np.matmul(dout, W.T, out=dx.reshape(n, -1))
+        np.matmul(x2.T, dout, out=dW)
     launch(_affine.bias_grad, dout.size, dout, db)
     return dx, dW, db
 

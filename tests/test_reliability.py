@@ -218,3 +218,34 @@ def test_no_leak_over_ten_thousand_calls():
     before, after = (float(v) for v in res.stdout.split()[1::3][:2])
     print(res.stdout)
     assert after - before < 5.0, res.stdout
+
+
+FORK_WHILE_LOCKED = """
+import os, threading, numpy as np
+import fastlayers as fl
+from fastlayers._kernels import _threads
+x, W, b = np.ones((4, 3)), np.ones((3, 2)), np.zeros(2)
+held = threading.Event()
+release = threading.Event()
+def holder():
+    with _threads.BLAS_LOCK:  # another thread is inside a matrix product when the process forks
+        held.set()
+        release.wait()
+t = threading.Thread(target=holder)
+t.start()
+held.wait()
+pid = os.fork()
+if pid == 0:
+    out = fl.Affine(W, b).forward(x)  # would wait forever on the inherited, held lock
+    os._exit(0 if out[0, 0] == 3 else 1)
+release.set()
+t.join()
+_, status = os.waitpid(pid, 0)
+print("child exit", os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_fork_while_another_thread_holds_the_blas_lock():
+    res = run_python(["-W", "ignore::DeprecationWarning", "-c", FORK_WHILE_LOCKED], timeout=120)
+    assert res.returncode == 0 and "child exit 0" in res.stdout, res.stdout + res.stderr
