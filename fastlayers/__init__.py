@@ -2,7 +2,9 @@
 
 Layers: :class:`Relu`, :class:`Sigmoid`, :class:`Affine`, :class:`SoftmaxWithLoss`,
 :class:`MulLayer`, :class:`AddLayer`. Functions: :func:`relu`, :func:`sigmoid`, :func:`softmax`,
-:func:`cross_entropy_error`, :func:`numerical_gradient`. Kernel-level API with ``out=`` buffers:
+:func:`cross_entropy_error`, :func:`numerical_gradient`. Networks: :class:`TwoLayerNet`,
+:class:`MultiLayerNet`, :func:`gradient_check`; optimizers :class:`SGD`, :class:`Momentum`,
+:class:`AdaGrad`, :class:`Adam`; data in :mod:`fastlayers.datasets`. Kernel-level API with ``out=`` buffers:
 :mod:`fastlayers.functional`; NumPy reference path: :mod:`fastlayers.reference`.
 """
 
@@ -16,12 +18,21 @@ from .functional import relu_forward as relu
 from .functional import sigmoid_forward as sigmoid
 from .gradient import numerical_gradient
 from .layers import AddLayer, Affine, MulLayer, Relu, Sigmoid, SoftmaxWithLoss
+from .nets import MultiLayerNet, TwoLayerNet, gradient_check
+from .optim import SGD, AdaGrad, Adam, Momentum
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "SGD",
+    "AdaGrad",
+    "Adam",
     "Affine",
     "AddLayer",
+    "Momentum",
+    "MultiLayerNet",
+    "TwoLayerNet",
+    "gradient_check",
     "MulLayer",
     "Relu",
     "Sigmoid",

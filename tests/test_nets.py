@@ -19,6 +19,12 @@ def batch():
     return rng.standard_normal((4, 12)), rng.integers(0, 5, 4)
 
 
+def test_public_names():
+    for name in ("TwoLayerNet", "MultiLayerNet", "gradient_check", "SGD", "Momentum", "AdaGrad", "Adam"):
+        assert getattr(fastlayers, name) is not None and name in fastlayers.__all__
+    assert fastlayers.TwoLayerNet is TwoLayerNet and fastlayers.Adam is Adam
+
+
 def test_two_layer_net_interface(batch):
     x, t = batch
     net = TwoLayerNet(12, 7, 5, seed=0)
