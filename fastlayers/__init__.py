@@ -13,6 +13,7 @@ from __future__ import annotations
 import numba as _numba
 
 from ._backend import get_backend, use_backend
+from ._kernels import _threads
 from .functional import cross_entropy_error, softmax
 from .functional import relu_forward as relu
 from .functional import sigmoid_forward as sigmoid
@@ -67,6 +68,7 @@ def set_num_threads(n: int) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limit:
         raise ValueError(f"n must be an integer from 1 to {limit} (NUMBA_NUM_THREADS), got {n!r}")
     _numba.set_num_threads(n)
+    _threads.set_serial_only(n == 1)
 
 
 def get_num_threads() -> int:
