@@ -1,6 +1,6 @@
 """Affine layer: forward (GEMM + bias), backward (two GEMMs + bias gradient), both, peak memory.
 
-``time_three_gemms`` is the yardstick: the layer's three matrix products alone, into preallocated
+``AffineGemms.time_three_gemms`` is the yardstick: the layer's three matrix products alone, into preallocated
 outputs (BLAS through NumPy), the cost below which the layer cannot go.
 """
 
@@ -37,13 +37,24 @@ class Affine(BackendSuite):
         self.backward = lambda: layer.backward(self.dout)
         self.forward_backward = lambda: (layer.forward(self.x), layer.backward(self.dout))
         self.forward_backward()
-        self._out = np.empty((n, m), dtype)
-        self._dx = np.empty((n, d), dtype)
-        self._dW = np.empty((d, m), dtype)
 
-    def time_three_gemms(self, shape, dtype, backend):
-        if backend != "numba":
-            raise NotImplementedError("the yardstick does not depend on the backend")
-        np.matmul(self.x, self.W, out=self._out)
-        np.matmul(self.dout, self.W.T, out=self._dx)
-        np.matmul(self.x.T, self.dout, out=self._dW)
+
+class AffineGemms:
+    """The yardstick: the three products alone, whatever the backend."""
+
+    params = [AFFINE_SHAPES, DTYPES]
+    param_names = ["shape", "dtype"]
+
+    def setup(self, shape, dtype):
+        n, d, m = dims(shape)
+        self.x = data((n, d), dtype)
+        self.W = data((d, m), dtype, seed=1, scale=0.05)
+        self.dout = data((n, m), dtype, seed=3)
+        self.out = np.empty((n, m), dtype)
+        self.dx = np.empty((n, d), dtype)
+        self.dW = np.empty((d, m), dtype)
+
+    def time_three_gemms(self, shape, dtype):
+        np.matmul(self.x, self.W, out=self.out)
+        np.matmul(self.dout, self.W.T, out=self.dx)
+        np.matmul(self.x.T, self.dout, out=self.dW)

@@ -174,6 +174,10 @@ def _fast(kernel, x, y=None, out=None) -> np.ndarray | None:
         return None
     if _backend._current != "numba":
         return None
+    if y is not None and not (
+        type(y) is np.ndarray and y.dtype == x.dtype and y.shape == x.shape and y.flags.c_contiguous
+    ):
+        return None
     if out is None:
         result = np.empty(x.shape, x.dtype)
     elif (
@@ -188,13 +192,9 @@ def _fast(kernel, x, y=None, out=None) -> np.ndarray | None:
         result = out
     else:
         return None
-    if y is None:
-        launch(kernel, x.size, x.ravel(), result.ravel())
-        return result
-    if type(y) is np.ndarray and y.dtype == x.dtype and y.shape == x.shape and y.flags.c_contiguous:
-        launch(kernel, x.size, x.ravel(), y.ravel(), result.ravel())
-        return result
-    return None
+    inputs = (x,) if y is None else (x, y)
+    launch(kernel, x.size, *[a.ravel() for a in inputs], result.ravel())
+    return result
 
 
 def _elementwise(kernel, ref, inputs: list[np.ndarray], out: np.ndarray | None) -> np.ndarray:

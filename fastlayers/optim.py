@@ -46,7 +46,7 @@ class _Optimizer:
             if key not in grads:
                 raise KeyError(f"grads has no entry {key!r} for params[{key!r}]")
             g = np.asarray(grads[key])
-            if not isinstance(p, np.ndarray) or p.dtype.kind != "f" or p.dtype not in (np.float32, np.float64):
+            if not isinstance(p, np.ndarray) or p.dtype not in (np.float32, np.float64):
                 raise TypeError(f"params[{key!r}] must be a float32 or float64 numpy array")
             if g.shape != p.shape:
                 raise ValueError(f"grads[{key!r}] has shape {g.shape} but params[{key!r}] has shape {p.shape}")

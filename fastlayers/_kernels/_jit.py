@@ -93,9 +93,10 @@ class _TolerantCache(FunctionCache):
                 pass
 
 
-def jit(fn: Callable, parallel: bool = False):
-    """Compile ``fn`` with the project's flags, caching it when a cache location exists."""
-    fn = _copy_function(fn, "_" + TAG)
+def jit(fn: Callable, parallel: bool = False, suffix: str = ""):
+    """Compile a copy of ``fn`` named with ``suffix`` and :data:`TAG`, with the project's flags,
+    caching it when a cache location exists."""
+    fn = _copy_function(fn, f"{suffix}_{TAG}")
     COMPILED.append(fn.__qualname__)
     if CACHE_ENABLED:
         try:
@@ -130,19 +131,19 @@ class Twins:
 
     @property
     def serial(self):
-        if self._serial is None:
-            with self._lock:
-                if self._serial is None:
-                    self._serial = jit(_copy_function(self.py_func, "_serial"), parallel=False)
-        return self._serial
+        return self._serial if self._serial is not None else self._build(parallel=False)
 
     @property
     def parallel(self):
-        if self._parallel is None:
-            with self._lock:
-                if self._parallel is None:
-                    self._parallel = jit(_copy_function(self.py_func, "_parallel"), parallel=True)
-        return self._parallel
+        return self._parallel if self._parallel is not None else self._build(parallel=True)
+
+    def _build(self, parallel: bool):
+        """Compile (or load) one twin, once, even when several threads ask at the same time."""
+        name = "_parallel" if parallel else "_serial"
+        with self._lock:
+            if getattr(self, name) is None:
+                setattr(self, name, jit(self.py_func, parallel=parallel, suffix=name))
+            return getattr(self, name)
 
     def __repr__(self) -> str:
         return f"<kernel twins {self.name}>"
