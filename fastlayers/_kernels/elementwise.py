@@ -2,45 +2,82 @@
 
 Contract shared by all kernels here: every array argument is 1-D, of the same length and dtype
 (float32 or float64); ``out`` may be the same array as an input (exact aliasing is safe, partial
-overlap is not). The outer ``prange`` runs over blocks of ``BLOCK`` elements; each block works on
-slice views indexed from 0, which lets Numba drop its negative-index wraparound and LLVM vectorize
-the inner loop (indexing the whole array from ``blk * BLOCK`` does not vectorize: measured 10x slower).
+overlap is not).
+
+Shape of every kernel: the outer ``prange`` runs over blocks of ``BLOCK`` elements, and each block
+is handed, as slice views, to a small jitted helper (``_..._block``) whose loop LLVM vectorizes.
+Keeping the inner loop in its own function matters: written inline in the block loop, it vectorized
+but re-loaded its constants on every iteration (sigmoid forward 1.25x slower), and indexing the whole
+array from ``blk * BLOCK`` instead of slices did not vectorize at all (10x slower).
 """
 
 from __future__ import annotations
 
 from numba import prange
 
-from ._jit import twins
+from ._jit import helper, twins
 from ._math import exp_nonpos, typed
 from ._threads import MEMORY_BOUND
 
 BLOCK = 8192
 
 
+@helper
+def _relu_forward_block(x, out):
+    zero = typed(0, x)
+    for i in range(x.shape[0]):
+        v = x[i]
+        out[i] = zero if v <= zero else v
+
+
+@helper
+def _relu_backward_block(dout, y, out):
+    zero = typed(0, dout)
+    for i in range(dout.shape[0]):
+        out[i] = zero if y[i] <= zero else dout[i]
+
+
+@helper
+def _sigmoid_forward_block(x, out):
+    one = typed(1, x)
+    zero = typed(0, x)
+    for i in range(x.shape[0]):
+        v = x[i]
+        e = exp_nonpos(-abs(v))
+        # 1 / (1 + e) for v >= 0, e / (1 + e) below: one division, rounded once
+        out[i] = (one if v >= zero else e) / (one + e)
+
+
+@helper
+def _sigmoid_backward_block(dout, y, out):
+    one = typed(1, dout)
+    for i in range(dout.shape[0]):
+        s = y[i]
+        out[i] = dout[i] * (one - s) * s
+
+
+@helper
+def _copy_block(x, out):
+    for i in range(x.shape[0]):
+        out[i] = x[i]
+
+
 @twins(MEMORY_BOUND)
 def relu_forward(x, out):
     """out[i] = 0 where x[i] <= 0, else x[i] (NaN stays NaN)."""
     n = x.shape[0]
-    zero = typed(0, x)
     for blk in prange((n + BLOCK - 1) // BLOCK):
         lo, hi = blk * BLOCK, min(n, (blk + 1) * BLOCK)
-        xb, ob = x[lo:hi], out[lo:hi]
-        for i in range(hi - lo):
-            v = xb[i]
-            ob[i] = zero if v <= zero else v
+        _relu_forward_block(x[lo:hi], out[lo:hi])
 
 
 @twins(MEMORY_BOUND)
 def relu_backward(dout, y, out):
     """out[i] = 0 where y[i] <= 0, else dout[i]; ``y`` is the forward output (or input)."""
     n = dout.shape[0]
-    zero = typed(0, dout)
     for blk in prange((n + BLOCK - 1) // BLOCK):
         lo, hi = blk * BLOCK, min(n, (blk + 1) * BLOCK)
-        db, yb, ob = dout[lo:hi], y[lo:hi], out[lo:hi]
-        for i in range(hi - lo):
-            ob[i] = zero if yb[i] <= zero else db[i]
+        _relu_backward_block(dout[lo:hi], y[lo:hi], out[lo:hi])
 
 
 @twins(1 << 15)
@@ -50,29 +87,18 @@ def sigmoid_forward(x, out):
     Saturates to exactly 0 and 1; NaN in gives NaN out.
     """
     n = x.shape[0]
-    one = typed(1, x)
-    zero = typed(0, x)
     for blk in prange((n + BLOCK - 1) // BLOCK):
         lo, hi = blk * BLOCK, min(n, (blk + 1) * BLOCK)
-        xb, ob = x[lo:hi], out[lo:hi]
-        for i in range(hi - lo):
-            v = xb[i]
-            e = exp_nonpos(-abs(v))
-            d = one / (one + e)
-            ob[i] = d if v >= zero else e * d
+        _sigmoid_forward_block(x[lo:hi], out[lo:hi])
 
 
 @twins(MEMORY_BOUND)
 def sigmoid_backward(dout, y, out):
     """out[i] = dout[i] * (1 - y[i]) * y[i]; ``y`` is the forward output."""
     n = dout.shape[0]
-    one = typed(1, dout)
     for blk in prange((n + BLOCK - 1) // BLOCK):
         lo, hi = blk * BLOCK, min(n, (blk + 1) * BLOCK)
-        db, yb, ob = dout[lo:hi], y[lo:hi], out[lo:hi]
-        for i in range(hi - lo):
-            s = yb[i]
-            ob[i] = db[i] * (one - s) * s
+        _sigmoid_backward_block(dout[lo:hi], y[lo:hi], out[lo:hi])
 
 
 @twins(MEMORY_BOUND)
@@ -81,6 +107,4 @@ def copy(x, out):
     n = x.shape[0]
     for blk in prange((n + BLOCK - 1) // BLOCK):
         lo, hi = blk * BLOCK, min(n, (blk + 1) * BLOCK)
-        xb, ob = x[lo:hi], out[lo:hi]
-        for i in range(hi - lo):
-            ob[i] = xb[i]
+        _copy_block(x[lo:hi], out[lo:hi])
