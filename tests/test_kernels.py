@@ -1,4 +1,5 @@
-"""Kernel-level checks: the vectorizable exp, the compile flags, and the kernel inventory."""
+"""Kernel-level checks: the vectorizable exp, the SIMD row reductions, the compile flags, and the kernel
+inventory."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from numba import njit
 
 from fastlayers._kernels import _jit, affine, elementwise, softmax
 from fastlayers._kernels._math import exp_nonpos
+from fastlayers._kernels._reduce import row_max, row_sum
 
 from .conftest import DTYPES
 
@@ -95,3 +97,44 @@ def test_label_bounds(n):
     """The one-pass label check, against its NumPy twin (t.min(), t.max())."""
     t = np.random.default_rng(n).integers(-(2**40), 2**40, n)
     assert softmax.label_bounds(t) == (t.min(), t.max())
+
+
+@njit(error_model="numpy")
+def _row_reductions(x, sums, maxes):
+    for i in range(x.shape[0]):
+        sums[i] = row_sum(x[i])
+        maxes[i] = row_max(x[i])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("c", [1, 2, 7, 15, 16, 17, 63, 64, 65, 1000, 4099])
+def test_row_reductions_against_numpy(dtype, c):
+    """The SIMD-lane sum and max, against their NumPy twins x.sum(1) and x.max(1) (max exactly),
+    on lengths around the vector width, on contiguous rows and on strided ones (bit-identical)."""
+    x = (3 * np.random.default_rng(c).standard_normal((6, 2 * c))).astype(dtype)
+    for view in (x[:, :c], x[:, ::2], np.asfortranarray(x[:, :c])):
+        sums, maxes = np.empty(6, dtype), np.empty(6, dtype)
+        _row_reductions(view, sums, maxes)
+        exact = view.astype(np.float64).sum(1)
+        scale = np.abs(view.astype(np.float64)).sum(1)  # rounding error grows with the sum of |x|
+        assert np.all(np.abs(sums - exact) <= c * np.finfo(dtype).eps * scale)
+        np.testing.assert_array_equal(maxes, view.max(1))
+        c_sums, c_maxes = np.empty_like(sums), np.empty_like(maxes)
+        _row_reductions(np.ascontiguousarray(view), c_sums, c_maxes)
+        np.testing.assert_array_equal(sums, c_sums)
+        np.testing.assert_array_equal(maxes, c_maxes)
+        assert sums.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_row_reductions_special_values(dtype):
+    """The sum propagates NaN and inf; NaN never wins the max (the softmax detects NaN by the sum)."""
+    x = np.zeros((3, 100), dtype)
+    x[0, 37] = np.nan
+    x[1, 99] = np.inf
+    x[2, :] = -np.inf
+    sums, maxes = np.empty(3, dtype), np.empty(3, dtype)
+    _row_reductions(x, sums, maxes)
+    assert np.isnan(sums[0]) and maxes[0] == 0
+    assert sums[1] == np.inf and maxes[1] == np.inf
+    assert sums[2] == -np.inf and maxes[2] == -np.inf

@@ -6,6 +6,7 @@ built from one Python function by :func:`fastlayers._kernels._jit.twins`: a seri
 inputs and a ``parallel=True`` version whose outer loop is a ``prange``.
 
 Modules: ``elementwise`` (ReLU, Sigmoid), ``affine`` (bias add, bias gradient), ``softmax`` (softmax,
-cross-entropy loss and gradient), ``_math`` (a vectorizable exp), ``_jit`` (compile flags and the
-cache fallback), ``_threads`` (threading layer and launch policy).
+cross-entropy loss and gradient), ``_math`` (a vectorizable exp), ``_reduce`` (row sum and max in SIMD
+lanes), ``_jit`` (compile flags and the cache fallback), ``_threads`` (threading layer and launch
+policy).
 """

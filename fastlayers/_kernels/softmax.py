@@ -16,55 +16,8 @@ from numba import prange
 
 from ._jit import helper, twins
 from ._math import exp_nonpos, typed
+from ._reduce import row_max, row_sum
 from ._threads import EXP_BOUND, MEMORY_BOUND
-
-
-@helper
-def _sum8(r):
-    """Sum of a 1-D array in eight interleaved lanes combined in a fixed tree: deterministic, and
-    free of the one-add-at-a-time dependency chain that keeps a plain running sum from vectorizing."""
-    c = r.shape[0]
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = typed(0, r)
-    k = c - c % 8
-    for j in range(0, k, 8):
-        a0 += r[j]
-        a1 += r[j + 1]
-        a2 += r[j + 2]
-        a3 += r[j + 3]
-        a4 += r[j + 4]
-        a5 += r[j + 5]
-        a6 += r[j + 6]
-        a7 += r[j + 7]
-    for j in range(k, c):
-        a0 += r[j]
-    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
-
-
-@helper
-def _max8(r):
-    """Max of a non-empty 1-D array in eight lanes (a single running max does not vectorize).
-    NaN handling is left to the caller: NaN never wins a comparison here."""
-    c = r.shape[0]
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = r[0]
-    k = c - c % 8
-    for j in range(0, k, 8):
-        a0 = r[j] if r[j] > a0 else a0
-        a1 = r[j + 1] if r[j + 1] > a1 else a1
-        a2 = r[j + 2] if r[j + 2] > a2 else a2
-        a3 = r[j + 3] if r[j + 3] > a3 else a3
-        a4 = r[j + 4] if r[j + 4] > a4 else a4
-        a5 = r[j + 5] if r[j + 5] > a5 else a5
-        a6 = r[j + 6] if r[j + 6] > a6 else a6
-        a7 = r[j + 7] if r[j + 7] > a7 else a7
-    for j in range(k, c):
-        a0 = r[j] if r[j] > a0 else a0
-    a0 = a1 if a1 > a0 else a0
-    a2 = a3 if a3 > a2 else a2
-    a4 = a5 if a5 > a4 else a4
-    a6 = a7 if a7 > a6 else a6
-    a0 = a2 if a2 > a0 else a0
-    a4 = a6 if a6 > a4 else a4
-    return a4 if a4 > a0 else a0
 
 
 @helper
@@ -75,10 +28,10 @@ def _exp_shifted_row(xr, yr):
     whatever the max; a +inf gives inf - inf = NaN the same way, as in the reference.
     """
     c = xr.shape[0]
-    m = _max8(xr)
+    m = row_max(xr)
     for j in range(c):
         yr[j] = exp_nonpos(xr[j] - m)
-    return m, _sum8(yr)
+    return m, row_sum(yr)
 
 
 @helper
@@ -140,10 +93,10 @@ def softmax_xent_probs(x, t, y, losses):
         xr, tr, yr = x[i], t[i], y[i]
         m, s = _exp_shifted_row(xr, yr)
         lse = np.log(s) + m
-        # sum_j t_j * (lse - x_j), written into yr first so that _sum8 can add it; then the softmax
+        # sum_j t_j * (lse - x_j), written into yr first so that row_sum can add it; then the softmax
         for j in range(xr.shape[0]):
             yr[j] = tr[j] * (lse - xr[j])
-        losses[i] = _sum8(yr)
+        losses[i] = row_sum(yr)
         for j in range(xr.shape[0]):
             yr[j] = exp_nonpos(xr[j] - m)
         _scale_row(yr, one / s)
