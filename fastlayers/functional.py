@@ -334,6 +334,10 @@ def affine_forward(x, W, b, out: np.ndarray | None = None) -> np.ndarray:
     TypeError
         Mixed float precision, unsupported dtypes, or an ``out`` of the wrong dtype.
     """
+    if _plain_affine(x, W, b, b.shape[0] if type(b) is np.ndarray and b.ndim == 1 else -1) and _free_buffer(
+        out, (x.shape[0], W.shape[1]), x, W, b
+    ):
+        return _affine_forward_run(x, W, b, out)
     x, x2, W, b = _affine_operands(x, W, b)
     shape = (x2.shape[0], W.shape[1])
     if out is not None:
@@ -342,8 +346,45 @@ def affine_forward(x, W, b, out: np.ndarray | None = None) -> np.ndarray:
             raise ValueError("out must not overlap x, W or b")
     if _numpy_backend():
         return _finish(reference.affine_forward(x2, W, b), out)
+    return _affine_forward_run(x2, W, b, out)
+
+
+def _plain_affine(x, W, a, m: int) -> bool:
+    """The common case, checked in a few attribute reads: numba backend, ``x`` (N, D) with N >= 1,
+    ``W`` (D, M) and the third operand ``a`` all ndarrays of one float32/float64 dtype, and ``m`` (the
+    size the third operand gives for M) equal to M. Anything else goes through full validation."""
+    return (
+        _backend._current == "numba"
+        and type(x) is np.ndarray
+        and type(W) is np.ndarray
+        and type(a) is np.ndarray
+        and x.dtype.char in "fd"
+        and W.dtype == x.dtype
+        and a.dtype == x.dtype
+        and x.ndim == 2
+        and W.ndim == 2
+        and x.shape[0] > 0
+        and x.shape[1] == W.shape[0]
+        and m == W.shape[1]
+    )
+
+
+def _free_buffer(buf, shape: tuple, *inputs: np.ndarray) -> bool:
+    """True when ``buf`` is None, or a writeable ndarray of ``shape`` and the inputs' dtype that
+    overlaps none of them (so the fast path may write into it)."""
+    if buf is None:
+        return True
+    if type(buf) is not np.ndarray or buf.shape != shape or buf.dtype != inputs[0].dtype or not buf.flags.writeable:
+        return False
+    for a in inputs:
+        if np.may_share_memory(buf, a):
+            return False
+    return True
+
+
+def _affine_forward_run(x2: np.ndarray, W: np.ndarray, b: np.ndarray, out: np.ndarray | None) -> np.ndarray:
     if out is None:
-        out = np.empty(shape, x2.dtype)
+        out = np.empty((x2.shape[0], W.shape[1]), x2.dtype)
     with _threads.BLAS_LOCK:
         np.matmul(x2, W, out=out)
     launch(_affine.bias_add, out.size, out, b)
@@ -380,6 +421,14 @@ def affine_backward(
     ValueError, TypeError
         As :func:`affine_forward`, and when ``dout`` is not (N, M).
     """
+    if (
+        _plain_affine(x, W, dout, dout.shape[1] if type(dout) is np.ndarray and dout.ndim == 2 else -1)
+        and dout.shape[0] == x.shape[0]
+        and _free_buffer(dx, x.shape, dout, x, W)
+        and _free_buffer(dW, W.shape, dout, x, W)
+        and _free_buffer(db, (W.shape[1],), dout, x, W)
+    ):
+        return _affine_backward_run(dout, x, x, W, dx, dW, db)
     _, (dout, x, W) = _as_arrays(dout=dout, x=x, W=W)
     x, x2, W, _ = _affine_operands(x, W, np.zeros(W.shape[1:2], W.dtype))
     n, m = x2.shape[0], W.shape[1]
@@ -399,6 +448,13 @@ def affine_backward(
     if _numpy_backend():
         rdx, rdW, rdb = reference.affine_backward(dout, x2, W)
         return _finish(rdx.reshape(x.shape), dx), _finish(rdW, dW), _finish(rdb, db)
+    return _affine_backward_run(dout, x, x2, W, dx, dW, db)
+
+
+def _affine_backward_run(dout, x, x2, W, dx, dW, db) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The products and the bias gradient, for validated operands; ``x2`` is ``x`` as (N, D)."""
+    n, m = dout.shape
+    dtype = x2.dtype
     if dx is None:
         dx = np.empty(x.shape, dtype)
     if dW is None:
