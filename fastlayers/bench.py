@@ -1,7 +1,8 @@
 """``python -m fastlayers bench``: each layer's forward+backward against its yardsticks, in one process.
 
-For every layer and size it times, as medians of repeated calls through each library's own API
-(outputs allocated per call, the way that API does):
+For every layer and size it times, as medians of batches of calls through each library's own API
+(outputs allocated per call, the way that API does), the following in turn, round by round, so that
+all of them see the same load on a shared machine (see :func:`interleaved_medians`):
 
 - fastlayers (backend ``numba``) and the NumPy reference path (backend ``numpy``): the speed-up;
 - PyTorch's CPU operators for the same work, when ``torch`` is importable;
@@ -21,7 +22,7 @@ import numba
 import numpy as np
 
 from . import layers
-from ._backend import use_backend
+from ._backend import get_backend, use_backend
 from ._kernels import elementwise
 
 SIZES = {
@@ -50,31 +51,57 @@ class Row:
     copy_gbps: float | None
 
 
-def median_time(fn: Callable[[], object], min_batch: float = 0.005, repeat: int = 7) -> float:
-    """Median seconds per call over ``repeat`` batches of calls lasting at least ``min_batch`` s each."""
+def _batch_size(fn: Callable[[], object], min_batch: float) -> int:
+    """Calls per batch so that one batch of ``fn`` lasts at least ``min_batch`` seconds."""
     fn()
     number = 1
     while True:
         start = time.perf_counter()
         for _ in range(number):
             fn()
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_batch or number >= 1 << 16:
-            break
+        if time.perf_counter() - start >= min_batch or number >= 1 << 16:
+            return number
         number *= 2
-    samples = [elapsed / number]
+
+
+def interleaved_medians(
+    entries: dict[str, tuple[Callable[[], object], str | None]],
+    min_batch: float = 0.005,
+    rounds: int = 9,
+) -> dict[str, float]:
+    """Median seconds per call of each ``(callable, backend)`` entry, timed round-robin.
+
+    Each round runs one batch of every entry in turn (``backend``, when not None, is selected before
+    the batch, outside the timed region), so all entries see the same machine load: on a shared,
+    noisy machine the ratios between them hold much better than with one entry timed after the other.
+    Each timed batch follows an untimed one of the same entry: thread pools keep spinning for a
+    while after their last task (PyTorch's OpenMP threads, OpenBLAS's) and take time to wake, and
+    without the warm-up batch one library's pool took the cores from the next entry (Affine
+    100x784x50 measured 2.2x its GEMMs right after PyTorch, and PyTorch 50x its usual time after a
+    pause).
+    """
+    numbers = {}
+    for name, (fn, backend) in entries.items():
+        with use_backend(backend or get_backend()):
+            numbers[name] = _batch_size(fn, min_batch)
+    samples: dict[str, list[float]] = {name: [] for name in entries}
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        for _ in range(repeat - 1):
-            start = time.perf_counter()
-            for _ in range(number):
-                fn()
-            samples.append((time.perf_counter() - start) / number)
+        for _ in range(rounds):
+            for name, (fn, backend) in entries.items():
+                with use_backend(backend or get_backend()):
+                    number = numbers[name]
+                    for _ in range(number):
+                        fn()
+                    start = time.perf_counter()
+                    for _ in range(number):
+                        fn()
+                    samples[name].append((time.perf_counter() - start) / number)
     finally:
         if gc_was_enabled:
             gc.enable()
-    return float(np.median(samples))
+    return {name: float(np.median(values)) for name, values in samples.items()}
 
 
 def _torch():
@@ -85,22 +112,21 @@ def _torch():
     return torch
 
 
-def _copy_time(nbytes: int, dtype) -> float:
-    """Seconds for the parallel copy kernel to read and write ``nbytes`` in all (half each way)."""
+def _copy_fn(nbytes: int, dtype) -> Callable[[], object]:
+    """The parallel copy kernel reading and writing ``nbytes`` in all (half each way)."""
     n = max(1, nbytes // 2 // np.dtype(dtype).itemsize)
     src = np.ones(n, dtype)
     dst = np.empty_like(src)
-    return median_time(lambda: elementwise.copy.parallel(src, dst))
+    return lambda: elementwise.copy.parallel(src, dst)
 
 
-def _layer_pair(make: Callable[[], tuple[Callable, Callable]]) -> tuple[float, float]:
-    """(numba, numpy) times of the forward+backward callable that ``make()`` builds."""
-    times = []
-    for backend in ("numba", "numpy"):
+def _layer_entries(make: Callable[[], Callable[[], object]]) -> dict:
+    """Entries "fast" and "ref": the forward+backward callable ``make()`` builds, once per backend."""
+    entries = {}
+    for name, backend in (("fast", "numba"), ("ref", "numpy")):
         with use_backend(backend):
-            fwd_bwd = make()
-            times.append(median_time(fwd_bwd))
-    return times[0], times[1]
+            entries[name] = (make(), backend)
+    return entries
 
 
 def bench_elementwise(kind: str, shape, dtype, torch) -> Row:
@@ -113,8 +139,7 @@ def bench_elementwise(kind: str, shape, dtype, torch) -> Row:
         layer = cls()
         return lambda: (layer.forward(x), layer.backward(dout))
 
-    fast, ref = _layer_pair(make)
-    t_torch = None
+    entries = _layer_entries(make)
     if torch is not None:
         tx, td = torch.from_numpy(x), torch.from_numpy(dout)
         if kind == "relu":
@@ -128,10 +153,10 @@ def bench_elementwise(kind: str, shape, dtype, torch) -> Row:
                 y = torch.sigmoid(tx)
                 return torch.ops.aten.sigmoid_backward(td, y)
 
-        t_torch = median_time(torch_fn)
+        entries["torch"] = (torch_fn, None)
     nbytes = 5 * x.nbytes  # forward: read x, write y; backward: read dout and y, write dx
-    t_copy = _copy_time(nbytes, dtype)
-    return _row(kind, shape, dtype, fast, ref, t_torch, "copy", t_copy, nbytes)
+    entries["limit"] = (_copy_fn(nbytes, dtype), None)
+    return _row(kind, shape, dtype, interleaved_medians(entries), "copy", nbytes)
 
 
 def bench_softmax_loss(shape, dtype, torch) -> Row:
@@ -143,8 +168,7 @@ def bench_softmax_loss(shape, dtype, torch) -> Row:
         layer = layers.SoftmaxWithLoss()
         return lambda: (layer.forward(x, t), layer.backward())
 
-    fast, ref = _layer_pair(make)
-    t_torch = None
+    entries = _layer_entries(make)
     if torch is not None:
         tt = torch.from_numpy(t)
 
@@ -153,10 +177,10 @@ def bench_softmax_loss(shape, dtype, torch) -> Row:
             torch.nn.functional.cross_entropy(tx, tt).backward()
             return tx.grad
 
-        t_torch = median_time(torch_fn)
+        entries["torch"] = (torch_fn, None)
     nbytes = 4 * x.nbytes  # forward: read x, write y; backward: read y, write dx
-    t_copy = _copy_time(nbytes, dtype)
-    return _row("softmax_loss", shape, dtype, fast, ref, t_torch, "copy", t_copy, nbytes)
+    entries["limit"] = (_copy_fn(nbytes, dtype), None)
+    return _row("softmax_loss", shape, dtype, interleaved_medians(entries), "copy", nbytes)
 
 
 def bench_affine(shape, dtype, torch) -> Row:
@@ -171,7 +195,7 @@ def bench_affine(shape, dtype, torch) -> Row:
         layer = layers.Affine(W, b)
         return lambda: (layer.forward(x), layer.backward(dout))
 
-    fast, ref = _layer_pair(make)
+    entries = _layer_entries(make)
     out, dx, dW = np.empty((n, m), dtype), np.empty((n, d), dtype), np.empty((d, m), dtype)
 
     def gemms():
@@ -179,8 +203,7 @@ def bench_affine(shape, dtype, torch) -> Row:
         np.matmul(dout, W.T, out=dx)
         np.matmul(x.T, dout, out=dW)
 
-    t_gemm = median_time(gemms)
-    t_torch = None
+    entries["limit"] = (gemms, None)
     if torch is not None:
         tx, tW, tb, td = (torch.from_numpy(a) for a in (x, W, b, dout))
 
@@ -188,8 +211,8 @@ def bench_affine(shape, dtype, torch) -> Row:
             torch.addmm(tb, tx, tW)
             return td @ tW.T, tx.T @ td, td.sum(0)
 
-        t_torch = median_time(torch_fn)
-    return _row("affine", shape, dtype, fast, ref, t_torch, "3 GEMMs", t_gemm, None)
+        entries["torch"] = (torch_fn, None)
+    return _row("affine", shape, dtype, interleaved_medians(entries), "3 GEMMs", None)
 
 
 def bench_two_layer(shape, dtype, torch) -> Row:
@@ -216,8 +239,7 @@ def bench_two_layer(shape, dtype, torch) -> Row:
 
         return step
 
-    fast, ref = _layer_pair(make)
-    t_torch = None
+    entries = _layer_entries(make)
     if torch is not None:
         tx, tt = torch.from_numpy(x), torch.from_numpy(t)
         tW1, tb1, tW2, tb2 = (torch.from_numpy(a.copy()).requires_grad_() for a in (W1, b1, W2, b2))
@@ -228,12 +250,13 @@ def bench_two_layer(shape, dtype, torch) -> Row:
             hidden = torch.relu(torch.addmm(tb1, tx, tW1))
             torch.nn.functional.cross_entropy(torch.addmm(tb2, hidden, tW2), tt).backward()
 
-        t_torch = median_time(torch_fn)
-    return _row("two_layer", shape, dtype, fast, ref, t_torch, "", None, None)
+        entries["torch"] = (torch_fn, None)
+    return _row("two_layer", shape, dtype, interleaved_medians(entries), "", None)
 
 
-def _row(layer, shape, dtype, fast, ref, t_torch, limit, t_limit, nbytes) -> Row:
+def _row(layer, shape, dtype, times: dict[str, float], limit, nbytes) -> Row:
     us = 1e6
+    fast, ref, t_torch, t_limit = times["fast"], times["ref"], times.get("torch"), times.get("limit")
     return Row(
         layer=layer,
         shape="x".join(str(s) for s in shape),
