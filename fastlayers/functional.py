@@ -564,12 +564,15 @@ def softmax_cross_entropy_forward(x, t, out: np.ndarray | None = None) -> tuple[
     TypeError
         Float or bool labels, unsupported dtypes.
     """
-    loss, y, _ = _xent_forward(x, t, out)
+    loss, y, _, _ = _xent_forward(x, t, out)
     return loss, y
 
 
-def _xent_forward(x, t, out) -> tuple[np.floating, np.ndarray, np.ndarray]:
-    """:func:`softmax_cross_entropy_forward`, also returning the validated targets."""
+def _xent_forward(x, t, out, grad: np.ndarray | bool = False) -> tuple:
+    """:func:`softmax_cross_entropy_forward`, also returning the validated targets and, when ``grad``
+    is True or a buffer (a C-contiguous (N, C) array of ``x``'s dtype that nothing else holds), the
+    gradient for ``dout = 1`` computed in the same pass (None on the numpy backend, or when not
+    asked for)."""
     _, (x,) = _as_arrays(x=x)
     _require_scores(x, "x")
     t = _targets(t, x)
@@ -579,12 +582,17 @@ def _xent_forward(x, t, out) -> tuple[np.floating, np.ndarray, np.ndarray]:
             raise ValueError("out must not overlap x")
     if _numpy_backend():
         loss, y = reference.softmax_cross_entropy_forward(x, t)
-        return loss, _finish(y, out), t
+        return loss, _finish(y, out), t, None
     y = np.empty(x.shape, x.dtype) if out is None else out
     losses = np.empty(x.shape[0], x.dtype)
+    if grad is False:
+        g = np.empty((0, x.shape[1]), x.dtype)  # no rows: the kernel skips the gradient
+    else:
+        g = np.empty(x.shape, x.dtype) if grad is True else grad
+    scale = x.dtype.type(x.dtype.type(1) / x.dtype.type(x.shape[0]))  # as _xent_backward for dout = 1
     kernel = _softmax.softmax_xent_labels if t.ndim == 1 else _softmax.softmax_xent_probs
-    total = launch(kernel, x.size, x, t, y, losses)
-    return x.dtype.type(total / x.shape[0]), y, t
+    total = launch(kernel, x.size, x, t, y, losses, g, scale)
+    return x.dtype.type(total / x.shape[0]), y, t, (g if g.shape[0] else None)
 
 
 def softmax_cross_entropy_backward(y, t, dout=1.0, out: np.ndarray | None = None) -> np.ndarray:

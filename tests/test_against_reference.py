@@ -240,7 +240,22 @@ def twin_args(name, dtype, rng):
         "bias_add": (rows, rows[0].copy()),
         "bias_grad": (rows, np.empty(257, dtype)),
         "softmax": (rows, np.empty_like(rows)),
-        "softmax_xent_labels": (rows, labels, np.empty_like(rows), np.empty(301, dtype)),
+        "softmax_xent_labels": (
+            rows,
+            labels,
+            np.empty_like(rows),
+            np.empty(301, dtype),
+            np.empty_like(rows),
+            dtype(0.5),
+        ),
+        "softmax_xent_probs": (
+            rows,
+            np.abs(rows),
+            np.empty_like(rows),
+            np.empty(301, dtype),
+            np.empty_like(rows),
+            dtype(0.5),
+        ),
         "xent_grad_labels": (np.abs(rows), labels, dtype(0.5), np.empty_like(rows)),
     }
     return table[name]
@@ -257,6 +272,7 @@ def twin_args(name, dtype, rng):
         "bias_grad",
         "softmax",
         "softmax_xent_labels",
+        "softmax_xent_probs",
         "xent_grad_labels",
     ],
 )
@@ -272,3 +288,31 @@ def test_serial_and_parallel_twins_agree(name):
         kernel.parallel(*args2)
         for a, b in zip(args, args2, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["labels", "probs"])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 1000), (301, 257)])
+def test_loss_kernel_gradient_equals_gradient_kernel(dtype, kind, shape):
+    """The gradient the loss kernels write in their forward pass is bit-identical to what the
+    gradient kernels compute from y, and asking for it changes neither y nor the loss."""
+    from fastlayers._kernels import softmax
+
+    rng = np.random.default_rng(3)
+    n, c = shape
+    x = (3 * rng.standard_normal(shape)).astype(dtype)
+    t = rng.integers(0, c, n) if kind == "labels" else rng.dirichlet(np.ones(c), n).astype(dtype)
+    loss_kernel = softmax.softmax_xent_labels if kind == "labels" else softmax.softmax_xent_probs
+    grad_kernel = softmax.xent_grad_labels if kind == "labels" else softmax.xent_grad_probs
+    scale = dtype(dtype(1) / dtype(n))
+    for twin in ("serial", "parallel"):
+        y, losses, g = np.empty_like(x), np.empty(n, dtype), np.empty_like(x)
+        total = getattr(loss_kernel, twin)(x, t, y, losses, g, scale)
+        y0, losses0 = np.empty_like(x), np.empty(n, dtype)
+        total0 = getattr(loss_kernel, twin)(x, t, y0, losses0, np.empty((0, c), dtype), scale)
+        want = np.empty_like(x)
+        getattr(grad_kernel, twin)(y, t, scale, want)
+        np.testing.assert_array_equal(g, want)
+        np.testing.assert_array_equal(y, y0)
+        np.testing.assert_array_equal(losses, losses0)
+        assert total == total0

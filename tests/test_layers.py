@@ -113,6 +113,35 @@ def test_softmax_with_loss_labels_equal_onehot(dtype):
     np.testing.assert_allclose(b.backward(), (y - onehot) / 6, atol=1e-7)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("targets", ["labels", "probs"])
+def test_softmax_with_loss_gradient_from_forward(dtype, targets):
+    """The gradient computed during forward is what backward would compute from y (bit for bit), is
+    handed out once, and is never written into while the caller holds it."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((300, 40)).astype(dtype)
+    t = rng.integers(0, 40, 300) if targets == "labels" else rng.dirichlet(np.ones(40), 300).astype(dtype)
+    layer = SoftmaxWithLoss()
+    layer.forward(x, t)
+    want = fastlayers.functional.softmax_cross_entropy_backward(layer.y, t)
+    first = layer.backward()
+    np.testing.assert_array_equal(first, want)
+    second = layer.backward()  # after the same forward: computed again, into a new array
+    assert second is not first
+    np.testing.assert_array_equal(second, want)
+    np.testing.assert_array_equal(layer.backward(np.float32(1)), want)
+    np.testing.assert_array_equal(
+        layer.backward(2.5), fastlayers.functional.softmax_cross_entropy_backward(layer.y, t, 2.5)
+    )
+    kept = first.copy()
+    layer.forward(2 * x, t)  # the caller still holds `first`: forward must not write into it
+    np.testing.assert_array_equal(first, kept)
+    np.testing.assert_array_equal(layer.backward(), fastlayers.functional.softmax_cross_entropy_backward(layer.y, t))
+    layer.forward(x, t)
+    layer.forward(3 * x, t)  # two forwards, one backward: the gradient of the latest one
+    np.testing.assert_array_equal(layer.backward(), fastlayers.functional.softmax_cross_entropy_backward(layer.y, t))
+
+
 def test_functions_exported():
     x = np.array([-1.0, 0.0, 2.0])
     np.testing.assert_array_equal(fastlayers.relu(x), [0.0, 0.0, 2.0])

@@ -5,7 +5,9 @@ Contract: ``x``, ``y``, ``out`` and one-hot/probability targets are (N, C) array
 dtype; integer labels ``t`` are (N,) int64 already checked to lie in [0, C) (nothing here checks:
 Numba does not bounds-check); ``losses`` is (N,) of the float dtype and receives one loss per row; the
 loss kernels return their sum (float64), which the caller divides by N. ``out`` may alias ``y``.
-The outer ``prange`` runs over rows; the additions
+The loss kernels can also write the gradient for ``dout = 1`` into ``grad`` (N, C) in the same pass,
+with ``scale`` = 1 / N of the dtype, bit-identical to what the ``xent_grad_*`` kernels compute from
+``y``; a ``grad`` with no rows means "not wanted". The outer ``prange`` runs over rows; the additions
 inside a row are always done in the same order, so results do not depend on the thread count.
 """
 
@@ -72,23 +74,55 @@ def softmax(x, y):
         _scale_row(y[i], one / s)
 
 
+@helper
+def _scale_row_with_grad(yr, r, gr, scale):
+    """yr *= r, and gr = yr * scale (the label gradient before its one correction)."""
+    for j in range(yr.shape[0]):
+        v = yr[j] * r
+        yr[j] = v
+        gr[j] = v * scale
+
+
 @twins(EXP_BOUND)
-def softmax_xent_labels(x, t, y, losses):
-    """y = softmax(x); losses[i] = logsumexp(x[i]) - x[i, t[i]]; returns the sum of the losses."""
+def softmax_xent_labels(x, t, y, losses, grad, scale):
+    """y = softmax(x); losses[i] = logsumexp(x[i]) - x[i, t[i]]; returns the sum of the losses.
+    With rows in ``grad``: grad = (y - onehot(t)) * scale, as ``xent_grad_labels``."""
     n = x.shape[0]
     one = typed(1, x)
+    with_grad = grad.shape[0] != 0
     for i in prange(n):
         m, s = _exp_shifted_row(x[i], y[i])
-        _scale_row(y[i], one / s)
+        if with_grad:
+            _scale_row_with_grad(y[i], one / s, grad[i], scale)
+            grad[i, t[i]] = (y[i, t[i]] - one) * scale
+        else:
+            _scale_row(y[i], one / s)
         losses[i] = (np.log(s) + m) - x[i, t[i]]
     return _total(losses)
 
 
+@helper
+def _probs_row(xr, tr, yr, m, r, gr, scale, with_grad):
+    """yr = exp(xr - m) * r (the softmax, ``r`` being 1 / the sum of the exps); with ``with_grad``
+    also gr = (yr - tr) * scale, as ``xent_grad_probs``."""
+    for j in range(xr.shape[0]):
+        yr[j] = exp_nonpos(xr[j] - m)
+    if with_grad:
+        for j in range(xr.shape[0]):
+            v = yr[j] * r
+            yr[j] = v
+            gr[j] = (v - tr[j]) * scale
+    else:
+        _scale_row(yr, r)
+
+
 @twins(EXP_BOUND)
-def softmax_xent_probs(x, t, y, losses):
-    """y = softmax(x); losses[i] = sum_j t[i, j] * (logsumexp(x[i]) - x[i, j]); returns their sum."""
+def softmax_xent_probs(x, t, y, losses, grad, scale):
+    """y = softmax(x); losses[i] = sum_j t[i, j] * (logsumexp(x[i]) - x[i, j]); returns their sum.
+    With rows in ``grad``: grad = (y - t) * scale, as ``xent_grad_probs``."""
     n = x.shape[0]
     one = typed(1, x)
+    with_grad = grad.shape[0] != 0
     for i in prange(n):
         xr, tr, yr = x[i], t[i], y[i]
         m, s = _exp_shifted_row(xr, yr)
@@ -97,9 +131,7 @@ def softmax_xent_probs(x, t, y, losses):
         for j in range(xr.shape[0]):
             yr[j] = tr[j] * (lse - xr[j])
         losses[i] = row_sum(yr)
-        for j in range(xr.shape[0]):
-            yr[j] = exp_nonpos(xr[j] - m)
-        _scale_row(yr, one / s)
+        _probs_row(xr, tr, yr, m, one / s, grad[i] if with_grad else yr, scale, with_grad)
     return _total(losses)
 
 
