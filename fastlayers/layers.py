@@ -30,42 +30,22 @@ def _need_forward(layer: object, value: object) -> None:
         raise ValueError(f"{type(layer).__name__}.backward called before forward")
 
 
-def _spare(buf, shape: tuple, dtype) -> np.ndarray | None:
-    """``buf`` if it can hold a new result of ``shape`` and ``dtype`` and nothing but the layer holds
-    it (so that writing into it cannot be seen by anyone); None otherwise, and always None on the
-    numpy backend, whose reference functions allocate anyway (a buffer would only add a copy)."""
+def _spare(buf, shape: tuple | None = None, dtype=None) -> np.ndarray | None:
+    """``buf`` if nothing but the layer holds it (so that writing into it cannot be seen by anyone)
+    and, when given, it has ``shape`` and ``dtype``; None otherwise, and always None on the numpy
+    backend, whose reference functions allocate anyway (a buffer would only add a copy)."""
+    if type(buf) is not np.ndarray or _backend._current != "numba":
+        return None
+    flags = buf.flags
     if (
-        _backend._current == "numba"
-        and type(buf) is np.ndarray
-        and buf.shape == shape
-        and buf.dtype == dtype
-        and buf.flags.c_contiguous
-        and buf.flags.writeable
+        flags.c_contiguous
+        and flags.writeable
         and buf.base is None
-        and sys.getrefcount(buf) <= _SOLE_OWNER
+        and sys.getrefcount(buf) <= F._SOLE_OWNER
+        and (shape is None or (buf.shape == shape and buf.dtype == dtype))
     ):
         return buf
     return None
-
-
-class _Probe:
-    def __init__(self) -> None:
-        self.buf = np.empty(1)
-
-
-def _sole_owner_count() -> int:
-    """The reference count ``_spare`` sees for an array held by one attribute only (version-proof)."""
-    probe = _Probe()
-    counts = []
-
-    def count(buf, shape, dtype):
-        counts.append(sys.getrefcount(buf))
-
-    count(probe.buf, (1,), None)
-    return counts[0]
-
-
-_SOLE_OWNER = _sole_owner_count()
 
 
 def _dtype_of(a) -> np.dtype | None:
@@ -137,12 +117,15 @@ class _Activation:
         self._dx = None
 
     def forward(self, x):
-        self.out = self._forward(x, out=_spare(self.out, np.shape(x), _dtype_of(x)))
+        # the previous result goes along as the buffer to reuse: F._layer_call checks (as _spare) that
+        # nothing else holds it
+        self.out = F._layer_call(self._forward, x, None, self.out)
         return self.out
 
     def backward(self, dout):
-        _need_forward(self, self.out)
-        self._dx = self._backward(dout, self.out, out=_spare(self._dx, self.out.shape, _dtype_of(dout)))
+        if self.out is None:
+            _need_forward(self, None)
+        self._dx = F._layer_call(self._backward, dout, self.out, self._dx)
         return self._dx
 
 

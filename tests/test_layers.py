@@ -202,10 +202,21 @@ def test_results_kept_by_the_caller_are_never_overwritten(dtype):
             np.testing.assert_array_equal(a, e)
 
 
-def test_dropped_results_are_recycled():
-    layer = Relu()
+@pytest.mark.parametrize("cls", [Relu, Sigmoid])
+def test_dropped_results_are_recycled(cls):
+    """Results nobody holds any more are reused (forward output and gradient alike); held ones never."""
+    layer = cls()
     x = np.ones((64, 64))
-    first = layer.backward(x) if layer.forward(x) is not None else None
+    layer.forward(x)
+    first = layer.backward(x)
     address = first.__array_interface__["data"][0]
     del first
     assert layer.backward(x).__array_interface__["data"][0] == address
+    out_address = layer.out.__array_interface__["data"][0]
+    assert layer.forward(x).__array_interface__["data"][0] == out_address
+    held = layer.forward(x)
+    assert layer.forward(x) is not held  # `held` is referenced here: a new array
+    frozen = layer.out
+    frozen.flags.writeable = False
+    del frozen, held
+    assert layer.forward(x).flags.writeable  # a read-only buffer is never written into

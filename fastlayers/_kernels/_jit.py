@@ -116,34 +116,24 @@ class Twins:
 
     The two dispatchers are built on first use, not at import, so that ``import fastlayers`` does
     not pay for the kernels a program never calls (building a cached dispatcher costs milliseconds).
+    Once built, each is a plain instance attribute (``__getattr__`` only runs while it is missing),
+    so the per-call lookup costs no more than any attribute read.
     """
-
-    __slots__ = ("name", "py_func", "parallel_min", "_serial", "_parallel", "_lock")
 
     def __init__(self, fn: Callable, parallel_min: int):
         self.name = fn.__name__
         self.py_func = fn
         self.parallel_min = parallel_min
-        ALL_TWINS.append(self)
-        self._serial = None
-        self._parallel = None
         self._lock = threading.Lock()
+        ALL_TWINS.append(self)
 
-    @property
-    def serial(self):
-        return self._serial if self._serial is not None else self._build(parallel=False)
-
-    @property
-    def parallel(self):
-        return self._parallel if self._parallel is not None else self._build(parallel=True)
-
-    def _build(self, parallel: bool):
-        """Compile (or load) one twin, once, even when several threads ask at the same time."""
-        name = "_parallel" if parallel else "_serial"
-        with self._lock:
-            if getattr(self, name) is None:
-                setattr(self, name, jit(self.py_func, parallel=parallel, suffix=name))
-            return getattr(self, name)
+    def __getattr__(self, name: str):
+        if name not in ("serial", "parallel"):
+            raise AttributeError(name)
+        with self._lock:  # compile (or load) each twin once, even when several threads ask at once
+            if name not in self.__dict__:
+                self.__dict__[name] = jit(self.py_func, parallel=name == "parallel", suffix="_" + name)
+            return self.__dict__[name]
 
     def __repr__(self) -> str:
         return f"<kernel twins {self.name}>"
