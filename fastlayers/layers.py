@@ -34,14 +34,13 @@ def _spare(buf, shape: tuple | None = None, dtype=None) -> np.ndarray | None:
     """``buf`` if nothing but the layer holds it (so that writing into it cannot be seen by anyone)
     and, when given, it has ``shape`` and ``dtype``; None otherwise, and always None on the numpy
     backend, whose reference functions allocate anyway (a buffer would only add a copy)."""
-    if type(buf) is not np.ndarray or _backend._current != "numba":
-        return None
-    flags = buf.flags
     if (
-        flags.c_contiguous
-        and flags.writeable
+        type(buf) is np.ndarray
+        and _backend._current == "numba"
+        and sys.getrefcount(buf) <= F._SOLE_OWNER  # first: a flags object would hold a reference too
         and buf.base is None
-        and sys.getrefcount(buf) <= F._SOLE_OWNER
+        and buf.flags.c_contiguous
+        and buf.flags.writeable
         and (shape is None or (buf.shape == shape and buf.dtype == dtype))
     ):
         return buf

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import pytest
 
@@ -200,6 +202,26 @@ def test_results_kept_by_the_caller_are_never_overwritten(dtype):
     for got, want in zip(kept, expected, strict=True):
         for a, e in zip(got, want, strict=True):
             np.testing.assert_array_equal(a, e)
+
+
+def test_affine_and_loss_recycle_dropped_results():
+    """Affine's output and gradients, and SoftmaxWithLoss's y and gradient, are reused once dropped."""
+    rng = np.random.default_rng(0)
+    x, t = rng.standard_normal((64, 32)), rng.integers(0, 8, 64)
+    affine, loss = Affine(rng.standard_normal((32, 8)), np.zeros(8)), SoftmaxWithLoss()
+    loss.forward(affine.forward(x), t)
+    affine.backward(loss.backward())
+    before = [weakref.ref(a) for a in (affine._out, affine._dx, affine.dW, affine.db, loss.y, loss._dx)]
+    for _ in range(3):
+        loss.forward(affine.forward(x), t)
+        affine.backward(loss.backward())
+    # the very same objects (a weak reference to a freed array would give None)
+    now = (affine._out, affine._dx, affine.dW, affine.db, loss.y, loss._dx)
+    assert all(r() is a for r, a in zip(before, now, strict=True))
+    kept = affine.dW
+    loss.forward(affine.forward(x), t)
+    affine.backward(loss.backward())
+    assert affine.dW is not kept  # held by `kept`: a new array
 
 
 @pytest.mark.parametrize("cls", [Relu, Sigmoid])
