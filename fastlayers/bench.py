@@ -2,7 +2,7 @@
 
 For every layer and size it times, as medians of batches of calls through each library's own API
 (outputs allocated per call, the way that API does), the following in turn, round by round, so that
-all of them see the same load on a shared machine (see :func:`interleaved_medians`):
+they see the same load on a shared machine (PyTorch apart, see :func:`interleaved_medians`):
 
 - fastlayers (backend ``numba``) and the NumPy reference path (backend ``numpy``): the speed-up;
 - PyTorch's CPU operators for the same work, when ``torch`` is importable;
@@ -68,36 +68,50 @@ def interleaved_medians(
     entries: dict[str, tuple[Callable[[], object], str | None]],
     min_batch: float = 0.005,
     rounds: int = 9,
+    apart: tuple[str, ...] = ("torch",),
 ) -> dict[str, float]:
-    """Median seconds per call of each ``(callable, backend)`` entry, timed round-robin.
+    """Median seconds per call of each ``(callable, backend)`` entry.
 
-    Each round runs one batch of every entry in turn (``backend``, when not None, is selected before
-    the batch, outside the timed region), so all entries see the same machine load: on a shared,
-    noisy machine the ratios between them hold much better than with one entry timed after the other.
-    Each timed batch follows an untimed one of the same entry: thread pools keep spinning for a
-    while after their last task (PyTorch's OpenMP threads, OpenBLAS's) and take time to wake, and
-    without the warm-up batch one library's pool took the cores from the next entry (Affine
-    100x784x50 measured 2.2x its GEMMs right after PyTorch, and PyTorch 50x its usual time after a
-    pause).
+    The entries are timed round-robin: each round runs one batch of every entry in turn
+    (``backend``, when not None, is selected outside the timed region), so that they all see the
+    same load; on a shared, noisy machine the ratios between them hold much better than with one
+    entry timed after the other. Each timed batch follows an untimed one of the same entry, to wake
+    its thread pools.
+
+    The entries named in ``apart`` (PyTorch's) are timed afterwards, all their rounds in one block:
+    PyTorch's OpenMP threads keep spinning after its operators return, and OpenBLAS's after NumPy's
+    products, and on two cores the two pools took the cores from each other when interleaved
+    (Affine 100x784x50: 1.9-2.8x its GEMMs right after PyTorch, and PyTorch itself up to 40 ms
+    instead of 0.3 ms per call). In use, nobody alternates the two libraries every few milliseconds.
     """
     numbers = {}
     for name, (fn, backend) in entries.items():
         with use_backend(backend or get_backend()):
             numbers[name] = _batch_size(fn, min_batch)
     samples: dict[str, list[float]] = {name: [] for name in entries}
+
+    def batch(name: str) -> None:
+        fn, backend = entries[name]
+        with use_backend(backend or get_backend()):
+            number = numbers[name]
+            for _ in range(number):
+                fn()
+            start = time.perf_counter()
+            for _ in range(number):
+                fn()
+            samples[name].append((time.perf_counter() - start) / number)
+
+    together = [name for name in entries if name not in apart]
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
         for _ in range(rounds):
-            for name, (fn, backend) in entries.items():
-                with use_backend(backend or get_backend()):
-                    number = numbers[name]
-                    for _ in range(number):
-                        fn()
-                    start = time.perf_counter()
-                    for _ in range(number):
-                        fn()
-                    samples[name].append((time.perf_counter() - start) / number)
+            for name in together:
+                batch(name)
+        for name in entries:
+            if name in apart:
+                for _ in range(rounds):
+                    batch(name)
     finally:
         if gc_was_enabled:
             gc.enable()
