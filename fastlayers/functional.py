@@ -407,9 +407,7 @@ def affine_forward(x, W, b, out: np.ndarray | None = None) -> np.ndarray:
     TypeError
         Mixed float precision, unsupported dtypes, or an ``out`` of the wrong dtype.
     """
-    if _plain_affine(x, W, b, b.shape[0] if type(b) is np.ndarray and b.ndim == 1 else -1) and _free_buffer(
-        out, (x.shape[0], W.shape[1]), x, W, b
-    ):
+    if _plain_affine(x, W, b) and b.ndim == 1 and _free_buffer(out, (x.shape[0], W.shape[1]), x, W, b):
         return _affine_forward_run(x, W, b, out)
     x, x2, W, b = _affine_operands(x, W, b)
     shape = (x2.shape[0], W.shape[1])
@@ -422,11 +420,11 @@ def affine_forward(x, W, b, out: np.ndarray | None = None) -> np.ndarray:
     return _affine_forward_run(x2, W, b, out)
 
 
-def _plain_affine(x, W, a, m: int) -> bool:
+def _plain_affine(x, W, a) -> bool:
     """The common case, checked in a few attribute reads: numba backend, ``x`` (N, D) with N >= 1,
-    ``W`` (D, M) and the third operand ``a`` all ndarrays of one float32/float64 dtype, and ``m`` (the
-    size the third operand gives for M) equal to M. Anything else goes through full validation."""
-    return (
+    ``W`` (D, M), and ``a`` either the bias (M,) or the upstream gradient (N, M), all ndarrays of one
+    float32/float64 dtype. Anything else goes through full validation."""
+    if not (
         _backend._current == "numba"
         and type(x) is np.ndarray
         and type(W) is np.ndarray
@@ -438,8 +436,11 @@ def _plain_affine(x, W, a, m: int) -> bool:
         and W.ndim == 2
         and x.shape[0] > 0
         and x.shape[1] == W.shape[0]
-        and m == W.shape[1]
-    )
+    ):
+        return False
+    if a.ndim == 1:
+        return a.shape[0] == W.shape[1]
+    return a.ndim == 2 and a.shape[0] == x.shape[0] and a.shape[1] == W.shape[1]
 
 
 def _free_buffer(buf, shape: tuple, *inputs: np.ndarray) -> bool:
@@ -495,8 +496,8 @@ def affine_backward(
         As :func:`affine_forward`, and when ``dout`` is not (N, M).
     """
     if (
-        _plain_affine(x, W, dout, dout.shape[1] if type(dout) is np.ndarray and dout.ndim == 2 else -1)
-        and dout.shape[0] == x.shape[0]
+        _plain_affine(x, W, dout)
+        and dout.ndim == 2
         and _free_buffer(dx, x.shape, dout, x, W)
         and _free_buffer(dW, W.shape, dout, x, W)
         and _free_buffer(db, (W.shape[1],), dout, x, W)

@@ -36,15 +36,21 @@ def _spare(buf, shape: tuple | None = None, dtype=None) -> np.ndarray | None:
     backend, whose reference functions allocate anyway (a buffer would only add a copy)."""
     if (
         type(buf) is np.ndarray
+        and buf.nbytes >= REUSE_MIN_BYTES
         and _backend._current == "numba"
         and sys.getrefcount(buf) <= F._SOLE_OWNER  # first: a flags object would hold a reference too
         and buf.base is None
-        and buf.flags.c_contiguous
-        and buf.flags.writeable
         and (shape is None or (buf.shape == shape and buf.dtype == dtype))
     ):
-        return buf
+        flags = buf.flags
+        if flags.c_contiguous and flags.writeable:
+            return buf
     return None
+
+
+#: Smaller results are allocated afresh: ``np.empty`` of a few KiB costs less than the checks above
+#: (0.2 us against 0.7 us), and only large allocations pay for fresh pages.
+REUSE_MIN_BYTES = 64 * 1024
 
 
 def _dtype_of(a) -> np.dtype | None:
@@ -166,23 +172,31 @@ class Affine:
     def forward(self, x):
         x = np.asarray(x)
         rows = x.shape[0] if x.ndim else 0
-        out_shape = (rows, self.W.shape[1] if self.W.ndim == 2 else 0)
-        self._out = F.affine_forward(x, self.W, self.b, out=_spare(self._out, out_shape, _dtype_of(x)))
+        x2 = x.reshape(rows, -1) if x.ndim != 2 else x
+        W, b = self.W, self.b
+        if F._plain_affine(x2, W, b) and b.ndim == 1:
+            # the common case: the buffer from _spare is the layer's alone, so it overlaps nothing and
+            # the products can go straight to F's run step (no overlap checks: 2 us less per call)
+            out = _spare(self._out, (rows, W.shape[1]), x.dtype)
+            self._out = F._affine_forward_run(x2, W, b, out)
+        else:
+            out_shape = (rows, W.shape[1] if W.ndim == 2 else 0)
+            self._out = F.affine_forward(x, W, b, out=_spare(self._out, out_shape, _dtype_of(x)))
         self.original_x_shape = x.shape
-        self.x = x.reshape(rows, -1)
+        self.x = x2
         return self._out
 
     def backward(self, dout):
         _need_forward(self, self.x)
-        dtype = self.x.dtype
-        self._dx, self.dW, self.db = F.affine_backward(
-            dout,
-            self.x,
-            self.W,
-            dx=_spare(self._dx, self.x.shape, dtype),
-            dW=_spare(self.dW, self.W.shape, dtype),
-            db=_spare(self.db, self.b.shape, dtype),
-        )
+        x2, W = self.x, self.W
+        dtype = x2.dtype
+        dx = _spare(self._dx, x2.shape, dtype)
+        dW = _spare(self.dW, W.shape, dtype)
+        db = _spare(self.db, self.b.shape, dtype)
+        if F._plain_affine(x2, W, dout) and dout.ndim == 2:
+            self._dx, self.dW, self.db = F._affine_backward_run(dout, x2, x2, W, dx, dW, db)
+        else:
+            self._dx, self.dW, self.db = F.affine_backward(dout, x2, W, dx=dx, dW=dW, db=db)
         return self._dx.reshape(self.original_x_shape)
 
 

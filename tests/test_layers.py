@@ -205,18 +205,22 @@ def test_results_kept_by_the_caller_are_never_overwritten(dtype):
 
 
 def test_affine_and_loss_recycle_dropped_results():
-    """Affine's output and gradients, and SoftmaxWithLoss's y and gradient, are reused once dropped."""
+    """Affine's output and gradients, and SoftmaxWithLoss's y and gradient, are reused once dropped
+    (all of them larger than REUSE_MIN_BYTES; smaller ones are allocated afresh, which is cheaper)."""
     rng = np.random.default_rng(0)
-    x, t = rng.standard_normal((64, 32)), rng.integers(0, 8, 64)
-    affine, loss = Affine(rng.standard_normal((32, 8)), np.zeros(8)), SoftmaxWithLoss()
+    x, t = rng.standard_normal((512, 128)), rng.integers(0, 96, 512)
+    affine, loss = Affine(0.1 * rng.standard_normal((128, 96)), np.zeros(96)), SoftmaxWithLoss()
     loss.forward(affine.forward(x), t)
     affine.backward(loss.backward())
-    before = [weakref.ref(a) for a in (affine._out, affine._dx, affine.dW, affine.db, loss.y, loss._dx)]
+    big = (affine._out, affine._dx, affine.dW, loss.y, loss._dx)
+    assert min(a.nbytes for a in big) >= fastlayers.layers.REUSE_MIN_BYTES
+    before = [weakref.ref(a) for a in big]
+    del big
     for _ in range(3):
         loss.forward(affine.forward(x), t)
         affine.backward(loss.backward())
     # the very same objects (a weak reference to a freed array would give None)
-    now = (affine._out, affine._dx, affine.dW, affine.db, loss.y, loss._dx)
+    now = (affine._out, affine._dx, affine.dW, loss.y, loss._dx)
     assert all(r() is a for r, a in zip(before, now, strict=True))
     kept = affine.dW
     loss.forward(affine.forward(x), t)
