@@ -10,10 +10,10 @@ import numpy as np
 
 import fastlayers
 
-from .common import AFFINE_SHAPES, BACKENDS, DTYPES, BackendSuite, data, dims, torch_or_skip
+from .common import AFFINE_SHAPES, BACKENDS, DTYPES, _BackendSuite, data, dims, torch_or_skip
 
 
-class Affine(BackendSuite):
+class Affine(_BackendSuite):
     params = [AFFINE_SHAPES, DTYPES, BACKENDS]
     param_names = ["shape", "dtype", "backend"]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import fastlayers
 
-from .common import BACKENDS, DTYPES, ELEMENTWISE_SHAPES, BackendSuite, data, dims, torch_or_skip
+from .common import BACKENDS, DTYPES, ELEMENTWISE_SHAPES, _BackendSuite, data, dims, torch_or_skip
 
 
-class _Elementwise(BackendSuite):
+class _Elementwise(_BackendSuite):
     params = [ELEMENTWISE_SHAPES, DTYPES, BACKENDS]
     param_names = ["shape", "dtype", "backend"]
     layer_class = None

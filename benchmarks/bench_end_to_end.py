@@ -7,10 +7,10 @@ import numpy as np
 from fastlayers.nets import TwoLayerNet
 from fastlayers.optim import SGD
 
-from .common import BACKENDS, DTYPES, BackendSuite, torch_or_skip
+from .common import BACKENDS, DTYPES, _BackendSuite, torch_or_skip
 
 
-class TwoLayerStack(BackendSuite):
+class TwoLayerStack(_BackendSuite):
     time_forward = time_backward = None  # the stack is timed as a whole
     params = [DTYPES, BACKENDS]
     param_names = ["dtype", "backend"]

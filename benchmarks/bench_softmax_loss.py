@@ -6,10 +6,10 @@ import numpy as np
 
 import fastlayers
 
-from .common import BACKENDS, DTYPES, SOFTMAX_SHAPES, BackendSuite, data, dims, torch_or_skip
+from .common import BACKENDS, DTYPES, SOFTMAX_SHAPES, _BackendSuite, data, dims, torch_or_skip
 
 
-class SoftmaxWithLoss(BackendSuite):
+class SoftmaxWithLoss(_BackendSuite):
     params = [SOFTMAX_SHAPES, DTYPES, BACKENDS]
     param_names = ["shape", "dtype", "backend"]
 

@@ -37,9 +37,13 @@ def torch_or_skip():
     return torch
 
 
-class BackendSuite:
+class _BackendSuite:
     """Base class: ``setup`` switches the fastlayers backend and sets ``self.forward``,
-    ``self.backward`` and ``self.forward_backward`` (callables); ``teardown`` switches back."""
+    ``self.backward`` and ``self.forward_backward`` (callables); ``teardown`` switches back.
+
+    Its name starts with an underscore so that asv does not collect it as a suite of its own (it
+    did, from every module that imports it, and each of its benchmarks failed for want of a setup).
+    """
 
     def time_forward(self, *params):
         self.forward()
