@@ -26,6 +26,7 @@ through a temporary.
 
 from __future__ import annotations
 
+import functools
 import numbers
 import sys
 
@@ -548,6 +549,11 @@ def _affine_backward_run(dout, x, x2, W, dx, dW, db) -> tuple[np.ndarray, np.nda
 def _targets(t, x: np.ndarray, name: str = "t") -> np.ndarray:
     """Validated targets for a 2-D (N, C) ``x``: int64 labels (N,) or rows of x's dtype and shape."""
     n, c = x.shape
+    if type(t) is np.ndarray and t.dtype == np.int64 and t.shape == (n,) and n and t.flags.c_contiguous:
+        lo, hi = _softmax.label_bounds(t)  # the common case: int64 labels, one compiled pass
+        if lo < 0 or hi >= c:
+            raise ValueError(f"{name} holds labels outside [0, {c}): min {lo}, max {hi}")
+        return t
     t = np.asarray(t)
     if t.shape == x.shape:
         if t.dtype.kind not in "fiub":
@@ -642,12 +648,21 @@ def softmax_cross_entropy_forward(x, t, out: np.ndarray | None = None) -> tuple[
     return loss, y
 
 
+@functools.lru_cache(maxsize=64)
+def _mean_scale(dtype: np.dtype, dout: np.floating, n: int) -> np.floating:
+    """``dout / n`` in ``dtype`` (``dout`` a scalar of that dtype): the factor of the loss gradient,
+    computed one way for the forward pass's gradient and for backward (so the two agree bit for bit),
+    and cached (NumPy scalar arithmetic costs about 1 us per call)."""
+    return dtype.type(dout / dtype.type(n))
+
+
 def _xent_forward(x, t, out, grad: np.ndarray | bool = False) -> tuple:
     """:func:`softmax_cross_entropy_forward`, also returning the validated targets and, when ``grad``
     is True or a buffer (a C-contiguous (N, C) array of ``x``'s dtype that nothing else holds), the
     gradient for ``dout = 1`` computed in the same pass (None on the numpy backend, or when not
     asked for)."""
-    _, (x,) = _as_arrays(x=x)
+    if not (type(x) is np.ndarray and x.dtype.char in "fd"):  # float ndarrays skip the conversion
+        _, (x,) = _as_arrays(x=x)
     _require_scores(x, "x")
     t = _targets(t, x)
     if out is not None:
@@ -663,7 +678,7 @@ def _xent_forward(x, t, out, grad: np.ndarray | bool = False) -> tuple:
         g = np.empty((0, x.shape[1]), x.dtype)  # no rows: the kernel skips the gradient
     else:
         g = np.empty(x.shape, x.dtype) if grad is True else grad
-    scale = x.dtype.type(x.dtype.type(1) / x.dtype.type(x.shape[0]))  # as _xent_backward for dout = 1
+    scale = _mean_scale(x.dtype, x.dtype.type(1), x.shape[0])
     kernel = _softmax.softmax_xent_labels if t.ndim == 1 else _softmax.softmax_xent_probs
     total = launch(kernel, x.size, x, t, y, losses, g, scale)
     return x.dtype.type(total / x.shape[0]), y, t, (g if g.shape[0] else None)
@@ -696,7 +711,7 @@ def _xent_backward(y: np.ndarray, t: np.ndarray, dout, out) -> np.ndarray:
     if _numpy_backend():
         return _finish(reference.softmax_cross_entropy_backward(y, t, dout), out)
     target = out if out is not None and not _overlaps(out, y) else np.empty(y.shape, y.dtype)
-    scale = y.dtype.type(dout / y.dtype.type(y.shape[0]))
+    scale = _mean_scale(y.dtype, dout, y.shape[0])
     kernel = _softmax.xent_grad_labels if t.ndim == 1 else _softmax.xent_grad_probs
     launch(kernel, y.size, y, t, scale, target)
     return _finish(target, out)
