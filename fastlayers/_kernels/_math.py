@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, overload
 
@@ -41,48 +40,25 @@ def _typed_overload(value, ref):
     return impl
 
 
-@intrinsic
-def _bits_to_f64(typingctx, bits):
-    """Reinterpret the 64 bits of an int64 as a float64."""
-    sig = types.float64(types.int64)
+def _bitcast(name: str, src, dst):
+    """A Numba intrinsic ``name(value)`` that reinterprets the bits of a ``src`` scalar as ``dst``
+    (same width), as an LLVM ``bitcast``: no conversion, no instruction of its own."""
 
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.DoubleType())
+    def impl(typingctx, value):
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], context.get_value_type(dst))
 
-    return sig, codegen
+        return dst(src), codegen
 
-
-@intrinsic
-def _f64_to_bits(typingctx, x):
-    """Reinterpret the 64 bits of a float64 as an int64."""
-    sig = types.int64(types.float64)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(64))
-
-    return sig, codegen
+    impl.__name__ = impl.__qualname__ = name
+    impl.__doc__ = f"Reinterpret the bits of a {src} as a {dst}."
+    return intrinsic(impl)
 
 
-@intrinsic
-def _f32_to_bits(typingctx, x):
-    """Reinterpret the 32 bits of a float32 as an int32."""
-    sig = types.int32(types.float32)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-
-    return sig, codegen
-
-
-@intrinsic
-def _bits_to_f32(typingctx, bits):
-    """Reinterpret the 32 bits of an int32 as a float32."""
-    sig = types.float32(types.int32)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-
-    return sig, codegen
+_bits_to_f64 = _bitcast("_bits_to_f64", types.int64, types.float64)
+_f64_to_bits = _bitcast("_f64_to_bits", types.float64, types.int64)
+_bits_to_f32 = _bitcast("_bits_to_f32", types.int32, types.float32)
+_f32_to_bits = _bitcast("_f32_to_bits", types.float32, types.int32)
 
 
 def exp_nonpos(x):  # pragma: no cover - replaced by the overload inside jitted code
