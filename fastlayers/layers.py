@@ -30,17 +30,18 @@ def _need_forward(layer: object, value: object) -> None:
         raise ValueError(f"{type(layer).__name__}.backward called before forward")
 
 
-def _spare(buf, shape: tuple | None = None, dtype=None) -> np.ndarray | None:
-    """``buf`` if nothing but the layer holds it (so that writing into it cannot be seen by anyone)
-    and, when given, it has ``shape`` and ``dtype``; None otherwise, and always None on the numpy
-    backend, whose reference functions allocate anyway (a buffer would only add a copy)."""
+def _spare(buf, shape: tuple, dtype) -> np.ndarray | None:
+    """``buf`` if it can hold a new result of ``shape`` and ``dtype`` and nothing but the layer holds
+    it (so that writing into it cannot be seen by anyone); None otherwise, and always None on the
+    numpy backend, whose reference functions allocate anyway (a buffer would only add a copy)."""
     if (
         type(buf) is np.ndarray
         and buf.nbytes >= REUSE_MIN_BYTES
         and _backend._current == "numba"
         and sys.getrefcount(buf) <= F._SOLE_OWNER  # first: a flags object would hold a reference too
         and buf.base is None
-        and (shape is None or (buf.shape == shape and buf.dtype == dtype))
+        and buf.shape == shape
+        and buf.dtype == dtype
     ):
         flags = buf.flags
         if flags.c_contiguous and flags.writeable:
@@ -122,8 +123,8 @@ class _Activation:
         self._dx = None
 
     def forward(self, x):
-        # the previous result goes along as the buffer to reuse: F._layer_call checks (as _spare) that
-        # nothing else holds it
+        # the previous result goes along as the buffer to reuse: F._layer_call reuses it when nothing
+        # else holds it
         self.out = F._layer_call(self._forward, x, None, self.out)
         return self.out
 
