@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numba as _numba
 
-from ._backend import get_backend, use_backend
+from ._backend import get_backend, set_default_backend, set_strict_dtypes, strict_dtypes, use_backend
 from ._kernels import _threads
 from .functional import cross_entropy_error, softmax
 from .functional import relu_forward as relu
@@ -47,6 +47,9 @@ __all__ = [
     "sigmoid",
     "softmax",
     "use_backend",
+    "set_default_backend",
+    "strict_dtypes",
+    "set_strict_dtypes",
     "__version__",
 ]
 

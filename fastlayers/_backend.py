@@ -1,7 +1,14 @@
-"""The process-wide backend switch: ``"numba"`` (compiled kernels, default) or ``"numpy"``."""
+"""Settings that choose how a call computes: the backend and the strict-dtype switch.
+
+Each setting has a process-wide default (from an environment variable at import, or a ``set_default_*``
+function) and a context-local value set by ``use_backend`` / ``strict_dtypes``. The context-local value
+lives in a :class:`contextvars.ContextVar`: it affects only the calling thread, and asyncio tasks
+(which copy their creator's context); a new thread starts from the process-wide default.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import os
 
 BACKENDS = ("numba", "numpy")
@@ -13,16 +20,53 @@ def _checked(name: str, source: str) -> str:
     return name.lower()
 
 
-_current = _checked(os.environ.get("FASTLAYERS_BACKEND", "numba"), "FASTLAYERS_BACKEND")
+def _flag(value: str, source: str) -> bool:
+    text = value.strip().lower()
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    if text in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{source} must be 0 or 1, got {value!r}")
+
+
+_default = _checked(os.environ.get("FASTLAYERS_BACKEND", "numba"), "FASTLAYERS_BACKEND")
+_backend_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastlayers_backend", default=None)
+_strict_default = _flag(os.environ.get("FASTLAYERS_STRICT_DTYPES", "0"), "FASTLAYERS_STRICT_DTYPES")
+_strict_var: contextvars.ContextVar[bool | None] = contextvars.ContextVar("fastlayers_strict", default=None)
+
+
+def current() -> str:
+    """The backend of the calling context (hot path: one ContextVar read)."""
+    name = _backend_var.get()
+    return _default if name is None else name
 
 
 def get_backend() -> str:
-    """The backend in use: ``"numba"`` or ``"numpy"``."""
-    return _current
+    """The backend in use in the calling thread or task: ``"numba"`` or ``"numpy"``."""
+    return current()
+
+
+def set_default_backend(name: str) -> None:
+    """Set the process-wide default backend (what every thread uses unless it chose another).
+
+    Parameters
+    ----------
+    name : {"numba", "numpy"}
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not a known backend.
+    """
+    global _default
+    _default = _checked(name, "backend")
 
 
 class use_backend:  # noqa: N801 - a function to its callers, a class only to be a context manager
-    """Switch the backend for the whole process; also a context manager that switches back.
+    """Switch the backend of the calling thread (or asyncio task); as a context manager, switch back.
+
+    Other threads are not affected: they keep the process-wide default
+    (:func:`set_default_backend`, or ``FASTLAYERS_BACKEND`` at import).
 
     Parameters
     ----------
@@ -43,13 +87,54 @@ class use_backend:  # noqa: N801 - a function to its callers, a class only to be
     """
 
     def __init__(self, name: str):
-        global _current
-        self._previous = _current
-        _current = _checked(name, "backend")
+        self._token = _backend_var.set(_checked(name, "backend"))
 
     def __enter__(self) -> use_backend:
         return self
 
     def __exit__(self, *exc) -> None:
-        global _current
-        _current = self._previous
+        _backend_var.reset(self._token)
+
+
+def is_strict() -> bool:
+    """True when mixed float precision must raise instead of being promoted (see :func:`strict_dtypes`)."""
+    flag = _strict_var.get()
+    return _strict_default if flag is None else flag
+
+
+def set_strict_dtypes(enabled: bool = True) -> None:
+    """Set the process-wide default of the strict dtype mode (``FASTLAYERS_STRICT_DTYPES=1`` at import).
+
+    In strict mode two floating-point operands of different precision in one call (float32 ``x`` with
+    float64 ``W``) raise ``TypeError`` instead of being computed in the wider dtype as NumPy would.
+    """
+    global _strict_default
+    _strict_default = bool(enabled)
+
+
+class strict_dtypes:  # noqa: N801 - a function to its callers, a class only to be a context manager
+    """Turn the strict dtype mode on (or off) in the calling thread or task; as a context manager,
+    restore the previous mode on exit.
+
+    Parameters
+    ----------
+    enabled : bool, default True
+
+    Examples
+    --------
+    >>> import numpy as np, fastlayers as fl
+    >>> with fl.strict_dtypes():
+    ...     fl.Affine(np.ones((2, 1)), np.zeros(1)).forward(np.ones((1, 2), np.float32))
+    Traceback (most recent call last):
+    ...
+    TypeError: mixed float precision: x is float32 but W is float64; cast them to one dtype (e.g. with .astype)
+    """
+
+    def __init__(self, enabled: bool = True):
+        self._token = _strict_var.set(bool(enabled))
+
+    def __enter__(self) -> strict_dtypes:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _strict_var.reset(self._token)

@@ -5,35 +5,31 @@ runs either a compiled kernel from :mod:`fastlayers._kernels` (backend ``"numba"
 :mod:`fastlayers.reference` (backend ``"numpy"``). Caller arrays are never modified, except an
 ``out=`` buffer given on purpose.
 
-The dtype rule
---------------
-One call computes in one float dtype, float32 or float64, and returns that dtype:
-
-- float32 and float64 arrays keep their dtype; float16 is computed (and returned) as float32.
-- Arrays and arguments that are not floating point (Python scalars and lists, integer and bool arrays)
-  take the float dtype of the call's floating-point arrays, or float64 if there are none.
-- Two floating-point arrays of different precision in one call (float32 ``x`` with float64 ``W``)
-  raise ``TypeError``: nothing is upcast behind the caller's back.
-- Complex, object, string and other dtypes raise ``TypeError``.
+The dtype rule is NumPy's (see :mod:`fastlayers._dtypes`): each function computes in, and returns,
+the dtype the classic NumPy expression gives for the same operands (float16 computed and returned as
+float32; integer-only operands computed in float64). Which operands count is said per function.
 
 Layouts: C-contiguous inputs take the fast path; Fortran-ordered inputs are processed in their own
 order (and give Fortran-ordered outputs); other strided views are copied to C order first.
 
-``out=`` buffers must have the exact shape and dtype of the result and be writeable; an ``out`` that
-is the same array as an input is allowed (in-place), one that partly overlaps an input is computed
-through a temporary.
+``out=`` buffers must have the exact shape and dtype of the result and be writeable. An ``out`` that
+shares memory with any input (targets included) gives the same result as a separate buffer: where
+the kernel allows it, an ``out`` that is exactly an input is written in place, and any other overlap
+is computed through a temporary. (Affine's buffers that overlap an input are refused with
+``ValueError`` instead: a product cannot be written over its own operand.)
 """
 
 from __future__ import annotations
 
 import functools
-import numbers
 import sys
+from typing import NamedTuple
 
 import numpy as np
 
 from . import _backend, reference
-from ._backend import get_backend
+from ._dtypes import FLOATS as _FLOATS
+from ._dtypes import as_array, compute_dtype, convert, is_number
 from ._kernels import _threads
 from ._kernels import affine as _affine
 from ._kernels import elementwise as _elem
@@ -53,50 +49,21 @@ __all__ = [
     "cross_entropy_error",
 ]
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
 
 # --------------------------------------------------------------------------------------------
 # validation helpers
 # --------------------------------------------------------------------------------------------
-def _float_kind(a: np.ndarray, name: str) -> np.dtype | None:
-    """The float dtype ``a`` imposes on the call, None if it adopts the call's dtype."""
-    kind = a.dtype.kind
-    if kind == "f":
-        if a.dtype.itemsize == 2:
-            return np.dtype(np.float32)
-        if a.dtype in _FLOATS:
-            return a.dtype
-        raise TypeError(f"{name} has dtype {a.dtype}; only float16, float32 and float64 are supported")
-    if kind in "iub":
-        return None
-    raise TypeError(f"{name} has dtype {a.dtype}; expected a real number array (float32 or float64)")
-
-
 def _as_arrays(**args) -> tuple[np.dtype, list[np.ndarray]]:
-    """Convert keyword arguments to arrays of one float dtype, following the module's dtype rule."""
+    """Convert keyword arguments to arrays of the dtype the rule gives for all of them."""
     values = list(args.values())
     first = values[0]
     if type(first) is np.ndarray and first.dtype in _FLOATS:  # fast path: float arrays of one dtype
         dtype = first.dtype
-        if all(type(v) is np.ndarray and v.dtype == dtype for v in values):
+        if all(type(v) is np.ndarray and v.dtype is dtype for v in values):
             return dtype, values
-    arrays = []
-    precision: dict[np.dtype, str] = {}  # float dtype -> first argument that imposes it
-    for name, value in args.items():
-        try:
-            a = np.asarray(value)
-        except (ValueError, TypeError) as exc:  # ragged lists and the like
-            raise TypeError(f"{name} cannot be converted to an array: {exc}") from None
-        dt = _float_kind(a, name)
-        if dt is not None and isinstance(value, (np.ndarray, np.floating)):
-            precision.setdefault(dt, name)
-        arrays.append(a)
-    if len(precision) > 1:
-        names = " but ".join(f"{n} is {dt}" for dt, n in precision.items())
-        raise TypeError(f"mixed float precision: {names}; cast them to one dtype (e.g. with .astype)")
-    dtype = next(iter(precision), np.dtype(np.float64))
-    return dtype, [a if a.dtype == dtype else a.astype(dtype) for a in arrays]
+    arrays = {name: as_array(value, name) for name, value in args.items()}
+    dtype = compute_dtype(**arrays)
+    return dtype, [convert(a, dtype) for a in arrays.values()]
 
 
 def _check_out(out, shape: tuple, dtype: np.dtype, name: str = "out") -> np.ndarray:
@@ -139,12 +106,8 @@ def _overlaps(out: np.ndarray, a: np.ndarray) -> bool:
     return out is not a and np.may_share_memory(out, a)
 
 
-def _is_scalar(value) -> bool:
-    return isinstance(value, numbers.Number) or (isinstance(value, np.ndarray) and value.ndim == 0)
-
-
 def _numpy_backend() -> bool:
-    return get_backend() == "numpy"
+    return _backend.current() == "numpy"
 
 
 def _finish(result: np.ndarray, out: np.ndarray | None) -> np.ndarray:
@@ -172,9 +135,9 @@ def _fast(kernel, x, y=None, out=None) -> np.ndarray | None:
     ``out`` absent or a C-contiguous buffer that is an input or overlaps none) without the general
     machinery: at the classic sizes Python overhead is most of the time (ReLU 100x50: 5.3 us per call
     through the general path, 2.8 us here). None when the call is not of that kind."""
-    if not (type(x) is np.ndarray and x.dtype.char in "fd" and x.flags.c_contiguous):
+    if not (type(x) is np.ndarray and x.dtype in _FLOATS and x.flags.c_contiguous):
         return None
-    if _backend._current != "numba":
+    if _backend.current() != "numba":
         return None
     if y is not None and not (
         type(y) is np.ndarray and y.dtype == x.dtype and y.shape == x.shape and y.flags.c_contiguous
@@ -239,8 +202,8 @@ def _layer_call(public, a, y, previous) -> np.ndarray:
     """
     if (
         type(a) is np.ndarray
-        and _backend._current == "numba"
-        and a.dtype.char in "fd"
+        and a.dtype in _FLOATS
+        and _backend.current() == "numba"
         and a.flags.c_contiguous
         and (
             y is None or (type(y) is np.ndarray and y.dtype == a.dtype and y.shape == a.shape and y.flags.c_contiguous)
@@ -296,13 +259,23 @@ def _unary(kernel, ref, x, out) -> np.ndarray:
     return _elementwise(kernel, ref, [x], out)
 
 
-def _binary(kernel, ref, dout, y, out) -> np.ndarray:
+def _binary(kernel, ref, dout, y, out, result_from_dout: bool = False) -> np.ndarray:
+    """A backward elementwise call. It computes in the rule's dtype of (``dout``, ``y``); with
+    ``result_from_dout`` (ReLU: ``y`` only gives a sign, as the classic mask does) the result takes
+    the dtype of ``dout`` alone, converted back exactly from the common dtype."""
     fast = _fast(kernel, dout, y, out=out)
     if fast is not None:
         return fast
-    _, (dout, y) = _as_arrays(dout=dout, y=y)
+    dout, y = as_array(dout, "dout"), as_array(y, "y")
     _same_shape(dout, y, "dout", "y")
-    return _elementwise(kernel, ref, [dout, y], out)
+    dtype = compute_dtype(dout=dout, y=y)
+    result_dtype = compute_dtype(dout=dout) if result_from_dout else dtype
+    inputs = [convert(dout, dtype), convert(y, dtype)]
+    if result_dtype == dtype:
+        return _elementwise(kernel, ref, inputs, out)
+    if out is not None:
+        _check_out(out, dout.shape, result_dtype)
+    return _finish(_elementwise(kernel, ref, inputs, None).astype(result_dtype), out)
 
 
 def relu_forward(x, out: np.ndarray | None = None) -> np.ndarray:
@@ -311,13 +284,13 @@ def relu_forward(x, out: np.ndarray | None = None) -> np.ndarray:
     Parameters
     ----------
     x : array_like, any shape
-        float32 or float64 (see the module's dtype rule).
+        Real numbers; float32 stays float32, float16 becomes float32, other dtypes float64.
     out : ndarray, optional
-        Buffer of ``x``'s shape and dtype for the result; may be ``x`` itself.
+        Buffer of the result's shape and dtype; may be ``x`` itself.
 
     Returns
     -------
-    ndarray of ``x``'s shape and dtype.
+    ndarray of ``x``'s shape, in ``x``'s float dtype.
     """
     return _unary(_elem.relu_forward, reference.relu_forward, x, out)
 
@@ -334,14 +307,18 @@ def relu_backward(dout, y, out: np.ndarray | None = None) -> np.ndarray:
     out : ndarray, optional
         Buffer for the result; may be ``dout`` itself.
 
+    Returns
+    -------
+    ndarray of ``dout``'s shape and dtype (as ``dout`` with the classic mask applied).
+
     Raises
     ------
     ValueError
         If the shapes differ.
     TypeError
-        If the dtypes are float of different precision.
+        Unsupported dtypes; float operands of different precision in strict mode.
     """
-    return _binary(_elem.relu_backward, reference.relu_backward, dout, y, out)
+    return _binary(_elem.relu_backward, reference.relu_backward, dout, y, out, result_from_dout=True)
 
 
 def sigmoid_forward(x, out: np.ndarray | None = None) -> np.ndarray:
@@ -355,7 +332,8 @@ def sigmoid_forward(x, out: np.ndarray | None = None) -> np.ndarray:
 def sigmoid_backward(dout, y, out: np.ndarray | None = None) -> np.ndarray:
     """Sigmoid gradient ``dout * (1 - y) * y`` with ``y`` the forward output.
 
-    Parameters, returns and errors as :func:`relu_backward`.
+    Parameters and errors as :func:`relu_backward`; the result has the dtype NumPy gives for
+    ``dout`` and ``y`` together.
     """
     return _binary(_elem.sigmoid_backward, reference.sigmoid_backward, dout, y, out)
 
@@ -371,11 +349,11 @@ _LAYER_KERNELS = {
 # --------------------------------------------------------------------------------------------
 # affine
 # --------------------------------------------------------------------------------------------
-def _affine_operands(x, W, b) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    _, (x, W, b) = _as_arrays(x=x, W=W, b=b)
+def _affine_shapes(x: np.ndarray, W: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    """Check the shapes of an affine call; return ``x`` as (N, D)."""
     if W.ndim != 2:
         raise ValueError(f"W must be 2-D (D, M), got shape {W.shape}")
-    if b.shape != (W.shape[1],):
+    if b is not None and b.shape != (W.shape[1],):
         raise ValueError(f"b must have shape ({W.shape[1]},) to match W of shape {W.shape}, got {b.shape}")
     if x.ndim < 2:
         raise ValueError(f"x must be at least 2-D (N, ...), got shape {x.shape}")
@@ -385,7 +363,7 @@ def _affine_operands(x, W, b) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
         raise ValueError(
             f"x has {x2.shape[1]} features per row (shape {x.shape}) but W has {W.shape[0]} rows (shape {W.shape})"
         )
-    return x, x2, W, b
+    return x2
 
 
 def affine_forward(x, W, b, out: np.ndarray | None = None) -> np.ndarray:
@@ -395,30 +373,33 @@ def affine_forward(x, W, b, out: np.ndarray | None = None) -> np.ndarray:
     ----------
     x : array_like, shape (N, ...)
         Batch of N inputs; each row flattens to D values.
-    W : ndarray, shape (D, M)
-    b : ndarray, shape (M,)
-        All three of one float dtype.
+    W : array_like, shape (D, M)
+    b : array_like, shape (M,)
     out : ndarray, shape (N, M), optional
         Buffer for the result; must not overlap the inputs.
 
     Returns
     -------
-    ndarray, shape (N, M)
+    ndarray, shape (N, M), in the dtype NumPy gives for ``x @ W + b`` (float32 ``x`` with float64
+    ``W`` computes in float64).
 
     Raises
     ------
     ValueError
-        Shapes that do not fit, or an empty batch.
+        Shapes that do not fit, an empty batch, an ``out`` that overlaps an input or is read-only.
     TypeError
-        Mixed float precision, unsupported dtypes, or an ``out`` of the wrong dtype.
+        Unsupported dtypes, an ``out`` of the wrong dtype, mixed precision in strict mode.
     """
     if _plain_affine(x, W, b) and b.ndim == 1 and _free_buffer(out, (x.shape[0], W.shape[1]), x, W, b):
         return _affine_forward_run(x, W, b, out)
-    x, x2, W, b = _affine_operands(x, W, b)
+    x, W, b = as_array(x, "x"), as_array(W, "W"), as_array(b, "b")
+    x2 = _affine_shapes(x, W, b)
+    dtype = compute_dtype(x=x, W=W, b=b)
+    x2, W, b = convert(x2, dtype), convert(W, dtype), convert(b, dtype)
     shape = (x2.shape[0], W.shape[1])
     if out is not None:
-        _check_out(out, shape, x2.dtype)
-        if any(np.may_share_memory(out, a) for a in (x2, W, b)):
+        _check_out(out, shape, dtype)
+        if any(np.may_share_memory(out, a) for a in (x, x2, W, b)):
             raise ValueError("out must not overlap x, W or b")
     if _numpy_backend():
         return _finish(reference.affine_forward(x2, W, b), out)
@@ -430,11 +411,11 @@ def _plain_affine(x, W, a) -> bool:
     ``W`` (D, M), and ``a`` either the bias (M,) or the upstream gradient (N, M), all ndarrays of one
     float32/float64 dtype. Anything else goes through full validation."""
     if not (
-        _backend._current == "numba"
-        and type(x) is np.ndarray
+        type(x) is np.ndarray
         and type(W) is np.ndarray
         and type(a) is np.ndarray
-        and x.dtype.char in "fd"
+        and x.dtype in _FLOATS
+        and _backend.current() == "numba"
         and W.dtype == x.dtype
         and a.dtype == x.dtype
         and x.ndim == 2
@@ -508,30 +489,43 @@ def affine_backward(
         and _free_buffer(db, (W.shape[1],), dout, x, W)
     ):
         return _affine_backward_run(dout, x, x, W, dx, dW, db)
-    _, (dout, x, W) = _as_arrays(dout=dout, x=x, W=W)
-    x, x2, W, _ = _affine_operands(x, W, np.zeros(W.shape[1:2], W.dtype))
+    dout, x, W = as_array(dout, "dout"), as_array(x, "x"), as_array(W, "W")
+    x2 = _affine_shapes(x, W, None)
     n, m = x2.shape[0], W.shape[1]
     _require_2d(dout, "dout", "(N, M)")
     if dout.shape != (n, m):
         raise ValueError(
             f"dout has shape {dout.shape} but x of shape {x.shape} and W of shape {W.shape} give ({n}, {m})"
         )
-    dtype = x2.dtype
-    for name, buf, shape in (("dx", dx, x.shape), ("dW", dW, W.shape), ("db", db, (m,))):
+    # each result in the dtype NumPy gives for its classic expression: dx = dout @ W.T,
+    # dW = x2.T @ dout, db = dout.sum(axis=0); all computed in the widest of them
+    dtype = compute_dtype(dout=dout, x=x, W=W)
+    dtypes = (compute_dtype(dout=dout, W=W), compute_dtype(x=x, dout=dout), compute_dtype(dout=dout))
+    for name, buf, shape, dt in (
+        ("dx", dx, x.shape, dtypes[0]),
+        ("dW", dW, W.shape, dtypes[1]),
+        ("db", db, (m,), dtypes[2]),
+    ):
         if buf is not None:
-            _check_out(buf, shape, dtype, name)
-            if any(np.may_share_memory(buf, a) for a in (dout, x2, W)):
+            _check_out(buf, shape, dt, name)
+            if any(np.may_share_memory(buf, a) for a in (dout, x, W)):
                 raise ValueError(f"{name} must not overlap dout, x or W")
     if dx is not None and x.ndim != 2 and not dx.flags.c_contiguous:
         raise ValueError(f"dx must be C-contiguous when x is {x.ndim}-D")
+    dout, x2, W = convert(dout, dtype), convert(x2, dtype), convert(W, dtype)
+    bufs = [buf if dt == dtype else None for buf, dt in zip((dx, dW, db), dtypes, strict=True)]
     if _numpy_backend():
         rdx, rdW, rdb = reference.affine_backward(dout, x2, W)
-        return _finish(rdx.reshape(x.shape), dx), _finish(rdW, dW), _finish(rdb, db)
-    return _affine_backward_run(dout, x, x2, W, dx, dW, db)
+        results = (rdx.reshape(x.shape), rdW, rdb)
+    else:
+        results = _affine_backward_run(dout, x, x2, W, *bufs)
+    given = (dx, dW, db)
+    return tuple(_finish(convert(r, dt), buf) for r, dt, buf in zip(results, dtypes, given, strict=True))
 
 
 def _affine_backward_run(dout, x, x2, W, dx, dW, db) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The products and the bias gradient, for validated operands; ``x2`` is ``x`` as (N, D)."""
+    """The products and the bias gradient, for validated operands of one dtype; ``x2`` is ``x`` as
+    (N, D), and ``dx`` comes back in ``x``'s shape."""
     n, m = dout.shape
     dtype = x2.dtype
     if dx is None:
@@ -550,16 +544,25 @@ def _affine_backward_run(dout, x, x2, W, dx, dW, db) -> tuple[np.ndarray, np.nda
 # --------------------------------------------------------------------------------------------
 # softmax and cross-entropy
 # --------------------------------------------------------------------------------------------
-def _targets(t, x: np.ndarray, name: str = "t") -> np.ndarray:
-    """Validated targets for a 2-D (N, C) ``x``: int64 labels (N,) or rows of x's dtype and shape."""
+def _targets(t, x: np.ndarray, name: str = "t", dtype: np.dtype | None = None) -> np.ndarray:
+    """Validated targets for a 2-D (N, C) ``x``: int64 labels (N,) in [0, C), or target rows of x's
+    shape as a C-contiguous array of ``dtype`` (default: x's dtype).
+
+    Labels may also come as an (N, 1) column of integers (the classic code's fancy indexing accepts
+    it); an integer array of x's own shape counts as rows, as in the classic ``t.size == y.size``.
+    Labels always come back as a private copy whose range was checked on that copy: the kernels
+    index with them, and the caller's array may change meanwhile (another thread, a data loader).
+    """
     n, c = x.shape
-    if type(t) is np.ndarray and t.dtype == np.int64 and t.shape == (n,) and n and t.flags.c_contiguous:
-        return _labels_in_range(t, c, name)  # the common case: contiguous int64 labels
-    t = np.asarray(t)
+    if type(t) is np.ndarray and t.dtype == np.int64 and t.shape == (n,) and n:
+        return _labels_in_range(t, c, name)  # the common case: int64 labels
+    t = as_array(t, name, real=False)
     if t.shape == x.shape:
         if t.dtype.kind not in "fiub":
             raise TypeError(f"{name} has dtype {t.dtype}; target rows must be real numbers")
-        return np.ascontiguousarray(t, dtype=x.dtype)
+        return np.ascontiguousarray(t, dtype=x.dtype if dtype is None else dtype)
+    if t.ndim == 2 and t.shape == (n, 1) and t.dtype.kind in "iu":
+        t = t.reshape(n)
     if t.ndim != 1:
         raise ValueError(
             f"{name} must be labels of shape ({n},) or one-hot rows of shape {x.shape}, got shape {t.shape}"
@@ -572,18 +575,18 @@ def _targets(t, x: np.ndarray, name: str = "t") -> np.ndarray:
         raise ValueError(f"{name} has {t.shape[0]} labels but x has {n} rows")
     if n == 0:
         return t.astype(np.int64)
-    if t.dtype == np.int64:
-        return _labels_in_range(np.ascontiguousarray(t), c, name)
-    lo, hi = int(t.min()), int(t.max())  # before any cast: a uint64 above 2**63 must not wrap
-    _check_label_range(lo, hi, c, name)
-    return np.ascontiguousarray(t, dtype=np.int64)
+    return _labels_in_range(t, c, name)
 
 
 def _labels_in_range(t: np.ndarray, c: int, name: str) -> np.ndarray:
-    """``t`` (contiguous int64 labels, non-empty) after checking they lie in [0, c)."""
-    lo, hi = _softmax.label_bounds(t)  # one compiled pass instead of two NumPy reductions
-    _check_label_range(lo, hi, c, name)
-    return t
+    """A private int64 copy of the non-empty integer labels ``t``, checked to lie in [0, c)."""
+    labels = np.array(t, dtype=np.int64)  # a copy even when t is int64 already
+    lo, hi = _softmax.label_bounds(labels)  # one compiled pass instead of two NumPy reductions
+    if lo < 0 or hi >= c:
+        if t.dtype.kind == "u":  # uint64 above 2**63 wrapped in the copy: report the caller's values
+            lo, hi = int(t.min()), int(t.max())
+        _check_label_range(int(lo), int(hi), c, name)
+    return labels
 
 
 def _check_label_range(lo: int, hi: int, c: int, name: str) -> None:
@@ -591,13 +594,25 @@ def _check_label_range(lo: int, hi: int, c: int, name: str) -> None:
         raise ValueError(f"{name} holds labels outside [0, {c}): min {lo}, max {hi}")
 
 
-def _scalar(value, name: str, dtype: np.dtype):
-    if not _is_scalar(value):
+def _scalar(value, name: str):
+    """``value`` checked to be a real scalar; returned as given (Python numbers stay weak for the
+    dtype rule, NumPy scalars and 0-d arrays count with their dtype)."""
+    if not is_number(value):
         raise TypeError(f"{name} must be a scalar, got {type(value).__name__} of shape {np.shape(value)}")
+    if isinstance(value, (bool, int, float)):
+        return value
     v = np.asarray(value)
     if v.dtype.kind not in "fiub":
         raise TypeError(f"{name} must be a real number, got dtype {v.dtype}")
-    return dtype.type(v)
+    return value
+
+
+def _scores(x, name: str = "x") -> np.ndarray:
+    """``x`` as a 2-D (N, C) float array of its own float dtype, N >= 1 and C >= 1."""
+    if not (type(x) is np.ndarray and x.dtype in _FLOATS):  # float ndarrays skip the conversion
+        _, (x,) = _as_arrays(**{name: x})
+    _require_scores(x, name)
+    return x
 
 
 def softmax(x, out: np.ndarray | None = None) -> np.ndarray:
@@ -607,7 +622,11 @@ def softmax(x, out: np.ndarray | None = None) -> np.ndarray:
     ----------
     x : array_like, shape (C,) or (N, C)
     out : ndarray, optional
-        Buffer of ``x``'s shape and dtype; may be ``x`` itself.
+        Buffer of the result's shape and dtype; may be ``x`` itself.
+
+    Returns
+    -------
+    ndarray of ``x``'s shape, in ``x``'s float dtype.
 
     Raises
     ------
@@ -636,16 +655,17 @@ def softmax_cross_entropy_forward(x, t, out: np.ndarray | None = None) -> tuple[
     Parameters
     ----------
     x : array_like, shape (N, C)
-        Scores (logits), float32 or float64.
+        Scores (logits).
     t : array_like
-        Integer labels of shape (N,) in ``[0, C)``, or target rows (one-hot or probabilities) of
-        shape (N, C), converted to ``x``'s dtype.
+        Integer labels of shape (N,) (or an (N, 1) column) in ``[0, C)``, or target rows (one-hot
+        or probabilities) of shape (N, C).
     out : ndarray, shape (N, C), optional
-        Buffer for ``y``; must not overlap ``x``.
+        Buffer for ``y``, of ``x``'s float dtype; may share memory with ``x`` or ``t``.
 
     Returns
     -------
-    (loss, y) : the mean loss as a NumPy scalar of ``x``'s dtype, and ``softmax(x)``.
+    (loss, y) : the mean loss as a NumPy scalar, and ``softmax(x)``, both in ``x``'s float dtype
+        (as the classic ``cross_entropy_error(softmax(x), t)``, whatever the dtype of ``t``).
 
     Raises
     ------
@@ -654,8 +674,8 @@ def softmax_cross_entropy_forward(x, t, out: np.ndarray | None = None) -> tuple[
     TypeError
         Float or bool labels, unsupported dtypes.
     """
-    loss, y, _, _ = _xent_forward(x, t, out)
-    return loss, y
+    result = _xent_forward(x, t, out, want_grad=False)
+    return result.loss, result.y
 
 
 @functools.lru_cache(maxsize=64)
@@ -666,32 +686,40 @@ def _mean_scale(dtype: np.dtype, dout: np.floating, n: int) -> np.floating:
     return dtype.type(dout / dtype.type(n))
 
 
-def _xent_forward(x, t, out, grad: np.ndarray | bool = False) -> tuple:
-    """:func:`softmax_cross_entropy_forward`, also returning the validated targets and, when ``grad``
-    is True or a buffer (a C-contiguous (N, C) array of ``x``'s dtype that nothing else holds), the
-    gradient for ``dout = 1`` computed in the same pass (None on the numpy backend, or when not
-    asked for)."""
-    if not (type(x) is np.ndarray and x.dtype.char in "fd"):  # float ndarrays skip the conversion
-        _, (x,) = _as_arrays(x=x)
-    _require_scores(x, "x")
+class XentForward(NamedTuple):
+    """What :func:`_xent_forward` computes."""
+
+    loss: np.floating
+    #: softmax of the scores
+    y: np.ndarray
+    #: the validated targets: a private int64 copy of the labels, or rows of the scores' dtype
+    targets: np.ndarray
+    #: ``(y - onehot(t)) / N``, the gradient for ``dout = 1``, when asked for on the numba backend
+    grad: np.ndarray | None
+
+
+def _xent_forward(x, t, out, want_grad: bool, grad_buf: np.ndarray | None = None) -> XentForward:
+    """:func:`softmax_cross_entropy_forward`, plus the validated targets and, with ``want_grad`` on
+    the numba backend, the ``dout = 1`` gradient computed in the same pass over each row (into
+    ``grad_buf`` when given: a C-contiguous (N, C) array of the scores' dtype owned by the caller)."""
+    x = _scores(x)
     t = _targets(t, x)
     if out is not None:
         _check_out(out, x.shape, x.dtype)
-        if np.may_share_memory(out, x):
-            raise ValueError("out must not overlap x")
     if _numpy_backend():
         loss, y = reference.softmax_cross_entropy_forward(x, t)
-        return loss, _finish(y, out), t, None
-    y = np.empty(x.shape, x.dtype) if out is None else out
+        return XentForward(loss, _finish(y, out), t, None)
+    y = out if out is not None and not (np.may_share_memory(out, x) or np.may_share_memory(out, t)) else None
+    y = np.empty(x.shape, x.dtype) if y is None else y
     losses = np.empty(x.shape[0], x.dtype)
-    if grad is False:
-        g = np.empty((0, x.shape[1]), x.dtype)  # no rows: the kernel skips the gradient
+    if want_grad:
+        g = np.empty(x.shape, x.dtype) if grad_buf is None else grad_buf
     else:
-        g = np.empty(x.shape, x.dtype) if grad is True else grad
+        g = np.empty((0, x.shape[1]), x.dtype)  # no rows: the kernel skips the gradient
     scale = _mean_scale(x.dtype, x.dtype.type(1), x.shape[0])
     kernel = _softmax.softmax_xent_labels if t.ndim == 1 else _softmax.softmax_xent_probs
     total = launch(kernel, x.size, x, t, y, losses, g, scale)
-    return x.dtype.type(total / x.shape[0]), y, t, (g if g.shape[0] else None)
+    return XentForward(x.dtype.type(total / x.shape[0]), _finish(y, out), t, g if want_grad else None)
 
 
 def softmax_cross_entropy_backward(y, t, dout=1.0, out: np.ndarray | None = None) -> np.ndarray:
@@ -706,22 +734,46 @@ def softmax_cross_entropy_backward(y, t, dout=1.0, out: np.ndarray | None = None
     dout : scalar, default 1.0
         Upstream gradient of the loss.
     out : ndarray, shape (N, C), optional
-        Buffer for the result; may be ``y`` itself.
+        Buffer for the result; may share memory with ``y`` or ``t``.
+
+    Returns
+    -------
+    ndarray, shape (N, C), in the dtype NumPy gives for ``dout * (y - t) / N``: that of ``y``, or
+    wider when target rows or a NumPy scalar ``dout`` are wider (a Python number does not count).
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`softmax_cross_entropy_forward`; ``dout`` that is not a real scalar.
     """
-    _, (y,) = _as_arrays(y=y)
+    y = as_array(y, "y")
+    dout = _scalar(dout, "dout")
+    return _xent_backward(y, t, dout, out)
+
+
+def _xent_backward(y: np.ndarray, t, dout, out, spare: np.ndarray | None = None) -> np.ndarray:
+    """:func:`softmax_cross_entropy_backward` for an array ``y`` and a checked scalar ``dout``;
+    ``t`` is validated here, against ``y`` as it is now. ``spare`` is a buffer the calling layer
+    owns alone (see ``layers._spare``), used for the result when its shape and dtype fit."""
     _require_scores(y, "y")
-    return _xent_backward(y, _targets(t, y), dout, out)
-
-
-def _xent_backward(y: np.ndarray, t: np.ndarray, dout, out) -> np.ndarray:
-    """:func:`softmax_cross_entropy_backward` for a validated ``y`` and targets ``t``."""
-    dout = _scalar(dout, "dout", y.dtype)
+    rows = t if type(t) is np.ndarray else as_array(t, "t", real=False)
+    if rows.shape == y.shape and rows.dtype.kind in "fiub":
+        dtype = compute_dtype(y=y, t=rows, dout=dout)
+    else:
+        dtype = compute_dtype(y=y, dout=dout)
+    y = convert(y, dtype)
+    t = _targets(rows, y, dtype=dtype)
+    dout = dtype.type(dout)
     if out is not None:
-        _check_out(out, y.shape, y.dtype)
+        _check_out(out, y.shape, dtype)
     if _numpy_backend():
         return _finish(reference.softmax_cross_entropy_backward(y, t, dout), out)
-    target = out if out is not None and not _overlaps(out, y) else np.empty(y.shape, y.dtype)
-    scale = _mean_scale(y.dtype, dout, y.shape[0])
+    if out is None:
+        usable = spare is not None and spare.shape == y.shape and spare.dtype == dtype
+        target = spare if usable else np.empty(y.shape, dtype)
+    else:
+        target = out if not _overlaps(out, y) and not _overlaps(out, t) else np.empty(y.shape, dtype)
+    scale = _mean_scale(dtype, dout, y.shape[0])
     kernel = _softmax.xent_grad_labels if t.ndim == 1 else _softmax.xent_grad_probs
     launch(kernel, y.size, y, t, scale, target)
     return _finish(target, out)
@@ -739,13 +791,14 @@ def cross_entropy_error(y, t) -> np.floating:
 
     Returns
     -------
-    The mean over the batch of ``-sum(t * log(y))``, as a NumPy scalar of ``y``'s dtype; terms with
-    ``t == 0`` count as 0, and a zero probability at a target gives ``inf`` (no ``1e-7`` fudge).
+    The mean over the batch of ``-sum(t * log(y))``, as a NumPy scalar of ``y``'s float dtype (as the
+    classic function, which turns one-hot rows into labels); terms with ``t == 0`` count as 0, and a
+    zero probability at a target gives ``inf`` (no ``1e-7`` fudge).
     """
     _, (y,) = _as_arrays(y=y)
     if y.ndim == 1:
         y = y.reshape(1, -1)
-        t = np.asarray(t)
+        t = as_array(t, "t", real=False)
         t = t.reshape(1, -1) if t.ndim == 1 and t.shape[0] == y.shape[1] else t.reshape(-1)
     elif y.ndim != 2:
         raise ValueError(f"y must be 1-D (C,) or 2-D (N, C), got shape {y.shape}")

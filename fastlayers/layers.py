@@ -23,6 +23,7 @@ import numpy as np
 
 from . import _backend
 from . import functional as F
+from ._dtypes import as_array
 
 
 def _need_forward(layer: object, value: object) -> None:
@@ -30,21 +31,27 @@ def _need_forward(layer: object, value: object) -> None:
         raise ValueError(f"{type(layer).__name__}.backward called before forward")
 
 
-def _spare(buf, shape: tuple, dtype) -> np.ndarray | None:
+def _spare(buf, shape: tuple, dtype, frozen: bool = False) -> np.ndarray | None:
     """``buf`` if it can hold a new result of ``shape`` and ``dtype`` and nothing but the layer holds
     it (so that writing into it cannot be seen by anyone); None otherwise, and always None on the
-    numpy backend, whose reference functions allocate anyway (a buffer would only add a copy)."""
+    numpy backend, whose reference functions allocate anyway (a buffer would only add a copy).
+
+    With ``frozen``, ``buf`` is a result the layer made read-only when it published it (``y`` of
+    SoftmaxWithLoss); it is made writeable again for the layer's own write.
+    """
     if (
         type(buf) is np.ndarray
         and buf.nbytes >= REUSE_MIN_BYTES
-        and _backend._current == "numba"
+        and _backend.current() == "numba"
         and sys.getrefcount(buf) <= F._SOLE_OWNER  # first: a flags object would hold a reference too
         and buf.base is None
         and buf.shape == shape
         and buf.dtype == dtype
     ):
         flags = buf.flags
-        if flags.c_contiguous and flags.writeable:
+        if flags.c_contiguous and (flags.writeable or (frozen and flags.owndata)):
+            if not flags.writeable:
+                flags.writeable = True
             return buf
     return None
 
@@ -154,8 +161,25 @@ class Sigmoid(_Activation):
 class Affine:
     """Fully connected layer ``x.reshape(N, -1) @ W + b``.
 
-    ``W`` (D, M) and ``b`` (M,) are kept by reference, so optimizers that update them in place are
-    seen by the layer. After ``backward``, ``dW`` and ``db`` hold the parameter gradients.
+    Parameters
+    ----------
+    W : ndarray, shape (D, M)
+    b : ndarray, shape (M,)
+        Kept by reference (``self.W``, ``self.b``), so optimizers that update them in place are seen
+        by the layer; replacing them between calls is allowed, and checked at the next call.
+
+    Attributes
+    ----------
+    x : ndarray, shape (N, D)
+        The latest input, reshaped as ``x.reshape(N, -1)`` (a view of the caller's array when
+        possible, as in the classic code); ``original_x_shape`` is its shape before.
+    dW, db : ndarray
+        Parameter gradients, set by :meth:`backward`.
+
+    Raises
+    ------
+    TypeError
+        If ``W`` or ``b`` is not a numpy array.
     """
 
     def __init__(self, W, b) -> None:
@@ -171,33 +195,73 @@ class Affine:
         self._dx = None
 
     def forward(self, x):
-        x = np.asarray(x)
-        rows = x.shape[0] if x.ndim else 0
-        x2 = x.reshape(rows, -1) if x.ndim != 2 else x
+        """``x.reshape(N, -1) @ W + b``.
+
+        Parameters
+        ----------
+        x : array_like, shape (N, ...)
+            A batch of N inputs that each flatten to D values (a 1-D ``x`` is N rows of one value,
+            as the classic reshape makes it).
+
+        Returns
+        -------
+        ndarray, shape (N, M), in the dtype NumPy gives for ``x @ W + b`` (float32 images with
+        float64 weights compute in float64).
+
+        Raises
+        ------
+        ValueError
+            Shapes that do not fit ``W`` and ``b``; an empty batch; a 0-d ``x``.
+        TypeError
+            Unsupported dtypes; mixed precision in strict mode.
+        """
+        x = as_array(x, "x")
+        if x.ndim == 0:
+            raise ValueError(f"x must be at least 1-D (N, ...), got shape {x.shape}")
+        x2 = x if x.ndim == 2 or x.shape[0] == 0 else x.reshape(x.shape[0], -1)
         W, b = self.W, self.b
         if F._plain_affine(x2, W, b) and b.ndim == 1:
             # the common case: the buffer from _spare is the layer's alone, so it overlaps nothing and
             # the products can go straight to F's run step (no overlap checks: 2 us less per call)
-            out = _spare(self._out, (rows, W.shape[1]), x.dtype)
+            out = _spare(self._out, (x2.shape[0], W.shape[1]), x2.dtype)
             self._out = F._affine_forward_run(x2, W, b, out)
         else:
-            out_shape = (rows, W.shape[1] if W.ndim == 2 else 0)
-            self._out = F.affine_forward(x, W, b, out=_spare(self._out, out_shape, _dtype_of(x)))
+            self._out = F.affine_forward(x2, W, b)
         self.original_x_shape = x.shape
         self.x = x2
         return self._out
 
     def backward(self, dout):
+        """Gradients of the layer, from ``self.x`` and ``self.W`` as they are now.
+
+        Parameters
+        ----------
+        dout : array_like, shape (N, M)
+            Upstream gradient.
+
+        Returns
+        -------
+        dx : ndarray shaped like the forward input, in the dtype NumPy gives for ``dout @ W.T``.
+            Also sets ``dW`` (``x.T @ dout``) and ``db`` (``dout.sum(axis=0)``), each in its own
+            NumPy dtype.
+
+        Raises
+        ------
+        ValueError
+            ``backward`` before ``forward``; ``dout`` (or a replaced ``x``/``W``) of the wrong shape.
+        TypeError
+            As :meth:`forward`.
+        """
         _need_forward(self, self.x)
         x2, W = self.x, self.W
-        dtype = x2.dtype
-        dx = _spare(self._dx, x2.shape, dtype)
-        dW = _spare(self.dW, W.shape, dtype)
-        db = _spare(self.db, self.b.shape, dtype)
-        if F._plain_affine(x2, W, dout) and dout.ndim == 2:
+        if F._plain_affine(x2, W, dout) and dout.ndim == 2 and x2.ndim == 2:
+            dtype = x2.dtype
+            dx = _spare(self._dx, x2.shape, dtype)
+            dW = _spare(self.dW, W.shape, dtype)
+            db = _spare(self.db, (W.shape[1],), dtype)
             self._dx, self.dW, self.db = F._affine_backward_run(dout, x2, x2, W, dx, dW, db)
         else:
-            self._dx, self.dW, self.db = F.affine_backward(dout, x2, W, dx=dx, dW=dW, db=db)
+            self._dx, self.dW, self.db = F.affine_backward(dout, x2, W)
         return self._dx.reshape(self.original_x_shape)
 
 
@@ -205,47 +269,100 @@ class SoftmaxWithLoss:
     """Softmax followed by the mean cross-entropy loss.
 
     ``forward(x, t)`` takes integer labels (N,) or target rows shaped like ``x`` and returns the
-    mean loss; ``backward(dout=1)`` returns ``dout * (y - t) / N``.
+    mean loss; ``backward(dout=1)`` returns ``dout * (y - t) / N``, computed from ``self.y`` and
+    ``self.t`` as they are when it is called (labels are checked again there).
 
-    Beyond the classic design, on the numba backend ``forward`` also computes the gradient for
-    ``dout = 1`` in the same pass over each row (while the row is in cache), so that ``backward()``
-    only hands it over: 256x1000 float32, forward+backward 1.3x faster. Other ``dout`` values, and a
-    second ``backward`` call after the same ``forward``, compute it from ``y``. Either way the result
-    is bit-identical. (Changing ``y`` in place between ``forward`` and ``backward`` is therefore not
-    seen by a ``backward()`` with the default ``dout``.)
+    Attributes
+    ----------
+    loss : NumPy scalar
+    y : ndarray (N, C)
+        The softmax output, read-only: the layer may use it again in ``backward``. Replace it to
+        change what ``backward`` sees, or copy it to modify it.
+    t : the targets as given to ``forward`` (kept by reference, as in the classic code).
+
+    On the numba backend, with integer labels, ``forward`` also computes the gradient for
+    ``dout = 1`` in the same pass over each row; ``backward()`` hands it over only when ``y`` is still
+    the read-only array ``forward`` made and the labels in ``t`` are still the same (an O(N)
+    comparison), and computes it afresh otherwise. Either way the result is bit-identical.
     """
 
     def __init__(self) -> None:
         self.loss = None
         self.y = None
         self.t = None
-        self._t = None  # the targets as validated by forward: backward needs no second check
         self._dx = None
-        self._dx_ready = False  # _dx holds the dout = 1 gradient of the latest forward, not yet returned
+        self._fused: tuple[np.ndarray, np.ndarray] | None = None  # (labels, y) the fused gradient is for
 
     def forward(self, x, t):
+        """Mean softmax cross-entropy of the scores ``x`` against ``t``.
+
+        Parameters
+        ----------
+        x : array_like, shape (N, C)
+        t : array_like
+            Integer labels (N,) (or an (N, 1) column) in ``[0, C)``, or rows of shape (N, C).
+
+        Returns
+        -------
+        NumPy scalar in ``x``'s float dtype.
+
+        Raises
+        ------
+        ValueError
+            Wrong shapes, an empty batch, labels out of range.
+        TypeError
+            Float or bool labels; unsupported dtypes.
+        """
+        self._fused = None  # drop its references first, so that the buffers below can be reused
         shape, dtype = np.shape(x), _dtype_of(x)
-        grad = False  # the numpy backend computes the gradient in backward, as the classic code
-        if _backend._current == "numba":
-            buf = _spare(self._dx, shape, dtype)
-            grad = True if buf is None else buf
-        self.loss, self.y, self._t, g = F._xent_forward(x, t, out=_spare(self.y, shape, dtype), grad=grad)
-        self.t = t
-        self._dx_ready = g is not None
-        if g is not None:
-            self._dx = g
+        fuse = _backend.current() == "numba" and np.shape(t) != shape
+        grad_buf = _spare(self._dx, shape, dtype) if fuse else None
+        y_buf = _spare(self.y, shape, dtype, frozen=True)
+        result = F._xent_forward(x, t, out=y_buf, want_grad=fuse, grad_buf=grad_buf)
+        y = result.y
+        y.flags.writeable = False
+        self.loss, self.y, self.t = result.loss, y, t
+        if result.grad is not None:
+            self._dx = result.grad
+            self._fused = (result.targets, y)
         return self.loss
 
     def backward(self, dout=1):
+        """``dout * (y - t) / N`` from the current ``y`` and ``t``.
+
+        Parameters
+        ----------
+        dout : real scalar, default 1
+
+        Returns
+        -------
+        ndarray (N, C) in the dtype NumPy gives for ``dout * (y - t) / N``.
+
+        Raises
+        ------
+        ValueError
+            ``backward`` before ``forward``; ``t`` or ``y`` changed into something that does not fit
+            (labels out of range, other shapes).
+        TypeError
+            A ``dout`` that is not a real scalar.
+        """
         _need_forward(self, self.y)
-        if self._dx_ready and _is_one(dout):
-            self._dx_ready = False
-            return self._dx
-        self._dx_ready = False
-        self._dx = F._xent_backward(self.y, self._t, dout, out=_spare(self._dx, self.y.shape, self.y.dtype))
+        dout = F._scalar(dout, "dout")
+        fused, self._fused = self._fused, None
+        y = self.y
+        if fused is not None and _is_one(dout, y):
+            labels, fused_y = fused
+            if y is fused_y and not y.flags.writeable:
+                now = F._targets(self.t, y)
+                if now.ndim == 1 and np.array_equal(now, labels):
+                    return self._dx
+        self._dx = F._xent_backward(y, self.t, dout, None, spare=_spare(self._dx, np.shape(y), _dtype_of(y)))
         return self._dx
 
 
-def _is_one(dout) -> bool:
-    """True for the default upstream gradient: the number 1 (an int, a float or a NumPy scalar)."""
-    return type(dout) in (int, float, np.float32, np.float64) and dout == 1
+def _is_one(dout, y) -> bool:
+    """True when ``dout`` is 1 and leaves the gradient in ``y``'s dtype: a Python 1 or 1.0, or a
+    NumPy scalar of ``y``'s dtype."""
+    if type(dout) in (int, float):
+        return dout == 1
+    return isinstance(dout, np.generic) and dout.dtype == y.dtype and dout == 1

@@ -2,8 +2,11 @@
 
 Each parameter array is updated through a compiled kernel (:mod:`fastlayers._kernels.optim`), or its
 NumPy twin in :mod:`fastlayers.reference` under the ``"numpy"`` backend. State (velocities, moment
-estimates) is kept per parameter name, in the parameter's dtype. Hyper-parameters are converted to
-the parameter's dtype, so float32 parameters stay float32.
+estimates) is kept per parameter name, in the parameter's dtype. As the classic ``p -= lr * g``,
+the update is written in the parameter's dtype whatever the gradient's: a float32 parameter with a
+float64 gradient stays float32 (strict mode, see :func:`fastlayers.strict_dtypes`, refuses that
+pair instead). Hyper-parameters are converted to the parameter's dtype. A gradient may be the
+parameter itself; one that partly overlaps it is copied first.
 """
 
 from __future__ import annotations
@@ -12,12 +15,16 @@ import math
 
 import numpy as np
 
-from . import reference
-from ._backend import get_backend
+from . import _backend, reference
+from ._dtypes import as_array, compute_dtype
 from ._kernels import optim as _optim
 from ._kernels._threads import launch
 
 __all__ = ["SGD", "Momentum", "AdaGrad", "Adam"]
+
+
+def _kind(value) -> str:
+    return f"dtype {value.dtype}" if isinstance(value, np.ndarray) else type(value).__name__
 
 
 def _positive(value, name: str) -> float:
@@ -41,36 +48,40 @@ class _Optimizer:
         self.state: dict[str, dict[str, np.ndarray]] = {}
 
     def _pairs(self, params: dict, grads: dict):
-        """Validated (key, param, grad) triples."""
+        """Validated (key, param, grad, dtype) quadruples; ``dtype`` is what the update computes in."""
         for key, p in params.items():
             if key not in grads:
                 raise KeyError(f"grads has no entry {key!r} for params[{key!r}]")
-            g = np.asarray(grads[key])
-            if not isinstance(p, np.ndarray) or p.dtype not in (np.float32, np.float64):
-                raise TypeError(f"params[{key!r}] must be a float32 or float64 numpy array")
+            if not isinstance(p, np.ndarray) or p.dtype.kind != "f" or p.dtype.itemsize > 8:
+                raise TypeError(f"params[{key!r}] must be a float numpy array (float32 or float64), got {_kind(p)}")
+            g = as_array(grads[key], f"grads[{key!r}]")
             if g.shape != p.shape:
                 raise ValueError(f"grads[{key!r}] has shape {g.shape} but params[{key!r}] has shape {p.shape}")
-            if g.dtype != p.dtype:
-                raise TypeError(f"grads[{key!r}] is {g.dtype} but params[{key!r}] is {p.dtype}")
             if not p.flags.writeable:
                 raise ValueError(f"params[{key!r}] is read-only")
-            yield key, p, g
+            if _backend.is_strict():
+                compute_dtype(**{f"params[{key!r}]": p, f"grads[{key!r}]": g})
+            # as NumPy's in-place ``p -= lr * g``: the update is written in p's dtype
+            yield key, p, g, compute_dtype(p=p)
 
-    def _state_for(self, key: str, p: np.ndarray) -> list[np.ndarray]:
+    def _state_for(self, key: str, p: np.ndarray, dtype: np.dtype) -> list[np.ndarray]:
         st = self.state.get(key)
-        if st is None or any(a.size != p.size or a.dtype != p.dtype for a in st.values()):
-            st = self.state[key] = {name: np.zeros(p.size, p.dtype) for name in self._state_names}
+        if st is None or any(a.size != p.size or a.dtype != dtype for a in st.values()):
+            st = self.state[key] = {name: np.zeros(p.size, dtype) for name in self._state_names}
         return [st[name] for name in self._state_names]
 
-    def _apply(self, p: np.ndarray, g: np.ndarray, state: list[np.ndarray], scalars: tuple) -> None:
-        scalars = tuple(p.dtype.type(s) for s in scalars)
-        flat = p.reshape(-1) if p.flags.c_contiguous else p.flatten()  # a view, or a copy written back
-        g = np.ascontiguousarray(g).reshape(-1)
-        if get_backend() == "numpy":
+    def _apply(self, p: np.ndarray, g: np.ndarray, dtype: np.dtype, state: list[np.ndarray], scalars: tuple) -> None:
+        scalars = tuple(dtype.type(s) for s in scalars)
+        in_place = p.flags.c_contiguous and p.dtype == dtype
+        flat = p.reshape(-1) if in_place else p.astype(dtype, order="C").reshape(-1)  # a view, or a copy written back
+        if in_place and g is not p and np.may_share_memory(g, p):
+            g = g.copy()  # a gradient that partly overlaps the parameter would change as p is written
+        g = np.ascontiguousarray(g, dtype=dtype).reshape(-1)
+        if _backend.current() == "numpy":
             type(self)._reference(flat, *state, g, *scalars)
         else:
             launch(type(self)._kernel, p.size, flat, *state, g, *scalars)
-        if not p.flags.c_contiguous:
+        if not in_place:
             p[...] = flat.reshape(p.shape)
 
     def update(self, params: dict, grads: dict) -> None:
@@ -84,8 +95,8 @@ class _Optimizer:
             A gradient of another shape or dtype than its parameter; a read-only parameter.
         """
         scalars = self._step_scalars()
-        for key, p, g in list(self._pairs(params, grads)):
-            self._apply(p, g, self._state_for(key, p), scalars)
+        for key, p, g, dtype in list(self._pairs(params, grads)):
+            self._apply(p, g, dtype, self._state_for(key, p, dtype), scalars)
 
 
 class SGD(_Optimizer):

@@ -61,7 +61,12 @@ def softmax_cross_entropy_forward(x: np.ndarray, t: np.ndarray) -> tuple[np.floa
         losses = -logp[np.arange(x.shape[0]), t]
     else:
         losses = -(t * logp).sum(axis=1)
-    return losses.mean(), softmax(x)
+    return _mean(losses), softmax(x)
+
+
+def _mean(losses: np.ndarray) -> np.floating:
+    """The mean of per-row losses, summed in float64 (a float32 sum of losses near 3e38 overflows)."""
+    return losses.dtype.type(losses.sum(dtype=np.float64) / losses.shape[0])
 
 
 def softmax_cross_entropy_backward(y: np.ndarray, t: np.ndarray, dout) -> np.ndarray:
@@ -78,9 +83,9 @@ def cross_entropy_error(y: np.ndarray, t: np.ndarray) -> np.floating:
     """Mean cross-entropy of probabilities ``y`` (2-D) against labels or target rows (0 log 0 = 0)."""
     with np.errstate(divide="ignore"):  # y == 0 at the target gives an infinite loss, not a warning
         if t.ndim == 1:
-            return -np.log(y[np.arange(y.shape[0]), t]).mean()
+            return _mean(-np.log(y[np.arange(y.shape[0]), t]))
         logy = np.log(np.where(t != 0, y, 1))  # terms with t == 0 contribute nothing
-        return -(t * logy).sum(axis=1).mean()
+        return _mean(-(t * logy).sum(axis=1))
 
 
 # optimizer updates: in place on ``p`` and the state arrays, as the classic optimizers do

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -91,16 +95,10 @@ def test_labels_out_of_range_for_probabilities(backend):
             r"dout has shape \(4, 3\) but .* give \(4, 2\)",
         ),
         (
-            lambda: F.affine_forward(np.zeros((4, 6), np.float32), np.zeros((6, 2)), np.zeros(2)),
-            TypeError,
-            "mixed float precision: x is float32 but W is float64",
-        ),
-        (
             lambda: F.relu_backward(np.zeros(3), np.zeros(4)),
             ValueError,
             r"dout has shape \(3,\) but y has shape \(4,\)",
         ),
-        (lambda: F.sigmoid_backward(np.zeros(3, np.float32), np.zeros(3)), TypeError, "mixed float precision"),
         (lambda: F.relu_forward(np.zeros(3, complex)), TypeError, "x has dtype complex128"),
         (lambda: F.relu_forward(np.array([object()])), TypeError, "x has dtype object"),
         (lambda: F.relu_forward(np.zeros(3, np.longdouble)), TypeError, "only float16, float32 and float64"),
@@ -113,6 +111,53 @@ def test_labels_out_of_range_for_probabilities(backend):
 def test_bad_shapes_and_dtypes(backend, call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (
+            lambda: F.affine_forward(np.zeros((4, 6), np.float32), np.zeros((6, 2)), np.zeros(2)),
+            "mixed float precision: x is float32 but W is float64",
+        ),
+        (lambda: F.sigmoid_backward(np.zeros(3, np.float32), np.zeros(3)), "dout is float32 but y is float64"),
+        (lambda: Affine(np.zeros((6, 2)), np.zeros(2)).forward(np.zeros((4, 6), np.float32)), "x is float32"),
+        (lambda: SoftmaxWithLoss().forward(np.zeros((2, 3), np.float32), np.zeros((2, 3))) and None, None),
+        (
+            lambda: F.softmax_cross_entropy_backward(np.zeros((2, 3), np.float32), np.eye(3)[:2]),
+            "y is float32 but t is float64",
+        ),
+        (lambda: fastlayers.SGD().update({"W": np.zeros(2, np.float32)}, {"W": np.zeros(2)}), "W"),
+    ],
+)
+def test_strict_mode_refuses_mixed_precision(backend, call, match):
+    """The opt-in strict mode keeps the old refusal; the default computes as NumPy does."""
+    call()  # default: promoted, no error
+    with fastlayers.strict_dtypes():
+        if match is None:  # the loss's value is x's dtype whatever t's (classic), so strict mode allows it
+            call()
+            return
+        with pytest.raises(TypeError, match=match):
+            call()
+    call()  # the context manager restored the default
+
+
+def test_strict_mode_from_environment():
+    code = (
+        "import numpy as np, fastlayers as fl\n"
+        "try:\n"
+        "    fl.functional.sigmoid_backward(np.ones(2, np.float32), np.ones(2))\n"
+        "except TypeError as e:\n"
+        "    print('refused', e)\n"
+    )
+    env = dict(os.environ, FASTLAYERS_STRICT_DTYPES="1")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert "refused mixed float precision" in res.stdout, res.stderr
+    bad = subprocess.run(
+        [sys.executable, "-c", "import fastlayers"],
+        env=dict(os.environ, FASTLAYERS_STRICT_DTYPES="maybe"), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "FASTLAYERS_STRICT_DTYPES must be 0 or 1" in bad.stderr
 
 
 def test_read_only_out():

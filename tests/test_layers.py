@@ -163,7 +163,9 @@ def test_lists_and_integers_become_float64():
     assert fastlayers.sigmoid(np.array([1, 2], np.int32)).dtype == np.float64
     assert fastlayers.relu(np.array([1.0], np.float16)).dtype == np.float32
     y = np.ones(3, np.float32)
-    assert fastlayers.functional.relu_backward([1, 2, 3], y).dtype == np.float32
+    # ReLU's gradient is dout with a mask applied (the classic code): dout's dtype, here a list of ints
+    assert fastlayers.functional.relu_backward([1, 2, 3], y).dtype == np.float64
+    assert fastlayers.functional.relu_backward(np.ones(3, np.float32), np.ones(3)).dtype == np.float32
 
 
 def test_layers_reusable_after_errors():

@@ -147,9 +147,26 @@ def test_optimizer_errors():
         SGD().update(p, {})
     with pytest.raises(ValueError, match=r"grads\['W'\] has shape \(2,\)"):
         SGD().update(p, {"W": np.zeros(2)})
-    with pytest.raises(TypeError, match=r"grads\['W'\] is float32"):
+    with (
+        fastlayers.strict_dtypes(),
+        pytest.raises(TypeError, match=r"params\['W'\] is float64 but grads\['W'\] is float32"),
+    ):
         SGD().update(p, {"W": np.zeros((2, 2), np.float32)})
+    with pytest.raises(TypeError, match=r"params\['W'\] must be a float numpy array"):
+        SGD().update({"W": np.zeros(2, int)}, {"W": np.zeros(2)})
+    with pytest.raises(TypeError, match="tensor that requires grad"):
+        SGD().update(p, {"W": _RequiresGrad()})
     with pytest.raises(ValueError, match="lr must be a positive number"):
         SGD(lr=0)
     with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\)"):
         Momentum(momentum=1.5)
+
+
+class _RequiresGrad:
+    """Stands in for a torch tensor with ``requires_grad=True``: ``np.asarray`` of it fails."""
+
+    requires_grad = True
+    shape = (2, 2)
+
+    def __array__(self, dtype=None, copy=None):
+        raise RuntimeError("Can't call numpy() on Tensor that requires grad. Use tensor.detach().numpy() instead.")

@@ -4,7 +4,8 @@ cross-entropy of given probabilities.
 Contract: ``x``, ``y``, ``out`` and one-hot/probability targets are (N, C) arrays of one float
 dtype; integer labels ``t`` are (N,) int64 already checked to lie in [0, C) (nothing here checks:
 Numba does not bounds-check); ``losses`` is (N,) of the float dtype and receives one loss per row; the
-loss kernels return their sum (float64), which the caller divides by N. ``out`` may alias ``y``.
+loss kernels return their sum (float64), which the caller divides by N. ``out`` may be ``y`` itself
+(exact aliasing); no other overlap between outputs and inputs is allowed.
 The loss kernels can also write the gradient for ``dout = 1`` into ``grad`` (N, C) in the same pass,
 with ``scale`` = 1 / N of the dtype, bit-identical to what the ``xent_grad_*`` kernels compute from
 ``y``; a ``grad`` with no rows means "not wanted". The outer ``prange`` runs over rows; the additions
@@ -141,9 +142,11 @@ def xent_grad_labels(y, t, scale, out):
     n, c = y.shape
     for i in prange(n):
         yr, orow = y[i], out[i]
+        k = t[i]
+        yk = yr[k]  # read before the row is written: ``out`` may be ``y`` itself
         for j in range(c):
             orow[j] = yr[j] * scale
-        orow[t[i]] = (yr[t[i]] - typed(1, y)) * scale
+        orow[k] = (yk - typed(1, y)) * scale
 
 
 @twins(MEMORY_BOUND)
