@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _backend
 from . import functional as F
-from ._dtypes import as_array
+from ._dtypes import as_array, compute_dtype
 
 
 def _need_forward(layer: object, value: object) -> None:
@@ -171,8 +171,10 @@ class Affine:
     Attributes
     ----------
     x : ndarray, shape (N, D)
-        The latest input, reshaped as ``x.reshape(N, -1)`` (a view of the caller's array when
-        possible, as in the classic code); ``original_x_shape`` is its shape before.
+        The latest input, reshaped as ``x.reshape(N, -1)``: a view of the caller's array, as in the
+        classic code, unless NumPy's rule made the layer compute in a wider dtype than ``x``'s (float32
+        images, float64 weights), in which case it is the converted copy the layer computed with.
+        ``original_x_shape`` is the input's shape before the reshape.
     dW, db : ndarray
         Parameter gradients, set by :meth:`backward`.
 
@@ -220,6 +222,12 @@ class Affine:
             raise ValueError(f"x must be at least 1-D (N, ...), got shape {x.shape}")
         x2 = x if x.ndim == 2 or x.shape[0] == 0 else x.reshape(x.shape[0], -1)
         W, b = self.W, self.b
+        if not F._plain_affine(x2, W, b) and type(W) is np.ndarray and type(b) is np.ndarray:
+            # float32 images with float64 weights (the book's mix): x in the dtype NumPy computes in,
+            # once, kept for backward; anything else the fast path does not take is checked by F
+            dtype = compute_dtype(x=x2, W=W, b=b)
+            if W.dtype == dtype and b.dtype == dtype and x2.dtype != dtype:
+                x2 = x2.astype(dtype)
         if F._plain_affine(x2, W, b) and b.ndim == 1:
             # the common case: the buffer from _spare is the layer's alone, so it overlaps nothing and
             # the products can go straight to F's run step (no overlap checks: 2 us less per call)
@@ -314,8 +322,15 @@ class SoftmaxWithLoss:
             Float or bool labels; unsupported dtypes.
         """
         self._fused = None  # drop its references first, so that the buffers below can be reused
-        shape, dtype = np.shape(x), _dtype_of(x)
-        fuse = _backend.current() == "numba" and np.shape(t) != shape
+        shape, dtype = (x.shape, x.dtype) if type(x) is np.ndarray else (None, None)
+        # the fused gradient pays off only for integer labels: (N,) or an (N, 1) column
+        fuse = (
+            type(t) is np.ndarray
+            and t.dtype.kind in "iu"
+            and (t.ndim == 1 or t.shape[1:] == (1,))
+            and t.shape != shape
+            and _backend.current() == "numba"
+        )
         grad_buf = _spare(self._dx, shape, dtype) if fuse else None
         y_buf = _spare(self.y, shape, dtype, frozen=True)
         result = F._xent_forward(x, t, out=y_buf, want_grad=fuse, grad_buf=grad_buf)

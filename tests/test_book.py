@@ -1,0 +1,95 @@
+"""The book's own programs, unedited, with its layers and with fastlayers' swapped in.
+
+Runs only when ``FASTLAYERS_BOOK_DIR`` points to a checkout of ``oreilly-japan/deep-learning-from-scratch``
+(CI cannot fetch it; ``test_classic_usage.py`` holds the same usage on every commit). See
+``tools/book.py`` for how the two copies and the MNIST stand-in (scikit-learn's digits) are made.
+Each script runs once per copy; the two outputs are compared:
+
+- ``buy_apple_orange.py`` prints the same figures;
+- ``gradient_check.py``: every mean difference below 1e-6;
+- ``train_neuralnet.py`` and ``overfit_weight_decay.py``: final test accuracy within 0.05 of the
+  book's own run (the scripts do not seed their generators);
+- ``weight_init_compare.py`` and ``optimizer_compare_mnist.py`` (they print losses, not accuracy):
+  every final loss finite, and for each network the same outcome as the book's run: one that
+  trains (final loss below 1) does so in both, one that stalls (``std=0.01``, near log 10) in both.
+
+About 4 minutes on 2 cores. ``FASTLAYERS_BOOK_DIR=... pytest tests/test_book.py -v -s`` shows outputs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+BOOK = os.environ.get("FASTLAYERS_BOOK_DIR")
+pytestmark = pytest.mark.skipif(
+    not BOOK,
+    reason="set FASTLAYERS_BOOK_DIR to a checkout of oreilly-japan/deep-learning-from-scratch to run the book's scripts",
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import book  # noqa: E402
+
+_outputs: dict[tuple[str, str], str] = {}
+
+
+@pytest.fixture(scope="module")
+def trees(tmp_path_factory):
+    pytest.importorskip("sklearn", reason="the MNIST stand-in comes from scikit-learn's digits")
+    pytest.importorskip("matplotlib", reason="the chapter 6 scripts import matplotlib")
+    return book.prepare(Path(BOOK), tmp_path_factory.mktemp("book"))
+
+
+def _out(trees, which: str, script: str) -> str:
+    key = (which, script)
+    if key not in _outputs:
+        _outputs[key], seconds = book.run(trees[which], script)
+        print(f"\n--- {which} {script} ({seconds:.1f} s)\n{_outputs[key][-1500:]}")
+    return _outputs[key]
+
+
+def test_buy_apple_orange_prints_the_same(trees):
+    ours = _out(trees, "fastlayers", "ch05/buy_apple_orange.py")
+    assert ours == _out(trees, "book", "ch05/buy_apple_orange.py")
+    assert "price: 715" in ours and "dTax: 650" in ours
+
+
+def test_gradient_check(trees):
+    for which in ("fastlayers", "book"):
+        diffs = dict(re.findall(r"^(\w+):([-+0-9.e]+)$", _out(trees, which, "ch05/gradient_check.py"), re.M))
+        assert set(diffs) == {"W1", "b1", "W2", "b2"}, diffs
+        if which == "fastlayers":
+            assert all(float(v) < 1e-6 for v in diffs.values()), diffs
+
+
+def _final_test_accuracy(text: str) -> float:
+    numbers = re.findall(r"([0-9.]+)\s*$", text.strip().splitlines()[-1])
+    return float(numbers[-1])
+
+
+@pytest.mark.parametrize("script", ["ch05/train_neuralnet.py", "ch06/overfit_weight_decay.py"])
+def test_final_accuracy_matches_the_books(trees, script):
+    ours = _final_test_accuracy(_out(trees, "fastlayers", script))
+    theirs = _final_test_accuracy(_out(trees, "book", script))
+    assert abs(ours - theirs) <= 0.05, (ours, theirs)
+    assert ours > 0.5
+
+
+def _final_losses(text: str) -> dict[str, float]:
+    last = text.rsplit("===========iteration:", 1)[1]
+    return {k: float(v) for k, v in re.findall(r"^([\w=.]+):([-+0-9.e]+|nan|inf)$", last, re.M)}
+
+
+@pytest.mark.parametrize("script", ["ch06/weight_init_compare.py", "ch06/optimizer_compare_mnist.py"])
+def test_final_losses_match_the_books(trees, script):
+    ours = _final_losses(_out(trees, "fastlayers", script))
+    theirs = _final_losses(_out(trees, "book", script))
+    assert set(ours) == set(theirs) and len(ours) >= 3, (ours, theirs)
+    for key in ours:
+        assert math.isfinite(ours[key]), key
+        assert (ours[key] < 1) == (theirs[key] < 1), (key, ours[key], theirs[key])
