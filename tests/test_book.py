@@ -29,7 +29,7 @@ import pytest
 BOOK = os.environ.get("FASTLAYERS_BOOK_DIR")
 pytestmark = pytest.mark.skipif(
     not BOOK,
-    reason="set FASTLAYERS_BOOK_DIR to a checkout of oreilly-japan/deep-learning-from-scratch to run the book's scripts",
+    reason="set FASTLAYERS_BOOK_DIR to a checkout of oreilly-japan/deep-learning-from-scratch to run its scripts",
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))

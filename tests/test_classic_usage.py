@@ -40,12 +40,12 @@ class ClassicNet:
     """A fully connected net assembled like the book's networks, from fastlayers' public classes."""
 
     def __init__(self, sizes, activation=fl.Relu, std=0.01, decay=0.0, seed=0):
-        np.random.seed(seed)
+        np.random.seed(seed)  # noqa: NPY002 - the legacy generator, as the classic scripts use it
         self.params = {}
         self.layers = OrderedDict()
         self.decay = decay
         for i in range(1, len(sizes)):
-            self.params[f"W{i}"] = std * np.random.randn(sizes[i - 1], sizes[i])  # float64
+            self.params[f"W{i}"] = std * np.random.randn(sizes[i - 1], sizes[i])  # noqa: NPY002 - float64
             self.params[f"b{i}"] = np.zeros(sizes[i])
             self.layers[f"Affine{i}"] = fl.Affine(self.params[f"W{i}"], self.params[f"b{i}"])
             if i < len(sizes) - 1:
