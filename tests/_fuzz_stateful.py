@@ -31,7 +31,7 @@ douts = st.sampled_from([1, 1.0, 2.0, 0, -1, np.float32(1), np.float64(1), np.fl
 label_values = st.sampled_from([-1, 0, 1, 9, 10, 39, 40, 2**40, -(2**40)])
 
 
-class Mismatch(AssertionError):
+class Mismatch(AssertionError):  # noqa: N818 - reads better in the failure report
     pass
 
 
