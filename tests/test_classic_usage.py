@@ -173,6 +173,7 @@ def test_chapter6_multilayer_with_optimizers(backend, optimizer, activation):
 
 
 def test_library_nets_with_library_data():
+    pytest.importorskip("sklearn", reason="the digits come from scikit-learn (the train extra)")
     """The library's own first try: its digits (float32) with its nets (float64 by default)."""
     (x, t), (xt, tt) = fl.datasets.load_digits()
     net = fl.TwoLayerNet(64, 30, 10, seed=0)

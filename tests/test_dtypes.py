@@ -234,6 +234,7 @@ def test_optimizer_writes_in_the_parameters_dtype():
 
 
 def test_nets_agree_with_the_data():
+    pytest.importorskip("sklearn", reason="the digits come from scikit-learn (the train extra)")
     (x, t), _ = datasets.load_digits()
     (x1, t1), _ = datasets.load_digits(one_hot_label=True)
     assert x.dtype == np.float32

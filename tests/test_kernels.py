@@ -4,6 +4,7 @@ inventory."""
 from __future__ import annotations
 
 import inspect
+import os
 
 import numpy as np
 import pytest
@@ -138,3 +139,15 @@ def test_row_reductions_special_values(dtype):
     assert np.isnan(sums[0]) and maxes[0] == 0
     assert sums[1] == np.inf and maxes[1] == np.inf
     assert sums[2] == -np.inf and maxes[2] == -np.inf
+
+
+@pytest.mark.skipif(
+    os.environ.get("NUMBA_BOUNDSCHECK") != "1", reason="the bounds-checked CI step sets NUMBA_BOUNDSCHECK=1"
+)
+def test_bounds_checking_is_on():
+    """In the bounds-checked run, a kernel given a label outside the row (which the checks above it
+    never let through) raises IndexError instead of writing past the row."""
+    y = np.full((3, 4), 0.25)
+    out = np.empty_like(y)
+    with pytest.raises(IndexError):
+        softmax.xent_grad_labels.serial(y, np.array([0, 1, 4]), 1.0, out)

@@ -18,8 +18,8 @@ Flags (the same for every kernel; tests check that no kernel sets its own):
   :class:`_TolerantCache` discards the index and the kernel is compiled and cached afresh.
 - Numba keys its cache on a function's own bytecode and its file's time stamp, not on the compile
   flags nor on the helpers it inlines from other files (``_math``). Every cached name therefore
-  carries :data:`TAG`, a hash of the flags and of all sources in this package, so that changing
-  either compiles afresh instead of loading stale machine code.
+  carries :data:`TAG`, a hash of the flags (``NUMBA_BOUNDSCHECK`` included) and of all sources in this
+  package, so that changing either compiles afresh instead of loading stale machine code.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ def _tag() -> str:
     digest = hashlib.sha256(
         repr(sorted((k, sorted(v) if isinstance(v, set) else v) for k, v in FLAGS.items())).encode()
     )
+    # NUMBA_BOUNDSCHECK=1 compiles checked code: cached apart, or a checked run would load unchecked code
+    digest.update(f"boundscheck={numba.config.BOUNDSCHECK}".encode())
     for path in sorted(Path(__file__).parent.glob("*.py")):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:10]
