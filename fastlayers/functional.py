@@ -580,8 +580,8 @@ def _targets(t, x: np.ndarray, name: str = "t", dtype: np.dtype | None = None) -
 
 def _labels_in_range(t: np.ndarray, c: int, name: str) -> np.ndarray:
     """A private int64 copy of the non-empty integer labels ``t``, checked to lie in [0, c)."""
-    labels = np.array(t, dtype=np.int64)  # a copy even when t is int64 already
-    lo, hi = _softmax.label_bounds(labels)  # one compiled pass instead of two NumPy reductions
+    labels = np.empty(t.shape[0], np.int64)  # a copy even when t is int64 already
+    lo, hi = _softmax.copy_label_bounds(t, labels)  # one compiled pass: copy, min and max
     if lo < 0 or hi >= c:
         if t.dtype.kind == "u":  # uint64 above 2**63 wrapped in the copy: report the caller's values
             lo, hi = int(t.min()), int(t.max())
@@ -597,6 +597,8 @@ def _check_label_range(lo: int, hi: int, c: int, name: str) -> None:
 def _scalar(value, name: str):
     """``value`` checked to be a real scalar; returned as given (Python numbers stay weak for the
     dtype rule, NumPy scalars and 0-d arrays count with their dtype)."""
+    if type(value) in (int, float):
+        return value
     if not is_number(value):
         raise TypeError(f"{name} must be a scalar, got {type(value).__name__} of shape {np.shape(value)}")
     if isinstance(value, (bool, int, float)):
@@ -698,10 +700,14 @@ class XentForward(NamedTuple):
     grad: np.ndarray | None
 
 
-def _xent_forward(x, t, out, want_grad: bool, grad_buf: np.ndarray | None = None) -> XentForward:
+def _xent_forward(
+    x, t, out, want_grad: bool, grad_buf: np.ndarray | None = None, spare: np.ndarray | None = None
+) -> XentForward:
     """:func:`softmax_cross_entropy_forward`, plus the validated targets and, with ``want_grad`` on
     the numba backend, the ``dout = 1`` gradient computed in the same pass over each row (into
-    ``grad_buf`` when given: a C-contiguous (N, C) array of the scores' dtype owned by the caller)."""
+    ``grad_buf`` when given). ``grad_buf`` and ``spare`` (used for ``y`` when ``out`` is None) are
+    C-contiguous (N, C) buffers of the scores' dtype that the calling layer owns alone (see
+    ``layers._spare``): nothing else references them, so they cannot overlap an input."""
     x = _scores(x)
     t = _targets(t, x)
     if out is not None:
@@ -709,7 +715,10 @@ def _xent_forward(x, t, out, want_grad: bool, grad_buf: np.ndarray | None = None
     if _numpy_backend():
         loss, y = reference.softmax_cross_entropy_forward(x, t)
         return XentForward(loss, _finish(y, out), t, None)
-    y = out if out is not None and not (np.may_share_memory(out, x) or np.may_share_memory(out, t)) else None
+    if out is None:
+        y = spare if spare is not None and spare.shape == x.shape and spare.dtype == x.dtype else None
+    else:
+        y = out if not (np.may_share_memory(out, x) or np.may_share_memory(out, t)) else None
     y = np.empty(x.shape, x.dtype) if y is None else y
     losses = np.empty(x.shape[0], x.dtype)
     if want_grad:

@@ -24,6 +24,7 @@ import numpy as np
 from . import _backend
 from . import functional as F
 from ._dtypes import as_array, compute_dtype
+from ._kernels.softmax import labels_equal as _labels_equal
 
 
 def _need_forward(layer: object, value: object) -> None:
@@ -333,7 +334,7 @@ class SoftmaxWithLoss:
         )
         grad_buf = _spare(self._dx, shape, dtype) if fuse else None
         y_buf = _spare(self.y, shape, dtype, frozen=True)
-        result = F._xent_forward(x, t, out=y_buf, want_grad=fuse, grad_buf=grad_buf)
+        result = F._xent_forward(x, t, None, want_grad=fuse, grad_buf=grad_buf, spare=y_buf)
         y = result.y
         y.flags.writeable = False
         self.loss, self.y, self.t = result.loss, y, t
@@ -367,10 +368,17 @@ class SoftmaxWithLoss:
         y = self.y
         if fused is not None and _is_one(dout, y):
             labels, fused_y = fused
-            if y is fused_y and not y.flags.writeable:
-                now = F._targets(self.t, y)
-                if now.ndim == 1 and np.array_equal(now, labels):
-                    return self._dx
+            t = self.t
+            if (
+                y is fused_y
+                and not y.flags.writeable
+                and type(t) is np.ndarray
+                and t.dtype.kind in "iu"
+                and t.size == labels.shape[0]
+                and t.ndim in (1, 2)
+                and _labels_equal(t if t.ndim == 1 else t.reshape(-1), labels)  # O(N): the labels it was made for
+            ):
+                return self._dx
         self._dx = F._xent_backward(y, self.t, dout, None, spare=_spare(self._dx, np.shape(y), _dtype_of(y)))
         return self._dx
 

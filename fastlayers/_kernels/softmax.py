@@ -60,6 +60,29 @@ def label_bounds(t):
 
 
 @helper
+def copy_label_bounds(t, out):
+    """out[:] = t (an int64 copy of non-empty integer labels) and (min, max) of the copy, in one
+    pass; its NumPy twin is ``out[:] = t; (out.min(), out.max())``."""
+    lo = np.int64(t[0])
+    hi = lo
+    for i in range(t.shape[0]):
+        v = np.int64(t[i])
+        out[i] = v
+        lo = v if v < lo else lo
+        hi = v if v > hi else hi
+    return lo, hi
+
+
+@helper
+def labels_equal(a, b):
+    """True when the integer label arrays ``a`` and ``b`` (1-D, same length) hold the same values."""
+    for i in range(a.shape[0]):
+        if a[i] != b[i]:
+            return False
+    return True
+
+
+@helper
 def _scale_row(yr, r):
     for j in range(yr.shape[0]):
         yr[j] *= r
