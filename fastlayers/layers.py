@@ -223,13 +223,15 @@ class Affine:
             raise ValueError(f"x must be at least 1-D (N, ...), got shape {x.shape}")
         x2 = x if x.ndim == 2 or x.shape[0] == 0 else x.reshape(x.shape[0], -1)
         W, b = self.W, self.b
-        if not F._plain_affine(x2, W, b) and type(W) is np.ndarray and type(b) is np.ndarray:
+        plain = F._plain_affine(x2, W, b)
+        if not plain and type(W) is np.ndarray and type(b) is np.ndarray:
             # float32 images with float64 weights (the book's mix): x in the dtype NumPy computes in,
             # once, kept for backward; anything else the fast path does not take is checked by F
             dtype = compute_dtype(x=x2, W=W, b=b)
             if W.dtype == dtype and b.dtype == dtype and x2.dtype != dtype:
                 x2 = x2.astype(dtype)
-        if F._plain_affine(x2, W, b) and b.ndim == 1:
+                plain = F._plain_affine(x2, W, b)
+        if plain and b.ndim == 1:
             # the common case: the buffer from _spare is the layer's alone, so it overlaps nothing and
             # the products can go straight to F's run step (no overlap checks: 2 us less per call)
             out = _spare(self._out, (x2.shape[0], W.shape[1]), x2.dtype)
