@@ -474,12 +474,15 @@ def affine_backward(
 
     Returns
     -------
-    (dx, dW, db) : ``dout @ W.T`` reshaped like ``x``, ``x2.T @ dout``, ``dout.sum(axis=0)``.
+    (dx, dW, db) : ``dout @ W.T`` reshaped like ``x``, ``x2.T @ dout``, ``dout.sum(axis=0)``, each
+        in the dtype NumPy gives for that expression (computed in the widest of the three).
 
     Raises
     ------
-    ValueError, TypeError
-        As :func:`affine_forward`, and when ``dout`` is not (N, M).
+    ValueError
+        As :func:`affine_forward`; ``dout`` not (N, M); a buffer that overlaps an input.
+    TypeError
+        As :func:`affine_forward`; a buffer of another dtype than its result.
     """
     if (
         _plain_affine(x, W, dout)

@@ -131,12 +131,43 @@ class _Activation:
         self._dx = None
 
     def forward(self, x):
+        """The activation of ``x``, elementwise; kept as ``self.out``.
+
+        Parameters
+        ----------
+        x : array_like, any shape
+
+        Returns
+        -------
+        ndarray of ``x``'s shape, in ``x``'s float dtype (float16 as float32, integers as float64).
+
+        Raises
+        ------
+        TypeError
+            A dtype that is not a real number; a tensor that requires grad.
+        """
         # the previous result goes along as the buffer to reuse: F._layer_call reuses it when nothing
         # else holds it
         self.out = F._layer_call(self._forward, x, None, self.out)
         return self.out
 
     def backward(self, dout):
+        """The gradient with respect to the input, from ``dout`` and ``self.out`` as it is now.
+
+        Parameters
+        ----------
+        dout : array_like, shaped like the forward input
+            Upstream gradient; never written to.
+
+        Returns
+        -------
+        ndarray of ``dout``'s shape (dtype: see the README's dtype section).
+
+        Raises
+        ------
+        ValueError
+            ``backward`` before ``forward``; ``dout`` and ``out`` of different shapes.
+        """
         if self.out is None:
             _need_forward(self, None)
         self._dx = F._layer_call(self._backward, dout, self.out, self._dx)
