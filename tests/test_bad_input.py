@@ -193,3 +193,42 @@ def test_set_num_threads_range():
     fastlayers.set_num_threads(1)
     assert fastlayers.get_num_threads() == 1
     fastlayers.set_num_threads(n)
+
+
+class _RequiresGrad:
+    """What NumPy sees of a torch tensor with ``requires_grad=True``: ``np.asarray`` of it fails."""
+
+    requires_grad = True
+
+    def __array__(self, dtype=None, copy=None):
+        raise RuntimeError("Can't call numpy() on Tensor that requires grad. Use tensor.detach().numpy() instead.")
+
+
+@pytest.mark.parametrize(
+    "call,name",
+    [
+        (lambda g: F.relu_forward(g), "x"),
+        (lambda g: F.sigmoid_backward(g, np.ones(2)), "dout"),
+        (lambda g: F.affine_forward(np.ones((2, 2)), g, np.zeros(2)), "W"),
+        (lambda g: F.softmax_cross_entropy_forward(g, np.array([0, 1])), "x"),
+        (lambda g: F.softmax_cross_entropy_backward(np.full((2, 2), 0.5), g), "t"),
+        (lambda g: Sigmoid().forward(g), "x"),
+        (lambda g: fastlayers.Adam().update({"W": np.ones(2)}, {"W": g}), r"grads\['W'\]"),
+    ],
+)
+def test_tensor_that_requires_grad(backend, call, name):
+    with pytest.raises(TypeError, match=rf"{name} is a tensor that requires grad; pass {name}.detach\(\)"):
+        call(_RequiresGrad())
+
+
+@pytest.mark.parametrize("order", [">", "<"])
+def test_non_native_byte_order_is_computed_not_refused(backend, order):
+    """Big-endian input raised Numba's TypingError on the numba backend; now it is converted once."""
+    x = np.linspace(-3, 3, 12).reshape(4, 3)
+    t = np.array([0, 1, 2, 0])
+    swapped = x.astype(x.dtype.newbyteorder(order)), t.astype(t.dtype.newbyteorder(order))
+    assert np.array_equal(F.relu_forward(swapped[0]), F.relu_forward(x))
+    assert F.softmax_cross_entropy_forward(*swapped)[0] == F.softmax_cross_entropy_forward(x, t)[0]
+    assert np.array_equal(
+        F.affine_forward(swapped[0], swapped[0].T, np.zeros(4)), F.affine_forward(x, x.T, np.zeros(4))
+    )

@@ -373,3 +373,20 @@ def test_label_column_works_like_labels(backend, labels_dtype):
         assert a.forward(x, t.reshape(N, 1)) == b.forward(x, t)
         np.testing.assert_array_equal(a.backward(), b.backward())
         assert F.cross_entropy_error(_softmax(x), t.reshape(N, 1)) == F.cross_entropy_error(_softmax(x), t)
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_real_torch_tensors(backend):
+    """CPU tensors go through ``__array__`` like any array-like (PyTorch is optional: skipped without)."""
+    torch = pytest.importorskip("torch")
+    x = torch.linspace(-2, 2, 12, dtype=torch.float32).reshape(4, 3)
+    W, b = np.ones((3, 2), np.float32), np.zeros(2, np.float32)
+    with fl.use_backend(backend):
+        h = fl.Relu().forward(x)
+        assert h.dtype == np.float32 and type(h) is np.ndarray
+        assert fl.Affine(W, b).forward(fl.Relu().forward(x)).dtype == np.float32  # as np.asarray(x) @ W + b
+        assert fl.Affine(np.ones((3, 2)), np.zeros(2)).forward(x).dtype == np.float64
+        loss = fl.SoftmaxWithLoss().forward(x, torch.tensor([0, 1, 2, 0]))
+        assert loss.dtype == np.float32
+        with pytest.raises(TypeError, match=r"x is a tensor that requires grad; pass x.detach\(\)"):
+            fl.Sigmoid().forward(x.clone().requires_grad_(True))
