@@ -1,5 +1,5 @@
 """A Numba cache locator that never finds a location: what a read-only install with a read-only
-home looks like to Numba. Used through ``NUMBA_CACHE_LOCATOR_CLASSES=tests._no_locator.NoLocator``."""
+home looks like to Numba. ``test_reliability`` puts it in place of Numba's locators in a child process."""
 
 from numba.core.caching import _CacheLocator
 
