@@ -90,7 +90,8 @@ def test_no_cache_location_still_imports():
     """Numba raises at decoration when it finds no cache location; import must still work."""
     # Numba's list of locators replaced in the child (NUMBA_CACHE_LOCATOR_CLASSES does the same, but
     # only from numba 0.61 on; the list is there in every supported version)
-    no_locator = "import numba.core.caching as c; from tests._no_locator import NoLocator; c.CacheImpl._locator_classes = [NoLocator];"
+    no_locator = "import numba.core.caching as c; from tests._no_locator import NoLocator;"
+    no_locator += "c.CacheImpl._locator_classes = [NoLocator];"
     res = run_python(["-W", "error", "-c", no_locator + SMOKE])
     assert res.returncode == 0, res.stderr
     n_uncached, n_compiled = (int(v) for v in res.stdout.split()[-2:])
