@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,3 +30,27 @@ def test_ci_runs_the_readme_test_command():
     test_cmd = next(c for c in commands if "pytest" in c)
     assert test_cmd in (ROOT / ".ci" / "run").read_text()
     assert any("fastlayers train" in c for c in commands)
+
+
+def test_installed_package_wins_over_a_clone_folder_named_fastlayers(tmp_path):
+    """The main-job command installs the package (not editable), so running from the parent of a
+    clone named ``fastlayers`` imports the package, not the clone folder as a namespace package."""
+    site = tmp_path / "site"
+    res = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(ROOT)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    parent = tmp_path / "parent"
+    (parent / "fastlayers").mkdir(parents=True)  # the clone folder: no __init__.py at its top
+    (parent / "fastlayers" / "pyproject.toml").write_text("")
+    env = dict(os.environ, PYTHONPATH=str(site))
+    code = "import fastlayers as fl; print(fl.__version__, fl.Relu.__name__)"
+    res = subprocess.run([sys.executable, "-c", code], cwd=parent, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.split() == [fl_version(), "Relu"], res.stderr[-2000:]
+
+
+def fl_version() -> str:
+    import fastlayers
+
+    return fastlayers.__version__
