@@ -10,10 +10,13 @@ Layers: :class:`Relu`, :class:`Sigmoid`, :class:`Affine`, :class:`SoftmaxWithLos
 
 from __future__ import annotations
 
+from importlib import metadata as _metadata
+
 import numba as _numba
 
 from ._backend import get_backend, set_default_backend, set_strict_dtypes, strict_dtypes, use_backend
 from ._kernels import _threads
+from .datasets import load_digits, load_mnist
 from .functional import cross_entropy_error, softmax
 from .functional import relu_forward as relu
 from .functional import sigmoid_forward as sigmoid
@@ -22,7 +25,10 @@ from .layers import AddLayer, Affine, MulLayer, Relu, Sigmoid, SoftmaxWithLoss
 from .nets import MultiLayerNet, TwoLayerNet, gradient_check
 from .optim import SGD, AdaGrad, Adam, Momentum
 
-__version__ = "0.1.0"
+try:  # one source for the version: the package metadata, written from pyproject.toml at install
+    __version__ = _metadata.version("fastlayers")
+except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "SGD",
@@ -41,6 +47,8 @@ __all__ = [
     "cross_entropy_error",
     "get_backend",
     "get_num_threads",
+    "load_digits",
+    "load_mnist",
     "numerical_gradient",
     "relu",
     "set_num_threads",

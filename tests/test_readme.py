@@ -54,3 +54,14 @@ def fl_version() -> str:
     import fastlayers
 
     return fastlayers.__version__
+
+
+def test_one_source_for_the_version():
+    import importlib.metadata
+
+    import fastlayers
+
+    declared = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    assert fastlayers.__version__ == importlib.metadata.version("fastlayers") == declared
+    assert f"## [{declared}]" in (ROOT / "CHANGELOG.md").read_text()
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")

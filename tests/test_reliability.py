@@ -165,6 +165,8 @@ def test_wheel_has_no_cache_files_and_works(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("fastlayers-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "fastlayers/_kernels/elementwise.py" in names
+    assert "fastlayers/py.typed" in names, "type checkers read the package's hints"
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
     assert not [n for n in names if n.endswith((".nbi", ".nbc", ".pyc"))]
     with zipfile.ZipFile(wheel) as zf:
         zf.extractall(tmp_path / "site")
