@@ -26,10 +26,44 @@ def _hidden(text: str) -> list[int]:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
     return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _check_train_args(parser: argparse.ArgumentParser, args) -> None:
+    """Every mistake on the command line, found before any data is loaded or any epoch run."""
+    if args.net == "two" and len(args.hidden) != 1:
+        parser.error(
+            f"--net two has one hidden layer, got --hidden {','.join(map(str, args.hidden))} (use --net multi)"
+        )
+    if args.dataset == "mnist":
+        if args.data_dir is None:
+            parser.error("--dataset mnist needs --data-dir DIR holding the four IDX files (MNIST or Fashion-MNIST)")
+        if not os.path.isdir(args.data_dir):
+            parser.error(f"--data-dir {args.data_dir}: no such directory")
+    if args.plot:
+        folder = os.path.dirname(os.path.abspath(args.plot))
+        if not os.path.isdir(folder):
+            parser.error(f"--plot {args.plot}: the folder {folder} does not exist")
+        if not os.access(folder, os.W_OK):
+            parser.error(f"--plot {args.plot}: the folder {folder} is not writable")
+        if not args.plot.lower().endswith((".png", ".pdf", ".svg")):
+            parser.error(f"--plot {args.plot}: the file name must end in .png, .pdf or .svg")
 
 
 def _load(args):
@@ -257,59 +291,123 @@ def cmd_warmup(args) -> int:
     return 0
 
 
+def format_info(data: dict) -> str:
+    """:func:`info` as a two-column table for people (``--json`` gives the dict itself)."""
+    lines = []
+
+    def row(key: str, value) -> None:
+        lines.append(f"{key:<22} {value}")
+
+    for key, value in data.items():
+        if key == "blas":
+            for i, lib in enumerate(value or [{}]):
+                desc = ", ".join(f"{k} {v}" for k, v in lib.items() if v is not None) or "(threadpoolctl not installed)"
+                row("blas" if i == 0 else "", desc)
+        elif key == "parallel_min":
+            groups: dict[int, list[str]] = {}
+            for name, n in value.items():
+                groups.setdefault(n, []).append(name)
+            for i, (n, names) in enumerate(sorted(groups.items())):
+                row("parallel from" if i == 0 else "", f"{n:>8,} elements: {', '.join(names)}")
+        elif isinstance(value, list):
+            row(key, ", ".join(map(str, value)) or "none")
+        else:
+            row(key, "-" if value is None else value)
+    return "\n".join(lines)
+
+
 def cmd_info(args) -> int:
     data = info()
-    if args.json:
-        print(json.dumps(data, indent=2))
-    else:
-        for key, value in data.items():
-            print(f"{key:20s} {value}")
+    print(json.dumps(data, indent=2) if args.json else format_info(data))
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fastlayers", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+class _Help(argparse.HelpFormatter):
+    """Help that shows each option's default (argparse's ArgumentDefaultsHelpFormatter shows it only
+    for options with a help text, and shows None and False too)."""
 
-    p = sub.add_parser("train", help="train a network and report accuracy and speed")
-    p.add_argument("--dataset", choices=["digits", "mnist"], default="digits")
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        shown = not (default is None or default is False or default == argparse.SUPPRESS) and action.option_strings
+        if shown and "%(default)" not in text:
+            text = f"{text} (default: %(default)s)".strip()
+        return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="python -m fastlayers",
+        description="fastlayers: the classic Deep Learning from Scratch layers on parallel Numba kernels.",
+        formatter_class=_Help,
+    )
+    parser.add_argument("--version", action="version", version=f"fastlayers {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,gradcheck,bench,warmup,info}")
+
+    def add(name: str, help: str):
+        return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".", formatter_class=_Help)
+
+    p = add("train", "train a network and report accuracy and speed")
+    p.add_argument(
+        "--dataset", choices=["digits", "mnist"], default="digits", help="scikit-learn's 8x8 digits, or IDX files"
+    )
     p.add_argument("--data-dir", help="directory with MNIST-format IDX files (MNIST or Fashion-MNIST)")
-    p.add_argument("--net", choices=["two", "multi"], default="two")
-    p.add_argument("--hidden", type=_hidden, default=[50], help="hidden sizes, e.g. 50 or 100,50")
-    p.add_argument("--activation", choices=["relu", "sigmoid"], default="relu")
-    p.add_argument("--optimizer", choices=["sgd", "momentum", "adagrad", "adam"], default="adam")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default per optimizer)")
-    p.add_argument("--batch-size", type=_positive_int, default=32)
-    p.add_argument("--epochs", type=_positive_int, default=30)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--backend", choices=["numba", "numpy"], default="numba")
+    p.add_argument("--net", choices=["two", "multi"], default="two", help="TwoLayerNet or MultiLayerNet")
+    p.add_argument("--hidden", type=_hidden, default="50", help="hidden sizes, e.g. 50 or 100,50")
+    p.add_argument("--activation", choices=["relu", "sigmoid"], default="relu", help="hidden activation (multi)")
+    p.add_argument("--optimizer", choices=["sgd", "momentum", "adagrad", "adam"], default="adam", help="update rule")
+    p.add_argument(
+        "--lr",
+        type=_positive_float,
+        default=None,
+        help="learning rate (by default 0.1 for sgd, 0.05 for momentum and adagrad, 0.005 for adam)",
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="examples per step")
+    p.add_argument("--epochs", type=_positive_int, default=30, help="passes over the training set")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights, the split and the batches")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="dtype of data and weights")
+    p.add_argument("--backend", choices=["numba", "numpy"], default="numba", help="compiled kernels or NumPy")
     p.add_argument("--compare", action="store_true", help="train on both backends and report the speed-up")
     p.add_argument("--plot", metavar="FILE.png", help="write loss and accuracy curves")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("gradcheck", help="compare backprop with numerical gradients on small nets")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=_positive_int, default=4)
+    p = add("gradcheck", "compare backprop with numerical gradients on small nets")
+    p.add_argument("--seed", type=int, default=0, help="seed of the nets and the batch")
+    p.add_argument("--batch", type=_positive_int, default=4, help="examples in the batch")
     p.set_defaults(func=cmd_gradcheck)
 
-    p = sub.add_parser("bench", help="time each layer against the reference, PyTorch and the hardware limit")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--layers", nargs="+", choices=["relu", "sigmoid", "softmax_loss", "affine", "two_layer"])
+    p = add("bench", "time each layer against the reference, PyTorch and the hardware limit")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="dtype timed")
+    p.add_argument(
+        "--layers",
+        nargs="+",
+        choices=["relu", "sigmoid", "softmax_loss", "affine", "two_layer"],
+        help="rows to time (all by default)",
+    )
     p.add_argument("--sizes", choices=["small", "all"], default="all", help="small: the classic sizes only")
     p.add_argument("--json", nargs="?", const="-", metavar="FILE", help="write JSON (to stdout without FILE)")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("warmup", help="compile every kernel now (or load it from the cache) and time it")
-    p.add_argument("--dtypes", nargs="+", choices=["float32", "float64"], default=["float32", "float64"])
+    p = add("warmup", "compile every kernel now (or load it from the cache) and time it")
+    p.add_argument(
+        "--dtypes",
+        nargs="+",
+        choices=["float32", "float64"],
+        default=["float32", "float64"],
+        help="dtypes to compile for",
+    )
     p.set_defaults(func=cmd_warmup)
 
-    p = sub.add_parser("info", help="versions, threading layer, threads, BLAS, cache")
-    p.add_argument("--json", action="store_true")
+    p = add("info", "versions, threading layer, threads, BLAS, cache")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(func=cmd_info)
 
     args = parser.parse_args(argv)
+    if args.func is cmd_train:
+        _check_train_args(sub.choices["train"], args)
     return args.func(args)
 
 

@@ -37,15 +37,41 @@ def test_train_mnist_format_multi_sigmoid(tmp_path, capsys):
     assert "40 train / 10 test, 36 features" in out and "[numpy] epoch   2" in out
 
 
-def test_train_errors(tmp_path):
-    res = run("train", "--dataset", "mnist")
-    assert res.returncode != 0 and "--data-dir" in res.stderr
-    res = run("train", "--dataset", "mnist", "--data-dir", str(tmp_path / "none"))
-    assert res.returncode != 0 and "does not exist" in res.stderr
-    with pytest.raises(SystemExit):
-        main(["train", "--hidden", "0"])
-    with pytest.raises(ValueError, match="--net two has exactly one hidden layer"):
-        main(["train", "--hidden", "5,5", "--epochs", "1", "--no-progress"])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--dataset", "mnist"], "--dataset mnist needs --data-dir DIR"),
+        (["--dataset", "mnist", "--data-dir", "/nonexistent/dir"], "--data-dir /nonexistent/dir: no such directory"),
+        (["--hidden", "0"], "argument --hidden: --hidden sizes must be positive, got '0'"),
+        (["--hidden", "100,50"], "--net two has one hidden layer, got --hidden 100,50 (use --net multi)"),
+        (["--plot", "/nonexistent/x.png"], "--plot /nonexistent/x.png: the folder /nonexistent does not exist"),
+        (["--plot", "curves.txt"], "the file name must end in .png, .pdf or .svg"),
+        (["--batch-size", "x"], "argument --batch-size: expected a positive integer, got 'x'"),
+        (["--epochs", "0"], "argument --epochs: must be >= 1, got 0"),
+        (["--lr", "-1"], "argument --lr: must be > 0, got -1"),
+        (["--optimizer", "rmsprop"], "argument --optimizer: invalid choice: 'rmsprop'"),
+    ],
+)
+def test_train_mistakes_are_one_line_errors_before_any_work(args, message, capsys):
+    """Exit 2 with argparse's usage and one error line, no traceback, before any data is loaded."""
+    with pytest.raises(SystemExit) as exc:
+        main(["train", *args])
+    assert exc.value.code == 2
+    err = capsys.readouterr()
+    last = err.err.strip().splitlines()[-1]
+    assert last.startswith("python -m fastlayers train: error: ") and message in last, err.err
+    assert "Traceback" not in err.err and err.out == ""  # nothing ran: no "data:" line
+
+
+def test_version_and_help_show_defaults():
+    from fastlayers import __version__
+
+    res = run("--version")
+    assert res.returncode == 0 and res.stdout.strip() == f"fastlayers {__version__}"
+    res = run("train", "--help")
+    assert res.returncode == 0
+    assert "(default: 32)" in res.stdout and "(default: adam)" in res.stdout and "``" not in res.stdout
+    assert "``" not in run("--help").stdout
 
 
 def test_gradcheck_command():
@@ -60,6 +86,12 @@ def test_info_command():
     data = json.loads(res.stdout)
     assert data["threading_layer"] in ("tbb", "omp", "workqueue")
     assert data["numba_num_threads"] >= 1 and data["backend"] == "numba"
+    table = run("info")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["fastlayers", data["fastlayers"]]
+    assert any(line.startswith("threading_layer") and line.split()[-1] == data["threading_layer"] for line in lines)
+    assert "{" not in table.stdout and "parallel from" in table.stdout  # a table, not raw dicts
 
 
 def test_bench_command_table_and_json(tmp_path):
