@@ -27,10 +27,13 @@ from pathlib import Path
 import pytest
 
 BOOK = os.environ.get("FASTLAYERS_BOOK_DIR")
-pytestmark = pytest.mark.skipif(
-    not BOOK,
-    reason="set FASTLAYERS_BOOK_DIR to a checkout of oreilly-japan/deep-learning-from-scratch to run its scripts",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not BOOK,
+        reason="set FASTLAYERS_BOOK_DIR to a checkout of oreilly-japan/deep-learning-from-scratch to run its scripts",
+    ),
+]
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import book  # noqa: E402

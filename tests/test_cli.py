@@ -94,6 +94,7 @@ def test_info_command():
     assert "{" not in table.stdout and "parallel from" in table.stdout  # a table, not raw dicts
 
 
+@pytest.mark.slow
 def test_bench_command_table_and_json(tmp_path):
     out = tmp_path / "bench.json"
     res = run("bench", "--sizes", "small", "--layers", "relu", "softmax_loss", "affine", "--json", str(out))

@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 from asv_dashboard import chromium  # noqa: E402
 
+pytestmark = pytest.mark.slow  # asv, npm and headless Chromium: about 25 s
+
 
 def test_dashboard_renders_in_headless_chromium(tmp_path):
     needs = {"chromium": chromium(), "npm": shutil.which("npm"), "asv": importlib.util.find_spec("asv")}

@@ -40,6 +40,7 @@ def scenario(name, layer):
     return res.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layer", LAYERS)
 def test_eight_threads_every_layer(layer):
     """8 threads x 100 forward/backward passes through every layer equal the single-threaded result.
@@ -86,6 +87,7 @@ SMOKE = (
 )
 
 
+@pytest.mark.slow
 def test_no_cache_location_still_imports():
     """Numba raises at decoration when it finds no cache location; import must still work."""
     # Numba's list of locators replaced in the child (NUMBA_CACHE_LOCATOR_CLASSES does the same, but
@@ -100,6 +102,7 @@ def test_no_cache_location_still_imports():
     assert normal.returncode == 0 and normal.stdout.split()[-2] == "0"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "geteuid"), reason="POSIX permissions")
 def test_read_only_install_and_home(tmp_path):
     """A copy of the package that its user cannot write, with an unwritable home directory."""
@@ -126,6 +129,7 @@ def test_read_only_install_and_home(tmp_path):
     assert not list(site.rglob("*.nbi"))
 
 
+@pytest.mark.slow
 def test_damaged_cache_is_rebuilt(tmp_path):
     env = {"NUMBA_CACHE_DIR": str(tmp_path)}
     assert run_python(["-c", SMOKE], env).returncode == 0
@@ -141,6 +145,7 @@ def test_damaged_cache_is_rebuilt(tmp_path):
     assert res.returncode == 0 and "data loaded" in res.stdout + res.stderr
 
 
+@pytest.mark.slow
 def test_two_processes_compile_into_empty_cache(tmp_path):
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
     env.pop("NUMBA_THREADING_LAYER", None)
@@ -156,6 +161,7 @@ def test_two_processes_compile_into_empty_cache(tmp_path):
         assert out.startswith(b"ok")
 
 
+@pytest.mark.slow
 def test_wheel_has_no_cache_files_and_works(tmp_path):
     res = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(ROOT)],
@@ -222,6 +228,7 @@ print(f"rss {before:.1f} MB -> {after:.1f} MB")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs /proc")
 def test_no_leak_over_ten_thousand_calls():
     res = run_python(["-c", LEAK], timeout=600)
