@@ -81,14 +81,29 @@ def _load(args):
 
 
 def _progress_factory(enabled: bool):
+    """One bar over the epochs; tqdm hides it by itself when stderr is not a terminal (a log file,
+    a pipe), so piped logs hold only the per-epoch lines."""
     if not enabled:
         return None
     try:
         from tqdm import tqdm
     except ImportError:
-        print("(tqdm not installed: no progress bars; pip install 'fastlayers[train]')", file=sys.stderr)
+        print("(tqdm not installed: no progress bar; pip install 'fastlayers[train]')", file=sys.stderr)
         return None
-    return lambda it, desc: tqdm(it, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+    return lambda it, desc: tqdm(it, desc=desc, unit="epoch", disable=None, leave=True, dynamic_ncols=True)
+
+
+def _compile_notice(args) -> None:
+    """Say so when the kernels will be compiled (a cold cache) rather than loaded."""
+    if args.backend != "numba" and not args.compare:
+        return
+    from ._kernels import _jit, elementwise
+
+    if _jit.is_cached(elementwise.relu_forward.serial) is False:
+        print(
+            "compiling the kernels this run uses (first run with this version: a few seconds; cached afterwards)",
+            flush=True,
+        )
 
 
 def _train_once(args, backend: str, data, progress, quiet: bool = False):
@@ -144,6 +159,7 @@ def cmd_train(args) -> int:
         f"net: {args.net} {args.hidden} {args.activation}; optimizer: {args.optimizer}; "
         f"batch {args.batch_size}, {args.epochs} epochs, seed {args.seed}"
     )
+    _compile_notice(args)
     backends = ["numba", "numpy"] if args.compare else [args.backend]
     histories = {}
     for backend in backends:
@@ -232,7 +248,11 @@ def info() -> dict:
 def cmd_bench(args) -> int:
     from . import bench
 
-    rows = bench.run(args.dtype, args.layers, args.sizes)
+    def report(done: int, total: int, layer: str, shape: tuple) -> None:
+        size = "x".join(map(str, shape))
+        print(f"bench: row {done + 1}/{total}: {layer} {size} ...", file=sys.stderr, flush=True)
+
+    rows = bench.run(args.dtype, args.layers, args.sizes, report=report)
     if args.json is not None:
         text = json.dumps({"machine": info(), "rows": bench.as_dicts(rows)}, indent=2)
         if args.json == "-":

@@ -288,24 +288,32 @@ def _row(layer, shape, dtype, times: dict[str, float], limit, nbytes) -> Row:
     )
 
 
-def run(dtype="float32", layers_wanted: list[str] | None = None, sizes: str = "all") -> list[Row]:
-    """All benchmark rows for ``dtype``; ``sizes`` is "all" or "small" (the classic sizes only)."""
+def run(
+    dtype="float32", layers_wanted: list[str] | None = None, sizes: str = "all", report: Callable | None = None
+) -> list[Row]:
+    """All benchmark rows for ``dtype``; ``sizes`` is "all" or "small" (the classic sizes only).
+    ``report(done, total, layer, shape)`` is called before each row (progress for people)."""
     torch = _torch()
     if torch is not None:
         torch.set_num_threads(numba.get_num_threads())  # the same threads for both libraries
     rows = []
-    for layer, shapes in SIZES.items():
-        if layers_wanted and layer not in layers_wanted:
-            continue
-        for shape in shapes[:1] if sizes == "small" else shapes:
-            if layer in ("relu", "sigmoid"):
-                rows.append(bench_elementwise(layer, shape, dtype, torch))
-            elif layer == "softmax_loss":
-                rows.append(bench_softmax_loss(shape, dtype, torch))
-            elif layer == "affine":
-                rows.append(bench_affine(shape, dtype, torch))
-            else:
-                rows.append(bench_two_layer(shape, dtype, torch))
+    todo = [
+        (layer, shape)
+        for layer, shapes in SIZES.items()
+        if not layers_wanted or layer in layers_wanted
+        for shape in (shapes[:1] if sizes == "small" else shapes)
+    ]
+    for done, (layer, shape) in enumerate(todo):
+        if report is not None:
+            report(done, len(todo), layer, shape)
+        if layer in ("relu", "sigmoid"):
+            rows.append(bench_elementwise(layer, shape, dtype, torch))
+        elif layer == "softmax_loss":
+            rows.append(bench_softmax_loss(shape, dtype, torch))
+        elif layer == "affine":
+            rows.append(bench_affine(shape, dtype, torch))
+        else:
+            rows.append(bench_two_layer(shape, dtype, torch))
     return rows
 
 

@@ -61,7 +61,7 @@ def fit(
 ) -> History:
     """Mini-batch training: shuffle with ``seed`` each epoch, forward, backward, update.
 
-    ``progress(iterable, desc)`` wraps the batch loop (e.g. tqdm); ``on_epoch`` sees each epoch's stats.
+    ``progress(iterable, desc)`` wraps the loop over epochs (e.g. tqdm); ``on_epoch`` sees each epoch's stats.
     Loss is the mean over the epoch's batches; accuracies are measured on the whole sets.
     """
     x_train, t_train = train
@@ -71,12 +71,13 @@ def fit(
         raise ValueError(f"batch_size and epochs must be >= 1, got {batch_size} and {epochs}")
     rng = np.random.default_rng(seed)
     history = History(backend=backend)
+    epoch_numbers = range(1, epochs + 1)
+    if progress is not None:
+        epoch_numbers = progress(epoch_numbers, f"{backend}")
     with use_backend(backend):
-        for epoch in range(1, epochs + 1):
+        for epoch in epoch_numbers:
             order = rng.permutation(n)
             batches = range(0, n, batch_size)
-            if progress is not None:
-                batches = progress(batches, f"epoch {epoch}/{epochs}")
             start = time.perf_counter()
             losses = []
             for lo in batches:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -114,3 +115,24 @@ def test_warmup_command():
     res = run("warmup", "--dtypes", "float32")
     assert res.returncode == 0, res.stderr
     assert "float32:" in res.stdout and "compiled functions" in res.stdout
+
+
+def test_progress_is_honest_in_a_piped_log(tmp_path):
+    """Piped (not a terminal): no bar fragments, one line per epoch; a cold cache says it compiles."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    cmd = [sys.executable, "-m", "fastlayers", "train", "--epochs", "3"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert first.returncode == 0, first.stderr
+    assert "compiling the kernels this run uses" in first.stdout
+    assert "%|" not in first.stderr + first.stdout, "tqdm should hide itself when not writing to a terminal"
+    assert first.stdout.count("[numba] epoch") == 3
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert second.returncode == 0 and "compiling" not in second.stdout
+
+
+def test_bench_reports_each_row(capsys):
+    from fastlayers.__main__ import main
+
+    assert main(["bench", "--sizes", "small", "--layers", "relu", "sigmoid"]) == 0
+    err = capsys.readouterr().err
+    assert "bench: row 1/2: relu 100x50" in err and "bench: row 2/2: sigmoid 100x50" in err

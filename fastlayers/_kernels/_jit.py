@@ -113,6 +113,15 @@ def jit(fn: Callable, parallel: bool = False, suffix: str = ""):
     return numba.njit(parallel=parallel, cache=False, **FLAGS)(fn)
 
 
+def is_cached(dispatcher) -> bool | None:
+    """Whether ``dispatcher`` (from :func:`jit`) has machine code in the cache already: True, False,
+    or None when that cannot be told (caching off, or Numba's cache internals look different)."""
+    try:
+        return os.path.exists(dispatcher._cache._cache_file._index_path)
+    except AttributeError:
+        return None
+
+
 class Twins:
     """A kernel compiled twice from one Python function: ``serial`` and ``parallel``.
 
