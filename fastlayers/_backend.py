@@ -107,6 +107,10 @@ def set_strict_dtypes(enabled: bool = True) -> None:
 
     In strict mode two floating-point operands of different precision in one call (float32 ``x`` with
     float64 ``W``) raise ``TypeError`` instead of being computed in the wider dtype as NumPy would.
+
+    Parameters
+    ----------
+    enabled : bool, default True
     """
     global _strict_default
     _strict_default = bool(enabled)

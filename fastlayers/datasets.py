@@ -11,6 +11,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 __all__ = ["load_digits", "load_mnist", "read_idx"]
 
@@ -45,8 +46,8 @@ def load_digits(
     one_hot_label: bool = False,
     test_fraction: float = 0.2,
     seed: int = 0,
-    dtype=np.float32,
-):
+    dtype: DTypeLike = np.float32,
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), split with a fixed seed.
 
     Parameters
@@ -83,6 +84,11 @@ def load_digits(
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read one IDX file (optionally gzip-compressed) into an array of its stored shape.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file; a name ending in ``.gz`` is decompressed.
 
     Raises
     ------
@@ -126,8 +132,8 @@ def load_mnist(
     normalize: bool = True,
     flatten: bool = True,
     one_hot_label: bool = False,
-    dtype=np.float32,
-):
+    dtype: DTypeLike = np.float32,
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Load MNIST or Fashion-MNIST from the four IDX files in ``data_dir`` (``.gz`` or raw).
 
     Parameters

@@ -26,6 +26,7 @@ import sys
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _backend, reference
 from ._dtypes import FLOATS as _FLOATS
@@ -278,7 +279,7 @@ def _binary(kernel, ref, dout, y, out, result_from_dout: bool = False) -> np.nda
     return _finish(_elementwise(kernel, ref, inputs, None).astype(result_dtype), out)
 
 
-def relu_forward(x, out: np.ndarray | None = None) -> np.ndarray:
+def relu_forward(x: ArrayLike, out: np.ndarray | None = None) -> np.ndarray:
     """ReLU: ``max(x, 0)`` elementwise (NaN stays NaN).
 
     Parameters
@@ -295,7 +296,7 @@ def relu_forward(x, out: np.ndarray | None = None) -> np.ndarray:
     return _unary(_elem.relu_forward, reference.relu_forward, x, out)
 
 
-def relu_backward(dout, y, out: np.ndarray | None = None) -> np.ndarray:
+def relu_backward(dout: ArrayLike, y: ArrayLike, out: np.ndarray | None = None) -> np.ndarray:
     """ReLU gradient: ``dout`` where ``y > 0``, else 0.
 
     Parameters
@@ -321,19 +322,45 @@ def relu_backward(dout, y, out: np.ndarray | None = None) -> np.ndarray:
     return _binary(_elem.relu_backward, reference.relu_backward, dout, y, out, result_from_dout=True)
 
 
-def sigmoid_forward(x, out: np.ndarray | None = None) -> np.ndarray:
+def sigmoid_forward(x: ArrayLike, out: np.ndarray | None = None) -> np.ndarray:
     """Sigmoid ``1 / (1 + exp(-x))`` without overflow: exact 0 and 1 at the extremes, NaN kept.
 
-    Parameters and returns as :func:`relu_forward`.
+    Parameters
+    ----------
+    x : array_like, any shape
+        Real numbers; float32 stays float32, float16 becomes float32, other dtypes float64.
+    out : ndarray, optional
+        Buffer of the result's shape and dtype; may be ``x`` itself.
+
+    Returns
+    -------
+    ndarray of ``x``'s shape, in ``x``'s float dtype.
     """
     return _unary(_elem.sigmoid_forward, reference.sigmoid_forward, x, out)
 
 
-def sigmoid_backward(dout, y, out: np.ndarray | None = None) -> np.ndarray:
+def sigmoid_backward(dout: ArrayLike, y: ArrayLike, out: np.ndarray | None = None) -> np.ndarray:
     """Sigmoid gradient ``dout * (1 - y) * y`` with ``y`` the forward output.
 
-    Parameters and errors as :func:`relu_backward`; the result has the dtype NumPy gives for
-    ``dout`` and ``y`` together.
+    Parameters
+    ----------
+    dout : array_like
+        Upstream gradient.
+    y : array_like
+        The forward output, of ``dout``'s shape.
+    out : ndarray, optional
+        Buffer for the result; may be ``dout`` or ``y`` itself.
+
+    Returns
+    -------
+    ndarray of ``dout``'s shape, in the dtype NumPy gives for ``dout`` and ``y`` together.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ.
+    TypeError
+        Unsupported dtypes; float operands of different precision in strict mode.
     """
     return _binary(_elem.sigmoid_backward, reference.sigmoid_backward, dout, y, out)
 
@@ -366,7 +393,7 @@ def _affine_shapes(x: np.ndarray, W: np.ndarray, b: np.ndarray | None) -> np.nda
     return x2
 
 
-def affine_forward(x, W, b, out: np.ndarray | None = None) -> np.ndarray:
+def affine_forward(x: ArrayLike, W: ArrayLike, b: ArrayLike, out: np.ndarray | None = None) -> np.ndarray:
     """Affine transform ``x.reshape(N, -1) @ W + b``.
 
     Parameters
@@ -452,9 +479,9 @@ def _affine_forward_run(x2: np.ndarray, W: np.ndarray, b: np.ndarray, out: np.nd
 
 
 def affine_backward(
-    dout,
-    x,
-    W,
+    dout: ArrayLike,
+    x: ArrayLike,
+    W: ArrayLike,
     dx: np.ndarray | None = None,
     dW: np.ndarray | None = None,
     db: np.ndarray | None = None,
@@ -620,7 +647,7 @@ def _scores(x, name: str = "x") -> np.ndarray:
     return x
 
 
-def softmax(x, out: np.ndarray | None = None) -> np.ndarray:
+def softmax(x: ArrayLike, out: np.ndarray | None = None) -> np.ndarray:
     """Softmax of a 1-D vector, or of each row of a 2-D array (max subtracted first).
 
     Parameters
@@ -654,7 +681,9 @@ def softmax(x, out: np.ndarray | None = None) -> np.ndarray:
     return _finish(target, out)
 
 
-def softmax_cross_entropy_forward(x, t, out: np.ndarray | None = None) -> tuple[np.floating, np.ndarray]:
+def softmax_cross_entropy_forward(
+    x: ArrayLike, t: ArrayLike, out: np.ndarray | None = None
+) -> tuple[np.floating, np.ndarray]:
     """Softmax followed by the mean cross-entropy, in one pass, computed as log-sum-exp.
 
     Parameters
@@ -734,7 +763,9 @@ def _xent_forward(
     return XentForward(x.dtype.type(total / x.shape[0]), _finish(y, out), t, g if want_grad else None)
 
 
-def softmax_cross_entropy_backward(y, t, dout=1.0, out: np.ndarray | None = None) -> np.ndarray:
+def softmax_cross_entropy_backward(
+    y: ArrayLike, t: ArrayLike, dout: float | np.floating | np.ndarray = 1.0, out: np.ndarray | None = None
+) -> np.ndarray:
     """Gradient of the mean softmax cross-entropy with respect to the scores: ``dout * (y - t) / N``.
 
     Parameters
@@ -791,7 +822,7 @@ def _xent_backward(y: np.ndarray, t, dout, out, spare: np.ndarray | None = None)
     return _finish(target, out)
 
 
-def cross_entropy_error(y, t) -> np.floating:
+def cross_entropy_error(y: ArrayLike, t: ArrayLike) -> np.floating:
     """Mean cross-entropy of probabilities ``y`` against labels or target rows.
 
     Parameters

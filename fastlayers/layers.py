@@ -18,8 +18,10 @@ without the allocation).
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _backend
 from . import functional as F
@@ -85,15 +87,34 @@ class MulLayer:
     """
 
     def __init__(self) -> None:
-        self.x = None
-        self.y = None
+        self.x: Any = None
+        self.y: Any = None
 
-    def forward(self, x, y):
+    def forward(self, x: Any, y: Any) -> Any:
+        """``x * y`` (NumPy's result: a scalar for scalars, an array with broadcasting).
+
+        Parameters
+        ----------
+        x, y : scalars or array_like
+            Kept as ``self.x`` and ``self.y`` for :meth:`backward`.
+        """
         self.x = x
         self.y = y
         return x * y
 
-    def backward(self, dout):
+    def backward(self, dout: Any) -> tuple[Any, Any]:
+        """``(dout * y, dout * x)``, each summed back to the shape of its input.
+
+        Parameters
+        ----------
+        dout : scalar or array_like
+            Upstream gradient, shaped like the forward result.
+
+        Raises
+        ------
+        ValueError
+            ``backward`` before ``forward``.
+        """
         _need_forward(self, self.x)
         dx = dout * self.y
         dy = dout * self.x
@@ -107,15 +128,34 @@ class AddLayer:
     """
 
     def __init__(self) -> None:
-        self.x_shape = None
-        self.y_shape = None
+        self.x_shape: tuple[int, ...] | None = None
+        self.y_shape: tuple[int, ...] | None = None
 
-    def forward(self, x, y):
+    def forward(self, x: Any, y: Any) -> Any:
+        """``x + y`` (NumPy's result: a scalar for scalars, an array with broadcasting).
+
+        Parameters
+        ----------
+        x, y : scalars or array_like
+            Only their shapes are kept, for :meth:`backward`.
+        """
         self.x_shape = np.shape(x)
         self.y_shape = np.shape(y)
         return x + y
 
-    def backward(self, dout):
+    def backward(self, dout: Any) -> tuple[Any, Any]:
+        """``(dout, dout)``, each summed back to the shape of its input.
+
+        Parameters
+        ----------
+        dout : scalar or array_like
+            Upstream gradient, shaped like the forward result.
+
+        Raises
+        ------
+        ValueError
+            ``backward`` before ``forward``.
+        """
         _need_forward(self, self.x_shape)
         return _sum_to_shape(dout * 1, self.x_shape), _sum_to_shape(dout * 1, self.y_shape)
 
@@ -127,10 +167,10 @@ class _Activation:
     _backward = staticmethod(F.relu_backward)
 
     def __init__(self) -> None:
-        self.out = None
-        self._dx = None
+        self.out: np.ndarray | None = None
+        self._dx: np.ndarray | None = None
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> np.ndarray:
         """The activation of ``x``, elementwise; kept as ``self.out``.
 
         Parameters
@@ -151,7 +191,7 @@ class _Activation:
         self.out = F._layer_call(self._forward, x, None, self.out)
         return self.out
 
-    def backward(self, dout):
+    def backward(self, dout: ArrayLike) -> np.ndarray:
         """The gradient with respect to the input, from ``dout`` and ``self.out`` as it is now.
 
         Parameters
@@ -178,7 +218,7 @@ class Relu(_Activation):
     """ReLU layer. Keeps the forward output ``out``; ``mask`` (``x <= 0``) is computed on demand."""
 
     @property
-    def mask(self):
+    def mask(self) -> np.ndarray | None:
         """The classic boolean mask ``x <= 0`` (computed from ``out``, not stored)."""
         return None if self.out is None else self.out <= 0
 
@@ -216,19 +256,19 @@ class Affine:
         If ``W`` or ``b`` is not a numpy array.
     """
 
-    def __init__(self, W, b) -> None:
+    def __init__(self, W: np.ndarray, b: np.ndarray) -> None:
         if not isinstance(W, np.ndarray) or not isinstance(b, np.ndarray):
             raise TypeError(f"W and b must be numpy arrays, got {type(W).__name__} and {type(b).__name__}")
-        self.W = W
-        self.b = b
-        self.x = None
-        self.original_x_shape = None
-        self.dW = None
-        self.db = None
-        self._out = None
-        self._dx = None
+        self.W: np.ndarray = W
+        self.b: np.ndarray = b
+        self.x: np.ndarray | None = None
+        self.original_x_shape: tuple[int, ...] | None = None
+        self.dW: np.ndarray | None = None
+        self.db: np.ndarray | None = None
+        self._out: np.ndarray | None = None
+        self._dx: np.ndarray | None = None
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> np.ndarray:
         """``x.reshape(N, -1) @ W + b``.
 
         Parameters
@@ -273,7 +313,7 @@ class Affine:
         self.x = x2
         return self._out
 
-    def backward(self, dout):
+    def backward(self, dout: ArrayLike) -> np.ndarray:
         """Gradients of the layer, from ``self.x`` and ``self.W`` as they are now.
 
         Parameters
@@ -329,13 +369,13 @@ class SoftmaxWithLoss:
     """
 
     def __init__(self) -> None:
-        self.loss = None
-        self.y = None
-        self.t = None
-        self._dx = None
+        self.loss: np.floating | None = None
+        self.y: np.ndarray | None = None
+        self.t: Any = None
+        self._dx: np.ndarray | None = None
         self._fused: tuple[np.ndarray, np.ndarray] | None = None  # (labels, y) the fused gradient is for
 
-    def forward(self, x, t):
+    def forward(self, x: ArrayLike, t: ArrayLike) -> np.floating:
         """Mean softmax cross-entropy of the scores ``x`` against ``t``.
 
         Parameters
@@ -376,7 +416,7 @@ class SoftmaxWithLoss:
             self._fused = (result.targets, y)
         return self.loss
 
-    def backward(self, dout=1):
+    def backward(self, dout: float | np.floating | np.ndarray = 1) -> np.ndarray:
         """``dout * (y - t) / N`` from the current ``y`` and ``t``.
 
         Parameters

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from .gradient import numerical_gradient
 from .layers import Affine, Relu, Sigmoid, SoftmaxWithLoss
@@ -36,10 +38,20 @@ class _Net:
 
     @property
     def lastLayer(self) -> SoftmaxWithLoss:  # noqa: N802 - the classic TwoLayerNet's name
+        """The loss layer under the classic ``TwoLayerNet`` name (``last_layer`` in ``MultiLayerNet``)."""
         return self.last_layer
 
-    def predict(self, x) -> np.ndarray:
-        """Scores (N, output_size) for a batch ``x`` (N, input_size), before the softmax."""
+    def predict(self, x: ArrayLike) -> np.ndarray:
+        """Scores before the softmax.
+
+        Parameters
+        ----------
+        x : array_like, shape (N, input_size)
+
+        Returns
+        -------
+        ndarray, shape (N, output_size), in the dtype NumPy's rule gives for ``x`` and the weights.
+        """
         for layer in self.layers.values():
             x = layer.forward(x)
         return x
@@ -47,14 +59,33 @@ class _Net:
     def _penalty(self) -> float:
         return 0.0
 
-    def loss(self, x, t) -> np.floating:
-        """Mean softmax cross-entropy of the batch (plus the weight decay term, if any)."""
+    def loss(self, x: ArrayLike, t: ArrayLike) -> np.floating:
+        """Mean softmax cross-entropy of the batch (plus the weight decay term, if any).
+
+        Parameters
+        ----------
+        x : array_like, shape (N, input_size)
+        t : array_like
+            Integer labels (N,) or one-hot rows (N, output_size).
+        """
         loss = self.last_layer.forward(self.predict(x), t)
         penalty = self._penalty()
         return loss + loss.dtype.type(penalty) if penalty else loss
 
-    def accuracy(self, x, t) -> float:
-        """Fraction of rows whose highest score is the target class; ``t`` as labels or one-hot."""
+    def accuracy(self, x: ArrayLike, t: ArrayLike) -> float:
+        """Fraction of rows whose highest score is the target class.
+
+        Parameters
+        ----------
+        x : array_like, shape (N, input_size)
+        t : array_like
+            Integer labels (N,) or one-hot rows.
+
+        Raises
+        ------
+        ValueError
+            ``t`` with another number of rows than ``x``.
+        """
         y = np.argmax(self.predict(x), axis=1)
         t = np.asarray(t)
         if t.ndim != 1:
@@ -63,15 +94,33 @@ class _Net:
             raise ValueError(f"t has {t.shape[0]} rows but x has {y.shape[0]}")
         return float(np.sum(y == t)) / y.shape[0]
 
-    def numerical_gradient(self, x, t) -> dict[str, np.ndarray]:
-        """Gradients of the loss by central differences (slow: two forward passes per parameter)."""
+    def numerical_gradient(self, x: ArrayLike, t: ArrayLike) -> dict[str, np.ndarray]:
+        """Gradients of the loss by central differences (slow: two forward passes per parameter element).
+
+        Parameters
+        ----------
+        x, t : as :meth:`loss`
+
+        Returns
+        -------
+        dict keyed like ``params``, each array shaped like its parameter.
+        """
         return {key: numerical_gradient(lambda _: self.loss(x, t), p) for key, p in self.params.items()}
 
     def _affine_grads(self) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
-    def gradient(self, x, t) -> dict[str, np.ndarray]:
-        """Gradients of the loss by backpropagation, keyed like ``params``."""
+    def gradient(self, x: ArrayLike, t: ArrayLike) -> dict[str, np.ndarray]:
+        """Gradients of the loss by backpropagation.
+
+        Parameters
+        ----------
+        x, t : as :meth:`loss`
+
+        Returns
+        -------
+        dict keyed like ``params`` (the layers' own ``dW``/``db`` arrays, plus the decay term).
+        """
         self.loss(x, t)
         dout = self.last_layer.backward(1)
         for layer in reversed(self.layers.values()):
@@ -99,7 +148,16 @@ class TwoLayerNet(_Net):
     lastLayer : SoftmaxWithLoss
     """
 
-    def __init__(self, input_size, hidden_size, output_size, weight_init_std=0.01, *, dtype=np.float64, seed=None):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        output_size: int,
+        weight_init_std: float = 0.01,
+        *,
+        dtype: DTypeLike = np.float64,
+        seed: int | None = None,
+    ) -> None:
         sizes = [_size(input_size, "input_size"), _size(hidden_size, "hidden_size"), _size(output_size, "output_size")]
         dt = _float_dtype(dtype)
         rng = np.random.default_rng(seed)
@@ -145,16 +203,16 @@ class MultiLayerNet(_Net):
 
     def __init__(
         self,
-        input_size,
-        hidden_size_list,
-        output_size,
-        activation="relu",
-        weight_init_std="relu",
-        weight_decay_lambda=0.0,
+        input_size: int,
+        hidden_size_list: Sequence[int],
+        output_size: int,
+        activation: str = "relu",
+        weight_init_std: str | float = "relu",
+        weight_decay_lambda: float = 0.0,
         *,
-        dtype=np.float64,
-        seed=None,
-    ):
+        dtype: DTypeLike = np.float64,
+        seed: int | None = None,
+    ) -> None:
         hidden = [_size(h, "hidden_size_list entries") for h in hidden_size_list]
         sizes = [_size(input_size, "input_size"), *hidden, _size(output_size, "output_size")]
         if activation not in _ACTIVATIONS:
@@ -208,11 +266,20 @@ class MultiLayerNet(_Net):
         return grads
 
 
-def gradient_check(net: _Net, x, t) -> dict[str, float]:
+def gradient_check(net: TwoLayerNet | MultiLayerNet, x: ArrayLike, t: ArrayLike) -> dict[str, float]:
     """Mean absolute difference, per parameter, between backprop and numerical gradients.
 
     Use a small batch and float64 parameters: the numerical gradient costs two forward passes per
     parameter element. Values around 1e-10 to 1e-8 mean backpropagation is right.
+
+    Parameters
+    ----------
+    net : TwoLayerNet or MultiLayerNet
+    x, t : a batch and its targets, as ``net.loss`` takes them
+
+    Returns
+    -------
+    dict keyed like ``net.params``.
     """
     grad_backprop = net.gradient(x, t)
     grad_backprop = {k: v.copy() for k, v in grad_backprop.items()}

@@ -12,8 +12,10 @@ parameter itself; one that partly overlaps it is copied first.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _backend, reference
 from ._dtypes import as_array, compute_dtype
@@ -84,8 +86,15 @@ class _Optimizer:
         if not in_place:
             p[...] = flat.reshape(p.shape)
 
-    def update(self, params: dict, grads: dict) -> None:
+    def update(self, params: dict[str, np.ndarray], grads: Mapping[str, ArrayLike]) -> None:
         """Update every array of ``params`` in place from the same-named entry of ``grads``.
+
+        Parameters
+        ----------
+        params : dict of str to ndarray
+            Float arrays, updated in place (their dtype is kept).
+        grads : mapping of str to array_like
+            A gradient for every key of ``params``, of the same shape; it may be the parameter itself.
 
         Raises
         ------
@@ -100,7 +109,13 @@ class _Optimizer:
 
 
 class SGD(_Optimizer):
-    """Stochastic gradient descent: ``p -= lr * g``."""
+    """Stochastic gradient descent: ``p -= lr * g``.
+
+    Parameters
+    ----------
+    lr : float, default 0.01
+        Learning rate, > 0.
+    """
 
     _kernel = _optim.sgd
     _reference = staticmethod(reference.sgd)
@@ -114,7 +129,13 @@ class SGD(_Optimizer):
 
 
 class Momentum(_Optimizer):
-    """Momentum SGD: ``v = momentum * v - lr * g; p += v``."""
+    """Momentum SGD: ``v = momentum * v - lr * g; p += v``.
+
+    Parameters
+    ----------
+    lr : float, default 0.01
+    momentum : float in [0, 1), default 0.9
+    """
 
     _state_names = ("v",)
     _kernel = _optim.momentum
@@ -130,7 +151,13 @@ class Momentum(_Optimizer):
 
 
 class AdaGrad(_Optimizer):
-    """AdaGrad: ``h += g * g; p -= lr * g / (sqrt(h) + 1e-7)``."""
+    """AdaGrad: ``h += g * g; p -= lr * g / (sqrt(h) + eps)``.
+
+    Parameters
+    ----------
+    lr : float, default 0.01
+    eps : float, default 1e-7
+    """
 
     _state_names = ("h",)
     _kernel = _optim.adagrad
@@ -146,7 +173,14 @@ class AdaGrad(_Optimizer):
 
 
 class Adam(_Optimizer):
-    """Adam (Kingma and Ba), in the classic form with the bias correction folded into the step size."""
+    """Adam (Kingma and Ba), in the classic form with the bias correction folded into the step size.
+
+    Parameters
+    ----------
+    lr : float, default 0.001
+    beta1, beta2 : float in [0, 1), defaults 0.9 and 0.999
+    eps : float, default 1e-7
+    """
 
     _state_names = ("m", "v")
     _kernel = _optim.adam
