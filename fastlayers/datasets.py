@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import DTypeLike
 
-__all__ = ["load_digits", "load_mnist", "read_idx"]
+__all__ = ["load_digits", "load_mnist", "read_idx", "SOURCES"]
 
 #: File names of MNIST and Fashion-MNIST (the same for both); ``.gz`` or uncompressed.
 MNIST_FILES = {
@@ -127,31 +127,103 @@ def _find(data_dir: Path, stem: str) -> Path:
     raise FileNotFoundError(f"{data_dir}: neither {stem}.gz nor {stem} found (expected the four MNIST-format files)")
 
 
+#: Where ``load_mnist(download=True)`` fetches each data set, and the MD5 of each file (the checksums
+#: published with the data sets and used by torchvision).
+SOURCES: dict[str, tuple[str, dict[str, str]]] = {
+    "mnist": (
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        {
+            "train-images-idx3-ubyte.gz": "md5:f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "train-labels-idx1-ubyte.gz": "md5:d53e105ee54ea40749a09fcbcd1e9432",
+            "t10k-images-idx3-ubyte.gz": "md5:9fb629c4189551a2d022fa330f9573f3",
+            "t10k-labels-idx1-ubyte.gz": "md5:ec29112dd5afa0611ce80d1b7f02629c",
+        },
+    ),
+    "fashion": (
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        {
+            "train-images-idx3-ubyte.gz": "md5:8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "train-labels-idx1-ubyte.gz": "md5:25c81989df183df01b3e8a0aad5dffbe",
+            "t10k-images-idx3-ubyte.gz": "md5:bef4ecab320f06d8554ea6380940ec79",
+            "t10k-labels-idx1-ubyte.gz": "md5:bb300cfdad3c16e7a12a480ee83cd310",
+        },
+    ),
+}
+
+
+def _download(kind: str, data_dir: Path | None) -> Path:
+    """Fetch the four files of ``kind`` with pooch (hashes checked, kept after the first time)."""
+    if kind not in SOURCES:
+        raise ValueError(f"kind must be one of {sorted(SOURCES)}, got {kind!r}")
+    try:
+        import pooch
+    except ImportError as exc:
+        raise ImportError("download=True needs pooch: pip install 'fastlayers[train]' (or pooch)") from exc
+    base_url, hashes = SOURCES[kind]
+    folder = Path(data_dir) if data_dir is not None else Path(pooch.os_cache("fastlayers")) / kind
+    fetcher = pooch.create(path=folder, base_url=base_url, registry=hashes)
+    for name in hashes:
+        try:
+            fetcher.fetch(name)
+        except ValueError:  # pooch's hash mismatch: the file is not what the data set published
+            raise
+        except Exception as exc:  # requests' and urllib's network errors, without a traceback maze
+            raise ConnectionError(
+                f"could not download {base_url}{name} into {folder}: {type(exc).__name__}: {exc}. "
+                f"Without network access, put the four files in a folder and pass it as data_dir."
+            ) from None
+    return folder
+
+
 def load_mnist(
-    data_dir: str | os.PathLike,
+    data_dir: str | os.PathLike | None = None,
     normalize: bool = True,
     flatten: bool = True,
     one_hot_label: bool = False,
     dtype: DTypeLike = np.float32,
+    *,
+    download: bool = False,
+    kind: str = "mnist",
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Load MNIST or Fashion-MNIST from the four IDX files in ``data_dir`` (``.gz`` or raw).
 
     Parameters
     ----------
-    data_dir : directory holding ``train-images-idx3-ubyte[.gz]``, ``train-labels-idx1-ubyte[.gz]``,
-        ``t10k-images-idx3-ubyte[.gz]`` and ``t10k-labels-idx1-ubyte[.gz]``.
-    normalize : scale pixels (0..255) to [0, 1].
-    flatten : rows of H*W values; otherwise (N, 1, H, W).
-    one_hot_label : one-hot rows (10 classes) instead of integer labels.
+    data_dir : str or os.PathLike, optional
+        Directory holding ``train-images-idx3-ubyte[.gz]``, ``train-labels-idx1-ubyte[.gz]``,
+        ``t10k-images-idx3-ubyte[.gz]`` and ``t10k-labels-idx1-ubyte[.gz]``. With ``download``, where
+        to put them (default: ``fastlayers/<kind>`` in the user cache directory).
+    normalize : bool
+        Scale pixels (0..255) to [0, 1].
+    flatten : bool
+        Rows of H*W values; otherwise (N, 1, H, W).
+    one_hot_label : bool
+        One-hot rows (10 classes) instead of integer labels.
     dtype : dtype of the images.
+    download : bool, default False
+        Fetch the files first when they are missing (needs ``pooch``; each file's MD5 is checked).
+    kind : {"mnist", "fashion"}
+        Which data set ``download`` fetches (see :data:`SOURCES`).
+
+    Returns
+    -------
+    ((x_train, t_train), (x_test, t_test)), as the classic ``load_mnist``.
 
     Raises
     ------
     FileNotFoundError
         A missing directory or file (the message names it).
     ValueError
-        A corrupt file, or images and labels that do not match.
+        A corrupt file, images and labels that do not match, a download whose hash does not match.
+    ConnectionError
+        ``download`` without network access (the message says what to do instead).
+    ImportError
+        ``download`` without pooch installed.
     """
+    if download:
+        data_dir = _download(kind, None if data_dir is None else Path(data_dir))
+    elif data_dir is None:
+        raise ValueError("load_mnist needs data_dir, or download=True")
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data directory {data_dir} does not exist")

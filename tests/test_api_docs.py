@@ -24,6 +24,8 @@ def _public() -> dict[str, object]:
             if name.startswith("__"):
                 continue
             obj = getattr(mod, name)
+            if not callable(obj):
+                continue  # data (datasets.SOURCES), documented where it is defined
             found[f"{mod.__name__}.{name}"] = obj
             if inspect.isclass(obj):
                 for attr in dir(obj):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import struct
 
 import numpy as np
 import pytest
 
+from fastlayers import datasets
 from fastlayers.datasets import MNIST_FILES, load_digits, load_mnist, read_idx
 
 
@@ -88,3 +90,77 @@ def test_digits_split_is_fixed():
     np.testing.assert_array_equal(t, t2)
     (xo, to), _ = load_digits(one_hot_label=True, flatten=False)
     assert xo.shape == (1437, 1, 8, 8) and to.shape == (1437, 10)
+
+
+@pytest.fixture
+def idx_server(tmp_path):
+    """An HTTP server on 127.0.0.1 serving MNIST-format files written here; counts the requests."""
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    sets = make_mnist(served, compress=True)
+    requests: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # keep the test output clean
+            pass
+
+        def do_GET(self):  # noqa: N802 - http.server's name
+            requests.append(self.path)
+            super().do_GET()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(served)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    hashes = {p.name: "md5:" + hashlib.md5(p.read_bytes()).hexdigest() for p in served.iterdir()}
+    try:
+        yield url, hashes, sets, requests
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_load_mnist_downloads_checks_and_caches(idx_server, tmp_path, monkeypatch):
+    pytest.importorskip("pooch", reason="downloads need pooch (the train extra)")
+    url, hashes, sets, requests = idx_server
+    monkeypatch.setitem(datasets.SOURCES, "local", (url, hashes))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (x, t), (xt, tt) = load_mnist(download=True, kind="local")
+    assert len(requests) == 4 and x.shape == (12, 36) and tt.shape == (5,)
+    np.testing.assert_array_equal(t, sets["train_labels"])
+    assert list((tmp_path / "cache" / "fastlayers" / "local").glob("*.gz")), "kept in the user cache directory"
+    load_mnist(download=True, kind="local")
+    assert len(requests) == 4, "the second call reads the cached files"
+    target = tmp_path / "mine"
+    (x2, _), _ = load_mnist(target, download=True, kind="local")
+    assert len(requests) == 8 and (target / "t10k-labels-idx1-ubyte.gz").is_file()
+    np.testing.assert_array_equal(x2, x)
+
+
+def test_load_mnist_download_refuses_a_wrong_file(idx_server, tmp_path, monkeypatch):
+    pytest.importorskip("pooch", reason="downloads need pooch (the train extra)")
+    url, hashes, _, _ = idx_server
+    bad = dict(hashes, **{"train-labels-idx1-ubyte.gz": "md5:" + "0" * 32})
+    monkeypatch.setitem(datasets.SOURCES, "local", (url, bad))
+    with pytest.raises(ValueError, match="hash"):
+        load_mnist(tmp_path / "d", download=True, kind="local")
+
+
+def test_load_mnist_download_without_network(tmp_path, monkeypatch):
+    pytest.importorskip("pooch", reason="downloads need pooch (the train extra)")
+    import socket
+
+    with socket.socket() as s:  # a port on 127.0.0.1 that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setitem(datasets.SOURCES, "local", (f"http://127.0.0.1:{port}/", {"x.gz": "md5:" + "0" * 32}))
+    with pytest.raises(ConnectionError, match=r"could not download .*x\.gz.*pass it as data_dir"):
+        load_mnist(tmp_path / "d", download=True, kind="local")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        load_mnist(download=True, kind="cifar")
+    with pytest.raises(ValueError, match="needs data_dir, or download=True"):
+        load_mnist()
