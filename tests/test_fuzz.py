@@ -14,23 +14,24 @@ pytestmark = pytest.mark.slow  # two fuzzers in subprocesses: about 40 s
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_fuzz_public_api_in_subprocess():
-    env = dict(os.environ, FUZZ_EXAMPLES=os.environ.get("FUZZ_EXAMPLES", "300"))
+def _run_fuzzer(module: str, examples_variable: str, passed: str) -> None:
+    """Run ``tests/<module>`` under pytest in a child process (a crash is a failure here, not a dead
+    test run), with ``examples_variable`` (default 300 examples) passed on."""
+    env = dict(os.environ, **{examples_variable: os.environ.get(examples_variable, "300")})
     res = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error", "tests/_fuzz_public_api.py"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error", f"tests/{module}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200,
     )  # fmt: skip
-    assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout[-6000:]}\n{res.stderr[-3000:]}"
-    assert "4 passed" in res.stdout
+    assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout[-8000:]}\n{res.stderr[-3000:]}"
+    assert passed in res.stdout
+
+
+def test_fuzz_public_api_in_subprocess():
+    """Every public function and layer on random inputs: equal to the reference or the same error."""
+    _run_fuzzer("_fuzz_public_api.py", "FUZZ_EXAMPLES", "4 passed")
 
 
 def test_stateful_fuzz_in_subprocess():
     """Layers driven through random call sequences and attribute changes on both backends
     (tests/_fuzz_stateful.py); a crash of the child (negative exit code) fails here."""
-    env = dict(os.environ, STATEFUL_EXAMPLES=os.environ.get("STATEFUL_EXAMPLES", "300"))
-    res = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error", "tests/_fuzz_stateful.py"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200,
-    )  # fmt: skip
-    assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout[-8000:]}\n{res.stderr[-3000:]}"
-    assert "1 passed" in res.stdout
+    _run_fuzzer("_fuzz_stateful.py", "STATEFUL_EXAMPLES", "1 passed")
