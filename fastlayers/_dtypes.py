@@ -117,15 +117,15 @@ def compute_dtype(**operands) -> np.dtype:
 
 
 def _refuse_mixed(operands: dict) -> None:
-    seen: dict[np.dtype, str] = {}
+    seen: dict[np.dtype, tuple[str, np.dtype]] = {}  # precision computed in -> first operand with it
     for name, value in operands.items():
         if _is_weak(value):
             continue
         dt = np.dtype(value.dtype if hasattr(value, "dtype") else np.asarray(value).dtype)
         if dt.kind == "f":
-            seen.setdefault(F32 if dt.itemsize <= 4 else F64, name)
+            seen.setdefault(F32 if dt.itemsize <= 4 else F64, (name, dt))
     if len(seen) > 1:
-        names = " but ".join(f"{n} is {dt}" for dt, n in seen.items())
+        names = " but ".join(f"{n} is {dt}" for n, dt in seen.values())
         raise TypeError(f"mixed float precision: {names}; cast them to one dtype (e.g. with .astype)")
 
 
