@@ -18,7 +18,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _backend, reference
-from ._dtypes import as_array, compute_dtype
+from ._dtypes import FLOATS, as_array, compute_dtype
 from ._kernels import optim as _optim
 from ._kernels._threads import launch
 
@@ -54,9 +54,18 @@ class _Optimizer:
         for key, p in params.items():
             if key not in grads:
                 raise KeyError(f"grads has no entry {key!r} for params[{key!r}]")
+            g = grads[key]
+            if type(p) is np.ndarray and type(g) is np.ndarray and g.dtype is p.dtype and p.dtype in FLOATS:
+                # the common case: one float dtype, so nothing to convert and nothing strict mode refuses
+                if g.shape != p.shape:
+                    raise ValueError(f"grads[{key!r}] has shape {g.shape} but params[{key!r}] has shape {p.shape}")
+                if not p.flags.writeable:
+                    raise ValueError(f"params[{key!r}] is read-only")
+                yield key, p, g, p.dtype
+                continue
             if not isinstance(p, np.ndarray) or p.dtype.kind != "f" or p.dtype.itemsize > 8:
                 raise TypeError(f"params[{key!r}] must be a float numpy array (float32 or float64), got {_kind(p)}")
-            g = as_array(grads[key], f"grads[{key!r}]")
+            g = as_array(g, f"grads[{key!r}]")
             if g.shape != p.shape:
                 raise ValueError(f"grads[{key!r}] has shape {g.shape} but params[{key!r}] has shape {p.shape}")
             if not p.flags.writeable:
@@ -76,8 +85,10 @@ class _Optimizer:
         scalars = tuple(dtype.type(s) for s in scalars)
         in_place = p.flags.c_contiguous and p.dtype == dtype
         flat = p.reshape(-1) if in_place else p.astype(dtype, order="C").reshape(-1)  # a view, or a copy written back
-        if in_place and g is not p and np.may_share_memory(g, p):
-            g = g.copy()  # a gradient that partly overlaps the parameter would change as p is written
+        # a gradient that partly overlaps the parameter would change as p is written; two arrays that
+        # each own their memory cannot overlap (the common case: no overlap test needed)
+        if in_place and g is not p and not (g.base is None and p.base is None) and np.may_share_memory(g, p):
+            g = g.copy()
         g = np.ascontiguousarray(g, dtype=dtype).reshape(-1)
         if _backend.current() == "numpy":
             type(self)._reference(flat, *state, g, *scalars)
