@@ -55,21 +55,20 @@ class _Optimizer:
             if key not in grads:
                 raise KeyError(f"grads has no entry {key!r} for params[{key!r}]")
             g = grads[key]
-            if type(p) is np.ndarray and type(g) is np.ndarray and g.dtype is p.dtype and p.dtype in FLOATS:
-                # the common case: one float dtype, so nothing to convert and nothing strict mode refuses
-                if g.shape != p.shape:
-                    raise ValueError(f"grads[{key!r}] has shape {g.shape} but params[{key!r}] has shape {p.shape}")
-                if not p.flags.writeable:
-                    raise ValueError(f"params[{key!r}] is read-only")
-                yield key, p, g, p.dtype
-                continue
-            if not isinstance(p, np.ndarray) or p.dtype.kind != "f" or p.dtype.itemsize > 8:
-                raise TypeError(f"params[{key!r}] must be a float numpy array (float32 or float64), got {_kind(p)}")
-            g = as_array(g, f"grads[{key!r}]")
+            # the common case: ndarrays of one float dtype, so nothing to convert and nothing strict
+            # mode refuses
+            plain = type(p) is np.ndarray and type(g) is np.ndarray and g.dtype is p.dtype and p.dtype in FLOATS
+            if not plain:
+                if not isinstance(p, np.ndarray) or p.dtype.kind != "f" or p.dtype.itemsize > 8:
+                    raise TypeError(f"params[{key!r}] must be a float numpy array (float32 or float64), got {_kind(p)}")
+                g = as_array(g, f"grads[{key!r}]")
             if g.shape != p.shape:
                 raise ValueError(f"grads[{key!r}] has shape {g.shape} but params[{key!r}] has shape {p.shape}")
             if not p.flags.writeable:
                 raise ValueError(f"params[{key!r}] is read-only")
+            if plain:
+                yield key, p, g, p.dtype
+                continue
             if _backend.is_strict():
                 compute_dtype(**{f"params[{key!r}]": p, f"grads[{key!r}]": g})
             # as NumPy's in-place ``p -= lr * g``: the update is written in p's dtype
