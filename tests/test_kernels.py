@@ -93,11 +93,21 @@ def test_no_kernel_sets_its_own_flags():
         assert "@njit" not in text and "numba.njit" not in text, path
 
 
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint8])
 @pytest.mark.parametrize("n", [1, 2, 7, 1000])
-def test_label_bounds(n):
-    """The one-pass label check, against its NumPy twin (t.min(), t.max())."""
-    t = np.random.default_rng(n).integers(-(2**40), 2**40, n)
-    assert softmax.label_bounds(t) == (t.min(), t.max())
+def test_copy_label_bounds_and_labels_equal(n, dtype):
+    """The one-pass label copy and check, and the label comparison, against their NumPy twins:
+    ``out[:] = t; (out.min(), out.max())`` and ``np.array_equal``; strided labels included."""
+    info = np.iinfo(dtype)
+    t = np.random.default_rng(n).integers(max(info.min, -(2**40)), min(info.max, 2**40), 2 * n).astype(dtype)[::2]
+    out = np.empty(n, np.int64)
+    assert softmax.copy_label_bounds(t, out) == (t.min(), t.max())
+    np.testing.assert_array_equal(out, t)
+    assert softmax.labels_equal(t, out)
+    if n > 1:
+        changed = out.copy()
+        changed[-1] += 1
+        assert not softmax.labels_equal(t, changed)
 
 
 @njit(error_model="numpy")

@@ -48,18 +48,6 @@ def _total(losses):
 
 
 @helper
-def label_bounds(t):
-    """(min, max) of a non-empty int64 label array, in one pass; its NumPy twin is (t.min(), t.max())."""
-    lo = t[0]
-    hi = t[0]
-    for i in range(t.shape[0]):
-        v = t[i]
-        lo = v if v < lo else lo
-        hi = v if v > hi else hi
-    return lo, hi
-
-
-@helper
 def copy_label_bounds(t, out):
     """out[:] = t (an int64 copy of non-empty integer labels) and (min, max) of the copy, in one
     pass; its NumPy twin is ``out[:] = t; (out.min(), out.max())``."""
