@@ -62,12 +62,9 @@ def as_array(value, name: str, real: bool = True) -> np.ndarray:
             ) from None
         raise TypeError(f"{name} cannot be converted to an array: {exc}") from None
     kind = a.dtype.kind
-    if not real:
-        pass
-    elif kind == "f":
-        if a.dtype.itemsize > 8:
-            raise TypeError(f"{name} has dtype {a.dtype}; only float16, float32 and float64 are supported")
-    elif kind not in "iub":
+    if real and kind == "f" and a.dtype.itemsize > 8:
+        raise TypeError(f"{name} has dtype {a.dtype}; only float16, float32 and float64 are supported")
+    if real and kind not in "fiub":
         raise TypeError(f"{name} has dtype {a.dtype}; expected a real number array (float32 or float64)")
     if not a.dtype.isnative and kind in "fiub":
         a = a.astype(a.dtype.newbyteorder("="))

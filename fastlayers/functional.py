@@ -627,12 +627,10 @@ def _check_label_range(lo: int, hi: int, c: int, name: str) -> None:
 def _scalar(value, name: str):
     """``value`` checked to be a real scalar; returned as given (Python numbers stay weak for the
     dtype rule, NumPy scalars and 0-d arrays count with their dtype)."""
-    if type(value) in (int, float):
+    if isinstance(value, (int, float)):  # bool and np.float64 included: real numbers
         return value
     if not is_number(value):
         raise TypeError(f"{name} must be a scalar, got {type(value).__name__} of shape {np.shape(value)}")
-    if isinstance(value, (bool, int, float)):
-        return value
     v = np.asarray(value)
     if v.dtype.kind not in "fiub":
         raise TypeError(f"{name} must be a real number, got dtype {v.dtype}")
