@@ -10,58 +10,28 @@ Buffer recycling: every call returns a result the caller may keep, as in the cla
 layer finds that nothing but itself still references a result it produced earlier (for example the
 gradient it returned last time, once the previous layer has consumed it), it writes the new result
 into that memory instead of allocating. The reference count decides, so nobody can observe the
-reuse; what it saves is the kernel's zeroing of fresh pages, which for large arrays costs as much
-as the computation (SoftmaxWithLoss forward at 512x32000 float32: 12.1 ms with a fresh y, 7.4 ms
-without the allocation).
+reuse (the gate is :func:`fastlayers.functional._checks.reusable`). What it saves is the page faults
+of fresh memory (see docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _backend
-from . import functional as F
-from ._dtypes import as_array, compute_dtype
-from ._kernels.softmax import labels_equal as _labels_equal
+from ._kernels.loss import labels_equal as _labels_equal
+from .functional import affine as A
+from .functional import elementwise as E
+from .functional import loss as S
+from .functional._checks import as_array, compute_dtype, reusable, scalar
 
 
 def _need_forward(layer: object, value: object) -> None:
     if value is None:
         raise ValueError(f"{type(layer).__name__}.backward called before forward")
-
-
-def _spare(buf, shape: tuple, dtype, frozen: bool = False) -> np.ndarray | None:
-    """``buf`` if it can hold a new result of ``shape`` and ``dtype`` and nothing but the layer holds
-    it (so that writing into it cannot be seen by anyone); None otherwise, and always None on the
-    numpy backend, whose reference functions allocate anyway (a buffer would only add a copy).
-
-    With ``frozen``, ``buf`` is a result the layer made read-only when it published it (``y`` of
-    SoftmaxWithLoss); it is made writeable again for the layer's own write.
-    """
-    if (
-        type(buf) is np.ndarray
-        and buf.nbytes >= REUSE_MIN_BYTES
-        and _backend.current() == "numba"
-        and sys.getrefcount(buf) <= F._SOLE_OWNER  # first: a flags object would hold a reference too
-        and buf.base is None
-        and buf.shape == shape
-        and buf.dtype == dtype
-    ):
-        flags = buf.flags
-        if flags.c_contiguous and (flags.writeable or (frozen and flags.owndata)):
-            if not flags.writeable:
-                flags.writeable = True
-            return buf
-    return None
-
-
-#: Smaller results are allocated afresh: ``np.empty`` of a few KiB costs less than the checks above
-#: (0.2 us against 0.7 us), and only large allocations pay for fresh pages.
-REUSE_MIN_BYTES = 64 * 1024
 
 
 def _dtype_of(a) -> np.dtype | None:
@@ -163,8 +133,8 @@ class AddLayer:
 class _Activation:
     """An elementwise activation: keeps its forward output ``out``, from which backward works."""
 
-    _forward = staticmethod(F.relu_forward)
-    _backward = staticmethod(F.relu_backward)
+    _forward = staticmethod(E.relu_forward)
+    _backward = staticmethod(E.relu_backward)
 
     def __init__(self) -> None:
         self.out: np.ndarray | None = None
@@ -186,9 +156,7 @@ class _Activation:
         TypeError
             A dtype that is not a real number; a tensor that requires grad.
         """
-        # the previous result goes along as the buffer to reuse: F._layer_call reuses it when nothing
-        # else holds it
-        self.out = F._layer_call(self._forward, x, None, self.out)
+        self.out = E.layer_call(self._forward, x, None, self, "out")
         return self.out
 
     def backward(self, dout: ArrayLike) -> np.ndarray:
@@ -210,7 +178,7 @@ class _Activation:
         """
         if self.out is None:
             _need_forward(self, None)
-        self._dx = F._layer_call(self._backward, dout, self.out, self._dx)
+        self._dx = E.layer_call(self._backward, dout, self.out, self, "_dx")
         return self._dx
 
 
@@ -226,8 +194,8 @@ class Relu(_Activation):
 class Sigmoid(_Activation):
     """Sigmoid layer. Keeps the forward output ``out``."""
 
-    _forward = staticmethod(F.sigmoid_forward)
-    _backward = staticmethod(F.sigmoid_backward)
+    _forward = staticmethod(E.sigmoid_forward)
+    _backward = staticmethod(E.sigmoid_backward)
 
 
 class Affine:
@@ -294,21 +262,20 @@ class Affine:
             raise ValueError(f"x must be at least 1-D (N, ...), got shape {x.shape}")
         x2 = x if x.ndim == 2 or x.shape[0] == 0 else x.reshape(x.shape[0], -1)
         W, b = self.W, self.b
-        plain = F._plain_affine(x2, W, b)
+        plain = A.plain_affine(x2, W, b)
         if not plain and type(W) is np.ndarray and type(b) is np.ndarray:
             # float32 images with float64 weights (the book's mix): x in the dtype NumPy computes in,
-            # once, kept for backward; anything else the fast path does not take is checked by F
+            # once, kept for backward; anything else the fast path does not take is checked by A
             dtype = compute_dtype(x=x2, W=W, b=b)
             if W.dtype == dtype and b.dtype == dtype and x2.dtype != dtype:
                 x2 = x2.astype(dtype)
-                plain = F._plain_affine(x2, W, b)
+                plain = A.plain_affine(x2, W, b)
         if plain and b.ndim == 1:
-            # the common case: the buffer from _spare is the layer's alone, so it overlaps nothing and
-            # the products can go straight to F's run step (no overlap checks: 2 us less per call)
-            out = _spare(self._out, (x2.shape[0], W.shape[1]), x2.dtype)
-            self._out = F._affine_forward_run(x2, W, b, out)
+            # the common case: a reusable buffer is the layer's alone, so it overlaps no input
+            out = reusable(self, "_out", (x2.shape[0], W.shape[1]), x2.dtype)
+            self._out = A.forward_run(x2, W, b, out)
         else:
-            self._out = F.affine_forward(x2, W, b)
+            self._out = A.affine_forward(x2, W, b)
         self.original_x_shape = x.shape
         self.x = x2
         return self._out
@@ -336,14 +303,14 @@ class Affine:
         """
         _need_forward(self, self.x)
         x2, W = self.x, self.W
-        if F._plain_affine(x2, W, dout) and dout.ndim == 2 and x2.ndim == 2:
+        if A.plain_affine(x2, W, dout) and dout.ndim == 2:
             dtype = x2.dtype
-            dx = _spare(self._dx, x2.shape, dtype)
-            dW = _spare(self.dW, W.shape, dtype)
-            db = _spare(self.db, (W.shape[1],), dtype)
-            self._dx, self.dW, self.db = F._affine_backward_run(dout, x2, x2, W, dx, dW, db)
+            dx = reusable(self, "_dx", x2.shape, dtype)
+            dW = reusable(self, "dW", W.shape, dtype)
+            db = reusable(self, "db", (W.shape[1],), dtype)
+            self._dx, self.dW, self.db = A.backward_run(dout, x2, x2, W, dx, dW, db)
         else:
-            self._dx, self.dW, self.db = F.affine_backward(dout, x2, W)
+            self._dx, self.dW, self.db = A.affine_backward(dout, x2, W)
         return self._dx.reshape(self.original_x_shape)
 
 
@@ -405,9 +372,9 @@ class SoftmaxWithLoss:
             and t.shape != shape
             and _backend.current() == "numba"
         )
-        grad_buf = _spare(self._dx, shape, dtype) if fuse else None
-        y_buf = _spare(self.y, shape, dtype, frozen=True)
-        result = F._xent_forward(x, t, None, want_grad=fuse, grad_buf=grad_buf, spare=y_buf)
+        grad_out = reusable(self, "_dx", shape, dtype) if fuse else None
+        y_out = reusable(self, "y", shape, dtype, frozen=True)
+        result = S.xent_forward(x, t, with_grad=fuse, grad_out=grad_out, y_out=y_out)
         y = result.y
         y.flags.writeable = False
         self.loss, self.y, self.t = result.loss, y, t
@@ -436,7 +403,7 @@ class SoftmaxWithLoss:
             A ``dout`` that is not a real scalar.
         """
         _need_forward(self, self.y)
-        dout = F._scalar(dout, "dout")
+        dout = scalar(dout, "dout")
         fused, self._fused = self._fused, None
         y = self.y
         if fused is not None and _is_one(dout, y):
@@ -452,7 +419,7 @@ class SoftmaxWithLoss:
                 and _labels_equal(t if t.ndim == 1 else t.reshape(-1), labels)  # O(N): the labels it was made for
             ):
                 return self._dx
-        self._dx = F._xent_backward(y, self.t, dout, None, spare=_spare(self._dx, np.shape(y), _dtype_of(y)))
+        self._dx = S.xent_backward(y, self.t, dout, None, spare=reusable(self, "_dx", np.shape(y), _dtype_of(y)))
         return self._dx
 
 

@@ -18,9 +18,9 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _backend, reference
-from ._dtypes import FLOATS, as_array, compute_dtype
 from ._kernels import optim as _optim
 from ._kernels._threads import launch
+from .functional._checks import FLOATS, as_array, compute_dtype
 
 __all__ = ["SGD", "Momentum", "AdaGrad", "Adam"]
 

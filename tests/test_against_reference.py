@@ -245,6 +245,7 @@ def twin_args(name, dtype, rng):
             labels,
             np.empty_like(rows),
             np.empty(301, dtype),
+            True,
             np.empty_like(rows),
             dtype(0.5),
         ),
@@ -253,6 +254,7 @@ def twin_args(name, dtype, rng):
             np.abs(rows),
             np.empty_like(rows),
             np.empty(301, dtype),
+            True,
             np.empty_like(rows),
             dtype(0.5),
         ),
@@ -278,7 +280,8 @@ def twin_args(name, dtype, rng):
 )
 def test_serial_and_parallel_twins_agree(name):
     """The serial twin (small inputs) and the parallel twin give bit-identical results."""
-    from fastlayers._kernels import affine, elementwise, softmax
+    from fastlayers._kernels import affine, elementwise
+    from fastlayers._kernels import loss as softmax
 
     kernel = next(getattr(m, name) for m in (elementwise, affine, softmax) if hasattr(m, name))
     for dtype in DTYPES:
@@ -296,7 +299,7 @@ def test_serial_and_parallel_twins_agree(name):
 def test_loss_kernel_gradient_equals_gradient_kernel(dtype, kind, shape):
     """The gradient the loss kernels write in their forward pass is bit-identical to what the
     gradient kernels compute from y, and asking for it changes neither y nor the loss."""
-    from fastlayers._kernels import softmax
+    from fastlayers._kernels import loss as softmax
 
     rng = np.random.default_rng(3)
     n, c = shape
@@ -307,9 +310,9 @@ def test_loss_kernel_gradient_equals_gradient_kernel(dtype, kind, shape):
     scale = dtype(dtype(1) / dtype(n))
     for twin in ("serial", "parallel"):
         y, losses, g = np.empty_like(x), np.empty(n, dtype), np.empty_like(x)
-        total = getattr(loss_kernel, twin)(x, t, y, losses, g, scale)
+        total = getattr(loss_kernel, twin)(x, t, y, losses, True, g, scale)
         y0, losses0 = np.empty_like(x), np.empty(n, dtype)
-        total0 = getattr(loss_kernel, twin)(x, t, y0, losses0, np.empty((0, c), dtype), scale)
+        total0 = getattr(loss_kernel, twin)(x, t, y0, losses0, False, np.empty((0, c), dtype), scale)
         want = np.empty_like(x)
         getattr(grad_kernel, twin)(y, t, scale, want)
         np.testing.assert_array_equal(g, want)

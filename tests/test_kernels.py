@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastlayers._kernels import _jit, affine, elementwise, softmax
+from fastlayers._kernels import _jit, affine, elementwise
+from fastlayers._kernels import loss as softmax
 from fastlayers._kernels._math import exp_nonpos
 from fastlayers._kernels._reduce import row_max, row_sum
 

@@ -215,7 +215,7 @@ def test_affine_and_loss_recycle_dropped_results():
     loss.forward(affine.forward(x), t)
     affine.backward(loss.backward())
     big = (affine._out, affine._dx, affine.dW, loss.y, loss._dx)
-    assert min(a.nbytes for a in big) >= fastlayers.layers.REUSE_MIN_BYTES
+    assert min(a.nbytes for a in big) >= fastlayers.functional._checks.REUSE_MIN_BYTES
     before = [weakref.ref(a) for a in big]
     del big
     for _ in range(3):

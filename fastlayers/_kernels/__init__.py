@@ -5,7 +5,7 @@ give it: validation and allocation happen in :mod:`fastlayers.functional`. Each 
 built from one Python function by :func:`fastlayers._kernels._jit.twins`: a serial version for small
 inputs and a ``parallel=True`` version whose outer loop is a ``prange``.
 
-Modules: ``elementwise`` (ReLU, Sigmoid), ``affine`` (bias add, bias gradient), ``softmax`` (softmax,
+Modules: ``elementwise`` (ReLU, Sigmoid), ``affine`` (bias add, bias gradient), ``loss`` (softmax,
 cross-entropy loss and gradient), ``_math`` (a vectorizable exp), ``_reduce`` (row sum and max in SIMD
 lanes), ``_jit`` (compile flags and the cache fallback), ``_threads`` (threading layer and launch
 policy).

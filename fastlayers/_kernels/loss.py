@@ -6,9 +6,10 @@ dtype; integer labels ``t`` are (N,) int64 already checked to lie in [0, C) (not
 Numba does not bounds-check); ``losses`` is (N,) of the float dtype and receives one loss per row; the
 loss kernels return their sum (float64), which the caller divides by N. ``out`` may be ``y`` itself
 (exact aliasing); no other overlap between outputs and inputs is allowed.
-The loss kernels can also write the gradient for ``dout = 1`` into ``grad`` (N, C) in the same pass,
-with ``scale`` = 1 / N of the dtype, bit-identical to what the ``xent_grad_*`` kernels compute from
-``y``; a ``grad`` with no rows means "not wanted". The outer ``prange`` runs over rows; the additions
+With ``with_grad`` true, the loss kernels also write the gradient for ``dout = 1`` into ``grad``
+(N, C) in the same pass, with ``scale`` = 1 / N of the dtype, bit-identical to what the
+``xent_grad_*`` kernels compute from ``y``; with it false, ``grad`` is neither read nor written (any
+array of the dtype will do). The outer ``prange`` runs over rows; the additions
 inside a row are always done in the same order, so results do not depend on the thread count.
 """
 
@@ -96,12 +97,11 @@ def _scale_row_with_grad(yr, r, gr, scale):
 
 
 @twins(EXP_BOUND)
-def softmax_xent_labels(x, t, y, losses, grad, scale):
+def softmax_xent_labels(x, t, y, losses, with_grad, grad, scale):
     """y = softmax(x); losses[i] = logsumexp(x[i]) - x[i, t[i]]; returns the sum of the losses.
-    With rows in ``grad``: grad = (y - onehot(t)) * scale, as ``xent_grad_labels``."""
+    With ``with_grad``: grad = (y - onehot(t)) * scale, as ``xent_grad_labels``."""
     n = x.shape[0]
     one = typed(1, x)
-    with_grad = grad.shape[0] != 0
     for i in prange(n):
         m, s = _exp_shifted_row(x[i], y[i])
         if with_grad:
@@ -129,12 +129,11 @@ def _probs_row(xr, tr, yr, m, r, gr, scale, with_grad):
 
 
 @twins(EXP_BOUND)
-def softmax_xent_probs(x, t, y, losses, grad, scale):
+def softmax_xent_probs(x, t, y, losses, with_grad, grad, scale):
     """y = softmax(x); losses[i] = sum_j t[i, j] * (logsumexp(x[i]) - x[i, j]); returns their sum.
-    With rows in ``grad``: grad = (y - t) * scale, as ``xent_grad_probs``."""
+    With ``with_grad``: grad = (y - t) * scale, as ``xent_grad_probs``."""
     n = x.shape[0]
     one = typed(1, x)
-    with_grad = grad.shape[0] != 0
     for i in prange(n):
         xr, tr, yr = x[i], t[i], y[i]
         m, s = _exp_shifted_row(xr, yr)
