@@ -20,8 +20,12 @@ import numpy as np
 import pytest
 
 import fastlayers
+from fastlayers._kernels import _numba
 
 DTYPES = [np.float32, np.float64]
+
+#: For tests of what compiling gives (flags, threading layer, cache): skipped under NUMBA_DISABLE_JIT=1.
+compiled_only = pytest.mark.skipif(_numba.DISABLED, reason="NUMBA_DISABLE_JIT=1: nothing is compiled")
 
 
 def _tol(kind: str, dtype, n: int = 1) -> dict:

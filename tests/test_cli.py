@@ -11,6 +11,7 @@ import pytest
 
 from fastlayers.__main__ import main
 
+from .conftest import compiled_only
 from .test_datasets import make_mnist
 
 
@@ -81,6 +82,7 @@ def test_gradcheck_command():
     assert "TwoLayerNet(20, 10, 5)" in res.stdout and "W1:" in res.stdout and res.stdout.rstrip().endswith("OK")
 
 
+@compiled_only
 def test_info_command():
     res = run("info", "--json")
     assert res.returncode == 0, res.stderr
@@ -117,6 +119,7 @@ def test_warmup_command():
     assert "float32:" in res.stdout and "compiled functions" in res.stdout
 
 
+@compiled_only
 def test_progress_is_honest_in_a_piped_log(tmp_path):
     """Piped (not a terminal): no bar fragments, one line per epoch; a cold cache says it compiles."""
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))

@@ -17,6 +17,8 @@ import pytest
 
 import fastlayers as fl
 
+from .conftest import compiled_only
+
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ["tbb", "omp", "workqueue"]
 
@@ -71,6 +73,7 @@ def test_thread_pool_in_process():
         assert all(pool.map(lambda _: same(forward_backward(inp), expected), range(16)))
 
 
+@compiled_only
 def test_default_layer_is_tbb():
     res = run_python(["-m", "fastlayers", "info", "--json"])
     assert '"threading_layer": "tbb"' in res.stdout, res.stdout + res.stderr
@@ -80,7 +83,7 @@ def test_default_layer_is_tbb():
 # compilation cache and installs
 # ---------------------------------------------------------------------------------------------
 SMOKE = (
-    "import numpy as np, fastlayers as fl, fastlayers._kernels._jit as j;"
+    "import numpy as np, fastlayers as fl, fastlayers._kernels._numba as j;"
     "x = np.linspace(-3, 3, 12).reshape(3, 4);"
     "assert fl.relu(x).min() == 0 and abs(fl.sigmoid(np.zeros(1))[0] - 0.5) < 1e-15;"
     "print('ok', fl.SoftmaxWithLoss().forward(x, np.array([0, 1, 2])), len(j.UNCACHED), len(j.COMPILED))"

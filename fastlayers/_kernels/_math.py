@@ -1,14 +1,11 @@
-"""Scalar math for the kernels: typed constants and an exp that LLVM can vectorize.
+"""A vectorizable exp for the kernels.
 
-``np.exp`` inside a Numba loop is a call into libm for every element: the llvmlite wheels on the
-package index have no SVML, so such loops do not vectorize. ``exp_nonpos`` computes exp by range
-reduction (Cody-Waite split of ln 2), a polynomial, and a scale by 2**n built by writing the exponent
-bits directly (the scheme is described above its constants). It is branch-free, so loops that call
-it vectorize: about 15 vector instructions per 16 float32 values.
-
-Both functions dispatch on the argument's dtype at compile time (``numba.extending.overload``): the
-float32 version uses float32 constants and a shorter polynomial (degree 6, minimax), so float32 code
-never silently promotes to float64.
+``exp_nonpos(x)`` is exp for x <= 0 (and NaN). Compiled, it is computed by range reduction (Cody-Waite
+split of ln 2), a polynomial, and a scale by 2**n built by writing the exponent bits directly; it is
+branch-free, so loops that call it vectorize (``np.exp`` in a Numba loop is a libm call per element:
+see docs/PERFORMANCE.md). Each dtype has its own version (:func:`~._numba.by_dtype`): float32 uses
+float32 constants and a degree-6 minimax polynomial, so float32 code never promotes to float64.
+Without the JIT, its Python body is NumPy's float64 ``exp`` rounded to the argument's dtype.
 
 Accuracy, checked by ``tests/test_kernels.py`` on a dense grid of ``[-800, 0]`` against the exact
 value (float64 ``np.exp``): within 1.5 ulp in float32 and float64 (1 ulp of NumPy's own result),
@@ -21,50 +18,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import types
-from numba.extending import intrinsic, overload
 
-
-def typed(value, ref):  # pragma: no cover - replaced by the overload inside jitted code
-    """``value`` converted to the dtype of ``ref`` (an array or a scalar), in jitted code only."""
-    raise NotImplementedError("typed() is only callable from jitted code")
-
-
-@overload(typed, inline="always")
-def _typed_overload(value, ref):
-    dtype = ref.dtype if isinstance(ref, types.Array) else ref
-
-    def impl(value, ref):
-        return dtype(value)
-
-    return impl
-
-
-def _bitcast(name: str, src, dst):
-    """A Numba intrinsic ``name(value)`` that reinterprets the bits of a ``src`` scalar as ``dst``
-    (same width), as an LLVM ``bitcast``: no conversion, no instruction of its own."""
-
-    def impl(typingctx, value):
-        def codegen(context, builder, signature, args):
-            return builder.bitcast(args[0], context.get_value_type(dst))
-
-        return dst(src), codegen
-
-    impl.__name__ = impl.__qualname__ = name
-    impl.__doc__ = f"Reinterpret the bits of a {src} as a {dst}."
-    return intrinsic(impl)
-
-
-_bits_to_f64 = _bitcast("_bits_to_f64", types.int64, types.float64)
-_f64_to_bits = _bitcast("_f64_to_bits", types.float64, types.int64)
-_bits_to_f32 = _bitcast("_bits_to_f32", types.int32, types.float32)
-_f32_to_bits = _bitcast("_f32_to_bits", types.float32, types.int32)
-
-
-def exp_nonpos(x):  # pragma: no cover - replaced by the overload inside jitted code
-    """exp(x) for x <= 0 (and NaN), vectorizable; in jitted code only."""
-    raise NotImplementedError("exp_nonpos() is only callable from jitted code")
-
+from ._numba import bits_to_f32, bits_to_f64, by_dtype, f32_to_bits, f64_to_bits
 
 # The scheme, for both dtypes: n = round(x / ln 2) comes from adding a "magic" constant 1.5 * 2**m
 # (m = mantissa bits), which leaves n in the low bits of the sum; r = x - n ln 2 (Cody-Waite split of
@@ -109,31 +64,30 @@ _F_BIAS = np.int32(127 + 64)
 _F_23 = np.int32(23)
 
 
-@overload(exp_nonpos)
-def _exp_nonpos_overload(x):
-    if x == types.float64:
+def _exp64(x):
+    xc = _D_LO if x < _D_LO else x  # NaN stays NaN
+    t = xc * _LOG2E + _D_MAGIC  # n + magic, n rounded to nearest
+    n = t - _D_MAGIC
+    r = (xc - n * _D_LN2_HI) - n * _D_LN2_LO
+    p = ((((((_D13 * r + _D12) * r + _D11) * r + _D10) * r + _D9) * r + _D8) * r + _D7) * r + _D6
+    p = (((((p * r + _D5) * r + _D4) * r + _D3) * r + _D2) * r + _D1) * r + _D0
+    return p * bits_to_f64((f64_to_bits(t) << 52) + (_D_BIAS << 52))
 
-        def exp64(x):
-            xc = _D_LO if x < _D_LO else x  # NaN stays NaN
-            t = xc * _LOG2E + _D_MAGIC  # n + magic, n rounded to nearest
-            n = t - _D_MAGIC
-            r = (xc - n * _D_LN2_HI) - n * _D_LN2_LO
-            p = ((((((_D13 * r + _D12) * r + _D11) * r + _D10) * r + _D9) * r + _D8) * r + _D7) * r + _D6
-            p = (((((p * r + _D5) * r + _D4) * r + _D3) * r + _D2) * r + _D1) * r + _D0
-            return p * _bits_to_f64((_f64_to_bits(t) << 52) + (_D_BIAS << 52))
 
-        return exp64
+def _exp32(x):
+    xc = _F_LO if x < _F_LO else x  # NaN stays NaN
+    t = xc * _F_LOG2E + _F_MAGIC  # n + magic, n rounded to nearest
+    n = t - _F_MAGIC
+    r = (xc - n * _F_LN2_HI) - n * _F_LN2_LO
+    p = (((((_F6 * r + _F5) * r + _F4) * r + _F3) * r + _F2) * r + _F1) * r + _F0
+    return p * bits_to_f32((f32_to_bits(t) << _F_23) + (_F_BIAS << _F_23))
 
-    if x == types.float32:
 
-        def exp32(x):
-            xc = _F_LO if x < _F_LO else x  # NaN stays NaN
-            t = xc * _F_LOG2E + _F_MAGIC  # n + magic, n rounded to nearest
-            n = t - _F_MAGIC
-            r = (xc - n * _F_LN2_HI) - n * _F_LN2_LO
-            p = (((((_F6 * r + _F5) * r + _F4) * r + _F3) * r + _F2) * r + _F1) * r + _F0
-            return p * _bits_to_f32((_f32_to_bits(t) << _F_23) + (_F_BIAS << _F_23))
+def _exp_numpy(x):
+    """exp(x) in the dtype of ``x``, computed in float64 and rounded once: the Python body (NumPy's
+    own float32 exp is up to 2.2 ulp off, more than the compiled versions)."""
+    return type(x)(np.exp(np.float64(x)))
 
-        return exp32
 
-    return None
+#: exp(x) for x <= 0 (and NaN), vectorizable when compiled.
+exp_nonpos = by_dtype(_exp_numpy, float32=_exp32, float64=_exp64)

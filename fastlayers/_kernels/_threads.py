@@ -36,14 +36,6 @@ from pathlib import Path
 
 import numba
 
-# Thresholds, in elements, from which the parallel twin runs (each kernel names its own). Measured
-# on 2 cores with tbb, parallel/serial time ratio of float32 kernels at powers of two: memory-bound
-# passes cross near 2**18 (ReLU forward 1.47 at 2**17, 0.77 at 2**18; bias add 1.04 and 0.75, bias
-# gradient 0.96 and 0.73), the exp-heavy ones much earlier (sigmoid forward 0.87 at 2**15; softmax
-# rows: equal at 100x50, 0.7 at 64x256).
-MEMORY_BOUND = 1 << 18
-EXP_BOUND = 1 << 13
-
 _THREAD_SAFE_LAYERS = ("tbb", "omp")
 _layer_checked = False
 _layer_safe = False
@@ -118,7 +110,7 @@ def _parallel_allowed() -> bool:
 
 
 def launch(kernel, size: int, *args):
-    """Run ``kernel`` (a :class:`~fastlayers._kernels._jit.Twins`) on ``args``.
+    """Run ``kernel`` (a :class:`~fastlayers._kernels._numba.Twins`) on ``args``.
 
     The serial twin runs below the kernel's ``parallel_min`` elements, with one thread, or in a
     forked child on the ``omp`` layer; otherwise the parallel twin runs, under a lock when the

@@ -2,24 +2,22 @@
 
 Contract shared by all kernels here: every array argument is 1-D, of the same length and dtype
 (float32 or float64); ``out`` may be the same array as an input (exact aliasing is safe, partial
-overlap is not).
-
-Shape of every kernel: the outer ``prange`` runs over blocks of ``BLOCK`` elements, and each block
-is handed, as slice views, to a small jitted helper (``_..._block``) whose loop LLVM vectorizes.
-Keeping the inner loop in its own function matters: written inline in the block loop, it vectorized
-but re-loaded its constants on every iteration (sigmoid forward 1.25x slower), and indexing the whole
-array from ``blk * BLOCK`` instead of slices did not vectorize at all (10x slower).
+overlap is not). Each kernel follows the block pattern of :mod:`._blocks`.
 """
 
 from __future__ import annotations
 
 from numba import prange
 
-from ._jit import helper, twins
-from ._math import exp_nonpos, typed
-from ._threads import MEMORY_BOUND
+from ._blocks import bounds, nblocks
+from ._math import exp_nonpos
+from ._numba import helper, twins, typed
 
-BLOCK = 8192
+# From how many elements the parallel twin runs, measured on 2 cores with tbb (parallel/serial time
+# of float32 kernels at powers of two): the memory-bound passes cross near 2**18 (ReLU forward 1.47
+# at 2**17, 0.77 at 2**18), the sigmoid's exp pays for threads much earlier (0.87 at 2**15).
+MEMORY_BOUND_MIN = 1 << 18
+SIGMOID_FORWARD_MIN = 1 << 15
 
 
 @helper
@@ -62,49 +60,49 @@ def _copy_block(x, out):
         out[i] = x[i]
 
 
-@twins(MEMORY_BOUND)
+@twins(MEMORY_BOUND_MIN)
 def relu_forward(x, out):
     """out[i] = 0 where x[i] <= 0, else x[i] (NaN stays NaN)."""
     n = x.shape[0]
-    for blk in prange((n + BLOCK - 1) // BLOCK):
-        lo, hi = blk * BLOCK, min(n, (blk + 1) * BLOCK)
+    for blk in prange(nblocks(n)):
+        lo, hi = bounds(blk, n)
         _relu_forward_block(x[lo:hi], out[lo:hi])
 
 
-@twins(MEMORY_BOUND)
+@twins(MEMORY_BOUND_MIN)
 def relu_backward(dout, y, out):
     """out[i] = 0 where y[i] <= 0, else dout[i]; ``y`` is the forward output (or input)."""
     n = dout.shape[0]
-    for blk in prange((n + BLOCK - 1) // BLOCK):
-        lo, hi = blk * BLOCK, min(n, (blk + 1) * BLOCK)
+    for blk in prange(nblocks(n)):
+        lo, hi = bounds(blk, n)
         _relu_backward_block(dout[lo:hi], y[lo:hi], out[lo:hi])
 
 
-@twins(1 << 15)
+@twins(SIGMOID_FORWARD_MIN)
 def sigmoid_forward(x, out):
     """out[i] = 1 / (1 + exp(-x[i])), computed from exp(-|x|) so that nothing overflows.
 
     Saturates to exactly 0 and 1; NaN in gives NaN out.
     """
     n = x.shape[0]
-    for blk in prange((n + BLOCK - 1) // BLOCK):
-        lo, hi = blk * BLOCK, min(n, (blk + 1) * BLOCK)
+    for blk in prange(nblocks(n)):
+        lo, hi = bounds(blk, n)
         _sigmoid_forward_block(x[lo:hi], out[lo:hi])
 
 
-@twins(MEMORY_BOUND)
+@twins(MEMORY_BOUND_MIN)
 def sigmoid_backward(dout, y, out):
     """out[i] = dout[i] * (1 - y[i]) * y[i]; ``y`` is the forward output."""
     n = dout.shape[0]
-    for blk in prange((n + BLOCK - 1) // BLOCK):
-        lo, hi = blk * BLOCK, min(n, (blk + 1) * BLOCK)
+    for blk in prange(nblocks(n)):
+        lo, hi = bounds(blk, n)
         _sigmoid_backward_block(dout[lo:hi], y[lo:hi], out[lo:hi])
 
 
-@twins(MEMORY_BOUND)
+@twins(MEMORY_BOUND_MIN)
 def copy(x, out):
     """out[i] = x[i]: the yardstick of the benchmarks (the machine's parallel copy bandwidth)."""
     n = x.shape[0]
-    for blk in prange((n + BLOCK - 1) // BLOCK):
-        lo, hi = blk * BLOCK, min(n, (blk + 1) * BLOCK)
+    for blk in prange(nblocks(n)):
+        lo, hi = bounds(blk, n)
         _copy_block(x[lo:hi], out[lo:hi])

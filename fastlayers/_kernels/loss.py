@@ -18,10 +18,14 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._jit import helper, twins
-from ._math import exp_nonpos, typed
-from ._reduce import row_max, row_sum
-from ._threads import EXP_BOUND, MEMORY_BOUND
+from ._math import exp_nonpos
+from ._numba import helper, row_max, row_sum, twins, typed
+
+# From how many elements the parallel twin runs, measured on 2 cores with tbb: the exp-heavy row
+# kernels pay for threads early (softmax rows: equal at 100x50, parallel/serial 0.7 at 64x256); the
+# gradient kernels are memory-bound passes like ReLU's (see elementwise.py).
+ROWS_WITH_EXP_MIN = 1 << 13
+MEMORY_BOUND_MIN = 1 << 18
 
 
 @helper
@@ -77,7 +81,7 @@ def _scale_row(yr, r):
         yr[j] *= r
 
 
-@twins(EXP_BOUND)
+@twins(ROWS_WITH_EXP_MIN)
 def softmax(x, y):
     """y = softmax(x) along each row (max subtracted first)."""
     n = x.shape[0]
@@ -96,7 +100,7 @@ def _scale_row_with_grad(yr, r, gr, scale):
         gr[j] = v * scale
 
 
-@twins(EXP_BOUND)
+@twins(ROWS_WITH_EXP_MIN)
 def softmax_xent_labels(x, t, y, losses, with_grad, grad, scale):
     """y = softmax(x); losses[i] = logsumexp(x[i]) - x[i, t[i]]; returns the sum of the losses.
     With ``with_grad``: grad = (y - onehot(t)) * scale, as ``xent_grad_labels``."""
@@ -128,7 +132,7 @@ def _probs_row(xr, tr, yr, m, r, gr, scale, with_grad):
         _scale_row(yr, r)
 
 
-@twins(EXP_BOUND)
+@twins(ROWS_WITH_EXP_MIN)
 def softmax_xent_probs(x, t, y, losses, with_grad, grad, scale):
     """y = softmax(x); losses[i] = sum_j t[i, j] * (logsumexp(x[i]) - x[i, j]); returns their sum.
     With ``with_grad``: grad = (y - t) * scale, as ``xent_grad_probs``."""
@@ -146,7 +150,7 @@ def softmax_xent_probs(x, t, y, losses, with_grad, grad, scale):
     return _total(losses)
 
 
-@twins(MEMORY_BOUND)
+@twins(MEMORY_BOUND_MIN)
 def xent_grad_labels(y, t, scale, out):
     """out = (y - onehot(t)) * scale, with ``scale`` = dout / N of y's dtype."""
     n, c = y.shape
@@ -159,7 +163,7 @@ def xent_grad_labels(y, t, scale, out):
         orow[k] = (yk - typed(1, y)) * scale
 
 
-@twins(MEMORY_BOUND)
+@twins(MEMORY_BOUND_MIN)
 def xent_grad_probs(y, t, scale, out):
     """out = (y - t) * scale, with ``scale`` = dout / N of y's dtype."""
     n, c = y.shape
@@ -169,7 +173,7 @@ def xent_grad_probs(y, t, scale, out):
             orow[j] = (yr[j] - tr[j]) * scale
 
 
-@twins(EXP_BOUND)
+@twins(ROWS_WITH_EXP_MIN)
 def cross_entropy_labels(y, t, losses):
     """losses[i] = -log(y[i, t[i]]) for probabilities ``y``; returns the sum of the losses."""
     n = y.shape[0]
@@ -178,7 +182,7 @@ def cross_entropy_labels(y, t, losses):
     return _total(losses)
 
 
-@twins(EXP_BOUND)
+@twins(ROWS_WITH_EXP_MIN)
 def cross_entropy_probs(y, t, losses):
     """losses[i] = -sum over t[i, j] != 0 of t[i, j] * log(y[i, j]) (0 * log 0 counts as 0); returns
     the sum of the losses."""

@@ -1,8 +1,8 @@
 """Optimizer update kernels: parameters and their state updated in place.
 
 Contract: every array is 1-D, C-contiguous, of one float dtype and one length (the functional layer
-passes flat views of the parameter arrays); scalars are of that dtype. The outer ``prange`` runs
-over blocks of ``BLOCK`` elements, each block on slice views (see ``elementwise``).
+passes flat views of the parameter arrays); scalars are of that dtype. Each kernel follows the block
+pattern of :mod:`._blocks`.
 """
 
 from __future__ import annotations
@@ -10,58 +10,74 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._jit import twins
-from ._math import typed
-from ._threads import MEMORY_BOUND
+from ._blocks import bounds, nblocks
+from ._numba import helper, twins, typed
 
-BLOCK = 8192
+# Memory-bound passes like ReLU's (see elementwise.py): the same crossover, not measured apart.
+MEMORY_BOUND_MIN = 1 << 18
 
 
-@twins(MEMORY_BOUND)
+@helper
+def _sgd_block(p, g, lr):
+    for i in range(p.shape[0]):
+        p[i] -= lr * g[i]
+
+
+@helper
+def _momentum_block(p, v, g, lr, mu):
+    for i in range(p.shape[0]):
+        v[i] = mu * v[i] - lr * g[i]
+        p[i] += v[i]
+
+
+@helper
+def _adagrad_block(p, h, g, lr, eps):
+    for i in range(p.shape[0]):
+        h[i] += g[i] * g[i]
+        p[i] -= lr * g[i] / (np.sqrt(h[i]) + eps)
+
+
+@helper
+def _adam_block(p, m, v, g, lr_t, beta1, beta2, eps):
+    one = typed(1, p)
+    for i in range(p.shape[0]):
+        gi = g[i]
+        m[i] += (one - beta1) * (gi - m[i])
+        v[i] += (one - beta2) * (gi * gi - v[i])
+        p[i] -= lr_t * m[i] / (np.sqrt(v[i]) + eps)
+
+
+@twins(MEMORY_BOUND_MIN)
 def sgd(p, g, lr):
     """p -= lr * g"""
     n = p.shape[0]
-    for blk in prange((n + BLOCK - 1) // BLOCK):
-        lo, hi = blk * BLOCK, min(n, (blk + 1) * BLOCK)
-        pb, gb = p[lo:hi], g[lo:hi]
-        for i in range(hi - lo):
-            pb[i] -= lr * gb[i]
+    for blk in prange(nblocks(n)):
+        lo, hi = bounds(blk, n)
+        _sgd_block(p[lo:hi], g[lo:hi], lr)
 
 
-@twins(MEMORY_BOUND)
+@twins(MEMORY_BOUND_MIN)
 def momentum(p, v, g, lr, mu):
     """v = mu * v - lr * g; p += v"""
     n = p.shape[0]
-    for blk in prange((n + BLOCK - 1) // BLOCK):
-        lo, hi = blk * BLOCK, min(n, (blk + 1) * BLOCK)
-        pb, vb, gb = p[lo:hi], v[lo:hi], g[lo:hi]
-        for i in range(hi - lo):
-            vb[i] = mu * vb[i] - lr * gb[i]
-            pb[i] += vb[i]
+    for blk in prange(nblocks(n)):
+        lo, hi = bounds(blk, n)
+        _momentum_block(p[lo:hi], v[lo:hi], g[lo:hi], lr, mu)
 
 
-@twins(MEMORY_BOUND)
+@twins(MEMORY_BOUND_MIN)
 def adagrad(p, h, g, lr, eps):
     """h += g * g; p -= lr * g / (sqrt(h) + eps)"""
     n = p.shape[0]
-    for blk in prange((n + BLOCK - 1) // BLOCK):
-        lo, hi = blk * BLOCK, min(n, (blk + 1) * BLOCK)
-        pb, hb, gb = p[lo:hi], h[lo:hi], g[lo:hi]
-        for i in range(hi - lo):
-            hb[i] += gb[i] * gb[i]
-            pb[i] -= lr * gb[i] / (np.sqrt(hb[i]) + eps)
+    for blk in prange(nblocks(n)):
+        lo, hi = bounds(blk, n)
+        _adagrad_block(p[lo:hi], h[lo:hi], g[lo:hi], lr, eps)
 
 
-@twins(MEMORY_BOUND)
+@twins(MEMORY_BOUND_MIN)
 def adam(p, m, v, g, lr_t, beta1, beta2, eps):
     """m += (1 - beta1) * (g - m); v += (1 - beta2) * (g * g - v); p -= lr_t * m / (sqrt(v) + eps)"""
     n = p.shape[0]
-    one = typed(1, p)
-    for blk in prange((n + BLOCK - 1) // BLOCK):
-        lo, hi = blk * BLOCK, min(n, (blk + 1) * BLOCK)
-        pb, mb, vb, gb = p[lo:hi], m[lo:hi], v[lo:hi], g[lo:hi]
-        for i in range(hi - lo):
-            gi = gb[i]
-            mb[i] += (one - beta1) * (gi - mb[i])
-            vb[i] += (one - beta2) * (gi * gi - vb[i])
-            pb[i] -= lr_t * mb[i] / (np.sqrt(vb[i]) + eps)
+    for blk in prange(nblocks(n)):
+        lo, hi = bounds(blk, n)
+        _adam_block(p[lo:hi], m[lo:hi], v[lo:hi], g[lo:hi], lr_t, beta1, beta2, eps)

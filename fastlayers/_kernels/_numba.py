@@ -1,0 +1,424 @@
+"""Everything that depends on Numba beyond ``prange``: compile flags, the serial/parallel twin
+builder, the cache fallback, and the low-level helpers the kernels call (``typed``, ``by_dtype``, bit
+casts, ``row_sum``/``row_max``). Kernel modules import only from here, ``numba.prange`` and NumPy.
+
+Supported Numba versions: :data:`SUPPORTED` (the range ``pyproject.toml`` requires; a test holds
+the two equal). Two things here use Numba internals and are checked against that range by
+``tests/test_numba_machinery.py``: the subclass of ``numba.core.caching.FunctionCache`` and the
+LLVM code generation of the intrinsics (``numba.core.cgutils``, llvmlite).
+
+Every helper that Numba compiles in a special way (an ``overload`` or an ``intrinsic``) is a plain
+Python function with a Python body: the body runs when ``NUMBA_DISABLE_JIT=1`` (the whole kernel
+test suite runs that way in CI, for coverage of the kernels' Python), and compiled code uses the
+Numba implementation registered for it, which gives the same results (tests compare them).
+
+Flags (the same for every kernel; tests check that no kernel sets its own):
+
+- ``error_model="numpy"`` on serial and parallel twins alike: ``prange`` bodies always use the NumPy
+  error model, so a serial twin compiled with the default ``"python"`` model would disagree with its
+  parallel twin on division by zero.
+- ``fastmath={"contract"}`` only: a multiply and an add may become one FMA (one rounding instead of
+  two). Nothing else: ``nnan``/``ninf`` would break NaN propagation and the exact saturation of the
+  sigmoid, ``reassoc`` would make reductions depend on the compiler's order.
+- ``cache=True`` when Numba can find a writable cache location (``NUMBA_CACHE_DIR``, the package's
+  ``__pycache__``, or the user-wide cache directory). Where it cannot (read-only install and read-only
+  home), Numba raises at decoration time; we then compile without caching so that ``import
+  fastlayers`` still works. ``FASTLAYERS_NO_CACHE=1`` switches caching off.
+- A damaged cache (a truncated index file, an unreadable data file) is a cache miss, not an error:
+  :class:`_TolerantCache` discards the index and the kernel is compiled and cached afresh.
+- Numba keys its cache on a function's own bytecode and its file's time stamp, not on the compile
+  flags nor on the helpers it inlines from other files. Every cached name therefore carries
+  :data:`TAG`, a hash of the flags (``NUMBA_BOUNDSCHECK`` included) and of all sources in this
+  package, so that changing either compiles afresh instead of loading stale machine code.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import threading
+import types as pytypes
+from collections.abc import Callable
+from pathlib import Path
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.core.caching import FunctionCache
+from numba.extending import intrinsic, overload
+
+#: Numba versions this module was checked with: (lowest, first unsupported), as in pyproject.toml.
+SUPPORTED: tuple[str, str] = ("0.60", "0.69")
+#: True when ``NUMBA_DISABLE_JIT=1``: every kernel and helper then runs as plain Python.
+DISABLED: bool = bool(numba.config.DISABLE_JIT)
+
+FLAGS: dict = {"error_model": "numpy", "fastmath": {"contract"}, "nogil": True}
+CACHE_ENABLED: bool = os.environ.get("FASTLAYERS_NO_CACHE", "") in ("", "0")
+
+
+def _tag() -> str:
+    digest = hashlib.sha256(
+        repr(sorted((k, sorted(v) if isinstance(v, set) else v) for k, v in FLAGS.items())).encode()
+    )
+    # NUMBA_BOUNDSCHECK=1 compiles checked code: cached apart, or a checked run would load unchecked code
+    digest.update(f"boundscheck={numba.config.BOUNDSCHECK}".encode())
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:10]
+
+
+#: Suffix of every compiled function's name: changes with the flags or any kernel source.
+TAG: str = _tag()
+
+#: Every function compiled through :func:`jit`, and those that could not be cached, by name.
+COMPILED: list[str] = []
+UNCACHED: list[str] = []
+#: Every kernel defined with :func:`twins`.
+ALL_TWINS: list = []
+
+
+def _copy_function(fn: Callable, suffix: str) -> Callable:
+    """A copy of ``fn`` with its own qualified name, so that Numba caches it under its own index."""
+    new = pytypes.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix, fn.__defaults__, fn.__closure__)
+    new.__qualname__ = fn.__qualname__ + suffix
+    new.__doc__ = fn.__doc__
+    new.__module__ = fn.__module__
+    return new
+
+
+class _TolerantCache(FunctionCache):
+    """Numba's per-function cache, with a damaged index or data file treated as a miss."""
+
+    def _discard_index(self) -> None:
+        try:
+            os.remove(self._cache_file._index_path)
+        except OSError:
+            pass
+
+    def load_overload(self, sig, target_context):
+        try:
+            return super().load_overload(sig, target_context)
+        except Exception:  # truncated pickle, EOF, unreadable file: recompile instead
+            self._discard_index()
+            return None
+
+    def save_overload(self, sig, data):
+        try:
+            super().save_overload(sig, data)
+        except Exception:
+            self._discard_index()
+            try:
+                super().save_overload(sig, data)
+            except Exception:  # caching only saves time: a failed save must not fail the call
+                pass
+
+
+def jit(fn: Callable, parallel: bool = False, suffix: str = ""):
+    """Compile a copy of ``fn`` named with ``suffix`` and :data:`TAG`, with the project's flags,
+    caching it when a cache location exists."""
+    fn = _copy_function(fn, f"{suffix}_{TAG}")
+    COMPILED.append(fn.__qualname__)
+    if DISABLED:
+        return fn
+    if CACHE_ENABLED:
+        try:
+            dispatcher = numba.njit(parallel=parallel, cache=True, **FLAGS)(fn)
+        except RuntimeError as exc:  # "cannot cache function ...: no locator available"
+            if "no locator" not in str(exc):
+                raise
+            UNCACHED.append(fn.__qualname__)
+        else:
+            dispatcher._cache = _TolerantCache(dispatcher.py_func)
+            return dispatcher
+    return numba.njit(parallel=parallel, cache=False, **FLAGS)(fn)
+
+
+def is_cached(dispatcher) -> bool | None:
+    """Whether ``dispatcher`` (from :func:`jit`) has machine code in the cache already: True, False,
+    or None when that cannot be told (caching off, or Numba's cache internals look different)."""
+    try:
+        return os.path.exists(dispatcher._cache._cache_file._index_path)
+    except AttributeError:
+        return None
+
+
+class Twins:
+    """A kernel compiled twice from one Python function: ``serial`` and ``parallel``.
+
+    The two dispatchers are built on first use, not at import, so that ``import fastlayers`` does
+    not pay for the kernels a program never calls (building a cached dispatcher costs milliseconds).
+    Once built, each is a plain instance attribute (``__getattr__`` only runs while it is missing),
+    so the per-call lookup costs no more than any attribute read.
+    """
+
+    def __init__(self, fn: Callable, parallel_min: int):
+        self.name = fn.__name__
+        self.module = fn.__module__.rsplit(".", 1)[-1]
+        self.py_func = fn
+        self.parallel_min = parallel_min
+        self._lock = threading.Lock()
+        ALL_TWINS.append(self)
+
+    def __getattr__(self, name: str):
+        if name not in ("serial", "parallel"):
+            raise AttributeError(name)
+        with self._lock:  # compile (or load) each twin once, even when several threads ask at once
+            if name not in self.__dict__:
+                twin = jit(self.py_func, parallel=name == "parallel", suffix="_" + name)
+                self.__dict__[name] = _quiet(twin) if DISABLED else twin
+            return self.__dict__[name]
+
+    def __repr__(self) -> str:
+        return f"<kernel twins {self.name}>"
+
+
+def _quiet(fn: Callable) -> Callable:
+    """``fn`` run as plain Python with NumPy's floating-point warnings off: compiled kernels use the
+    NumPy error model, which gives IEEE results (inf, NaN) without warnings."""
+
+    @functools.wraps(fn)
+    def run(*args):
+        with np.errstate(all="ignore"):
+            return fn(*args)
+
+    return run
+
+
+def twins(parallel_min: int) -> Callable[[Callable], Twins]:
+    """Decorator: the serial and parallel versions of a kernel written with ``prange``.
+
+    ``parallel_min``: the input size (elements) from which the parallel twin runs; each kernel
+    module defines its thresholds beside its kernels (see ``_threads.launch``).
+    """
+    return lambda fn: Twins(fn, parallel_min)
+
+
+def helper(fn: Callable):
+    """Decorator for a small jitted function called from kernels (inlined by LLVM)."""
+    return jit(fn, parallel=False)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers for kernels: each a Python function (its body runs without the JIT) with a Numba
+# implementation for compiled code
+# --------------------------------------------------------------------------------------------
+def typed(value, ref):
+    """``value`` converted to the dtype of ``ref`` (an array or a scalar)."""
+    dtype = ref.dtype if isinstance(ref, np.ndarray) else np.dtype(type(ref))
+    return dtype.type(value)
+
+
+@overload(typed, inline="always")
+def _typed_impl(value, ref):
+    dtype = ref.dtype if isinstance(ref, types.Array) else ref
+
+    def impl(value, ref):
+        return dtype(value)
+
+    return impl
+
+
+def by_dtype(python_body: Callable, **impls: Callable) -> Callable:
+    """``python_body`` (a function of one scalar), which compiled code runs as ``impls[name]`` for
+    an argument of the dtype ``name`` ("float32", "float64"). The implementations must give what
+    the Python body gives, up to their documented accuracy."""
+
+    @overload(python_body)
+    def _impl(x):
+        return impls.get(str(x))
+
+    return python_body
+
+
+def _bitcast(src: str, dst: str) -> Callable:
+    """A function that reinterprets the bits of a ``src`` scalar as ``dst`` (same width); in
+    compiled code an LLVM ``bitcast``, with no instruction of its own."""
+    src_t, dst_t = getattr(types, src), getattr(types, dst)
+    src_np, dst_np = np.dtype(src), np.dtype(dst)
+
+    def python_body(value):
+        return np.array(value, src_np).view(dst_np)[()]
+
+    python_body.__name__ = python_body.__qualname__ = f"{src}_bits_as_{dst}"
+
+    def typer(typingctx, value):
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], context.get_value_type(dst_t))
+
+        return dst_t(src_t), codegen
+
+    cast = intrinsic(typer)
+
+    @overload(python_body, inline="always")
+    def _impl(value):
+        return lambda value: cast(value)
+
+    return python_body
+
+
+bits_to_f64 = _bitcast("int64", "float64")
+f64_to_bits = _bitcast("float64", "int64")
+bits_to_f32 = _bitcast("int32", "float32")
+f32_to_bits = _bitcast("float32", "int32")
+
+
+# Sum and max of a 1-D float array in explicit SIMD lanes (why: see docs/PERFORMANCE.md).
+# ``ACCUMULATORS`` vectors of ``64 // itemsize`` lanes (16 float32 or 8 float64) take the elements
+# in turn, the leftover tail goes through a scalar accumulator, and everything is combined in a
+# fixed tree order: accumulators pairwise, then halves of the lanes, then the tail. The order
+# depends on the length alone, so results are deterministic; a strided array fills the same lanes
+# element by element, so its result is bit-identical to that of a contiguous copy. The vectors are
+# plain LLVM vector types: without 512-bit registers LLVM splits them into narrower ones.
+
+#: independent vector accumulators: enough to hide the add latency behind the loads
+ACCUMULATORS = 4
+
+
+def _lanes_reduce(a: np.ndarray, combine: Callable, first):
+    """The Python body of the lane reductions: the same order of operations as the compiled code."""
+    n = a.shape[0]
+    lanes = 64 // a.itemsize
+    step = lanes * ACCUMULATORS
+    accs = [np.full(lanes, first, a.dtype) for _ in range(ACCUMULATORS)]
+    for base in range(0, (n // step) * step, step):
+        for k in range(ACCUMULATORS):
+            accs[k] = combine(accs[k], a[base + k * lanes : base + (k + 1) * lanes])
+    tail = a.dtype.type(first)
+    for i in range((n // step) * step, n):
+        tail = combine(tail, a[i])
+    while len(accs) > 1:
+        accs = [combine(accs[i], accs[i + 1]) for i in range(0, len(accs), 2)]
+    vec = accs[0]
+    while vec.shape[0] > 1:
+        half = vec.shape[0] // 2
+        vec = combine(vec[:half], vec[half:])
+    return combine(vec[0], tail)
+
+
+def _add(a, b):
+    return a + b
+
+
+def _max(a, b):
+    return np.where(b > a, b, a) if isinstance(a, np.ndarray) else (b if b > a else a)
+
+
+def row_sum(a: np.ndarray):
+    """Sum of a 1-D float32/float64 array, in the fixed lane order described above."""
+    return _lanes_reduce(a, _add, 0)
+
+
+def row_max(a: np.ndarray):
+    """Max of a non-empty 1-D float32/float64 array; NaN never wins (``b if b > a else a``)."""
+    return _lanes_reduce(a, _max, a[0])
+
+
+def _check_1d_float(arr) -> bool:
+    return isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype in (types.float32, types.float64)
+
+
+def _indices(values) -> ir.Constant:
+    """A constant <k x i32> vector, the lane selector of a ``shufflevector``."""
+    values = list(values)
+    i32 = ir.IntType(32)
+    return ir.Constant(ir.VectorType(i32, len(values)), [ir.Constant(i32, v) for v in values])
+
+
+def _reduction(kind: str):
+    """Codegen of a lane-wise reduction; ``kind`` is "sum" or "max"."""
+
+    def combine(builder, a, b):
+        if kind == "sum":
+            return builder.fadd(a, b)
+        return builder.select(builder.fcmp_ordered(">", b, a), b, a)  # b wins only if greater
+
+    def codegen(context, builder, signature, args):
+        (aryty,) = signature.args
+        ary = context.make_array(aryty)(context, builder, args[0])
+        n = builder.extract_value(ary.shape, 0)
+        intp = n.type
+        fty = context.get_value_type(aryty.dtype)
+        lanes = 64 // context.get_abi_sizeof(fty)
+        vty = ir.VectorType(fty, lanes)
+        data = ary.data
+        contiguous = aryty.layout in ("C", "F")  # the same thing in one dimension
+        strides = cgutils.unpack_tuple(builder, ary.strides, 1)
+
+        def element_ptr(index):
+            if contiguous:
+                return builder.gep(data, [index])
+            return cgutils.get_item_pointer2(context, builder, data, [n], strides, aryty.layout, [index])
+
+        def load_vector(index):
+            if contiguous:  # one vector load
+                ptr = builder.bitcast(builder.gep(data, [index]), vty.as_pointer())
+                return builder.load(ptr, align=context.get_abi_sizeof(fty))
+            vec = cgutils.get_null_value(vty)  # strided: element by element, same lanes as above
+            for i in range(lanes):
+                value = builder.load(element_ptr(builder.add(index, ir.Constant(intp, i))))
+                vec = builder.insert_element(vec, value, ir.Constant(ir.IntType(32), i))
+            return vec
+
+        step = lanes * ACCUMULATORS
+        nvec = builder.udiv(n, ir.Constant(intp, step))
+
+        if kind == "sum":
+            first = ir.Constant(fty, 0.0)
+        else:
+            first = builder.load(element_ptr(ir.Constant(intp, 0)))  # n >= 1 is the caller's contract
+        start = cgutils.get_null_value(vty)
+        for i in range(lanes):
+            start = builder.insert_element(start, first, ir.Constant(ir.IntType(32), i))
+        accs = [cgutils.alloca_once_value(builder, start) for _ in range(ACCUMULATORS)]
+        with cgutils.for_range(builder, nvec) as loop:
+            base = builder.mul(loop.index, ir.Constant(intp, step))
+            for k, acc in enumerate(accs):
+                vec = load_vector(builder.add(base, ir.Constant(intp, k * lanes)))
+                builder.store(combine(builder, builder.load(acc), vec), acc)
+
+        tail = cgutils.alloca_once_value(builder, first)
+        done = builder.mul(nvec, ir.Constant(intp, step))
+        with cgutils.for_range(builder, builder.sub(n, done)) as loop:
+            value = builder.load(element_ptr(builder.add(done, loop.index)))
+            builder.store(combine(builder, builder.load(tail), value), tail)
+
+        vecs = [builder.load(acc) for acc in accs]
+        while len(vecs) > 1:
+            vecs = [combine(builder, vecs[i], vecs[i + 1]) for i in range(0, len(vecs), 2)]
+        vec, width = vecs[0], lanes
+        while width > 1:
+            width //= 2
+            low = builder.shuffle_vector(vec, vec, _indices(range(width)))
+            high = builder.shuffle_vector(vec, vec, _indices(range(width, 2 * width)))
+            vec = combine(builder, low, high)
+        total = builder.extract_element(vec, ir.Constant(ir.IntType(32), 0))
+        return combine(builder, total, builder.load(tail))
+
+    return codegen
+
+
+@intrinsic
+def _row_sum_llvm(typingctx, arr):
+    if not _check_1d_float(arr):
+        return None
+    return arr.dtype(arr), _reduction("sum")
+
+
+@intrinsic
+def _row_max_llvm(typingctx, arr):
+    if not _check_1d_float(arr):
+        return None
+    return arr.dtype(arr), _reduction("max")
+
+
+@overload(row_sum, inline="always")
+def _row_sum_impl(a):
+    return lambda a: _row_sum_llvm(a)
+
+
+@overload(row_max, inline="always")
+def _row_max_impl(a):
+    return lambda a: _row_max_llvm(a)

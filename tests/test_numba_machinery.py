@@ -1,0 +1,80 @@
+"""The Numba-specific machinery of ``fastlayers._kernels._numba``: the supported version range, the
+internals it relies on, and the Python bodies of its helpers against their compiled versions."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numba
+import numpy as np
+import pytest
+from numba import njit
+
+from fastlayers._kernels import _math, _numba
+
+from .conftest import DTYPES, compiled_only
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:2])
+
+
+def test_supported_range_is_pyprojects_and_holds_the_installed_numba():
+    """``_numba.SUPPORTED`` is the range pyproject requires, and the installed Numba is inside it:
+    a Numba outside the range has not been checked against the internals used below."""
+    (spec,) = re.findall(r'"(numba[^"]*)"', (ROOT / "pyproject.toml").read_text())
+    low, high = _numba.SUPPORTED
+    assert spec == f"numba>={low},<{high}"
+    assert _version(low) <= _version(numba.__version__) < _version(high)
+
+
+def test_the_cache_internals_we_subclass_exist():
+    """``_TolerantCache`` overrides these methods and reads this attribute of Numba's FunctionCache."""
+    from numba.core.caching import FunctionCache
+
+    for name in ("load_overload", "save_overload"):
+        assert callable(getattr(FunctionCache, name))
+    cache = _numba._TolerantCache(_numba.typed)
+    assert isinstance(cache._cache_file._index_path, str)
+
+
+@njit(error_model="numpy")
+def _compiled_helpers(x, sums, maxes, exps, back):
+    for i in range(x.shape[0]):
+        sums[i] = _numba.row_sum(x[i])
+        maxes[i] = _numba.row_max(x[i])
+        exps[i] = _math.exp_nonpos(-abs(x[i, 0]))
+        back[i] = _numba.typed(3, x)
+
+
+@compiled_only
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_python_bodies_match_the_compiled_helpers(dtype):
+    """Without the JIT the helpers run their Python bodies: the lane reductions bit for bit, the exp
+    within the compiled version's accuracy, ``typed`` in the same dtype."""
+    rng = np.random.default_rng(0)
+    for c in (1, 7, 64, 65, 1000):
+        x = (3 * rng.standard_normal((5, c))).astype(dtype)
+        sums, maxes, exps, back = (np.empty(5, dtype) for _ in range(4))
+        _compiled_helpers(x, sums, maxes, exps, back)
+        for i in range(5):
+            assert _numba.row_sum(x[i]) == sums[i] and _numba.row_sum(x[i]).dtype == dtype
+            assert _numba.row_max(x[i]) == maxes[i]
+            exp = _math.exp_nonpos(-abs(x[i, 0]))
+            assert exp.dtype == dtype and abs(exp - exps[i]) <= 2 * np.spacing(exps[i])
+            assert _numba.typed(3, x) == back[i] and _numba.typed(3, x).dtype == dtype
+
+
+@compiled_only
+def test_bitcasts_python_bodies_match_compiled():
+    @njit
+    def casts(a, b):
+        return _numba.f64_to_bits(a), _numba.bits_to_f64(_numba.f64_to_bits(a)), _numba.f32_to_bits(b)
+
+    a, b = np.float64(-1.5e-300), np.float32(3.25)
+    assert casts(a, b) == (_numba.f64_to_bits(a), _numba.bits_to_f64(_numba.f64_to_bits(a)), _numba.f32_to_bits(b))
+    assert _numba.bits_to_f64(_numba.f64_to_bits(a)) == a
+    assert _numba.bits_to_f32(_numba.f32_to_bits(b)) == b
