@@ -7,25 +7,14 @@ asv way, by raising NotImplementedError in ``setup`` when PyTorch is not importa
 
 from __future__ import annotations
 
-import numpy as np
-
 import fastlayers
 
 BACKENDS = ["numba", "numpy", "torch"]
 DTYPES = ["float32", "float64"]
 
-# small: the classic sizes; medium; large
-ELEMENTWISE_SHAPES = ["100x50", "256x1024", "1024x4096"]
-SOFTMAX_SHAPES = ["100x10", "256x1000", "512x32000"]
-AFFINE_SHAPES = ["100x784x50", "256x1024x1000", "1024x4096x1024"]
-
 
 def dims(shape: str) -> tuple[int, ...]:
     return tuple(int(s) for s in shape.split("x"))
-
-
-def data(shape: tuple[int, ...], dtype: str, seed: int = 0, scale: float = 1.0) -> np.ndarray:
-    return (scale * np.random.default_rng(seed).standard_normal(shape)).astype(dtype)
 
 
 def torch_or_skip():

@@ -11,6 +11,8 @@ import time
 
 import numpy as np
 
+from ._table import CASES, rows_of_4
+
 #: Learning rates that train the default two-layer net on digits well, per optimizer.
 DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "adagrad": 0.05, "adam": 0.005}
 
@@ -97,9 +99,9 @@ def _compile_notice(args) -> None:
     """Say so when the kernels will be compiled (a cold cache) rather than loaded."""
     if args.backend != "numba" and not args.compare:
         return
-    from ._kernels import _jit, elementwise
+    from ._kernels import _numba, elementwise
 
-    if _jit.is_cached(elementwise.relu_forward.serial) is False:
+    if _numba.is_cached(elementwise.relu_forward.serial) is False:
         print(
             "compiling the kernels this run uses (first run with this version: a few seconds; cached afterwards)",
             flush=True,
@@ -212,7 +214,7 @@ def info() -> dict:
     import numba
 
     from . import __version__, get_backend
-    from ._kernels import _jit, _threads, elementwise
+    from ._kernels import _numba, _threads, elementwise
 
     probe = np.zeros(16)
     elementwise.relu_forward.parallel(probe, probe)  # one parallel launch, so that Numba picks its layer
@@ -238,10 +240,10 @@ def info() -> dict:
         "threads_in_use": numba.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "blas": blas,
-        "cache_enabled": _jit.CACHE_ENABLED,
+        "cache_enabled": _numba.CACHE_ENABLED,
         "numba_cache_dir": numba.config.CACHE_DIR or "(next to the sources, else the user cache dir)",
-        "uncached_kernels": _jit.UNCACHED,
-        "parallel_min": {k.name: k.parallel_min for k in _jit.ALL_TWINS},
+        "uncached_kernels": _numba.UNCACHED,
+        "parallel_min": {k.name: k.parallel_min for k in _numba.ALL_TWINS},
     }
 
 
@@ -270,25 +272,27 @@ def cmd_bench(args) -> int:
 def warmup(dtypes=("float32", "float64")) -> dict[str, float]:
     """Compile (or load from the cache) every kernel, serial and parallel, for ``dtypes``.
 
-    Returns seconds per dtype. Useful at image-build time, so that the first real call is fast.
+    Runs every layer of the table of layers (:mod:`fastlayers._table`) forward and backward at a
+    size below every parallel threshold and at one above them all, then what the layers do not
+    reach (softmax, cross-entropy of probabilities, target rows, the optimizers). Returns seconds
+    per dtype. Useful at image-build time, so that the first real call is fast.
     """
     from . import functional as F
     from . import optim
-    from ._kernels import _jit
+    from ._kernels import _numba
 
-    above = max(k.parallel_min for k in _jit.ALL_TWINS)  # a size that runs every parallel twin
+    above = max(k.parallel_min for k in _numba.ALL_TWINS)  # a size that runs every parallel twin
     times = {}
     for name in dtypes:
         dtype = np.dtype(name)
         start = time.perf_counter()
         for n in (4, above):  # one size below every threshold, one above
-            x = np.ones((n // 4 or 1, 4), dtype)
-            t = np.zeros(x.shape[0], np.int64)
-            F.relu_backward(x, F.relu_forward(x))
-            F.sigmoid_backward(x, F.sigmoid_forward(x))
-            F.affine_backward(x, x, np.ones((4, 4), dtype))
-            F.affine_forward(x, np.ones((4, 4), dtype), np.ones(4, dtype))
-            for target in (t, x):
+            for case in CASES.values():
+                if case.kind == "layer":
+                    inputs = case.inputs(case.shape_for(n), dtype, np.random.default_rng(0))
+                    case.run(case.build(inputs), inputs)
+            x = np.ones(rows_of_4(n), dtype)
+            for target in (np.zeros(x.shape[0], np.int64), x):
                 _, y = F.softmax_cross_entropy_forward(x, target)
                 F.softmax_cross_entropy_backward(y, target)
                 F.cross_entropy_error(y, target)
@@ -300,14 +304,16 @@ def warmup(dtypes=("float32", "float64")) -> dict[str, float]:
 
 
 def cmd_warmup(args) -> int:
-    from ._kernels import _jit
+    from ._kernels import _numba
 
     start = time.perf_counter()
     times = warmup(args.dtypes)
     total = time.perf_counter() - start
     for name, seconds in times.items():
         print(f"{name}: {seconds:.1f} s")
-    print(f"{len(_jit.COMPILED)} compiled functions in {total:.1f} s (cache: {'on' if _jit.CACHE_ENABLED else 'off'})")
+    print(
+        f"{len(_numba.COMPILED)} compiled functions in {total:.1f} s (cache: {'on' if _numba.CACHE_ENABLED else 'off'})"
+    )
     return 0
 
 
@@ -404,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--layers",
         nargs="+",
-        choices=["relu", "sigmoid", "softmax_loss", "affine", "two_layer"],
+        choices=list(CASES),
         help="rows to time (all by default)",
     )
     p.add_argument("--sizes", choices=["small", "all"], default="all", help="small: the classic sizes only")

@@ -21,17 +21,12 @@ from dataclasses import asdict, dataclass
 import numba
 import numpy as np
 
-from . import layers
 from ._backend import get_backend, use_backend
 from ._kernels import elementwise
+from ._table import CASES, Case
 
-SIZES = {
-    "relu": [(100, 50), (256, 1024), (1024, 4096)],
-    "sigmoid": [(100, 50), (256, 1024), (1024, 4096)],
-    "softmax_loss": [(100, 10), (256, 1000), (512, 32000)],
-    "affine": [(100, 784, 50), (256, 1024, 1000), (1024, 4096, 1024)],
-    "two_layer": [(100, 784, 50, 10)],
-}
+#: shapes timed per row name, from the table of layers
+SIZES = {name: case.sizes for name, case in CASES.items()}
 
 
 @dataclass
@@ -134,138 +129,38 @@ def _copy_fn(nbytes: int, dtype) -> Callable[[], object]:
     return lambda: elementwise.copy.parallel(src, dst)
 
 
-def _layer_entries(make: Callable[[], Callable[[], object]]) -> dict:
-    """Entries "fast" and "ref": the forward+backward callable ``make()`` builds, once per backend."""
+def bench_case(case: Case, shape: tuple, dtype, torch) -> Row:
+    """One row: ``case`` (an entry of the table of layers) at ``shape``, forward+backward through
+    the classic API on both backends, against PyTorch (when given) and the hardware limit."""
+    inputs = case.inputs(shape, np.dtype(dtype), np.random.default_rng(0))
     entries = {}
     for name, backend in (("fast", "numba"), ("ref", "numpy")):
         with use_backend(backend):
-            entries[name] = (make(), backend)
-    return entries
+            entries[name] = (case.calls(case.build(inputs), inputs)[2], backend)
+    if case.limit == "copy":
+        nbytes = case.bytes_moved(inputs)
+        entries["limit"] = (_copy_fn(nbytes, dtype), None)
+    elif case.limit == "3 GEMMs":
+        nbytes = None
+        entries["limit"] = (_gemms_fn(inputs), None)
+    else:
+        nbytes = None
+    if torch is not None and case.torch is not None:
+        entries["torch"] = (case.torch(torch, inputs)[2], None)
+    return _row(case.name, shape, dtype, interleaved_medians(entries), case.limit, nbytes)
 
 
-def bench_elementwise(kind: str, shape, dtype, torch) -> Row:
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(shape).astype(dtype)
-    dout = rng.standard_normal(shape).astype(dtype)
-    cls = layers.Relu if kind == "relu" else layers.Sigmoid
-
-    def make():
-        layer = cls()
-        return lambda: (layer.forward(x), layer.backward(dout))
-
-    entries = _layer_entries(make)
-    if torch is not None:
-        tx, td = torch.from_numpy(x), torch.from_numpy(dout)
-        if kind == "relu":
-
-            def torch_fn():
-                y = torch.relu(tx)
-                return torch.ops.aten.threshold_backward(td, y, 0)
-        else:
-
-            def torch_fn():
-                y = torch.sigmoid(tx)
-                return torch.ops.aten.sigmoid_backward(td, y)
-
-        entries["torch"] = (torch_fn, None)
-    nbytes = 5 * x.nbytes  # forward: read x, write y; backward: read dout and y, write dx
-    entries["limit"] = (_copy_fn(nbytes, dtype), None)
-    return _row(kind, shape, dtype, interleaved_medians(entries), "copy", nbytes)
-
-
-def bench_softmax_loss(shape, dtype, torch) -> Row:
-    rng = np.random.default_rng(0)
-    x = (3 * rng.standard_normal(shape)).astype(dtype)
-    t = rng.integers(0, shape[1], shape[0])
-
-    def make():
-        layer = layers.SoftmaxWithLoss()
-        return lambda: (layer.forward(x, t), layer.backward())
-
-    entries = _layer_entries(make)
-    if torch is not None:
-        tt = torch.from_numpy(t)
-
-        def torch_fn():
-            tx = torch.from_numpy(x).requires_grad_()
-            torch.nn.functional.cross_entropy(tx, tt).backward()
-            return tx.grad
-
-        entries["torch"] = (torch_fn, None)
-    nbytes = 4 * x.nbytes  # forward: read x, write y; backward: read y, write dx
-    entries["limit"] = (_copy_fn(nbytes, dtype), None)
-    return _row("softmax_loss", shape, dtype, interleaved_medians(entries), "copy", nbytes)
-
-
-def bench_affine(shape, dtype, torch) -> Row:
-    n, d, m = shape
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((n, d)).astype(dtype)
-    W = (0.05 * rng.standard_normal((d, m))).astype(dtype)
-    b = rng.standard_normal(m).astype(dtype)
-    dout = rng.standard_normal((n, m)).astype(dtype)
-
-    def make():
-        layer = layers.Affine(W, b)
-        return lambda: (layer.forward(x), layer.backward(dout))
-
-    entries = _layer_entries(make)
-    out, dx, dW = np.empty((n, m), dtype), np.empty((n, d), dtype), np.empty((d, m), dtype)
+def _gemms_fn(a: dict) -> Callable[[], object]:
+    """The three matrix products of an Affine forward+backward alone, into preallocated outputs."""
+    x, W, dout = a["x"], a["W"], a["dout"]
+    out, dx, dW = np.empty_like(dout), np.empty_like(x), np.empty_like(W)
 
     def gemms():
         np.matmul(x, W, out=out)
         np.matmul(dout, W.T, out=dx)
         np.matmul(x.T, dout, out=dW)
 
-    entries["limit"] = (gemms, None)
-    if torch is not None:
-        tx, tW, tb, td = (torch.from_numpy(a) for a in (x, W, b, dout))
-
-        def torch_fn():
-            torch.addmm(tb, tx, tW)
-            return td @ tW.T, tx.T @ td, td.sum(0)
-
-        entries["torch"] = (torch_fn, None)
-    return _row("affine", shape, dtype, interleaved_medians(entries), "3 GEMMs", None)
-
-
-def bench_two_layer(shape, dtype, torch) -> Row:
-    n, d, h, c = shape
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((n, d)).astype(dtype)
-    t = rng.integers(0, c, n)
-    W1, b1 = (0.01 * rng.standard_normal((d, h))).astype(dtype), np.zeros(h, dtype)
-    W2, b2 = (0.01 * rng.standard_normal((h, c))).astype(dtype), np.zeros(c, dtype)
-
-    def make():
-        stack = [layers.Affine(W1, b1), layers.Relu(), layers.Affine(W2, b2)]
-        last = layers.SoftmaxWithLoss()
-
-        def step():
-            a = x
-            for layer in stack:
-                a = layer.forward(a)
-            last.forward(a, t)
-            g = last.backward()
-            for layer in reversed(stack):
-                g = layer.backward(g)
-            return g
-
-        return step
-
-    entries = _layer_entries(make)
-    if torch is not None:
-        tx, tt = torch.from_numpy(x), torch.from_numpy(t)
-        tW1, tb1, tW2, tb2 = (torch.from_numpy(a.copy()).requires_grad_() for a in (W1, b1, W2, b2))
-
-        def torch_fn():
-            for p in (tW1, tb1, tW2, tb2):
-                p.grad = None
-            hidden = torch.relu(torch.addmm(tb1, tx, tW1))
-            torch.nn.functional.cross_entropy(torch.addmm(tb2, hidden, tW2), tt).backward()
-
-        entries["torch"] = (torch_fn, None)
-    return _row("two_layer", shape, dtype, interleaved_medians(entries), "", None)
+    return gemms
 
 
 def _row(layer, shape, dtype, times: dict[str, float], limit, nbytes) -> Row:
@@ -306,14 +201,7 @@ def run(
     for done, (layer, shape) in enumerate(todo):
         if report is not None:
             report(done, len(todo), layer, shape)
-        if layer in ("relu", "sigmoid"):
-            rows.append(bench_elementwise(layer, shape, dtype, torch))
-        elif layer == "softmax_loss":
-            rows.append(bench_softmax_loss(shape, dtype, torch))
-        elif layer == "affine":
-            rows.append(bench_affine(shape, dtype, torch))
-        else:
-            rows.append(bench_two_layer(shape, dtype, torch))
+        rows.append(bench_case(CASES[layer], shape, dtype, torch))
     return rows
 
 

@@ -35,5 +35,5 @@ def test_dashboard_renders_in_headless_chromium(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     found = json.loads(res.stdout.strip().splitlines()[-1])
     assert found["listed"] == found["benchmarks"] > 0
-    assert found["graph"] == "bench_elementwise.Relu.time_forward_backward" and found["canvases"] >= 2
+    assert found["graph"] == "bench_layers.Relu.time_forward_backward" and found["canvases"] >= 2
     assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 10_000

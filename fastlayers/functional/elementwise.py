@@ -55,15 +55,11 @@ def _fast(kernel, x, y=None, out=None) -> np.ndarray | None:
         and (y is None or not overlaps(out, y))
     ):
         return None
-    _launch(kernel, x, y, out)
-    return out
-
-
-def _launch(kernel, x: np.ndarray, y: np.ndarray | None, out: np.ndarray) -> None:
     if y is None:
-        launch(kernel, x.size, x.reshape(-1), out.reshape(-1))
+        launch(kernel, x.size, x.ravel(), out.ravel())
     else:
-        launch(kernel, x.size, x.reshape(-1), y.reshape(-1), out.reshape(-1))
+        launch(kernel, x.size, x.ravel(), y.ravel(), out.ravel())
+    return out
 
 
 def layer_call(public, a, y, owner: object, name: str) -> np.ndarray:
@@ -80,7 +76,10 @@ def layer_call(public, a, y, owner: object, name: str) -> np.ndarray:
     out = reusable(owner, name, a.shape, dtype)
     if out is None:
         out = np.empty(a.shape, dtype)
-    _launch(_KERNELS[public], a, y, out)
+    if y is None:
+        launch(_KERNELS[public], a.size, a.ravel(), out.ravel())
+    else:
+        launch(_KERNELS[public], a.size, a.ravel(), y.ravel(), out.ravel())
     return out
 
 
