@@ -74,10 +74,8 @@ def interleaved_medians(
     its thread pools.
 
     The entries named in ``apart`` (PyTorch's) are timed afterwards, all their rounds in one block:
-    PyTorch's OpenMP threads keep spinning after its operators return, and OpenBLAS's after NumPy's
-    products, and on two cores the two pools took the cores from each other when interleaved
-    (Affine 100x784x50: 1.9-2.8x its GEMMs right after PyTorch, and PyTorch itself up to 40 ms
-    instead of 0.3 ms per call). In use, nobody alternates the two libraries every few milliseconds.
+    its OpenMP threads and OpenBLAS's take the cores from each other when interleaved (see
+    docs/PERFORMANCE.md). In use, nobody alternates the two libraries every few milliseconds.
     """
     numbers = {}
     for name, (fn, backend) in entries.items():

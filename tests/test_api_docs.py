@@ -75,3 +75,19 @@ def _has_module(name: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(name) is not None
+
+
+def test_docstrings_state_contracts_not_timings():
+    """Timing figures and the stories of how code got fast live in docs/PERFORMANCE.md, not in the
+    package's docstrings and comments."""
+    import re
+
+    figure = re.compile(r"\d ?(us|µs|ms)\b|\d(\.\d+)?x (slower|faster)|\d+% (slower|faster)")
+    for path in sorted((ROOT / "fastlayers").rglob("*.py")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            stripped = line.strip()
+            if stripped.startswith(("print(", "help=")) or "help=" in stripped:
+                continue
+            assert not figure.search(line), f"{path.relative_to(ROOT)}:{number}: {stripped}"
+    assert (ROOT / "docs" / "PERFORMANCE.md").is_file()
+    assert "docs/PERFORMANCE.md" in (ROOT / "README.md").read_text()

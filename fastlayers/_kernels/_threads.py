@@ -1,29 +1,21 @@
 """Threading layer choice and the launch policy: serial or parallel twin, and when to hold a lock.
 
-Choice of threading layer (facts measured on this project's machines, see the README):
-
-- ``tbb`` is the layer we want: it survived both 8 Python threads calling one parallel kernel and a
-  ``fork``ed child running kernels after its parent did. pip's ``tbb`` wheel puts ``libtbb.so.12``
+- ``tbb`` is the layer we want (thread-safe and fork-safe). pip's ``tbb`` wheel puts ``libtbb.so.12``
   in ``<prefix>/lib``, where Numba does not look; we load it with ``RTLD_GLOBAL`` before the first
   parallel launch so that Numba's default order (tbb, omp, workqueue) finds it.
 - ``omp`` (GNU OpenMP) is thread-safe but a forked child that runs a parallel region after its parent
   did is killed by libgomp. After a fork, the child therefore runs serial twins only. When tbb cannot
   be loaded (so that Numba may fall back to omp) we default ``OMP_WAIT_POLICY`` to ``PASSIVE``
-  (unless the user set it), so that OpenMP threads spinning after a region do not fight OpenBLAS's
-  threads for the same cores. We leave it alone otherwise: it applies to every OpenMP library in
-  the process, and made PyTorch's CPU operators 2.4x slower here (ReLU fwd+bwd 1024x4096: 1.9 ms
-  -> 4.6 ms).
+  (unless the user set it); we leave it alone otherwise, since it applies to every OpenMP library in
+  the process.
 - ``workqueue`` aborts the process when two threads launch parallel kernels at once; when it is the
   layer in use, parallel launches are serialized by a lock.
 
 A user's ``NUMBA_THREADING_LAYER`` is respected.
 
-BLAS: OpenBLAS runs each call on all its threads, and calls from several Python threads at once
-collapse (160 forward+backward passes through every layer: 0.22 s on 1 thread, 1.15 s spread over
-8 threads; 0.26 s on 8 threads with BLAS on one thread). Its thread count is process-wide, so it
-cannot safely change while another thread is inside a call; instead the matrix products of
-fastlayers take turns under :data:`BLAS_LOCK` (each then runs at full speed), while the Numba kernels
-still run concurrently.
+BLAS: fastlayers' matrix products take turns under :data:`BLAS_LOCK` (OpenBLAS calls from several
+Python threads at once collapse, and its thread count is process-wide), while the Numba kernels
+still run concurrently. The measurements behind these choices: docs/PERFORMANCE.md.
 """
 
 from __future__ import annotations
@@ -105,7 +97,7 @@ def set_serial_only(flag: bool) -> None:
 def _parallel_allowed() -> bool:
     if _forked_child and threading_layer() == "omp":
         return False  # libgomp kills a forked child that opens a parallel region
-    # a thread-local flag, not numba.get_num_threads(): that call cost 1.4 us on every launch
+    # a thread-local flag, not numba.get_num_threads(), which is slow (docs/PERFORMANCE.md)
     return not getattr(_local, "serial_only", _ONE_THREAD)
 
 

@@ -11,8 +11,7 @@ from numba import prange
 
 from ._numba import twins
 
-# Memory-bound passes: parallel from 2**18 elements, measured on 2 cores with tbb (parallel/serial
-# time of float32 at 2**17 and 2**18: bias add 1.04 and 0.75, bias gradient 0.96 and 0.73).
+# Memory-bound passes: parallel from 2**18 elements (measured: docs/PERFORMANCE.md).
 MEMORY_BOUND_MIN = 1 << 18
 #: Columns per block of the bias gradient (a row-wise reduction: blocks of columns, not of elements).
 COL_BLOCK = 64

@@ -13,9 +13,8 @@ from ._blocks import bounds, nblocks
 from ._math import exp_nonpos
 from ._numba import helper, twins, typed
 
-# From how many elements the parallel twin runs, measured on 2 cores with tbb (parallel/serial time
-# of float32 kernels at powers of two): the memory-bound passes cross near 2**18 (ReLU forward 1.47
-# at 2**17, 0.77 at 2**18), the sigmoid's exp pays for threads much earlier (0.87 at 2**15).
+# From how many elements the parallel twin runs (measured: docs/PERFORMANCE.md): memory-bound passes
+# from 2**18, the sigmoid's exp pays for threads earlier.
 MEMORY_BOUND_MIN = 1 << 18
 SIGMOID_FORWARD_MIN = 1 << 15
 

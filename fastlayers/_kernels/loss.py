@@ -21,9 +21,8 @@ from numba import prange
 from ._math import exp_nonpos
 from ._numba import helper, row_max, row_sum, twins, typed
 
-# From how many elements the parallel twin runs, measured on 2 cores with tbb: the exp-heavy row
-# kernels pay for threads early (softmax rows: equal at 100x50, parallel/serial 0.7 at 64x256); the
-# gradient kernels are memory-bound passes like ReLU's (see elementwise.py).
+# From how many elements the parallel twin runs (measured: docs/PERFORMANCE.md): the exp-heavy row
+# kernels pay for threads early; the gradient kernels are memory-bound passes like ReLU's.
 ROWS_WITH_EXP_MIN = 1 << 13
 MEMORY_BOUND_MIN = 1 << 18
 

@@ -13,7 +13,7 @@ from numba import prange
 from ._blocks import bounds, nblocks
 from ._numba import helper, twins, typed
 
-# Memory-bound passes like ReLU's (see elementwise.py): the same crossover, not measured apart.
+# Memory-bound passes like ReLU's: the same threshold, not measured apart (docs/PERFORMANCE.md).
 MEMORY_BOUND_MIN = 1 << 18
 
 
