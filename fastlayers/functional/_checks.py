@@ -238,6 +238,9 @@ def finish(result: np.ndarray, out: np.ndarray | None) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # the gates of the fast paths
 # --------------------------------------------------------------------------------------------
+_context_backend = _backend._backend_var.get  # the gates below read it inline: they run on every call
+
+
 def fast_dtype(a) -> np.dtype | None:
     """The dtype of ``a`` when a call on it may take a fast path, else None.
 
@@ -245,7 +248,12 @@ def fast_dtype(a) -> np.dtype | None:
     the calling thread is on the numba backend. Every other call goes through the general path,
     whose conversions and checks give the same results.
     """
-    if type(a) is np.ndarray and a.dtype in FLOATS and a.flags.c_contiguous and _backend.current() == "numba":
+    if (
+        type(a) is np.ndarray
+        and a.dtype in FLOATS
+        and a.flags.c_contiguous
+        and (_context_backend() or _backend._default) == "numba"  # _backend.current(), inline
+    ):
         return a.dtype
     return None
 
@@ -298,7 +306,7 @@ def reusable(owner: object, name: str, shape: tuple, dtype: np.dtype, frozen: bo
         or buf.base is not None
         or buf.shape != shape
         or buf.dtype != dtype
-        or _backend.current() != "numba"
+        or (_context_backend() or _backend._default) != "numba"  # _backend.current(), inline
     ):
         return None
     flags = buf.flags

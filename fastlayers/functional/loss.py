@@ -19,6 +19,7 @@ from ._checks import (
     check_out,
     compute_dtype,
     convert,
+    fast_dtype,
     finish,
     numpy_backend,
     overlaps,
@@ -79,7 +80,8 @@ def _check_label_range(lo: int, hi: int, c: int, name: str) -> None:
 
 def _scores(x, name: str = "x") -> np.ndarray:
     """``x`` as a 2-D (N, C) float array of its own float dtype, N >= 1 and C >= 1."""
-    _, (x,) = as_arrays(**{name: x})
+    if fast_dtype(x) is None:
+        _, (x,) = as_arrays(**{name: x})
     require_scores(x, name)
     return x
 
