@@ -159,6 +159,12 @@ def _mean_scale(dtype: np.dtype, dout: np.floating, n: int) -> np.floating:
     return dtype.type(dout / dtype.type(n))
 
 
+@functools.lru_cache(maxsize=64)
+def _unit_scale(dtype: np.dtype, n: int) -> np.floating:
+    """``_mean_scale`` for ``dout = 1``, cached on the dtype and the batch size alone."""
+    return _mean_scale(dtype, dtype.type(1), n)
+
+
 class XentForward(NamedTuple):
     """What :func:`xent_forward` computes."""
 
@@ -196,17 +202,17 @@ def xent_forward(
         loss, y = reference.softmax_cross_entropy_forward(x, t)
         return XentForward(loss, finish(y, out), t, None)
     if out is None:
-        y = y_out if _fits(y_out, x) else np.empty(x.shape, x.dtype)
+        y = y_out if y_out is not None and _fits(y_out, x) else np.empty(x.shape, x.dtype)
     elif np.may_share_memory(out, x) or np.may_share_memory(out, t):
         y = np.empty(x.shape, x.dtype)
     else:
         y = out
     losses = np.empty(x.shape[0], x.dtype)
     if with_grad:
-        grad = grad_out if _fits(grad_out, x) else np.empty(x.shape, x.dtype)
+        grad = grad_out if grad_out is not None and _fits(grad_out, x) else np.empty(x.shape, x.dtype)
     else:
         grad = y  # not written: the kernel is told so
-    scale = _mean_scale(x.dtype, x.dtype.type(1), x.shape[0])
+    scale = _unit_scale(x.dtype, x.shape[0])
     kernel = _loss.softmax_xent_labels if t.ndim == 1 else _loss.softmax_xent_probs
     total = launch(kernel, x.size, x, t, y, losses, with_grad, grad, scale)
     return XentForward(x.dtype.type(total / x.shape[0]), finish(y, out), t, grad if with_grad else None)
