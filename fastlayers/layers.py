@@ -301,17 +301,24 @@ class Affine:
         TypeError
             As :meth:`forward`.
         """
+        self._backward(dout, with_dx=True)
+        return self._dx.reshape(self.original_x_shape)
+
+    def _backward(self, dout: ArrayLike, with_dx: bool) -> None:
+        """Set ``dW`` and ``db`` (and the input gradient, with ``with_dx``) from ``dout``. The nets
+        call it without ``with_dx`` for their first layer, whose input gradient nobody uses."""
         _need_forward(self, self.x)
         x2, W = self.x, self.W
         if A.plain_affine(x2, W, dout) and dout.ndim == 2:
             dtype = x2.dtype
-            dx = reusable(self, "_dx", x2.shape, dtype)
+            dx = reusable(self, "_dx", x2.shape, dtype) if with_dx else None
             dW = reusable(self, "dW", W.shape, dtype)
             db = reusable(self, "db", (W.shape[1],), dtype)
-            self._dx, self.dW, self.db = A.backward_run(dout, x2, x2, W, dx, dW, db)
+            dx, self.dW, self.db = A.backward_run(dout, x2, x2, W, dx, dW, db, with_dx)
+            if with_dx:
+                self._dx = dx
         else:
             self._dx, self.dW, self.db = A.affine_backward(dout, x2, W)
-        return self._dx.reshape(self.original_x_shape)
 
 
 class SoftmaxWithLoss:

@@ -119,12 +119,18 @@ class _Net:
 
         Returns
         -------
-        dict keyed like ``params`` (the layers' own ``dW``/``db`` arrays, plus the decay term).
+        dict keyed like ``params`` (the layers' own ``dW``/``db`` arrays, plus the decay term). The
+        first layer's gradient with respect to ``x`` is not computed (nobody uses it).
         """
         self.loss(x, t)
         dout = self.last_layer.backward(1)
-        for layer in reversed(self.layers.values()):
+        first, *rest = self.layers.values()
+        for layer in reversed(rest):
             dout = layer.backward(dout)
+        if isinstance(first, Affine):
+            first._backward(dout, with_dx=False)  # the input's gradient: nobody uses it
+        else:
+            first.backward(dout)
         return self._affine_grads()
 
 

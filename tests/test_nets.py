@@ -170,3 +170,27 @@ class _RequiresGrad:
 
     def __array__(self, dtype=None, copy=None):
         raise RuntimeError("Can't call numpy() on Tensor that requires grad. Use tensor.detach().numpy() instead.")
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("net", ["two", "multi"])
+def test_gradient_skips_the_inputs_gradient(net, backend):
+    """``gradient`` leaves out the first layer's gradient with respect to the input (nobody uses it):
+    the parameter gradients are those of a full backward pass through the layers, and the first
+    Affine layer's ``backward`` still returns ``dx`` when called directly."""
+    rng = np.random.default_rng(0)
+    x, t = rng.standard_normal((16, 12)), rng.integers(0, 5, 16)
+    with fastlayers.use_backend(backend):
+        model = TwoLayerNet(12, 7, 5, seed=1) if net == "two" else MultiLayerNet(12, [7, 6], 5, seed=1)
+        grads = {key: g.copy() for key, g in model.gradient(x, t).items()}
+        first = model.layers["Affine1"]
+        if backend == "numba":
+            assert first._dx is None  # never computed
+        model.loss(x, t)
+        dout = model.last_layer.backward(1)
+        for layer in reversed(list(model.layers.values())):
+            dout = layer.backward(dout)
+        assert dout.shape == x.shape
+        full = model._affine_grads()
+    for key in grads:
+        np.testing.assert_array_equal(grads[key], full[key])

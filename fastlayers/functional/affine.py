@@ -197,19 +197,21 @@ def affine_backward(
     return tuple(finish(convert(r, dt), buf) for r, dt, buf in zip(results, dtypes, given, strict=True))
 
 
-def backward_run(dout, x, x2, W, dx, dW, db) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def backward_run(dout, x, x2, W, dx, dW, db, with_dx: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """The products and the bias gradient, for validated operands of one dtype; ``x2`` is ``x`` as
-    (N, D), and ``dx`` comes back in ``x``'s shape."""
+    (N, D), and ``dx`` comes back in ``x``'s shape. Without ``with_dx`` the input gradient is not
+    computed (one product fewer) and comes back as None."""
     n, m = dout.shape
     dtype = x2.dtype
-    if dx is None:
+    if dx is None and with_dx:
         dx = np.empty(x.shape, dtype)
     if dW is None:
         dW = np.empty(W.shape, dtype)
     if db is None:
         db = np.empty((m,), dtype)
     with _threads.BLAS_LOCK:
-        np.matmul(dout, W.T, out=dx.reshape(n, -1))
+        if with_dx:
+            np.matmul(dout, W.T, out=dx.reshape(n, -1))
         np.matmul(x2.T, dout, out=dW)
     launch(_affine.bias_grad, dout.size, dout, db)
-    return dx, dW, db
+    return (dx if with_dx else None), dW, db
