@@ -14,7 +14,15 @@ from importlib import metadata as _metadata
 
 import numba as _numba
 
-from ._backend import get_backend, set_default_backend, set_strict_dtypes, strict_dtypes, use_backend
+from ._backend import (
+    float32_compute,
+    get_backend,
+    set_default_backend,
+    set_float32_compute,
+    set_strict_dtypes,
+    strict_dtypes,
+    use_backend,
+)
 from ._kernels import _threads
 from .datasets import load_digits, load_mnist
 from .functional import cross_entropy_error, softmax
@@ -58,6 +66,8 @@ __all__ = [
     "set_default_backend",
     "strict_dtypes",
     "set_strict_dtypes",
+    "float32_compute",
+    "set_float32_compute",
     "__version__",
 ]
 

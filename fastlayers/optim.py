@@ -20,7 +20,7 @@ from numpy.typing import ArrayLike
 from . import _backend, reference
 from ._kernels import optim as _optim
 from ._kernels._threads import launch
-from .functional._checks import FLOATS, as_array, compute_dtype
+from .functional._checks import as_array, compute_dtype, fast_dtype, param_dtype, plain
 
 __all__ = ["SGD", "Momentum", "AdaGrad", "Adam"]
 
@@ -55,10 +55,11 @@ class _Optimizer:
             if key not in grads:
                 raise KeyError(f"grads has no entry {key!r} for params[{key!r}]")
             g = grads[key]
-            # the common case: ndarrays of one float dtype, so nothing to convert and nothing strict
-            # mode refuses
-            plain = type(p) is np.ndarray and type(g) is np.ndarray and g.dtype is p.dtype and p.dtype in FLOATS
-            if not plain:
+            # the common case: plain arrays of one float dtype, so nothing to convert and nothing
+            # strict mode refuses
+            dtype = fast_dtype(p)
+            fast = dtype is not None and plain(g, dtype)
+            if not fast:
                 if not isinstance(p, np.ndarray) or p.dtype.kind != "f" or p.dtype.itemsize > 8:
                     raise TypeError(f"params[{key!r}] must be a float numpy array (float32 or float64), got {_kind(p)}")
                 g = as_array(g, f"grads[{key!r}]")
@@ -66,13 +67,13 @@ class _Optimizer:
                 raise ValueError(f"grads[{key!r}] has shape {g.shape} but params[{key!r}] has shape {p.shape}")
             if not p.flags.writeable:
                 raise ValueError(f"params[{key!r}] is read-only")
-            if plain:
-                yield key, p, g, p.dtype
+            if fast:
+                yield key, p, g, dtype
                 continue
             if _backend.is_strict():
                 compute_dtype(**{f"params[{key!r}]": p, f"grads[{key!r}]": g})
             # as NumPy's in-place ``p -= lr * g``: the update is written in p's dtype
-            yield key, p, g, compute_dtype(p=p)
+            yield key, p, g, param_dtype(p)
 
     def _state_for(self, key: str, p: np.ndarray, dtype: np.dtype) -> list[np.ndarray]:
         st = self.state.get(key)

@@ -103,17 +103,23 @@ def compute_dtype(**operands) -> np.dtype:
         if _is_weak(value):
             continue
         strong.append(value.dtype if isinstance(value, (np.ndarray, np.generic)) else np.asarray(value).dtype)
-    if strong and all(dt is strong[0] for dt in strong) and strong[0] in FLOATS:
-        return strong[0]  # the common case: one float dtype
+    if strong and all(dt is strong[0] for dt in strong) and strong[0] in FLOATS:  # the common case
+        return F32 if strong[0] is F64 and _backend.is_float32() else strong[0]
     if _backend.is_strict():
         _refuse_mixed(operands)
     weak = [v for v in operands.values() if _is_weak(v)]
     dt = np.result_type(*strong, *weak) if strong else F64
-    if dt.kind != "f":
-        return F64
-    if dt.itemsize < 4:
+    if dt.kind == "f" and dt.itemsize < 4:
         return F32
-    return F64 if dt.itemsize == 8 else F32
+    if dt.kind != "f" or dt.itemsize == 8:
+        return F32 if _backend.is_float32() else F64
+    return F32
+
+
+def param_dtype(p: np.ndarray) -> np.dtype:
+    """The dtype an optimizer updates parameter ``p`` in: its own (float16 as float32), whatever the
+    float32 compute policy (parameters keep their dtype)."""
+    return p.dtype if p.dtype in FLOATS else F32
 
 
 def _refuse_mixed(operands: dict) -> None:
@@ -147,7 +153,9 @@ def as_arrays(**args) -> tuple[np.dtype, list[np.ndarray]]:
     all of them; returns ``(dtype, arrays)`` in argument order."""
     values = list(args.values())
     dtype = values[0].dtype if type(values[0]) is np.ndarray else None
-    if dtype in FLOATS and all(type(v) is np.ndarray and v.dtype is dtype for v in values):
+    if (dtype is F32 or (dtype is F64 and not _backend.is_float32())) and all(
+        type(v) is np.ndarray and v.dtype is dtype for v in values
+    ):
         return dtype, values  # float arrays of one dtype: nothing to convert
     arrays = {name: as_array(value, name) for name, value in args.items()}
     dtype = compute_dtype(**arrays)
@@ -238,23 +246,26 @@ def finish(result: np.ndarray, out: np.ndarray | None) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # the gates of the fast paths
 # --------------------------------------------------------------------------------------------
-_context_backend = _backend._backend_var.get  # the gates below read it inline: they run on every call
+_context_backend = _backend._backend_var.get
+_context_float32 = _backend._float32_var.get
 
 
 def fast_dtype(a) -> np.dtype | None:
     """The dtype of ``a`` when a call on it may take a fast path, else None.
 
-    A fast path is allowed when ``a`` is a plain array (see :func:`plain`) of float32 or float64 and
-    the calling thread is on the numba backend. Every other call goes through the general path,
-    whose conversions and checks give the same results.
+    A fast path is allowed when ``a`` is a plain array (see :func:`plain`) of float32, or of float64
+    outside the float32 compute policy, and the calling thread is on the numba backend. Every other
+    call goes through the general path, whose conversions and checks give the same results.
     """
-    if (
-        type(a) is np.ndarray
-        and a.dtype in FLOATS
-        and a.flags.c_contiguous
-        and (_context_backend() or _backend._default) == "numba"  # _backend.current(), inline
-    ):
-        return a.dtype
+    # the settings are read inline (_backend.current(), _backend.is_float32()): this runs on every call
+    if type(a) is np.ndarray and a.flags.c_contiguous and (_context_backend() or _backend._default) == "numba":
+        dtype = a.dtype
+        if dtype is F32:
+            return dtype
+        if dtype is F64:
+            flag = _context_float32()
+            if not (_backend._float32_default if flag is None else flag):
+                return dtype
     return None
 
 
@@ -306,7 +317,7 @@ def reusable(owner: object, name: str, shape: tuple, dtype: np.dtype, frozen: bo
         or buf.base is not None
         or buf.shape != shape
         or buf.dtype != dtype
-        or (_context_backend() or _backend._default) != "numba"  # _backend.current(), inline
+        or (_context_backend() or _backend._default) != "numba"  # _backend.current(), read inline
     ):
         return None
     flags = buf.flags
