@@ -1,4 +1,4 @@
-"""Command line: ``python -m fastlayers {train, gradcheck, bench, warmup, info}``."""
+"""Command line: ``python -m fastlayers {train, gradcheck, bench, tune, warmup, info}``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 
+from . import _gemm
 from ._table import CASES, rows_of_4
 
 #: Learning rates that train the default two-layer net on digits well, per optimizer.
@@ -99,9 +100,10 @@ def _compile_notice(args) -> None:
     """Say so when the kernels will be compiled (a cold cache) rather than loaded."""
     if args.backend != "numba" and not args.compare:
         return
-    from ._kernels import _numba, elementwise
+    from ._kernels import _numba, affine, loss
 
-    if _numba.is_cached(elementwise.relu_forward.serial) is False:
+    # kernels every training run calls: the last Affine layer's bias add and the loss
+    if any(_numba.is_cached(k.serial) is False for k in (affine.bias_add, loss.softmax_xent_labels)):
         print(
             "compiling the kernels this run uses (first run with this version: a few seconds; cached afterwards)",
             flush=True,
@@ -210,6 +212,38 @@ def cmd_gradcheck(args) -> int:
     return 0 if ok else 1
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what ``platform`` knows)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def blas_info() -> list[dict]:
+    """The BLAS libraries loaded in the process (threadpoolctl, when installed), else NumPy's BLAS as
+    built."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
+        return [{"internal_api": blas.get("name"), "version": blas.get("version")}]
+    keys = ("internal_api", "version", "num_threads", "threading_layer")
+    return [{k: d.get(k) for k in keys} for d in threadpool_info() if d.get("user_api") == "blas"]
+
+
+def _blas_line(blas: list[dict]) -> str:
+    return "; ".join(
+        " ".join(str(d[k]) for k in ("internal_api", "version") if d.get(k))
+        + (f" ({d['num_threads']} threads, {d.get('threading_layer')})" if d.get("num_threads") else "")
+        for d in blas
+    )
+
+
 def info() -> dict:
     import numba
 
@@ -218,18 +252,9 @@ def info() -> dict:
 
     probe = np.zeros(16)
     elementwise.relu_forward.parallel(probe, probe)  # one parallel launch, so that Numba picks its layer
-    blas = []
-    try:
-        from threadpoolctl import threadpool_info
-
-        blas = [
-            {k: d.get(k) for k in ("internal_api", "version", "num_threads", "threading_layer")}
-            for d in threadpool_info()
-        ]
-    except ImportError:
-        pass
     return {
         "fastlayers": __version__,
+        "cpu": cpu_model(),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "numba": numba.__version__,
@@ -239,7 +264,9 @@ def info() -> dict:
         "numba_num_threads": numba.config.NUMBA_NUM_THREADS,
         "threads_in_use": numba.get_num_threads(),
         "cpu_count": os.cpu_count(),
-        "blas": blas,
+        "blas": blas_info(),
+        "gemm_libraries": _gemm.available(),
+        "gemm": _gemm.choice(),
         "cache_enabled": _numba.CACHE_ENABLED,
         "numba_cache_dir": numba.config.CACHE_DIR or "(next to the sources, else the user cache dir)",
         "uncached_kernels": _numba.UNCACHED,
@@ -254,9 +281,16 @@ def cmd_bench(args) -> int:
         size = "x".join(map(str, shape))
         print(f"bench: row {done + 1}/{total}: {layer} {size} ...", file=sys.stderr, flush=True)
 
-    rows = bench.run(args.dtype, args.layers, args.sizes, report=report)
+    machine = info()
+    header = (
+        f"CPU: {machine['cpu']} ({machine['cpu_count']} logical cores); BLAS: {_blas_line(machine['blas'])}; "
+        f"numba {machine['numba']}, threading layer {machine['threading_layer']}, {machine['threads_in_use']} threads"
+    )
+    if args.json != "-":
+        print(header, flush=True)
+    rows = bench.run(args.dtype, args.layers, args.sizes, report=report, torch_compile=not args.no_torch_compile)
     if args.json is not None:
-        text = json.dumps({"machine": info(), "rows": bench.as_dicts(rows)}, indent=2)
+        text = json.dumps({"machine": machine, "rows": bench.as_dicts(rows)}, indent=2)
         if args.json == "-":
             print(text)
         else:
@@ -265,7 +299,10 @@ def cmd_bench(args) -> int:
             print(f"JSON written to {args.json}")
     if args.json != "-":
         print(bench.format_table(rows))
-        print("times: medians, forward+backward through each API; fl/torch and fl/limit below 1 are faster")
+        print(
+            "times: medians of n batches, forward+backward through each API (step: gradient and SGD update);"
+            " fl range: fastlayers' fastest and slowest batch; fl/x below 1: fastlayers is faster"
+        )
     return 0
 
 
@@ -329,6 +366,10 @@ def format_info(data: dict) -> str:
             for i, lib in enumerate(value or [{}]):
                 desc = ", ".join(f"{k} {v}" for k, v in lib.items() if v is not None) or "(threadpoolctl not installed)"
                 row("blas" if i == 0 else "", desc)
+        elif key == "gemm":
+            row("gemm chosen by", value["source"])
+            for i, (cls, name) in enumerate(value["choice"].items()):
+                row("gemm" if i == 0 else "", f"{cls:<16} {name}")
         elif key == "parallel_min":
             groups: dict[int, list[str]] = {}
             for name, n in value.items():
@@ -340,6 +381,20 @@ def format_info(data: dict) -> str:
         else:
             row(key, "-" if value is None else value)
     return "\n".join(lines)
+
+
+def cmd_tune(args) -> int:
+    data = _gemm.tune(args.seconds)
+    libraries = sorted({name for times in data["seconds"].values() for name in times}, key=_gemm.LIBRARIES.index)
+    print(
+        f"{'products of one Affine forward+backward':<40}" + "".join(f"{name:>12}" for name in libraries) + "  chosen"
+    )
+    for key, times in data["seconds"].items():
+        cells = "".join(f"{times[n] * 1e6:>10.1f}us" if n in times else f"{'-':>12}" for n in libraries)
+        n, d, m = _gemm.TUNE_SHAPES[key.split("/")[0]]
+        print(f"{key + f' ({n}x{d}x{m})':<40}{cells}  {data['choice'][key]}")
+    print(f"choice written to {_gemm.cache_file()} (FASTLAYERS_GEMM=<library> overrides it)")
+    return 0
 
 
 def cmd_info(args) -> int:
@@ -370,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=_Help,
     )
     parser.add_argument("--version", action="version", version=f"fastlayers {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,gradcheck,bench,warmup,info}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,gradcheck,bench,tune,warmup,info}")
 
     def add(name: str, help: str):
         return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".", formatter_class=_Help)
@@ -414,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
         help="rows to time (all by default)",
     )
     p.add_argument("--sizes", choices=["small", "all"], default="all", help="small: the classic sizes only")
+    p.add_argument(
+        "--no-torch-compile", action="store_true", help="skip torch.compile in the step rows (it compiles for minutes)"
+    )
     p.add_argument("--json", nargs="?", const="-", metavar="FILE", help="write JSON (to stdout without FILE)")
     p.set_defaults(func=cmd_bench)
 
@@ -427,7 +485,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.set_defaults(func=cmd_warmup)
 
-    p = add("info", "versions, threading layer, threads, BLAS, cache")
+    p = add("tune", "time every installed GEMM library here and keep the fastest per size class")
+    p.add_argument("--seconds", type=float, default=0.3, help="time spent per library, size class and dtype")
+    p.set_defaults(func=cmd_tune)
+
+    p = add("info", "versions, threading layer, threads, BLAS, GEMM choice, cache")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(func=cmd_info)
 

@@ -16,7 +16,8 @@ Each :class:`Case` gives:
 - ``sizes``: shapes to time, the classic one first; ``shape_for(n)``: a shape of about ``n``
   elements (to reach a kernel's parallel threshold);
 - ``limit``: the hardware yardstick, ``"copy"`` (with ``bytes_moved(inputs)``, what the layer reads
-  and writes) or ``"3 GEMMs"``; ``kind``: ``"layer"`` or ``"net"`` (a stack of layers).
+  and writes) or ``"3 GEMMs"``; ``kind``: ``"layer"``, ``"net"`` (a stack of layers) or ``"step"``
+  (a training step: gradient and optimizer update).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import layers
+from . import layers, nets, optim
 
 Inputs = dict[str, np.ndarray]
 
@@ -252,6 +253,73 @@ def _stack_torch(torch, a: Inputs):
     return forward, (lambda: loss.backward(retain_graph=True)), (lambda: forward().backward())
 
 
+# --------------------------------------------------------------------------------------------
+# one SGD training step of the two-layer net: forward, backward, update
+# --------------------------------------------------------------------------------------------
+STEP_LR = 0.1
+
+
+def _step_build(a: Inputs):
+    d, h = a["W1"].shape
+    net = nets.TwoLayerNet(d, h, a["W2"].shape[1], dtype=a["W1"].dtype)
+    for key in ("W1", "b1", "W2", "b2"):
+        net.params[key][...] = a[key]  # the layers hold these arrays: fill them, do not replace them
+    return net, optim.SGD(STEP_LR)
+
+
+def _step_calls(built, a: Inputs) -> tuple:
+    net, opt = built
+    x, t = a["x"], a["t"]
+
+    def backward():
+        opt.update(net.params, net.gradient(x, t))
+        return tuple(net.params[k] for k in ("W1", "b1", "W2", "b2"))
+
+    return (lambda: net.loss(x, t)), backward, (lambda: opt.update(net.params, net.gradient(x, t)))
+
+
+def _step_numpy(a: Inputs) -> tuple:
+    loss, dW1, db1, dW2, db2 = _stack_numpy(a)
+    grads = {"W1": dW1, "b1": db1, "W2": dW2, "b2": db2}
+    return (loss, *(a[k] - STEP_LR * grads[k] for k in ("W1", "b1", "W2", "b2")))
+
+
+def _step_torch(torch, a: Inputs, compile: bool = False):
+    d, h = a["W1"].shape
+    c = a["W2"].shape[1]
+    dtype = torch.from_numpy(a["x"][:0]).dtype
+    model = torch.nn.Sequential(torch.nn.Linear(d, h), torch.nn.ReLU(), torch.nn.Linear(h, c)).to(dtype)
+    with torch.no_grad():
+        model[0].weight.copy_(torch.from_numpy(a["W1"].T.copy()))
+        model[0].bias.copy_(torch.from_numpy(a["b1"]))
+        model[2].weight.copy_(torch.from_numpy(a["W2"].T.copy()))
+        model[2].bias.copy_(torch.from_numpy(a["b2"]))
+    opt = torch.optim.SGD(model.parameters(), lr=STEP_LR)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    x, t = torch.from_numpy(a["x"]), torch.from_numpy(a["t"])
+    run = torch.compile(model) if compile else model
+
+    def forward():
+        return loss_fn(run(x), t)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        forward().backward()
+        opt.step()
+
+    return forward, step, step
+
+
+def step_torch_compile(torch, a: Inputs):
+    """``torch.compile`` of the step's model (forward and backward compiled), or None where it fails."""
+    try:
+        calls = _step_torch(torch, a, compile=True)
+        calls[2]()  # compiles now, so that a failure (no C++ compiler, say) is seen here
+    except Exception:
+        return None
+    return calls
+
+
 CASES: dict[str, Case] = {
     case.name: case
     for case in (
@@ -318,6 +386,19 @@ CASES: dict[str, Case] = {
             shape_for=lambda n: (max(1, n // 4), 4, 4, 3),
             limit="",
             kind="net",
+        ),
+        Case(
+            name="step",
+            title="TrainingStep",
+            inputs=_stack_inputs,
+            build=_step_build,
+            calls=_step_calls,
+            numpy=_step_numpy,
+            torch=_step_torch,
+            sizes=[(32, 64, 50, 10), (100, 784, 50, 10), (1000, 784, 100, 10)],
+            shape_for=lambda n: (max(1, n // 4), 4, 4, 3),
+            limit="",
+            kind="step",
         ),
     )
 }

@@ -1,29 +1,38 @@
-"""``python -m fastlayers bench``: each layer's forward+backward against its yardsticks, in one process.
+"""``python -m fastlayers bench``: each row of the table of layers against its yardsticks, in one
+process.
 
-For every layer and size it times, as medians of batches of calls through each library's own API
-(outputs allocated per call, the way that API does), the following in turn, round by round, so that
-they see the same load on a shared machine (PyTorch apart, see :func:`interleaved_medians`):
+For every row and size it times batches of calls through each library's own API (outputs allocated
+per call, the way that API does), and reports the median, the range (min-max) and the number of
+batches timed:
 
-- fastlayers (backend ``numba``) and the NumPy reference path (backend ``numpy``): the speed-up;
-- PyTorch's CPU operators for the same work, when ``torch`` is importable;
+- fastlayers (backend ``numba``) and its NumPy reference path (backend ``numpy``): the speed-up;
+- the same work written in idiomatic NumPy (``np.maximum(x, 0)``, ``x @ W + b``: the table's
+  ``numpy`` entry);
+- PyTorch's CPU operators for the same work, when ``torch`` is importable, and for the training
+  step also ``torch.compile`` of the model, where it compiles;
 - the hardware limit: for memory-bound layers a parallel copy (the ``copy`` kernel, into a
   preallocated buffer) of the same number of bytes the layer reads and writes, giving achieved and
-  copy GB/s; for Affine the time of its three matrix products alone (NumPy/BLAS, preallocated).
+  copy GB/s; for Affine the time of its three matrix products alone (preallocated).
+
+fastlayers, its reference, NumPy and the limit are timed round-robin, batch by batch, so that they
+see the same load on a shared machine; PyTorch's entries are timed in blocks of their own, which
+alternate with blocks of the others (see :func:`interleaved_samples`).
 """
 
 from __future__ import annotations
 
 import gc
+import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numba
 import numpy as np
 
 from ._backend import get_backend, use_backend
 from ._kernels import elementwise
-from ._table import CASES, Case
+from ._table import CASES, Case, step_torch_compile
 
 #: shapes timed per row name, from the table of layers
 SIZES = {name: case.sizes for name, case in CASES.items()}
@@ -44,6 +53,14 @@ class Row:
     vs_limit: float | None  # fastlayers time / limit time
     gbps: float | None
     copy_gbps: float | None
+    numpy_us: float | None = None  # the same work in idiomatic NumPy
+    vs_numpy: float | None = None
+    torch_compile_us: float | None = None
+    vs_torch_compile: float | None = None
+    #: per entry ("fast", "ref", "numpy", "torch", "torch_compile", "limit"): [min, max] in µs
+    spread_us: dict[str, list[float]] = field(default_factory=dict)
+    #: batches timed per entry
+    samples: int = 0
 
 
 def _batch_size(fn: Callable[[], object], min_batch: float) -> int:
@@ -59,23 +76,23 @@ def _batch_size(fn: Callable[[], object], min_batch: float) -> int:
         number *= 2
 
 
-def interleaved_medians(
+def interleaved_samples(
     entries: dict[str, tuple[Callable[[], object], str | None]],
     min_batch: float = 0.005,
     rounds: int = 9,
-    apart: tuple[str, ...] = ("torch",),
-) -> dict[str, float]:
-    """Median seconds per call of each ``(callable, backend)`` entry.
+    blocks: int = 3,
+    apart: tuple[str, ...] = ("torch", "torch_compile"),
+) -> dict[str, list[float]]:
+    """Seconds per call of each ``(callable, backend)`` entry, one value per timed batch.
 
-    The entries are timed round-robin: each round runs one batch of every entry in turn
-    (``backend``, when not None, is selected outside the timed region), so that they all see the
-    same load; on a shared, noisy machine the ratios between them hold much better than with one
-    entry timed after the other. Each timed batch follows an untimed one of the same entry, to wake
-    its thread pools.
-
-    The entries named in ``apart`` (PyTorch's) are timed afterwards, all their rounds in one block:
-    its OpenMP threads and OpenBLAS's take the cores from each other when interleaved (see
-    docs/PERFORMANCE.md). In use, nobody alternates the two libraries every few milliseconds.
+    The entries not named in ``apart`` are timed round-robin: each round runs one batch of every
+    such entry in turn (``backend``, when not None, is selected outside the timed region), so that
+    they all see the same load. The ``apart`` entries (PyTorch's) never share a moment with the
+    others: their OpenMP threads and OpenBLAS's take the cores from each other when interleaved
+    (see docs/PERFORMANCE.md). The ``rounds`` are split into ``blocks``; each block times the
+    round-robin entries, then each ``apart`` entry alone, so that a slow drift of the machine's
+    load reaches both sides. Each timed batch follows an untimed one of the same entry, to wake its
+    thread pools.
     """
     numbers = {}
     for name, (fn, backend) in entries.items():
@@ -95,20 +112,22 @@ def interleaved_medians(
             samples[name].append((time.perf_counter() - start) / number)
 
     together = [name for name in entries if name not in apart]
+    per_block = [rounds // blocks + (1 if b < rounds % blocks else 0) for b in range(blocks)]
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        for _ in range(rounds):
-            for name in together:
-                batch(name)
-        for name in entries:
-            if name in apart:
-                for _ in range(rounds):
+        for count in per_block:
+            for _ in range(count):
+                for name in together:
                     batch(name)
+            for name in entries:
+                if name in apart:
+                    for _ in range(count):
+                        batch(name)
     finally:
         if gc_was_enabled:
             gc.enable()
-    return {name: float(np.median(values)) for name, values in samples.items()}
+    return samples
 
 
 def _torch():
@@ -127,27 +146,6 @@ def _copy_fn(nbytes: int, dtype) -> Callable[[], object]:
     return lambda: elementwise.copy.parallel(src, dst)
 
 
-def bench_case(case: Case, shape: tuple, dtype, torch) -> Row:
-    """One row: ``case`` (an entry of the table of layers) at ``shape``, forward+backward through
-    the classic API on both backends, against PyTorch (when given) and the hardware limit."""
-    inputs = case.inputs(shape, np.dtype(dtype), np.random.default_rng(0))
-    entries = {}
-    for name, backend in (("fast", "numba"), ("ref", "numpy")):
-        with use_backend(backend):
-            entries[name] = (case.calls(case.build(inputs), inputs)[2], backend)
-    if case.limit == "copy":
-        nbytes = case.bytes_moved(inputs)
-        entries["limit"] = (_copy_fn(nbytes, dtype), None)
-    elif case.limit == "3 GEMMs":
-        nbytes = None
-        entries["limit"] = (_gemms_fn(inputs), None)
-    else:
-        nbytes = None
-    if torch is not None and case.torch is not None:
-        entries["torch"] = (case.torch(torch, inputs)[2], None)
-    return _row(case.name, shape, dtype, interleaved_medians(entries), case.limit, nbytes)
-
-
 def _gemms_fn(a: dict) -> Callable[[], object]:
     """The three matrix products of an Affine forward+backward alone, into preallocated outputs."""
     x, W, dout = a["x"], a["W"], a["dout"]
@@ -161,9 +159,43 @@ def _gemms_fn(a: dict) -> Callable[[], object]:
     return gemms
 
 
-def _row(layer, shape, dtype, times: dict[str, float], limit, nbytes) -> Row:
+def bench_case(case: Case, shape: tuple, dtype, torch, torch_compile: bool = True) -> Row:
+    """One row: ``case`` (an entry of the table of layers) at ``shape``, through the classic API on
+    both backends, against idiomatic NumPy, PyTorch (when given) and the hardware limit."""
+    inputs = case.inputs(shape, np.dtype(dtype), np.random.default_rng(0))
+    entries: dict[str, tuple[Callable[[], object], str | None]] = {}
+    for name, backend in (("fast", "numba"), ("ref", "numpy")):
+        with use_backend(backend):
+            entries[name] = (case.calls(case.build(inputs), inputs)[2], backend)
+    entries["numpy"] = ((lambda: case.numpy(inputs)), None)
+    nbytes = None
+    if case.limit == "copy":
+        nbytes = case.bytes_moved(inputs)
+        entries["limit"] = (_copy_fn(nbytes, dtype), None)
+    elif case.limit == "3 GEMMs":
+        entries["limit"] = (_gemms_fn(inputs), None)
+    if torch is not None and case.torch is not None:
+        entries["torch"] = (case.torch(torch, inputs)[2], None)
+        if torch_compile and case.kind == "step":
+            compiled = step_torch_compile(torch, inputs)
+            if compiled is not None:
+                entries["torch_compile"] = (compiled[2], None)
+    return _row(case.name, shape, dtype, interleaved_samples(entries), case.limit, nbytes)
+
+
+def _row(layer, shape, dtype, samples: dict[str, list[float]], limit, nbytes) -> Row:
     us = 1e6
-    fast, ref, t_torch, t_limit = times["fast"], times["ref"], times.get("torch"), times.get("limit")
+    times = {name: statistics.median(values) for name, values in samples.items()}
+    fast, ref = times["fast"], times["ref"]
+
+    def versus(name: str) -> tuple[float | None, float | None]:
+        other = times.get(name)
+        return (None, None) if other is None else (other * us, fast / other)
+
+    numpy_us, vs_numpy = versus("numpy")
+    torch_us, vs_torch = versus("torch")
+    compile_us, vs_compile = versus("torch_compile")
+    limit_us, vs_limit = versus("limit")
     return Row(
         layer=layer,
         shape="x".join(str(s) for s in shape),
@@ -171,56 +203,99 @@ def _row(layer, shape, dtype, times: dict[str, float], limit, nbytes) -> Row:
         fastlayers_us=fast * us,
         reference_us=ref * us,
         speedup=ref / fast,
-        torch_us=None if t_torch is None else t_torch * us,
-        vs_torch=None if t_torch is None else fast / t_torch,
+        torch_us=torch_us,
+        vs_torch=vs_torch,
         limit=limit,
-        limit_us=None if t_limit is None else t_limit * us,
-        vs_limit=None if t_limit is None else fast / t_limit,
+        limit_us=limit_us,
+        vs_limit=vs_limit,
         gbps=None if nbytes is None else nbytes / fast / 1e9,
-        copy_gbps=None if nbytes is None or t_limit is None else nbytes / t_limit / 1e9,
+        copy_gbps=None if nbytes is None or limit_us is None else nbytes / (limit_us / us) / 1e9,
+        numpy_us=numpy_us,
+        vs_numpy=vs_numpy,
+        torch_compile_us=compile_us,
+        vs_torch_compile=vs_compile,
+        spread_us={name: [min(v) * us, max(v) * us] for name, v in samples.items()},
+        samples=min(len(v) for v in samples.values()),
     )
 
 
 def run(
-    dtype="float32", layers_wanted: list[str] | None = None, sizes: str = "all", report: Callable | None = None
+    dtype="float32",
+    layers_wanted: list[str] | None = None,
+    sizes: str = "all",
+    report: Callable | None = None,
+    torch_compile: bool = True,
 ) -> list[Row]:
     """All benchmark rows for ``dtype``; ``sizes`` is "all" or "small" (the classic sizes only).
     ``report(done, total, layer, shape)`` is called before each row (progress for people)."""
     torch = _torch()
     if torch is not None:
         torch.set_num_threads(numba.get_num_threads())  # the same threads for both libraries
-    rows = []
     todo = [
         (layer, shape)
         for layer, shapes in SIZES.items()
         if not layers_wanted or layer in layers_wanted
         for shape in (shapes[:1] if sizes == "small" else shapes)
     ]
+    rows = []
     for done, (layer, shape) in enumerate(todo):
         if report is not None:
             report(done, len(todo), layer, shape)
-        rows.append(bench_case(CASES[layer], shape, dtype, torch))
+        rows.append(bench_case(CASES[layer], shape, dtype, torch, torch_compile))
     return rows
 
 
-def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+def _time(us: float | None) -> str:
+    if us is None:
+        return "-"
+    return f"{us / 1000:.2f}ms" if us >= 1000 else f"{us:.1f}us"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _range(row: Row, name: str) -> str:
+    low_high = row.spread_us.get(name)
+    if not low_high:
+        return "-"
+    low, high = low_high
+    return f"{_time(low)}-{_time(high)}"
 
 
 def format_table(rows: list[Row]) -> str:
-    head = (
-        f"{'layer':13s} {'shape':17s} {'dtype':8s} {'fastlayers':>11s} {'reference':>11s} {'speed-up':>8s} "
-        f"{'torch':>11s} {'fl/torch':>8s} {'limit':>8s} {'limit us':>10s} {'fl/limit':>8s} {'GB/s':>6s} "
-        f"{'copy GB/s':>9s}"
-    )
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(
-            f"{r.layer:13s} {r.shape:17s} {r.dtype:8s} {r.fastlayers_us:9.1f}us {r.reference_us:9.1f}us "
-            f"{r.speedup:7.1f}x {_fmt(r.torch_us, '9.1f') + 'us' if r.torch_us else '-':>11s} "
-            f"{_fmt(r.vs_torch, '8.2f'):>8s} {r.limit:>8s} {_fmt(r.limit_us, '10.1f'):>10s} "
-            f"{_fmt(r.vs_limit, '8.2f'):>8s} {_fmt(r.gbps, '6.1f'):>6s} {_fmt(r.copy_gbps, '9.1f'):>9s}"
+    """The rows as a text table: medians, ratios (fastlayers / other: below 1 is faster), and the
+    range of fastlayers' batches."""
+    columns = [
+        ("layer", 12, lambda r: r.layer),
+        ("shape", 16, lambda r: r.shape),
+        ("dtype", 7, lambda r: r.dtype),
+        ("fastlayers", 10, lambda r: _time(r.fastlayers_us)),
+        ("fl range", 17, lambda r: _range(r, "fast")),
+        ("reference", 10, lambda r: _time(r.reference_us)),
+        ("speed-up", 8, lambda r: f"{r.speedup:.1f}x"),
+        ("numpy", 10, lambda r: _time(r.numpy_us)),
+        ("fl/np", 6, lambda r: _ratio(r.vs_numpy)),
+        ("torch", 10, lambda r: _time(r.torch_us)),
+        ("fl/torch", 8, lambda r: _ratio(r.vs_torch)),
+        ("compiled", 10, lambda r: _time(r.torch_compile_us)),
+        ("fl/comp", 7, lambda r: _ratio(r.vs_torch_compile)),
+        ("limit", 7, lambda r: r.limit or "-"),
+        ("limit us", 10, lambda r: _time(r.limit_us)),
+        ("fl/limit", 8, lambda r: _ratio(r.vs_limit)),
+        ("GB/s", 6, lambda r: "-" if r.gbps is None else f"{r.gbps:.1f}"),
+        ("n", 3, lambda r: str(r.samples)),
+    ]
+
+    def line(cells: list[str]) -> str:
+        # the first three columns (names) to the left, the figures to the right
+        return " ".join(
+            f"{c:{w}s}" if i < 3 else f"{c:>{w}s}" for i, (c, (_, w, _)) in enumerate(zip(cells, columns, strict=True))
         )
+
+    head = line([name for name, _, _ in columns])
+    lines = [head, "-" * len(head)]
+    lines.extend(line([cell(r) for _, _, cell in columns]) for r in rows)
     return "\n".join(lines)
 
 

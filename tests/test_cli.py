@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -111,6 +112,29 @@ def test_bench_command_table_and_json(tmp_path):
     assert rows["relu"]["limit"] == "copy" and rows["relu"]["gbps"] > 0
     assert rows["affine"]["limit"] == "3 GEMMs"
     assert data["machine"]["threading_layer"] in ("tbb", "omp", "workqueue")
+    # the header names the machine; every median comes with its range and its number of batches
+    assert res.stdout.startswith("CPU: ") and "BLAS: " in res.stdout.splitlines()[0]
+    assert data["machine"]["cpu"] and data["machine"]["blas"]
+    for row in rows.values():
+        assert row["numpy_us"] > 0 and row["samples"] >= 9
+        for name in ("fast", "ref", "numpy", "limit"):
+            low, high = row["spread_us"][name]
+            assert 0 < low <= high
+        low, high = row["spread_us"]["fast"]
+        assert low <= row["fastlayers_us"] <= high
+
+
+@pytest.mark.slow
+def test_bench_step_row_against_torch_sequential():
+    """The training-step row: fastlayers' TwoLayerNet gradient + SGD update, its reference and
+    idiomatic NumPy; with PyTorch installed, an nn.Sequential + torch.optim.SGD doing the same."""
+    from fastlayers import bench
+
+    (row,) = bench.run("float32", ["step"], "small", torch_compile=False)
+    assert row.layer == "step" and row.shape == "32x64x50x10"
+    assert row.fastlayers_us > 0 and row.reference_us > 0 and row.numpy_us > 0
+    if importlib.util.find_spec("torch") is not None:
+        assert row.torch_us > 0 and row.vs_torch > 0
 
 
 def test_warmup_command():

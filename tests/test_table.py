@@ -15,7 +15,14 @@ from .conftest import DTYPES, assert_close
 
 #: how close each entry's results must be to idiomatic NumPy (kinds of conftest.assert_close)
 #: (the sigmoid's gradient: ``1 - y`` magnifies the rounding of ``y`` near 1, hence "row")
-TOLERANCE = {"relu": "exact", "sigmoid": "row", "softmax_loss": "row", "affine": "sum", "two_layer": "sum"}
+TOLERANCE = {
+    "relu": "exact",
+    "sigmoid": "row",
+    "softmax_loss": "row",
+    "affine": "sum",
+    "two_layer": "sum",
+    "step": "sum",
+}
 
 
 def _shapes(case):

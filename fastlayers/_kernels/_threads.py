@@ -34,7 +34,7 @@ _layer_safe = False
 _launch_lock = threading.Lock()
 _forked_child = False
 #: Held around fastlayers' BLAS calls (see the module docstring); re-created in a forked child.
-BLAS_LOCK = threading.Lock()
+BLAS_LOCK = threading.RLock()
 TBB_PRELOADED: str | None = None
 
 
@@ -68,7 +68,7 @@ def _configure() -> None:
 def _after_fork_in_child() -> None:
     global _forked_child, BLAS_LOCK, _launch_lock
     _forked_child = True
-    BLAS_LOCK = threading.Lock()  # a lock held by another thread at the fork would never be released
+    BLAS_LOCK = threading.RLock()  # a lock held by another thread at the fork would never be released
     _launch_lock = threading.Lock()
 
 

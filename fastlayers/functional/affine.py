@@ -1,13 +1,13 @@
 """The affine transform ``x.reshape(N, -1) @ W + b`` and its gradients: the checked functions around
-the BLAS products and :mod:`fastlayers._kernels.affine`, and the run steps the ``Affine`` layer calls
-with buffers it owns (:func:`forward_run`, :func:`backward_run`)."""
+the matrix products (:func:`fastlayers._gemm.matmul`) and :mod:`fastlayers._kernels.affine`, and the
+run steps the ``Affine`` layer calls with buffers it owns (:func:`forward_run`, :func:`backward_run`)."""
 
 from __future__ import annotations
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .. import reference
+from .. import _gemm, reference
 from .._kernels import _threads
 from .._kernels import affine as _affine
 from .._kernels._threads import launch
@@ -116,8 +116,7 @@ def _free_buffer(buf, shape: tuple, *inputs: np.ndarray) -> bool:
 def forward_run(x2: np.ndarray, W: np.ndarray, b: np.ndarray, out: np.ndarray | None) -> np.ndarray:
     if out is None:
         out = np.empty((x2.shape[0], W.shape[1]), x2.dtype)
-    with _threads.BLAS_LOCK:
-        np.matmul(x2, W, out=out)
+    _gemm.matmul(x2, W, out)
     launch(_affine.bias_add, out.size, out, b)
     return out
 

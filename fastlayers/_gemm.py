@@ -1,0 +1,331 @@
+"""The one entry point for matrix products, :func:`matmul`, and the choice of the library behind it.
+
+Libraries (each used only when installed; NumPy's BLAS is always there):
+
+- ``numpy``: ``numpy.matmul`` with ``out=`` (NumPy's bundled OpenBLAS, or whatever NumPy was built with);
+- ``mkl``: Intel oneMKL's ``cblas_?gemm`` from the ``mkl`` wheel (``pip install "fastlayers[mkl]"``),
+  on MKL's TBB threading layer, so that its threads and Numba's tbb kernels share one pool of workers
+  instead of spinning against each other;
+- ``openblas``: a newer OpenBLAS from the ``scipy-openblas32`` wheel, through its ``cblas_?gemm``;
+- ``blis``: BLIS through the ``blis`` package.
+
+Which library serves a product is chosen per size class (:func:`size_class`, by the number of
+multiply-adds) and dtype:
+
+1. ``FASTLAYERS_GEMM=<library>`` in the environment uses that library for every product;
+2. otherwise the choice measured by ``python -m fastlayers tune`` (:func:`tune`) on this machine,
+   cached in a JSON file beside Numba's kernel cache and keyed by the CPU and the libraries' versions;
+3. otherwise ``numpy``.
+
+``python -m fastlayers info`` reports the choice and where it came from. Every library computes the
+same products; results differ only by the rounding of the order of additions inside the product
+(the tolerance ``sum`` of ``tests/conftest.py``: a few eps times the inner dimension).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ._kernels import _threads
+
+LIBRARIES = ("numpy", "mkl", "openblas", "blis")
+#: size classes, by multiply-adds of one product: below 2**24, below 2**30, and above
+CLASSES = ("small", "medium", "large")
+_BOUNDS = (1 << 24, 1 << 30)
+
+_lock = threading.Lock()  # loading a library
+_loaded: dict[str, Callable | None] = {}
+
+
+def size_class(m: int, n: int, k: int) -> str:
+    """The size class of an (m, k) @ (k, n) product."""
+    work = m * n * k
+    return CLASSES[0] if work < _BOUNDS[0] else CLASSES[1] if work < _BOUNDS[1] else CLASSES[2]
+
+
+# --------------------------------------------------------------------------------------------
+# the libraries
+# --------------------------------------------------------------------------------------------
+def _numpy_gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    np.matmul(a, b, out=out)
+
+
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+
+
+def _operand(a: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """``a`` as a cblas operand: (array, transpose flag, leading dimension)."""
+    if a.flags.c_contiguous:
+        return a, _NO_TRANS, max(1, a.shape[1])
+    if a.flags.f_contiguous:  # a transposed C array, as x.T in x.T @ dout
+        return a, _TRANS, max(1, a.shape[0])
+    a = np.ascontiguousarray(a)
+    return a, _NO_TRANS, max(1, a.shape[1])
+
+
+def _cblas(lib: ctypes.CDLL, prefix: str) -> Callable:
+    """``gemm(a, b, out)`` through the library's ``<prefix>sgemm`` / ``<prefix>dgemm`` (row-major
+    cblas, 32-bit integers)."""
+    fns = {}
+    for letter, scalar, dtype in (("s", ctypes.c_float, np.float32), ("d", ctypes.c_double, np.float64)):
+        fn = getattr(lib, f"{prefix}{letter}gemm")
+        i = ctypes.c_int
+        p = ctypes.c_void_p
+        fn.argtypes = [i, i, i, i, i, i, scalar, p, i, p, i, scalar, p, i]
+        fn.restype = None
+        fns[np.dtype(dtype)] = fn
+
+    def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+        m, k = a.shape
+        n = b.shape[1]
+        if not out.flags.c_contiguous or m == 0 or n == 0:
+            np.matmul(a, b, out=out)
+            return
+        if k == 0:
+            out[...] = 0
+            return
+        a, ta, lda = _operand(a)
+        b, tb, ldb = _operand(b)
+        fn = fns[out.dtype]
+        fn(_ROW_MAJOR, ta, tb, m, n, k, 1.0, a.ctypes.data, lda, b.ctypes.data, ldb, 0.0, out.ctypes.data, n)
+
+    return gemm
+
+
+def _load_mkl() -> Callable | None:
+    candidates = sorted(Path(sys.prefix, "lib").glob("libmkl_rt.so*"))
+    if not candidates:
+        return None
+    # read by MKL when it starts: 32-bit integers, and its threads from the same tbb runtime as
+    # Numba's kernels (unless tbb could not be loaded, or the user chose otherwise)
+    os.environ.setdefault("MKL_INTERFACE_LAYER", "LP64")
+    if _threads.TBB_PRELOADED is not None:
+        os.environ.setdefault("MKL_THREADING_LAYER", "TBB")
+    for path in candidates:
+        try:
+            lib = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+        except OSError:
+            continue
+        return _cblas(lib, "cblas_")
+    return None
+
+
+def _load_openblas() -> Callable | None:
+    try:
+        import scipy_openblas32
+    except ImportError:
+        return None
+    lib = ctypes.CDLL(os.path.join(scipy_openblas32.get_lib_dir(), f"lib{scipy_openblas32.get_library()}.so"))
+    return _cblas(lib, "scipy_cblas_")
+
+
+def _load_blis() -> Callable | None:
+    try:
+        from blis.py import gemm as blis_gemm
+    except ImportError:
+        return None
+
+    def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+        if not out.flags.c_contiguous or 0 in a.shape or 0 in b.shape:
+            np.matmul(a, b, out=out)
+            return
+        # C-ordered operands only: its transposed float64 products came out wrong here (blis 1.3.4)
+        out.fill(0)  # BLIS reads ``out`` even with beta = 0: NaN or garbage there would survive
+        blis_gemm(np.ascontiguousarray(a), np.ascontiguousarray(b), out=out)
+
+    return gemm
+
+
+_LOADERS = {"numpy": lambda: _numpy_gemm, "mkl": _load_mkl, "openblas": _load_openblas, "blis": _load_blis}
+
+
+def library(name: str) -> Callable | None:
+    """The ``gemm(a, b, out)`` function of library ``name``, or None when it is not installed."""
+    if name not in _LOADERS:
+        raise ValueError(f"unknown GEMM library {name!r}; choose from {LIBRARIES}")
+    with _lock:
+        if name not in _loaded:
+            try:
+                _loaded[name] = _LOADERS[name]()
+            except (OSError, AttributeError):  # a broken install: as if absent
+                _loaded[name] = None
+        return _loaded[name]
+
+
+def available() -> list[str]:
+    """The libraries installed here, ``numpy`` first."""
+    return [name for name in LIBRARIES if library(name) is not None]
+
+
+# --------------------------------------------------------------------------------------------
+# the choice
+# --------------------------------------------------------------------------------------------
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"numpy": np.__version__}
+    for name, package in (("mkl", "mkl"), ("openblas", "scipy-openblas32"), ("blis", "blis")):
+        try:
+            found[name] = version(package)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def machine_key() -> str:
+    """What a measured choice is valid for: the CPU, the core count and the libraries' versions."""
+    from .__main__ import cpu_model
+
+    libs = ",".join(f"{k}={v}" for k, v in sorted(_versions().items()))
+    return f"{cpu_model()}|{os.cpu_count()} cores|{platform.machine()}|{libs}"
+
+
+def cache_file() -> Path:
+    """Where :func:`tune` keeps its choice: beside Numba's cache (``NUMBA_CACHE_DIR``), else in the
+    user cache directory (``XDG_CACHE_HOME`` or ``~/.cache``)."""
+    base = os.environ.get("NUMBA_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base, "fastlayers", "gemm.json")
+
+
+class _Choice:
+    def __init__(self) -> None:
+        self.table: dict[str, str] = {}  # "<class>/<dtype>" -> library
+        self.source = "default"
+        self.loaded = False
+
+
+_choice = _Choice()
+
+
+def _forced() -> str:
+    name = os.environ.get("FASTLAYERS_GEMM", "").strip().lower()
+    if name and name not in LIBRARIES:
+        raise ValueError(f"FASTLAYERS_GEMM must be one of {LIBRARIES}, got {name!r}")
+    return name
+
+
+_forced()  # a bad value fails at import, not at the first product
+
+
+def _load_choice() -> None:
+    forced = _forced()
+    if forced:
+        _choice.table = {f"{c}/{d}": forced for c in CLASSES for d in ("float32", "float64")}
+        _choice.source = "FASTLAYERS_GEMM"
+    else:
+        try:
+            data = json.loads(cache_file().read_text())
+        except (OSError, ValueError):
+            data = None
+        if isinstance(data, dict) and data.get("machine") == machine_key():
+            _choice.table = {k: v for k, v in data.get("choice", {}).items() if v in LIBRARIES}
+            _choice.source = str(cache_file())
+    _choice.loaded = True
+
+
+def choice() -> dict[str, object]:
+    """The library per size class and dtype, and where the choice came from."""
+    if not _choice.loaded:
+        _load_choice()
+    table = {f"{c}/{d}": _choice.table.get(f"{c}/{d}", "numpy") for c in CLASSES for d in ("float32", "float64")}
+    return {"source": _choice.source, "choice": table}
+
+
+def reset() -> None:
+    """Forget the loaded choice (it is read again at the next product)."""
+    _choice.table, _choice.source, _choice.loaded = {}, "default", False
+    _fast.clear()
+
+
+_fast: dict[tuple[str, np.dtype], Callable] = {}
+
+
+def _for(cls: str, dtype: np.dtype) -> Callable:
+    gemm = _fast.get((cls, dtype))
+    if gemm is None:
+        if not _choice.loaded:
+            _load_choice()
+        name = _choice.table.get(f"{cls}/{dtype.name}", "numpy")
+        gemm = library(name) or _numpy_gemm  # a chosen library that has gone: NumPy's
+        _fast[(cls, dtype)] = gemm
+    return gemm
+
+
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out[...] = a @ b`` for 2-D float32/float64 arrays of one dtype (``a`` and ``b`` may be
+    transposed views), through the library chosen for the product's size class, under
+    :data:`~fastlayers._kernels._threads.BLAS_LOCK`. ``out`` must not overlap ``a`` or ``b``."""
+    m, k = a.shape
+    gemm = _for(size_class(m, b.shape[1], k), out.dtype)
+    with _threads.BLAS_LOCK:  # re-entrant: a caller may hold it around several products
+        gemm(a, b, out)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# measuring
+# --------------------------------------------------------------------------------------------
+#: the products timed per size class: those of an Affine layer's forward and backward at the
+#: benchmark sizes (N, D, M)
+TUNE_SHAPES = {"small": (100, 784, 50), "medium": (256, 1024, 1000), "large": (1024, 4096, 1024)}
+
+
+def _three(gemm: Callable, x, W, dout, out, dx, dW) -> None:
+    with _threads.BLAS_LOCK:
+        gemm(x, W, out)
+        gemm(dout, W.T, dx)
+        gemm(x.T, dout, dW)
+
+
+def measure(seconds: float = 0.3, classes: tuple[str, ...] = CLASSES, dtypes=("float32", "float64")) -> dict:
+    """Seconds per Affine forward+backward's three products, per library, size class and dtype
+    (the best of several batches, each library timed in blocks of its own)."""
+    results: dict[str, dict[str, float]] = {}
+    rng = np.random.default_rng(0)
+    for cls in classes:
+        n, d, m = TUNE_SHAPES[cls]
+        for dtype in dtypes:
+            x = rng.standard_normal((n, d)).astype(dtype)
+            W = rng.standard_normal((d, m)).astype(dtype)
+            dout = rng.standard_normal((n, m)).astype(dtype)
+            out, dx, dW = np.empty((n, m), dtype), np.empty((n, d), dtype), np.empty((d, m), dtype)
+            key = f"{cls}/{dtype}"
+            results[key] = {}
+            for name in available():
+                gemm = library(name)
+                _three(gemm, x, W, dout, out, dx, dW)  # load, warm the thread pools
+                best, spent, calls = float("inf"), 0.0, 0
+                while spent < seconds or calls < 3:
+                    start = time.perf_counter()
+                    _three(gemm, x, W, dout, out, dx, dW)
+                    elapsed = time.perf_counter() - start
+                    best, spent, calls = min(best, elapsed), spent + elapsed, calls + 1
+                results[key][name] = best
+    return results
+
+
+def tune(seconds: float = 0.3) -> dict:
+    """Measure every installed library (:func:`measure`), keep the fastest per size class and dtype
+    (NumPy's, unless another takes at most 0.97 of its time), write the choice to :func:`cache_file` and use
+    it from now on. Returns what was written."""
+    times = measure(seconds)
+    table = {}
+    for key, by_library in times.items():
+        best = min(by_library, key=by_library.get)
+        table[key] = best if by_library[best] < 0.97 * by_library["numpy"] else "numpy"
+    data = {"machine": machine_key(), "choice": table, "seconds": times}
+    path = cache_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    reset()
+    return data

@@ -1,0 +1,130 @@
+"""The one GEMM entry point (``fastlayers._gemm``): every installed library computes the products
+NumPy computes, the choice comes from the environment, ``tune``'s cache or the default, and the
+Affine layer gives the same results whichever library serves it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastlayers as fl
+from fastlayers import _gemm
+
+from .conftest import DTYPES, assert_close
+
+INSTALL = {"mkl": "pip install mkl", "openblas": "pip install scipy-openblas32", "blis": "pip install blis"}
+
+
+def _library_or_skip(name: str):
+    gemm = _gemm.library(name)
+    if gemm is None:
+        pytest.skip(f"{name} is not installed here ({INSTALL[name]})")
+    return gemm
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", _gemm.LIBRARIES)
+def test_every_library_computes_numpys_products(name, dtype):
+    """The three forms an Affine layer uses (x @ W, dout @ W.T, x.T @ dout), odd shapes, a strided
+    operand, and an ``out`` full of NaN (a library must not read it)."""
+    gemm = _library_or_skip(name)
+    rng = np.random.default_rng(0)
+    for n, d, m in ((1, 1, 1), (37, 53, 11), (100, 784, 50), (3, 1031, 7)):
+        x = rng.standard_normal((n, d)).astype(dtype)
+        W = rng.standard_normal((d, m)).astype(dtype)
+        dout = rng.standard_normal((n, m)).astype(dtype)
+        wide = rng.standard_normal((n, 2 * d)).astype(dtype)
+        for a, b in ((x, W), (dout, W.T), (x.T, dout), (wide[:, ::2], W)):
+            out = np.full((a.shape[0], b.shape[1]), np.nan, dtype)
+            gemm(a, b, out)
+            assert_close(out, a @ b, "sum", n=a.shape[1])
+
+
+def test_empty_products():
+    for name in _gemm.available():
+        gemm = _gemm.library(name)
+        out = np.full((3, 2), np.nan)
+        gemm(np.ones((3, 0)), np.ones((0, 2)), out)
+        np.testing.assert_array_equal(out, 0)
+
+
+@pytest.fixture
+def forced(monkeypatch):
+    """Force one library for every product (as FASTLAYERS_GEMM does) for the test's duration."""
+
+    def force(name: str) -> None:
+        monkeypatch.setenv("FASTLAYERS_GEMM", name)
+        _gemm.reset()
+
+    yield force
+    monkeypatch.delenv("FASTLAYERS_GEMM", raising=False)
+    _gemm.reset()
+
+
+@pytest.mark.parametrize("name", _gemm.LIBRARIES)
+def test_affine_layer_is_the_same_whichever_library(name, forced):
+    _library_or_skip(name)
+    rng = np.random.default_rng(1)
+    x, W, b = rng.standard_normal((64, 30)), rng.standard_normal((30, 20)), rng.standard_normal(20)
+    dout = rng.standard_normal((64, 20))
+    want = fl.Affine(W, b).forward(x), fl.Affine(W, b)
+    want_grad = want[1]
+    want_grad.forward(x)
+    dx_want = want_grad.backward(dout)
+    forced(name)
+    assert _gemm.choice()["source"] == "FASTLAYERS_GEMM"
+    assert set(_gemm.choice()["choice"].values()) == {name}
+    layer = fl.Affine(W, b)
+    assert_close(layer.forward(x), want[0], "sum", n=30)
+    assert_close(layer.backward(dout), dx_want, "sum", n=20)
+    assert_close(layer.dW, want_grad.dW, "sum", n=64)
+
+
+def test_tune_writes_a_choice_that_is_used(tmp_path, monkeypatch):
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("FASTLAYERS_GEMM", raising=False)
+    monkeypatch.setattr(_gemm, "TUNE_SHAPES", {"small": (8, 16, 4), "medium": (16, 32, 8), "large": (32, 64, 16)})
+    try:
+        data = _gemm.tune(seconds=0.001)
+        assert _gemm.cache_file() == tmp_path / "fastlayers" / "gemm.json"
+        saved = json.loads(_gemm.cache_file().read_text())
+        assert saved["machine"] == _gemm.machine_key() and saved["choice"] == data["choice"]
+        assert set(saved["choice"]) == {f"{c}/{d}" for c in _gemm.CLASSES for d in ("float32", "float64")}
+        assert all(set(times) == set(_gemm.available()) for times in saved["seconds"].values())
+        got = _gemm.choice()
+        assert got["source"] == str(_gemm.cache_file()) and got["choice"] == data["choice"]
+        # a choice measured on another machine (or other libraries) is not used
+        saved["machine"] = "another CPU"
+        _gemm.cache_file().write_text(json.dumps(saved))
+        _gemm.reset()
+        assert _gemm.choice()["source"] == "default"
+        assert set(_gemm.choice()["choice"].values()) == {"numpy"}
+    finally:
+        _gemm.reset()
+
+
+def test_size_classes():
+    assert _gemm.size_class(100, 50, 784) == "small"
+    assert _gemm.size_class(256, 1000, 1024) == "medium"
+    assert _gemm.size_class(1024, 1024, 4096) == "large"
+
+
+def test_environment_override_and_bad_value():
+    code = (
+        "import fastlayers.__main__ as m; d = m.info(); print(d['gemm']['source'], set(d['gemm']['choice'].values()))"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], env=dict(os.environ, FASTLAYERS_GEMM="numpy"),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.stdout.split() == ["FASTLAYERS_GEMM", "{'numpy'}"], res.stderr
+    bad = subprocess.run(
+        [sys.executable, "-c", "import fastlayers"], env=dict(os.environ, FASTLAYERS_GEMM="cublas"),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "FASTLAYERS_GEMM must be one of" in bad.stderr
