@@ -26,7 +26,7 @@ from ._kernels.loss import labels_equal as _labels_equal
 from .functional import affine as A
 from .functional import elementwise as E
 from .functional import loss as S
-from .functional._checks import as_array, compute_dtype, reusable, scalar
+from .functional._checks import as_array, compute_dtype, plain, reusable, scalar
 
 
 def _need_forward(layer: object, value: object) -> None:
@@ -436,3 +436,58 @@ def _is_one(dout, y) -> bool:
     if type(dout) in (int, float):
         return dout == 1
     return isinstance(dout, np.generic) and dout.dtype == y.dtype and dout == 1
+
+
+# --------------------------------------------------------------------------------------------
+# an Affine layer and the activation after it, in fused passes (used by the nets)
+# --------------------------------------------------------------------------------------------
+_FUSED = {Relu: "relu", Sigmoid: "sigmoid"}
+
+
+def fused_forward(affine: Affine, activation: _Activation, x) -> np.ndarray | None:
+    """``activation.forward(affine.forward(x))`` with the bias add and the activation in one pass
+    over the product, leaving both layers in the state the two calls would (``affine.x``,
+    ``original_x_shape``, ``activation.out``); None, having done nothing, when the call is not the
+    common one (plain arrays of one dtype, see :func:`fastlayers.functional.affine.plain_affine`)."""
+    kind = _FUSED.get(type(activation))
+    if kind is None or type(x) is not np.ndarray or x.ndim < 2:
+        return None
+    x2 = x if x.ndim == 2 else x.reshape(x.shape[0], -1)
+    W, b = affine.W, affine.b
+    if not (A.plain_affine(x2, W, b) and b.ndim == 1):
+        return None
+    out = reusable(activation, "out", (x2.shape[0], W.shape[1]), x2.dtype)
+    activation.out = A.activation_forward_run(x2, W, b, kind, out)
+    affine.x, affine.original_x_shape = x2, x.shape
+    return activation.out
+
+
+def fused_backward(affine: Affine, activation: _Activation, dout, with_dx: bool) -> np.ndarray | None | bool:
+    """``affine.backward(activation.backward(dout))`` with the activation's gradient and the bias
+    gradient in one pass (and without the input gradient unless ``with_dx``), leaving ``dW`` and
+    ``db`` as the two calls would. Returns ``dx`` (None without ``with_dx``), or False, having done
+    nothing, when the call is not the common one."""
+    kind = _FUSED.get(type(activation))
+    y, x2, W = activation.out, affine.x, affine.W
+    if kind is None or y is None or x2 is None:
+        return False
+    dtype = y.dtype
+    if not (
+        plain(y, dtype)
+        and plain(dout, dtype)
+        and dout.shape == y.shape
+        and A.plain_affine(x2, W, dout)
+        and dout.ndim == 2
+    ):
+        return False
+    dh = reusable(activation, "_dx", y.shape, dtype)
+    db = reusable(affine, "db", (y.shape[1],), dtype)
+    dh, db = A.activation_backward_run(dout, y, kind, dh, db)
+    activation._dx = dh
+    dx = reusable(affine, "_dx", x2.shape, dtype) if with_dx else None
+    dW = reusable(affine, "dW", W.shape, dtype)
+    dx, affine.dW, affine.db = A.backward_run(dh, x2, x2, W, dx, dW, db, with_dx, with_db=False)
+    if not with_dx:
+        return None
+    affine._dx = dx
+    return dx.reshape(affine.original_x_shape)

@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from .gradient import numerical_gradient
-from .layers import Affine, Relu, Sigmoid, SoftmaxWithLoss
+from .layers import Affine, Relu, Sigmoid, SoftmaxWithLoss, fused_backward, fused_forward
 
 __all__ = ["TwoLayerNet", "MultiLayerNet", "gradient_check"]
 
@@ -52,8 +52,16 @@ class _Net:
         -------
         ndarray, shape (N, output_size), in the dtype NumPy's rule gives for ``x`` and the weights.
         """
-        for layer in self.layers.values():
-            x = layer.forward(x)
+        layers = list(self.layers.values())
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            if isinstance(layer, Affine) and i + 1 < len(layers):
+                fused = fused_forward(layer, layers[i + 1], x)  # an Affine and its activation, fused
+                if fused is not None:
+                    x, i = fused, i + 2
+                    continue
+            x, i = layer.forward(x), i + 1
         return x
 
     def _penalty(self) -> float:
@@ -120,17 +128,27 @@ class _Net:
         Returns
         -------
         dict keyed like ``params`` (the layers' own ``dW``/``db`` arrays, plus the decay term). The
-        first layer's gradient with respect to ``x`` is not computed (nobody uses it).
+        first layer's gradient with respect to ``x`` is not computed (nobody uses it), and each
+        Affine layer's bias gradient is computed in one pass with the gradient of the activation
+        after it; the layers are left in the state their own ``backward`` calls would leave.
         """
         self.loss(x, t)
         dout = self.last_layer.backward(1)
-        first, *rest = self.layers.values()
-        for layer in reversed(rest):
-            dout = layer.backward(dout)
-        if isinstance(first, Affine):
-            first._backward(dout, with_dx=False)  # the input's gradient: nobody uses it
-        else:
-            first.backward(dout)
+        layers = list(self.layers.values())
+        i = len(layers) - 1
+        while i >= 0:
+            layer = layers[i]
+            with_dx = i > 1  # the fused Affine's (at i - 1) input gradient, unless it is the first layer
+            if i >= 1 and isinstance(layers[i - 1], Affine):
+                fused = fused_backward(layers[i - 1], layer, dout, with_dx)  # an activation and its Affine
+                if fused is not False:
+                    dout, i = fused, i - 2
+                    continue
+            if i == 0 and isinstance(layer, Affine):
+                layer._backward(dout, with_dx=False)
+            else:
+                dout = layer.backward(dout)
+            i -= 1
         return self._affine_grads()
 
 

@@ -78,6 +78,22 @@ def _bias_grad(dout, db):
         db += row
 
 
+def _bias_relu(out, b):
+    out[...] = reference.relu_forward(out + b)
+
+
+def _bias_sigmoid(out, b):
+    out[...] = reference.sigmoid_forward(out + b)
+
+
+def _activation_grad_bias(ref):
+    def twin(dout, y, dh, db):
+        dh[...] = ref(dout, y)
+        _bias_grad(dh, db)
+
+    return twin
+
+
 def _softmax(x, y):
     y[...] = reference.softmax(x)
 
@@ -128,6 +144,22 @@ CASES: dict[str, Case] = {
     ),
     "bias_add": Case(_bias_add, lambda dt, s, rng: [_rows(s, dt, rng), _rows(s[1:], dt, rng)], "exact", rows=True),
     "bias_grad": Case(_bias_grad, lambda dt, s, rng: [_rows(s, dt, rng), np.empty(s[1], dt)], "exact", rows=True),
+    "bias_relu": Case(_bias_relu, lambda dt, s, rng: [_rows(s, dt, rng), _rows(s[1:], dt, rng)], "exact", rows=True),
+    "bias_sigmoid": Case(
+        _bias_sigmoid, lambda dt, s, rng: [_rows(s, dt, rng), _rows(s[1:], dt, rng)], "ulp", rows=True
+    ),
+    "relu_grad_bias": Case(
+        _activation_grad_bias(reference.relu_backward),
+        lambda dt, s, rng: [_rows(s, dt, rng), _rows(s, dt, rng), np.empty(s, dt), np.empty(s[1], dt)],
+        "exact",
+        rows=True,
+    ),
+    "sigmoid_grad_bias": Case(
+        _activation_grad_bias(reference.sigmoid_backward),
+        lambda dt, s, rng: [_rows(s, dt, rng), _probs(s, dt, rng), np.empty(s, dt), np.empty(s[1], dt)],
+        "row",
+        rows=True,
+    ),
     "softmax": Case(_softmax, lambda dt, s, rng: [_rows(s, dt, rng), np.empty(s, dt)], "row", rows=True),
     "softmax_xent_labels": Case(
         _xent,

@@ -197,3 +197,32 @@ def test_bounds_checking_is_on():
     out = np.empty_like(y)
     with pytest.raises(IndexError):
         softmax.xent_grad_labels.serial(y, np.array([0, 1, 4]), 1.0, out)
+
+
+@pytest.mark.parametrize("twin", ["serial", "parallel"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (7, 65), (301, 257)])
+def test_fused_affine_kernels_equal_the_unfused_ones(shape, dtype, twin):
+    """The nets' fused kernels give bit for bit what the layers' kernels give one after the other."""
+    from fastlayers._kernels import affine
+
+    rng = np.random.default_rng(5)
+    pre, b = (3 * rng.standard_normal(shape)).astype(dtype), rng.standard_normal(shape[1]).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    for fused, unfused, grad_fused, grad_unfused in (
+        (affine.bias_relu, elementwise.relu_forward, affine.relu_grad_bias, elementwise.relu_backward),
+        (affine.bias_sigmoid, elementwise.sigmoid_forward, affine.sigmoid_grad_bias, elementwise.sigmoid_backward),
+    ):
+        y = pre.copy()
+        getattr(fused, twin)(y, b)
+        want = pre.copy()
+        getattr(affine.bias_add, twin)(want, b)
+        getattr(unfused, twin)(want.ravel(), want.ravel())
+        np.testing.assert_array_equal(y, want)
+        dh, db = np.empty_like(dout), np.empty(shape[1], dtype)
+        getattr(grad_fused, twin)(dout, y, dh, db)
+        want_dh, want_db = np.empty_like(dout), np.empty(shape[1], dtype)
+        getattr(grad_unfused, twin)(dout.ravel(), y.ravel(), want_dh.ravel())
+        getattr(affine.bias_grad, twin)(want_dh, want_db)
+        np.testing.assert_array_equal(dh, want_dh)
+        np.testing.assert_array_equal(db, want_db)

@@ -196,10 +196,13 @@ def affine_backward(
     return tuple(finish(convert(r, dt), buf) for r, dt, buf in zip(results, dtypes, given, strict=True))
 
 
-def backward_run(dout, x, x2, W, dx, dW, db, with_dx: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+def backward_run(
+    dout, x, x2, W, dx, dW, db, with_dx: bool = True, with_db: bool = True
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """The products and the bias gradient, for validated operands of one dtype; ``x2`` is ``x`` as
     (N, D), and ``dx`` comes back in ``x``'s shape. Without ``with_dx`` the input gradient is not
-    computed (one product fewer) and comes back as None."""
+    computed (one product fewer) and comes back as None; without ``with_db``, ``db`` was computed
+    already (by :func:`activation_backward_run`) and comes back as given."""
     n, m = dout.shape
     dtype = x2.dtype
     if dx is None and with_dx:
@@ -208,9 +211,40 @@ def backward_run(dout, x, x2, W, dx, dW, db, with_dx: bool = True) -> tuple[np.n
         dW = np.empty(W.shape, dtype)
     if db is None:
         db = np.empty((m,), dtype)
-    with _threads.BLAS_LOCK:
+    with _threads.BLAS_LOCK:  # both products in one turn
         if with_dx:
-            np.matmul(dout, W.T, out=dx.reshape(n, -1))
-        np.matmul(x2.T, dout, out=dW)
-    launch(_affine.bias_grad, dout.size, dout, db)
+            _gemm.matmul(dout, W.T, dx.reshape(n, -1))
+        _gemm.matmul(x2.T, dout, dW)
+    if with_db:
+        launch(_affine.bias_grad, dout.size, dout, db)
     return (dx if with_dx else None), dW, db
+
+
+#: the fused kernels of an Affine layer followed by an activation: (forward, backward)
+ACTIVATIONS = {
+    "relu": (_affine.bias_relu, _affine.relu_grad_bias),
+    "sigmoid": (_affine.bias_sigmoid, _affine.sigmoid_grad_bias),
+}
+
+
+def activation_forward_run(x2: np.ndarray, W: np.ndarray, b: np.ndarray, kind: str, out) -> np.ndarray:
+    """``activation(x2 @ W + b)`` for plain operands of one dtype (see :func:`plain_affine`): the
+    product, then the bias add and the activation in one pass over it. ``out`` is None or a buffer
+    from :func:`~._checks.reusable` of the result's shape and dtype."""
+    if out is None:
+        out = np.empty((x2.shape[0], W.shape[1]), x2.dtype)
+    _gemm.matmul(x2, W, out)
+    launch(ACTIVATIONS[kind][0], out.size, out, b)
+    return out
+
+
+def activation_backward_run(dout: np.ndarray, y: np.ndarray, kind: str, dh, db) -> tuple[np.ndarray, np.ndarray]:
+    """The activation's gradient ``dh`` (from its output ``y``) and the bias gradient ``db`` (``dh``
+    summed over rows), in one pass, for plain (N, M) ``dout`` and ``y`` of one dtype. ``dh`` and
+    ``db`` are None or buffers from :func:`~._checks.reusable`."""
+    if dh is None:
+        dh = np.empty(dout.shape, dout.dtype)
+    if db is None:
+        db = np.empty(dout.shape[1], dout.dtype)
+    launch(ACTIVATIONS[kind][1], dout.size, dout, y, dh, db)
+    return dh, db
