@@ -244,6 +244,16 @@ def _blas_line(blas: list[dict]) -> str:
     )
 
 
+def _gemm_line(gemm: dict) -> str:
+    by_library: dict[str, list[str]] = {}
+    for key, name in gemm["choice"].items():
+        by_library.setdefault(name, []).append(key)
+    if len(by_library) == 1:
+        return f"{next(iter(by_library))} for every product, chosen by {gemm['source']}"
+    parts = "; ".join(f"{name} for {', '.join(keys)}" for name, keys in by_library.items())
+    return f"{parts}, chosen by {gemm['source']}"
+
+
 def info() -> dict:
     import numba
 
@@ -284,7 +294,8 @@ def cmd_bench(args) -> int:
     machine = info()
     header = (
         f"CPU: {machine['cpu']} ({machine['cpu_count']} logical cores); BLAS: {_blas_line(machine['blas'])}; "
-        f"numba {machine['numba']}, threading layer {machine['threading_layer']}, {machine['threads_in_use']} threads"
+        f"numba {machine['numba']}, threading layer {machine['threading_layer']}, {machine['threads_in_use']} threads\n"
+        f"GEMM: {_gemm_line(machine['gemm'])} (installed: {', '.join(machine['gemm_libraries'])})"
     )
     if args.json != "-":
         print(header, flush=True)
