@@ -268,7 +268,12 @@ class Affine:
             # once, kept for backward; anything else the fast path does not take is checked by A
             dtype = compute_dtype(x=x2, W=W, b=b)
             if W.dtype == dtype and b.dtype == dtype and x2.dtype != dtype:
-                x2 = x2.astype(dtype)
+                converted = reusable(self, "x", x2.shape, dtype)  # the previous call's converted x
+                if converted is None:
+                    x2 = x2.astype(dtype)
+                else:
+                    np.copyto(converted, x2)
+                    x2 = converted
                 plain = A.plain_affine(x2, W, b)
         if plain and b.ndim == 1:
             # the common case: a reusable buffer is the layer's alone, so it overlaps no input
