@@ -107,6 +107,9 @@ def compute_dtype(**operands) -> np.dtype:
         return F32 if strong[0] is F64 and _backend.is_float32() else strong[0]
     if _backend.is_strict():
         _refuse_mixed(operands)
+    if strong and all(dt is F32 or dt is F64 for dt in strong):
+        # float32 with float64 (the book's mix): float64, whatever the Python numbers (NEP 50)
+        return F32 if _backend.is_float32() else F64
     weak = [v for v in operands.values() if _is_weak(v)]
     dt = np.result_type(*strong, *weak) if strong else F64
     if dt.kind == "f" and dt.itemsize < 4:
