@@ -73,6 +73,19 @@ def _operand(a: np.ndarray) -> tuple[np.ndarray, int, int]:
     return a, _NO_TRANS, max(1, a.shape[1])
 
 
+def _check(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """Raise unless ``out[...] = a @ b`` is a product of 2-D arrays of one float dtype with fitting
+    shapes and a writeable ``out``."""
+    if not (a.ndim == b.ndim == out.ndim == 2):
+        raise ValueError(f"matmul needs 2-D arrays, got shapes {a.shape}, {b.shape} and out {out.shape}")
+    if a.shape[1] != b.shape[0] or out.shape != (a.shape[0], b.shape[1]):
+        raise ValueError(f"shapes {a.shape} @ {b.shape} do not give out's shape {out.shape}")
+    if not (a.dtype == b.dtype == out.dtype) or out.dtype not in (np.float32, np.float64):
+        raise TypeError(f"matmul needs one dtype, float32 or float64; got {a.dtype}, {b.dtype}, {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError("out is read-only")
+
+
 def _cblas(lib: ctypes.CDLL, prefix: str) -> Callable:
     """``gemm(a, b, out)`` through the library's ``<prefix>sgemm`` / ``<prefix>dgemm`` (row-major
     cblas, 32-bit integers)."""
@@ -86,6 +99,7 @@ def _cblas(lib: ctypes.CDLL, prefix: str) -> Callable:
         fns[np.dtype(dtype)] = fn
 
     def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+        _check(a, b, out)  # the C library reads and writes by these shapes and dtypes, unchecked
         m, k = a.shape
         n = b.shape[1]
         if not out.flags.c_contiguous or m == 0 or n == 0:
@@ -136,6 +150,7 @@ def _load_blis() -> Callable | None:
         return None
 
     def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+        _check(a, b, out)
         if not out.flags.c_contiguous or 0 in a.shape or 0 in b.shape:
             np.matmul(a, b, out=out)
             return
@@ -264,7 +279,14 @@ def _for(cls: str, dtype: np.dtype) -> Callable:
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``out[...] = a @ b`` for 2-D float32/float64 arrays of one dtype (``a`` and ``b`` may be
     transposed views), through the library chosen for the product's size class, under
-    :data:`~fastlayers._kernels._threads.BLAS_LOCK`. ``out`` must not overlap ``a`` or ``b``."""
+    :data:`~fastlayers._kernels._threads.BLAS_LOCK`. ``out`` must not overlap ``a`` or ``b``.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Shapes that do not fit, mixed or unsupported dtypes, a read-only ``out`` (checked by every
+        library's wrapper before any C code runs).
+    """
     m, k = a.shape
     gemm = _for(size_class(m, b.shape[1], k), out.dtype)
     with _threads.BLAS_LOCK:  # re-entrant: a caller may hold it around several products

@@ -128,3 +128,23 @@ def test_environment_override_and_bad_value():
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert bad.returncode != 0 and "FASTLAYERS_GEMM must be one of" in bad.stderr
+
+
+@pytest.mark.parametrize("name", [n for n in _gemm.LIBRARIES if n != "numpy"])
+def test_wrong_operands_are_refused_before_any_c_code(name):
+    """A C library reads and writes by the shapes and dtypes it is told: every wrapper around one
+    checks them (NumPy's ``matmul`` checks its own)."""
+    gemm = _library_or_skip(name)
+    a, b = np.ones((3, 4)), np.ones((4, 2))
+    with pytest.raises(ValueError, match="do not give"):
+        gemm(a, b, np.empty((3, 3)))
+    with pytest.raises(ValueError, match="do not give"):
+        gemm(a, np.ones((5, 2)), np.empty((3, 2)))
+    with pytest.raises(TypeError, match="one dtype"):
+        gemm(a.astype(np.float32), b, np.empty((3, 2)))
+    with pytest.raises(TypeError, match="one dtype"):
+        gemm(a.astype(np.int64), b.astype(np.int64), np.empty((3, 2), np.int64))
+    frozen = np.empty((3, 2))
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        gemm(a, b, frozen)
