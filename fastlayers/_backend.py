@@ -120,7 +120,23 @@ def set_strict_dtypes(enabled: bool = True) -> None:
     _strict_default = bool(enabled)
 
 
-class strict_dtypes:  # noqa: N801 - a function to its callers, a class only to be a context manager
+class _Switch:
+    """A context-local on/off setting: set on construction, so that it works as a plain call too;
+    as a context manager, the previous value comes back on exit."""
+
+    _var: contextvars.ContextVar[bool | None]
+
+    def __init__(self, enabled: bool = True):
+        self._token = self._var.set(bool(enabled))
+
+    def __enter__(self) -> _Switch:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._var.reset(self._token)
+
+
+class strict_dtypes(_Switch):  # noqa: N801 - a function to its callers, a class only to be a context manager
     """Turn the strict dtype mode on (or off) in the calling thread or task; as a context manager,
     restore the previous mode on exit.
 
@@ -138,14 +154,7 @@ class strict_dtypes:  # noqa: N801 - a function to its callers, a class only to 
     TypeError: mixed float precision: x is float32 but W is float64; cast them to one dtype (e.g. with .astype)
     """
 
-    def __init__(self, enabled: bool = True):
-        self._token = _strict_var.set(bool(enabled))
-
-    def __enter__(self) -> strict_dtypes:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        _strict_var.reset(self._token)
+    _var = _strict_var
 
 
 def is_float32() -> bool:
@@ -172,7 +181,7 @@ def set_float32_compute(enabled: bool = True) -> None:
     _float32_default = bool(enabled)
 
 
-class float32_compute:  # noqa: N801 - a function to its callers, a class only to be a context manager
+class float32_compute(_Switch):  # noqa: N801 - a function to its callers, a class only to be a context manager
     """Turn the float32 compute policy on (or off) in the calling thread or task; as a context
     manager, restore the previous policy on exit. See :func:`set_float32_compute`.
 
@@ -188,11 +197,4 @@ class float32_compute:  # noqa: N801 - a function to its callers, a class only t
     dtype('float32')
     """
 
-    def __init__(self, enabled: bool = True):
-        self._token = _float32_var.set(bool(enabled))
-
-    def __enter__(self) -> float32_compute:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        _float32_var.reset(self._token)
+    _var = _float32_var
