@@ -212,18 +212,6 @@ def cmd_gradcheck(args) -> int:
     return 0 if ok else 1
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what ``platform`` knows)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def blas_info() -> list[dict]:
     """The BLAS libraries loaded in the process (threadpoolctl, when installed), else NumPy's BLAS as
     built."""
@@ -264,7 +252,7 @@ def info() -> dict:
     elementwise.relu_forward.parallel(probe, probe)  # one parallel launch, so that Numba picks its layer
     return {
         "fastlayers": __version__,
-        "cpu": cpu_model(),
+        "cpu": _gemm.cpu_model(),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "numba": numba.__version__,

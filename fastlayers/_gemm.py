@@ -197,10 +197,20 @@ def _versions() -> dict[str, str]:
     return found
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what ``platform`` knows)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_key() -> str:
     """What a measured choice is valid for: the CPU, the core count and the libraries' versions."""
-    from .__main__ import cpu_model
-
     libs = ",".join(f"{k}={v}" for k, v in sorted(_versions().items()))
     return f"{cpu_model()}|{os.cpu_count()} cores|{platform.machine()}|{libs}"
 
