@@ -312,7 +312,10 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
 TUNE_SHAPES = {"small": (100, 784, 50), "medium": (256, 1024, 1000), "large": (1024, 4096, 1024)}
 
 
-def _three(gemm: Callable, x, W, dout, out, dx, dW) -> None:
+def affine_products(gemm: Callable, x, W, dout, out, dx, dW) -> None:
+    """The three products of an Affine forward+backward (``x @ W``, ``dout @ W.T``, ``x.T @ dout``)
+    through ``gemm``, into preallocated outputs, in one turn of the BLAS lock: the yardstick of
+    :func:`measure` and of ``python -m fastlayers bench``."""
     with _threads.BLAS_LOCK:
         gemm(x, W, out)
         gemm(dout, W.T, dx)
@@ -335,11 +338,11 @@ def measure(seconds: float = 0.3, classes: tuple[str, ...] = CLASSES, dtypes=("f
             results[key] = {}
             for name in available():
                 gemm = library(name)
-                _three(gemm, x, W, dout, out, dx, dW)  # load, warm the thread pools
+                affine_products(gemm, x, W, dout, out, dx, dW)  # load, warm the thread pools
                 best, spent, calls = float("inf"), 0.0, 0
                 while spent < seconds or calls < 3:
                     start = time.perf_counter()
-                    _three(gemm, x, W, dout, out, dx, dW)
+                    affine_products(gemm, x, W, dout, out, dx, dW)
                     elapsed = time.perf_counter() - start
                     best, spent, calls = min(best, elapsed), spent + elapsed, calls + 1
                 results[key][name] = best
