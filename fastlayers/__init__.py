@@ -1,11 +1,13 @@
 """fastlayers: the classic "Deep Learning from Scratch" layers on parallel Numba kernels.
 
 Layers: :class:`Relu`, :class:`Sigmoid`, :class:`Affine`, :class:`SoftmaxWithLoss`,
-:class:`MulLayer`, :class:`AddLayer`. Functions: :func:`relu`, :func:`sigmoid`, :func:`softmax`,
-:func:`cross_entropy_error`, :func:`numerical_gradient`. Networks: :class:`TwoLayerNet`,
-:class:`MultiLayerNet`, :func:`gradient_check`; optimizers :class:`SGD`, :class:`Momentum`,
-:class:`AdaGrad`, :class:`Adam`; data in :mod:`fastlayers.datasets`. Kernel-level API with ``out=`` buffers:
-:mod:`fastlayers.functional`; NumPy reference path: :mod:`fastlayers.reference`.
+:class:`MulLayer`, :class:`AddLayer`, :class:`Convolution`, :class:`Pooling`, :class:`Dropout`.
+Functions: :func:`relu`, :func:`sigmoid`, :func:`softmax`, :func:`cross_entropy_error`,
+:func:`numerical_gradient`, :func:`im2col`, :func:`col2im`. Networks: :class:`TwoLayerNet`,
+:class:`MultiLayerNet`, :class:`SimpleConvNet`, :class:`DeepConvNet`, :func:`gradient_check`;
+optimizers :class:`SGD`, :class:`Momentum`, :class:`AdaGrad`, :class:`Adam`; data in
+:mod:`fastlayers.datasets`. Kernel-level API with ``out=`` buffers: :mod:`fastlayers.functional`;
+NumPy reference path: :mod:`fastlayers.reference`.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ from .datasets import load_digits, load_mnist
 from .functional import cross_entropy_error, softmax
 from .functional import relu_forward as relu
 from .functional import sigmoid_forward as sigmoid
+from .functional.conv import col2im, im2col
 from .gradient import numerical_gradient
-from .layers import AddLayer, Affine, MulLayer, Relu, Sigmoid, SoftmaxWithLoss
-from .nets import MultiLayerNet, TwoLayerNet, gradient_check
+from .layers import AddLayer, Affine, Convolution, Dropout, MulLayer, Pooling, Relu, Sigmoid, SoftmaxWithLoss
+from .nets import DeepConvNet, MultiLayerNet, SimpleConvNet, TwoLayerNet, gradient_check
 from .optim import SGD, AdaGrad, Adam, Momentum
 
 try:  # one source for the version: the package metadata, written from pyproject.toml at install
@@ -44,8 +47,15 @@ __all__ = [
     "Adam",
     "Affine",
     "AddLayer",
+    "Convolution",
+    "Dropout",
+    "Pooling",
+    "im2col",
+    "col2im",
     "Momentum",
     "MultiLayerNet",
+    "SimpleConvNet",
+    "DeepConvNet",
     "TwoLayerNet",
     "gradient_check",
     "MulLayer",

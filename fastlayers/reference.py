@@ -107,3 +107,114 @@ def adam(p: np.ndarray, m: np.ndarray, v: np.ndarray, g: np.ndarray, lr_t, beta1
     m += (1 - beta1) * (g - m)
     v += (1 - beta2) * (g * g - v)
     p -= lr_t * m / (np.sqrt(v) + eps)
+
+
+# convolution and max pooling on NCHW arrays, through the column matrix of the classic code:
+# rows (n, oh, ow), columns (c, ky, kx)
+def conv_output_size(size: int, filter_size: int, stride: int, pad: int) -> int:
+    """Output positions along one axis: ``(size + 2 * pad - filter_size) // stride + 1``."""
+    return (size + 2 * pad - filter_size) // stride + 1
+
+
+def im2col(x: np.ndarray, fh: int, fw: int, stride: int, pad: int, fill=0) -> np.ndarray:
+    """The column matrix (N*OH*OW, C*fh*fw) of a 4-D ``x``, padded with ``fill``."""
+    n, c, h, w = x.shape
+    oh, ow = conv_output_size(h, fh, stride, pad), conv_output_size(w, fw, stride, pad)
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=fill)
+    col = np.empty((n, oh, ow, c, fh, fw), x.dtype)
+    for ky in range(fh):
+        for kx in range(fw):
+            window = xp[:, :, ky : ky + stride * oh : stride, kx : kx + stride * ow : stride]
+            col[..., ky, kx] = window.transpose(0, 2, 3, 1)
+    return col.reshape(n * oh * ow, c * fh * fw)
+
+
+def col2im(col: np.ndarray, shape: tuple, fh: int, fw: int, stride: int, pad: int) -> np.ndarray:
+    """The adjoint of :func:`im2col`: each column value added back where it came from; shape ``shape``."""
+    n, c, h, w = shape
+    oh, ow = conv_output_size(h, fh, stride, pad), conv_output_size(w, fw, stride, pad)
+    cols = col.reshape(n, oh, ow, c, fh, fw)
+    xp = np.zeros((n, c, h + 2 * pad, w + 2 * pad), col.dtype)
+    for ky in range(fh):
+        for kx in range(fw):
+            xp[:, :, ky : ky + stride * oh : stride, kx : kx + stride * ow : stride] += cols[..., ky, kx].transpose(
+                0, 3, 1, 2
+            )
+    return xp[:, :, pad : pad + h, pad : pad + w].copy()
+
+
+def conv_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray, stride: int, pad: int) -> np.ndarray:
+    """The convolution (cross-correlation) of ``x`` (N, C, H, W) with ``W`` (FN, C, FH, FW), plus ``b``."""
+    fn, _, fh, fw = W.shape
+    n, _, h, w = x.shape
+    oh, ow = conv_output_size(h, fh, stride, pad), conv_output_size(w, fw, stride, pad)
+    out = im2col(x, fh, fw, stride, pad) @ W.reshape(fn, -1).T + b
+    return np.ascontiguousarray(out.reshape(n, oh, ow, fn).transpose(0, 3, 1, 2))
+
+
+def conv_backward(
+    dout: np.ndarray, x: np.ndarray, W: np.ndarray, stride: int, pad: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dx, dW, db) of :func:`conv_forward` for the upstream gradient ``dout`` (N, FN, OH, OW)."""
+    fn, _, fh, fw = W.shape
+    d2 = dout.transpose(0, 2, 3, 1).reshape(-1, fn)
+    col = im2col(x, fh, fw, stride, pad)
+    dW = (col.T @ d2).T.reshape(W.shape)
+    dx = col2im(d2 @ W.reshape(fn, -1), x.shape, fh, fw, stride, pad)
+    return dx, dW, d2.sum(axis=0)
+
+
+def maxpool_forward(x: np.ndarray, ph: int, pw: int, stride: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
+    """(out, arg): the maximum of each window (N, C, OH, OW), padded positions never counting, and
+    its window-local index ``ky * pw + kx`` (the first maximum; NaN wins, as in ``np.argmax``)."""
+    n, c, h, w = x.shape
+    oh, ow = conv_output_size(h, ph, stride, pad), conv_output_size(w, pw, stride, pad)
+    col = im2col(x, ph, pw, stride, pad).reshape(-1, ph * pw)  # rows (n, oh, ow, c)
+    valid = im2col(np.ones((1, 1, h, w), bool), ph, pw, stride, pad).reshape(1, oh * ow, ph * pw)
+    valid = np.broadcast_to(valid[:, :, None, :], (n, oh * ow, c, ph * pw)).reshape(-1, ph * pw)
+    with np.errstate(invalid="ignore"):
+        best = np.max(np.where(valid, col, -np.inf), axis=1)
+        nan = np.isnan(best)
+        is_best = valid & np.where(nan[:, None], np.isnan(col), col == best[:, None])
+    arg = np.argmax(is_best, axis=1)
+    as_nchw = lambda a: np.ascontiguousarray(a.reshape(n, oh, ow, c).transpose(0, 3, 1, 2))  # noqa: E731
+    return as_nchw(best.astype(x.dtype)), as_nchw(arg)
+
+
+def maxpool_backward(dout: np.ndarray, arg: np.ndarray, shape: tuple, ph: int, pw: int, stride: int, pad: int):
+    """The gradient of :func:`maxpool_forward`: each ``dout`` value added at its window's maximum."""
+    n, c, oh, ow = dout.shape
+    dmax = np.zeros((n * oh * ow * c, ph * pw), dout.dtype)
+    dmax[np.arange(dmax.shape[0]), arg.transpose(0, 2, 3, 1).reshape(-1)] = dout.transpose(0, 2, 3, 1).reshape(-1)
+    return col2im(dmax.reshape(n * oh * ow, -1), shape, ph, pw, stride, pad)
+
+
+# dropout: Philox4x32-10 (Random123's constants), the generator of fastlayers._kernels.dropout
+_PHILOX_M = (np.uint64(0xD2511F53), np.uint64(0xCD9E8D57))
+_PHILOX_W = (np.uint64(0x9E3779B9), np.uint64(0xBB67AE85))
+_LOW32 = np.uint64(0xFFFFFFFF)
+
+
+def philox4x32(counters: np.ndarray, k0: int, k1: int) -> np.ndarray:
+    """Philox4x32-10 of the counters ``(g mod 2**32, g // 2**32, 0, 0)`` for each ``g`` of
+    ``counters`` under the key ``(k0, k1)``: a (len, 4) uint32 array."""
+    g = np.asarray(counters, np.uint64)
+    c0, c1 = g & _LOW32, g >> np.uint64(32)
+    c2 = c3 = np.zeros_like(g)
+    key0, key1 = np.uint64(k0), np.uint64(k1)
+    for _ in range(10):
+        p0, p1 = _PHILOX_M[0] * c0, _PHILOX_M[1] * c2  # 32 x 32 bits: no overflow in 64
+        c0, c1, c2, c3 = (p1 >> np.uint64(32)) ^ c1 ^ key0, p1 & _LOW32, (p0 >> np.uint64(32)) ^ c3 ^ key1, p0 & _LOW32
+        key0, key1 = (key0 + _PHILOX_W[0]) & _LOW32, (key1 + _PHILOX_W[1]) & _LOW32
+    return np.stack([c0, c1, c2, c3], axis=1).astype(np.uint32)
+
+
+def dropout_draws(n: int, k0: int, k1: int) -> np.ndarray:
+    """The ``n`` 32-bit draws of one dropout call: draw ``i`` is word ``i % 4`` of counter ``i // 4``."""
+    return philox4x32(np.arange((n + 3) // 4), k0, k1).reshape(-1)[:n]
+
+
+def dropout_forward(x: np.ndarray, k0: int, k1: int, threshold: int) -> tuple[np.ndarray, np.ndarray]:
+    """(x * mask, mask) with ``mask`` = draws > ``threshold``, shaped like ``x``."""
+    mask = (dropout_draws(x.size, k0, k1) > threshold).reshape(x.shape)
+    return x * mask, mask

@@ -28,12 +28,35 @@ FLAT_SIZES = [1, 7, 8191, 8193, 300_007]
 ROW_SHAPES = [(1, 1), (3, 7), (301, 257), (1031, 300)]
 
 
+#: convolution kernels: (N, C, H, W, FN, FH, FW, stride, pad): batch 1, C = 1 and 3, odd sizes,
+#: strides 1-3, padding 0-2, non-square filters, and one past the parallel threshold
+CONV_SHAPES = [
+    (1, 1, 5, 5, 1, 5, 5, 1, 0),
+    (2, 3, 9, 8, 4, 3, 2, 1, 0),
+    (1, 3, 11, 9, 5, 3, 3, 2, 1),
+    (3, 1, 7, 10, 2, 2, 3, 3, 2),
+    (2, 3, 6, 7, 3, 1, 1, 1, 2),
+    (5, 3, 61, 47, 4, 3, 2, 1, 1),
+]
+#: pooling kernels: (N, C, H, W, pool_h, pool_w, stride, pad)
+POOL_SHAPES = [
+    (1, 1, 2, 2, 2, 2, 2, 0),
+    (2, 3, 9, 8, 2, 2, 2, 0),
+    (1, 3, 11, 9, 3, 2, 1, 1),
+    (3, 1, 7, 10, 3, 3, 2, 2),
+    (2, 2, 5, 7, 1, 2, 3, 0),
+    (4, 7, 70, 61, 2, 2, 2, 1),
+]
+
+
 @dataclass(frozen=True)
 class Case:
     twin: Callable
     make: Callable
     tol: str
     rows: bool = False  # sized by ROW_SHAPES instead of FLAT_SIZES
+    shapes: list | None = None  # sized by these instead (convolution and pooling kernels)
+    n: Callable = lambda size: 1  # the count that scales the tolerance, from the size
 
 
 def _flat(n, dtype, rng, k=1, positive=False):
@@ -124,11 +147,212 @@ def _cross_entropy(y, t, losses):
     return losses.astype(np.float64).sum()
 
 
+# --------------------------------------------------------------------------------------------
+# convolution and pooling: the kernels' layouts (see fastlayers._kernels.conv), written with NumPy
+# --------------------------------------------------------------------------------------------
+def _geo(spec):
+    from fastlayers.functional.conv import geometry
+
+    n, c, h, w, fn, fh, fw, stride, pad = spec
+    return geometry((n, c, h, w), (fn, c, fh, fw), stride, pad)
+
+
+def _conv_pad(x, n0, pad, xp):
+    nb, c, lx = xp.shape
+    h, w = x.shape[2:]
+    wp = w + 2 * pad
+    xp[...] = 0
+    for i in range(nb):
+        planes = xp[i, :, : (h + 2 * pad) * wp].reshape(c, h + 2 * pad, wp)
+        planes[:, pad : pad + h, pad : pad + w] = x[n0 + i]
+
+
+def _conv_im2col(xp, fh, fw, stride, wp, oh, ow, r, col):
+    nb, c, _ = xp.shape
+    seg = oh * r
+    for ch in range(c):
+        for ky in range(fh):
+            for kx in range(fw):
+                row = col[(ch * fh + ky) * fw + kx]
+                for i in range(nb):
+                    if stride == 1 and r == wp:
+                        off = ky * wp + kx
+                        row[i * seg : (i + 1) * seg] = xp[i, ch, off : off + seg]
+                    else:
+                        for y in range(oh):
+                            base = (y * stride + ky) * wp + kx
+                            row[i * seg + y * r : i * seg + y * r + ow] = xp[i, ch, base : base + stride * ow : stride]
+
+
+def _conv_output(tmp, n0, b, r, relu, out):
+    fn, oh, ow = out.shape[1:]
+    seg = oh * r
+    for i in range(tmp.shape[1] // seg):
+        v = tmp[:, i * seg : (i + 1) * seg].reshape(fn, oh, r)[:, :, :ow] + b[:, None, None]
+        out[n0 + i] = reference.relu_forward(v) if relu else v
+
+
+def _conv_dout(dout, y, n0, r, relu, dflat, db):
+    fn, oh, ow = dout.shape[1:]
+    seg = oh * r
+    for i in range(dflat.shape[1] // seg):
+        d = reference.relu_backward(dout[n0 + i], y[n0 + i]) if relu else dout[n0 + i]
+        block = np.zeros((fn, oh, r), dflat.dtype)
+        block[:, :, :ow] = d
+        dflat[:, i * seg : (i + 1) * seg] = block.reshape(fn, seg)
+        db += block.reshape(fn, seg).sum(axis=1)
+
+
+def _conv_col2im(dcol, fh, fw, stride, wp, oh, ow, r, pad, n0, dxp, dx):
+    nb, c, _ = dxp.shape
+    h, w = dx.shape[2:]
+    seg = oh * r
+    dxp[...] = 0
+    for i in range(nb):
+        for ch in range(c):
+            for ky in range(fh):
+                for kx in range(fw):
+                    src = dcol[(ch * fh + ky) * fw + kx, i * seg : (i + 1) * seg]
+                    if stride == 1 and r == wp:
+                        off = ky * wp + kx
+                        dxp[i, ch, off : off + seg] += src
+                    else:
+                        for y in range(oh):
+                            base = (y * stride + ky) * wp + kx
+                            dxp[i, ch, base : base + stride * ow : stride] += src[y * r : y * r + ow]
+            plane = dxp[i, ch, : (h + 2 * pad) * wp].reshape(h + 2 * pad, wp)
+            dx[n0 + i, ch] = plane[pad : pad + h, pad : pad + w]
+
+
+def _conv_inputs(dtype, spec, rng, n0=0):
+    """A batch, its padded chunk scratch (images ``n0``... of the batch) and the geometry."""
+    g = _geo(spec)
+    x = (3 * rng.standard_normal((g.n, g.c, g.h, g.w))).astype(dtype)
+    nb = g.n - n0
+    return g, x, nb
+
+
+def _make_pad(dtype, spec, rng):
+    g, x, nb = _conv_inputs(dtype, spec, rng, n0=spec[0] // 2)
+    return [x, g.n - nb, g.pad, np.full((nb, g.c, g.lx), np.nan, dtype)]
+
+
+def _make_im2col(dtype, spec, rng):
+    g, x, nb = _conv_inputs(dtype, spec, rng)
+    xp = (3 * rng.standard_normal((nb, g.c, g.lx))).astype(dtype)
+    return [xp, g.fh, g.fw, g.stride, g.wp, g.oh, g.ow, g.r, np.full((g.k, nb * g.seg), np.nan, dtype)]
+
+
+def _make_output(dtype, spec, rng, relu=True):
+    g = _geo(spec)
+    n0 = g.n // 2
+    tmp = (3 * rng.standard_normal((g.fn, (g.n - n0) * g.seg))).astype(dtype)
+    return [tmp, n0, rng.standard_normal(g.fn).astype(dtype), g.r, relu, np.zeros(g.out_shape, dtype)]
+
+
+def _make_dout(dtype, spec, rng, relu=True):
+    g = _geo(spec)
+    n0 = g.n // 2
+    dout = (3 * rng.standard_normal(g.out_shape)).astype(dtype)
+    y = (3 * rng.standard_normal(g.out_shape)).astype(dtype)
+    dflat = np.full((g.fn, (g.n - n0) * g.seg), np.nan, dtype)
+    return [dout, y, n0, g.r, relu, dflat, rng.standard_normal(g.fn).astype(dtype)]
+
+
+def _make_col2im(dtype, spec, rng):
+    g = _geo(spec)
+    n0 = g.n // 2
+    nb = g.n - n0
+    dcol = (3 * rng.standard_normal((g.k, nb * g.seg))).astype(dtype)
+    if g.stride == 1 and g.r == g.wp:  # the unread columns are 0, as conv_dout leaves them
+        dcol.reshape(g.k, nb, g.oh, g.r)[..., g.ow :] = 0
+    dxp = np.full((nb, g.c, g.lx), np.nan, dtype)
+    return [dcol, g.fh, g.fw, g.stride, g.wp, g.oh, g.ow, g.r, g.pad, n0, dxp, np.zeros((g.n, g.c, g.h, g.w), dtype)]
+
+
+def _pool_geo(spec):
+    from fastlayers.functional.conv import pool_geometry
+
+    n, c, h, w, ph, pw, stride, pad = spec
+    return pool_geometry((n, c, h, w), ph, pw, stride, pad)
+
+
+def _pool_x(dtype, g, rng):
+    x = (3 * rng.standard_normal((g.n, g.c, g.h, g.w))).astype(dtype)
+    x.reshape(-1)[:: max(1, x.size // 7)] = x.reshape(-1)[0]  # ties: the first maximum wins
+    x.reshape(-1)[3 :: max(4, x.size // 3)] = np.nan  # NaN wins
+    return x
+
+
+def _maxpool_forward(x, ph, pw, stride, pad, out, arg):
+    out[...], arg[...] = reference.maxpool_forward(x, ph, pw, stride, pad)
+
+
+def _make_pool_forward(dtype, spec, rng):
+    g = _pool_geo(spec)
+    shape = (g.n, g.c, g.oh, g.ow)
+    return [_pool_x(dtype, g, rng), g.fh, g.fw, g.stride, g.pad, np.empty(shape, dtype), np.empty(shape, np.uint8)]
+
+
+def _maxpool_backward(dout, arg, ph, pw, stride, pad, dx):
+    dx[...] = reference.maxpool_backward(dout, arg, dx.shape, ph, pw, stride, pad)
+
+
+def _make_pool_backward(dtype, spec, rng):
+    g = _pool_geo(spec)
+    _, arg = reference.maxpool_forward(_pool_x(dtype, g, rng), g.fh, g.fw, g.stride, g.pad)
+    dout = (3 * rng.standard_normal(arg.shape)).astype(dtype)
+    return [dout, arg.astype(np.uint8), g.fh, g.fw, g.stride, g.pad, np.full((g.n, g.c, g.h, g.w), np.nan, dtype)]
+
+
+def _dropout_forward(x, k0, k1, threshold, out, mask):
+    out[...], mask[...] = reference.dropout_forward(x, k0, k1, threshold)
+
+
+def _make_dropout(dtype, n, rng):
+    (x,) = _flat(n, dtype, rng)
+    x[:: max(1, n // 5)] = np.nan  # dropped NaN stays NaN, as x * mask
+    return [
+        x,
+        int(rng.integers(1 << 32)),
+        int(rng.integers(1 << 32)),
+        0x80000000,
+        np.empty(n, dtype),
+        np.empty(n, bool),
+    ]
+
+
+def _dropout_backward(dout, mask, out):
+    out[...] = dout * mask
+
+
+def _scale(x, a, out):
+    out[...] = x * a
+
+
 def _scalars(dtype, *values):
     return [dtype(v) for v in values]
 
 
+def _conv_case(twin, make, tol="exact", n=lambda spec: 1) -> Case:
+    return Case(twin, make, tol, shapes=CONV_SHAPES, n=n)
+
+
 CASES: dict[str, Case] = {
+    "conv_pad": _conv_case(_conv_pad, _make_pad),
+    "conv_im2col": _conv_case(_conv_im2col, _make_im2col),
+    "conv_output": _conv_case(_conv_output, _make_output),
+    "conv_dout": _conv_case(_conv_dout, _make_dout, "sum", n=lambda spec: spec[0] * spec[2] * spec[3]),
+    "conv_col2im": _conv_case(_conv_col2im, _make_col2im),
+    "maxpool_forward": Case(_maxpool_forward, _make_pool_forward, "exact", shapes=POOL_SHAPES),
+    "maxpool_backward": Case(
+        _maxpool_backward, _make_pool_backward, "sum", shapes=POOL_SHAPES, n=lambda s: s[4] * s[5]
+    ),
+    "dropout_forward": Case(_dropout_forward, _make_dropout, "exact"),
+    "dropout_backward": Case(
+        _dropout_backward, lambda dt, n, rng: [*_flat(n, dt, rng), rng.random(n) < 0.7, np.empty(n, dt)], "exact"
+    ),
+    "scale": Case(_scale, lambda dt, n, rng: [*_flat(n, dt, rng), dt(0.3), np.empty(n, dt)], "exact"),
     "copy": Case(_unary_twin(np.copy), lambda dt, n, rng: [*_flat(n, dt, rng), np.empty(n, dt)], "exact"),
     "relu_forward": Case(
         _unary_twin(reference.relu_forward), lambda dt, n, rng: [*_flat(n, dt, rng), np.empty(n, dt)], "exact"
@@ -241,4 +465,6 @@ CASES: dict[str, Case] = {
 
 
 def sizes(case: Case) -> list:
+    if case.shapes is not None:
+        return case.shapes
     return ROW_SHAPES if case.rows else FLAT_SIZES

@@ -116,16 +116,18 @@ class _TolerantCache(FunctionCache):
                 pass
 
 
-def jit(fn: Callable, parallel: bool = False, suffix: str = ""):
+def jit(fn: Callable, parallel: bool = False, suffix: str = "", inline: bool = False):
     """Compile a copy of ``fn`` named with ``suffix`` and :data:`TAG`, with the project's flags,
-    caching it when a cache location exists."""
+    caching it when a cache location exists. With ``inline``, Numba inlines it into its callers
+    before LLVM sees them (for a helper whose calls must vectorize with the caller's loop)."""
     fn = _copy_function(fn, f"{suffix}_{TAG}")
     COMPILED.append(fn.__qualname__)
     if DISABLED:
         return fn
+    flags = dict(FLAGS, inline="always") if inline else FLAGS
     if CACHE_ENABLED:
         try:
-            dispatcher = numba.njit(parallel=parallel, cache=True, **FLAGS)(fn)
+            dispatcher = numba.njit(parallel=parallel, cache=True, **flags)(fn)
         except RuntimeError as exc:  # "cannot cache function ...: no locator available"
             if "no locator" not in str(exc):
                 raise
@@ -133,7 +135,7 @@ def jit(fn: Callable, parallel: bool = False, suffix: str = ""):
         else:
             dispatcher._cache = _TolerantCache(dispatcher.py_func)
             return dispatcher
-    return numba.njit(parallel=parallel, cache=False, **FLAGS)(fn)
+    return numba.njit(parallel=parallel, cache=False, **flags)(fn)
 
 
 def is_cached(dispatcher) -> bool | None:
@@ -196,9 +198,12 @@ def twins(parallel_min: int) -> Callable[[Callable], Twins]:
     return lambda fn: Twins(fn, parallel_min)
 
 
-def helper(fn: Callable):
-    """Decorator for a small jitted function called from kernels (inlined by LLVM)."""
-    return jit(fn, parallel=False)
+def helper(fn: Callable | None = None, *, inline: bool = False):
+    """Decorator for a small jitted function called from kernels (inlined by LLVM; with
+    ``inline=True``, by Numba, before LLVM's loop vectorizer runs: see docs/PERFORMANCE.md)."""
+    if fn is None:
+        return lambda f: jit(f, parallel=False, inline=inline)
+    return jit(fn, parallel=False, inline=inline)
 
 
 # --------------------------------------------------------------------------------------------

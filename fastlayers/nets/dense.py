@@ -8,8 +8,9 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from .gradient import numerical_gradient
-from .layers import Affine, Relu, Sigmoid, SoftmaxWithLoss, fused_backward, fused_forward
+from ..gradient import numerical_gradient
+from ..layers import Affine, Relu, Sigmoid, SoftmaxWithLoss
+from . import _walk
 
 __all__ = ["TwoLayerNet", "MultiLayerNet", "gradient_check"]
 
@@ -52,17 +53,7 @@ class _Net:
         -------
         ndarray, shape (N, output_size), in the dtype NumPy's rule gives for ``x`` and the weights.
         """
-        layers = list(self.layers.values())
-        i = 0
-        while i < len(layers):
-            layer = layers[i]
-            if isinstance(layer, Affine) and i + 1 < len(layers):
-                fused = fused_forward(layer, layers[i + 1], x)  # an Affine and its activation, fused
-                if fused is not None:
-                    x, i = fused, i + 2
-                    continue
-            x, i = layer.forward(x), i + 1
-        return x
+        return _walk.forward(list(self.layers.values()), x)
 
     def _penalty(self) -> float:
         return 0.0
@@ -133,22 +124,7 @@ class _Net:
         after it; the layers are left in the state their own ``backward`` calls would leave.
         """
         self.loss(x, t)
-        dout = self.last_layer.backward(1)
-        layers = list(self.layers.values())
-        i = len(layers) - 1
-        while i >= 0:
-            layer = layers[i]
-            with_dx = i > 1  # the fused Affine's (at i - 1) input gradient, unless it is the first layer
-            if i >= 1 and isinstance(layers[i - 1], Affine):
-                fused = fused_backward(layers[i - 1], layer, dout, with_dx)  # an activation and its Affine
-                if fused is not False:
-                    dout, i = fused, i - 2
-                    continue
-            if i == 0 and isinstance(layer, Affine):
-                layer._backward(dout, with_dx=False)
-            else:
-                dout = layer.backward(dout)
-            i -= 1
+        _walk.backward(list(self.layers.values()), self.last_layer.backward(1))
         return self._affine_grads()
 
 

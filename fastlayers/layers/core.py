@@ -1,4 +1,4 @@
-"""The classic layer classes of "Deep Learning from Scratch", on the compiled kernels.
+"""The chapter 5 layers of the classic code (Mul, Add, ReLU, Sigmoid, Affine, SoftmaxWithLoss), on the compiled kernels.
 
 Each class keeps the classic public attributes and ``forward``/``backward`` signatures, holds the
 state between the two, and leaves the numerics to :mod:`fastlayers.functional`. Defects of the
@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _backend
-from ._kernels.loss import labels_equal as _labels_equal
-from .functional import affine as A
-from .functional import elementwise as E
-from .functional import loss as S
-from .functional._checks import as_array, compute_dtype, plain, reusable, scalar
+from .. import _backend
+from .._kernels.loss import labels_equal as _labels_equal
+from ..functional import affine as A
+from ..functional import elementwise as E
+from ..functional import loss as S
+from ..functional._checks import as_array, compute_dtype, plain, reusable, scalar
 
 
 def _need_forward(layer: object, value: object) -> None:
@@ -473,8 +473,10 @@ def fused_backward(affine: Affine, activation: _Activation, dout, with_dx: bool)
     ``db`` as the two calls would. Returns ``dx`` (None without ``with_dx``), or False, having done
     nothing, when the call is not the common one."""
     kind = _FUSED.get(type(activation))
+    if kind is None:
+        return False
     y, x2, W = activation.out, affine.x, affine.W
-    if kind is None or y is None or x2 is None:
+    if y is None or x2 is None:
         return False
     dtype = y.dtype
     if not (

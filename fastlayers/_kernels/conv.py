@@ -1,0 +1,287 @@
+"""Convolution and max-pooling kernels on NCHW arrays.
+
+A convolution runs as im2col, one matrix product (:func:`fastlayers._gemm.matmul`, in
+:mod:`fastlayers.functional.conv`), and a pass that writes the output; over a batch it works in
+chunks of images so that the column matrix of a chunk stays small. The kernels here are the passes
+around the product:
+
+- :func:`conv_pad`: a chunk of images copied into a zero-padded scratch ``xp`` of shape
+  (nb, C, Lx), each plane flattened with row width ``wp = W + 2 * pad`` (``Lx >= Hp * wp + FW``);
+- :func:`conv_im2col`: the column matrix ``col`` (C*FH*FW, nb*L) of that chunk, row ``k = (c, ky,
+  kx)`` in the order of ``W.reshape(FN, -1)``, column ``i * L + oh * r + ow`` for image ``i`` of the
+  chunk, output pixel (oh, ow). ``L = OH * r``. With stride 1 the functional module takes ``r = wp``
+  (output rows as wide as padded input rows): each row of ``col`` is then one contiguous copy of
+  ``L`` values per image, and the ``wp - OW`` columns past ``OW`` of every output row hold values
+  nobody reads. Otherwise ``r = OW``;
+- :func:`conv_output`: the product ``tmp`` (FN, nb*L) written into the NCHW output with the bias
+  added (and ReLU applied, when a net fuses the two layers);
+- :func:`conv_dout`: the upstream gradient of a chunk laid out like ``tmp`` (zeros in the unread
+  columns), ReLU's mask applied when fused, and each filter's sum added to ``db``;
+- :func:`conv_col2im`: the column gradient added back into the padded planes and the interior
+  copied into ``dx``.
+
+Max pooling (:func:`maxpool_forward`, :func:`maxpool_backward`) works on planes directly. Windows
+reach past the input by ``pad`` on each side; padded positions never win (they count as -inf). The
+window-local index of each maximum (``ky * pool_w + kx``, the first maximum, NaN winning as in
+``np.argmax``) is kept in ``arg``.
+
+Contract: arrays have the shapes stated per kernel, float arrays of one dtype except ``x`` of
+:func:`conv_pad` (any real dtype, converted as it is copied); integers describe shapes that the
+functional module checked against the arrays. Every kernel writes each output element from exactly
+one task and adds in a fixed order, so results do not depend on the thread count.
+"""
+
+from __future__ import annotations
+
+from numba import prange
+
+from ._numba import helper, row_sum, twins, typed
+
+#: Passes over a chunk run in parallel from this many elements written.
+MEMORY_BOUND_MIN = 1 << 16
+
+
+@helper
+def _copy(dst, src):
+    for j in range(dst.shape[0]):
+        dst[j] = src[j]
+
+
+@helper
+def _add(dst, src):
+    for j in range(dst.shape[0]):
+        dst[j] += src[j]
+
+
+@helper
+def _zero(dst):
+    zero = typed(0, dst)
+    for j in range(dst.shape[0]):
+        dst[j] = zero
+
+
+@twins(MEMORY_BOUND_MIN)
+def conv_pad(x, n0, pad, xp):
+    """xp[i, c] = image ``n0 + i`` of ``x`` (N, C, H, W), zero-padded by ``pad``, flattened with row
+    width ``W + 2 * pad``; the tail past ``Hp * wp`` is zeroed. ``xp``: (nb, C, Lx)."""
+    nb, c, lx = xp.shape
+    h, w = x.shape[2], x.shape[3]
+    wp = w + 2 * pad
+    for r in prange(nb * c):
+        i = r // c
+        ch = r % c
+        dst = xp[i, ch]
+        _zero(dst[: pad * wp + pad])
+        for y in range(h):
+            start = (y + pad) * wp + pad
+            _copy(dst[start : start + w], x[n0 + i, ch, y])
+            _zero(dst[start + w : start + w + 2 * pad])
+        _zero(dst[(h + pad) * wp + pad : lx])
+
+
+@twins(MEMORY_BOUND_MIN)
+def conv_im2col(xp, fh, fw, stride, wp, oh, ow, r, col):
+    """col[(c, ky, kx), i*L + y*r + xo] = xp[i, c, (y*stride + ky)*wp + xo*stride + kx] for every
+    output pixel (y, xo) with xo < ow; with ``stride == 1`` and ``r == wp`` also the unread columns
+    (one contiguous copy per row and image). ``col``: (C*fh*fw, nb*L), ``L = oh * r``."""
+    nb, c = xp.shape[0], xp.shape[1]
+    taps = fh * fw
+    seg = oh * r
+    for k in prange(c * taps):
+        ch = k // taps
+        ky = (k % taps) // fw
+        kx = k % fw
+        off = ky * wp + kx
+        row = col[k]
+        for i in range(nb):
+            src = xp[i, ch]
+            if stride == 1 and r == wp:
+                _copy(row[i * seg : (i + 1) * seg], src[off : off + seg])
+            else:
+                for y in range(oh):
+                    dst = row[i * seg + y * r : i * seg + y * r + ow]
+                    base = (y * stride + ky) * wp + kx
+                    for j in range(ow):
+                        dst[j] = src[base + j * stride]
+
+
+@twins(MEMORY_BOUND_MIN)
+def conv_output(tmp, n0, b, r, relu, out):
+    """out[n0 + i, f, y, xo] = tmp[f, i*L + y*r + xo] + b[f], through ReLU when ``relu``.
+    ``tmp``: (FN, nb*L); ``out``: (N, FN, OH, OW); ``b``: (FN,)."""
+    fn, oh, ow = out.shape[1], out.shape[2], out.shape[3]
+    seg = oh * r
+    nb = tmp.shape[1] // seg
+    zero = typed(0, out)
+    for t in prange(nb * fn):
+        i = t // fn
+        f = t % fn
+        bias = b[f]
+        for y in range(oh):
+            dst = out[n0 + i, f, y]
+            src = tmp[f, i * seg + y * r : i * seg + y * r + ow]
+            if relu:
+                for j in range(ow):
+                    v = src[j] + bias
+                    dst[j] = zero if v <= zero else v
+            else:
+                for j in range(ow):
+                    dst[j] = src[j] + bias
+
+
+@twins(MEMORY_BOUND_MIN)
+def conv_dout(dout, y, n0, r, relu, dflat, db):
+    """dflat[f, i*L + y*r + xo] = dout[n0 + i, f, y, xo] (0 where ``relu`` and the forward output
+    ``y`` at that pixel is <= 0), 0 in the unread columns; db[f] += each image's sum of its row of
+    ``dflat``, images in order. ``dout``, ``y``: (N, FN, OH, OW) (``y`` unread without ``relu``);
+    ``dflat``: (FN, nb*L)."""
+    fn, oh, ow = dout.shape[1], dout.shape[2], dout.shape[3]
+    seg = oh * r
+    nb = dflat.shape[1] // seg
+    zero = typed(0, dflat)
+    for f in prange(fn):
+        for i in range(nb):
+            for yy in range(oh):
+                dst = dflat[f, i * seg + yy * r : i * seg + (yy + 1) * r]
+                src = dout[n0 + i, f, yy]
+                if relu:
+                    fwd = y[n0 + i, f, yy]
+                    for j in range(ow):
+                        dst[j] = zero if fwd[j] <= zero else src[j]
+                else:
+                    for j in range(ow):
+                        dst[j] = src[j]
+                for j in range(ow, r):
+                    dst[j] = zero
+            db[f] += row_sum(dflat[f, i * seg : (i + 1) * seg])
+
+
+@twins(MEMORY_BOUND_MIN)
+def conv_col2im(dcol, fh, fw, stride, wp, oh, ow, r, pad, n0, dxp, dx):
+    """The adjoint of :func:`conv_pad` then :func:`conv_im2col`: dxp[i, c] = the sum over taps of
+    ``dcol``'s values at the positions im2col read them from (taps in order), then
+    dx[n0 + i, c] = the interior of dxp[i, c]. ``dxp``: (nb, C, Lx) scratch; ``dx``: (N, C, H, W).
+    With ``stride == 1`` and ``r == wp`` the unread columns of ``dcol`` must be 0 (they are, when it
+    is a product with the output of :func:`conv_dout`)."""
+    nb, c = dxp.shape[0], dxp.shape[1]
+    h, w = dx.shape[2], dx.shape[3]
+    taps = fh * fw
+    seg = oh * r
+    for t in prange(nb * c):
+        i = t // c
+        ch = t % c
+        acc = dxp[i, ch]
+        _zero(acc)
+        for tap in range(taps):
+            ky = tap // fw
+            kx = tap % fw
+            src = dcol[ch * taps + tap, i * seg : (i + 1) * seg]
+            if stride == 1 and r == wp:
+                off = ky * wp + kx
+                _add(acc[off : off + seg], src)
+            else:
+                for y in range(oh):
+                    base = (y * stride + ky) * wp + kx
+                    for j in range(ow):
+                        acc[base + j * stride] += src[y * r + j]
+        for y in range(h):
+            start = (y + pad) * wp + pad
+            _copy(dx[n0 + i, ch, y], acc[start : start + w])
+
+
+@helper
+def _window_max(img, y0, x0, ph, pw):
+    """(maximum, window-local index) of the window at (y0, x0) clipped to ``img``, in row order:
+    the first NaN wins, otherwise the first strictly greater value."""
+    h, w = img.shape
+    ky0, ky1 = max(0, -y0), min(ph, h - y0)
+    kx0, kx1 = max(0, -x0), min(pw, w - x0)
+    best = img[y0 + ky0, x0 + kx0]
+    where = ky0 * pw + kx0
+    for ky in range(ky0, ky1):
+        for kx in range(kx0, kx1):
+            v = img[y0 + ky, x0 + kx]
+            if _better(v, best):
+                best = v
+                where = ky * pw + kx
+    return best, where
+
+
+@helper
+def _better(v, best):
+    """Whether ``v`` replaces ``best`` as a window's maximum: the first NaN wins, otherwise the
+    first strictly greater value."""
+    return (best == best) & ((v > best) | (v != v))
+
+
+@twins(MEMORY_BOUND_MIN)
+def maxpool_forward(x, ph, pw, stride, pad, out, arg):
+    """out[n, c, y, xo] = the maximum of x[n, c] over the window of rows y*stride - pad + [0, ph)
+    and columns xo*stride - pad + [0, pw) clipped to the input (NaN wins; ties: the first, in row
+    order); arg[n, c, y, xo] = its window-local index ky * pw + kx. ``x``: (N, C, H, W); ``out``,
+    ``arg``: (N, C, OH, OW), every window holding at least one input element."""
+    n, c, h, w = x.shape
+    oh, ow = out.shape[2], out.shape[3]
+    # output columns whose windows lie inside the input: xo*stride - pad >= 0 and ... + pw <= w
+    lo = min(ow, (pad + stride - 1) // stride)
+    hi = max(lo, min(ow, (w + pad - pw) // stride + 1))
+    for t in prange(n * c):
+        img = x[t // c, t % c]
+        dst = out[t // c, t % c]
+        idx = arg[t // c, t % c]
+        for y in range(oh):
+            y0 = y * stride - pad
+            inside = y0 >= 0 and y0 + ph <= h
+            for xo in range(ow):
+                x0 = xo * stride - pad
+                if not (inside and lo <= xo < hi):
+                    best, where = _window_max(img, y0, x0, ph, pw)
+                elif ph == 2 and pw == 2:  # the classic nets' window, unrolled, branch-free
+                    r0 = img[y0]
+                    r1 = img[y0 + 1]
+                    best = r0[x0]
+                    where = 0
+                    v = r0[x0 + 1]
+                    take = _better(v, best)
+                    best, where = (v, 1) if take else (best, where)
+                    v = r1[x0]
+                    take = _better(v, best)
+                    best, where = (v, 2) if take else (best, where)
+                    v = r1[x0 + 1]
+                    take = _better(v, best)
+                    best, where = (v, 3) if take else (best, where)
+                else:
+                    best = img[y0, x0]
+                    where = 0
+                    for ky in range(ph):
+                        for kx in range(pw):
+                            v = img[y0 + ky, x0 + kx]
+                            take = _better(v, best)
+                            best, where = (v, ky * pw + kx) if take else (best, where)
+                dst[y, xo] = best
+                idx[y, xo] = where
+
+
+@twins(MEMORY_BOUND_MIN)
+def maxpool_backward(dout, arg, ph, pw, stride, pad, dx):
+    """dx[n, c] = the sum of dout[n, c, y, xo] at the input position of each window's maximum
+    (``arg``), windows in row order; 0 elsewhere. An index of ``arg`` that points outside its
+    window or the input contributes nothing. ``dout``, ``arg``: (N, C, OH, OW); ``dx``: (N, C, H, W)."""
+    n, c, h, w = dx.shape
+    oh, ow = dout.shape[2], dout.shape[3]
+    size = ph * pw
+    for t in prange(n * c):
+        plane = dx[t // c, t % c]
+        grad = dout[t // c, t % c]
+        idx = arg[t // c, t % c]
+        for yy in range(h):
+            _zero(plane[yy])
+        for y in range(oh):
+            for xo in range(ow):
+                a = idx[y, xo]
+                if a < 0 or a >= size:
+                    continue
+                iy = y * stride - pad + a // pw
+                ix = xo * stride - pad + a % pw
+                if 0 <= iy < h and 0 <= ix < w:
+                    plane[iy, ix] += grad[y, xo]

@@ -1,0 +1,553 @@
+"""Convolution and max pooling on NCHW batches, and the classic ``im2col``/``col2im``: the checked
+functions around :mod:`fastlayers._kernels.conv` and the matrix products, and the run steps the
+``Convolution`` and ``Pooling`` layers call with scratch memory they own (:class:`Workspace`).
+
+How a convolution runs (the numba backend): the batch is padded once into a scratch array, then
+processed in chunks of images (:data:`CHUNK_BYTES` of column matrix each): im2col of the chunk, one
+matrix product with ``W.reshape(FN, -1)``, and one pass writing the NCHW output with the bias (and,
+in the nets, ReLU). The backward pass walks the chunks in reverse order (the last chunk's column
+matrix is still there from the forward pass), and per chunk lays out ``dout``, adds its sums to
+``db``, multiplies for ``dW`` and, when asked, for the column gradient, which is added back into
+``dx``. Details of the layouts: :mod:`fastlayers._kernels.conv`.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import NamedTuple
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from .. import _gemm, reference
+from .._kernels import conv as _conv
+from .._kernels._threads import launch
+from ._checks import as_array, check_out, compute_dtype, convert, numpy_backend
+
+#: Bytes of column matrix per chunk of images: large enough for efficient products, small enough
+#: to stay in the processor's caches (measured: docs/PERFORMANCE.md).
+CHUNK_BYTES = 8 << 20
+
+
+def _int(value, name: str, low: int) -> int:
+    """``value`` as a Python int >= ``low`` (bools refused; NumPy integers accepted)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}") from None
+    if v < low:
+        raise ValueError(f"{name} must be >= {low}, got {v}")
+    return v
+
+
+def require_4d(a: np.ndarray, name: str, what: str) -> None:
+    if a.ndim != 4:
+        raise ValueError(f"{name} must be 4-D {what}, got {a.ndim}-D with shape {a.shape}")
+
+
+class Geometry(NamedTuple):
+    """The sizes of one convolution (or pooling) call."""
+
+    n: int
+    c: int
+    h: int
+    w: int
+    fn: int
+    fh: int
+    fw: int
+    stride: int
+    pad: int
+    oh: int
+    ow: int
+
+    @property
+    def wp(self) -> int:
+        return self.w + 2 * self.pad
+
+    @property
+    def r(self) -> int:
+        """Row width of the column layout: the padded input's with stride 1, else OW."""
+        return self.wp if self.stride == 1 else self.ow
+
+    @property
+    def seg(self) -> int:
+        """Columns per image."""
+        return self.oh * self.r
+
+    @property
+    def lx(self) -> int:
+        """Length of a padded, flattened plane (room for im2col's last contiguous copy)."""
+        return (self.h + 2 * self.pad) * self.wp + self.fw
+
+    @property
+    def k(self) -> int:
+        return self.c * self.fh * self.fw
+
+    @property
+    def out_shape(self) -> tuple[int, int, int, int]:
+        return (self.n, self.fn, self.oh, self.ow)
+
+    def chunk(self, itemsize: int) -> int:
+        """Images per chunk."""
+        return max(1, min(self.n, CHUNK_BYTES // max(1, self.k * self.seg * itemsize)))
+
+
+def geometry(x_shape: tuple, w_shape: tuple, stride, pad, names=("x", "W", "filter")) -> Geometry:
+    """Check the sizes of a convolution of ``x_shape`` (N, C, H, W) with filters ``w_shape``
+    (FN, C, FH, FW) (for pooling: (C, C, ph, pw)) and return them with the output size.
+
+    Raises
+    ------
+    ValueError
+        Not 4-D, an empty batch or plane, channels that differ, a filter larger than the padded
+        input, ``stride`` < 1, ``pad`` < 0.
+    TypeError
+        A non-integer ``stride`` or ``pad``.
+    """
+    xname, wname, what = names
+    stride = _int(stride, "stride", 1)
+    pad = _int(pad, "pad", 0)
+    n, c, h, w = x_shape
+    fn, fc, fh, fw = w_shape
+    if n == 0:
+        raise ValueError(f"{xname} is an empty batch (shape {tuple(x_shape)}); at least one image is needed")
+    if min(c, h, w) == 0:
+        raise ValueError(f"{xname} has an empty dimension (shape {tuple(x_shape)})")
+    if min(fn, fc, fh, fw) == 0:
+        raise ValueError(f"{wname} has an empty dimension (shape {tuple(w_shape)})")
+    if fc != c:
+        raise ValueError(
+            f"{xname} has {c} channels (shape {tuple(x_shape)}) but {wname} expects {fc} (shape {tuple(w_shape)})"
+        )
+    if fh > h + 2 * pad or fw > w + 2 * pad:
+        raise ValueError(
+            f"the {fh}x{fw} {what} is larger than the padded input: {xname} of shape {tuple(x_shape)} "
+            f"with pad={pad} is {h + 2 * pad}x{w + 2 * pad}"
+        )
+    oh = reference.conv_output_size(h, fh, stride, pad)
+    ow = reference.conv_output_size(w, fw, stride, pad)
+    return Geometry(n, c, h, w, fn, fh, fw, stride, pad, oh, ow)
+
+
+def _filters(W: np.ndarray, b: np.ndarray | None) -> None:
+    require_4d(W, "W", "(FN, C, FH, FW)")
+    if b is not None and b.shape != (W.shape[0],):
+        raise ValueError(f"b must have shape ({W.shape[0]},) to match W of shape {W.shape}, got {b.shape}")
+
+
+# --------------------------------------------------------------------------------------------
+# scratch memory and the run steps (numba backend, validated operands of one dtype)
+# --------------------------------------------------------------------------------------------
+class Workspace:
+    """Scratch memory of one convolution: the padded batch (kept for the backward pass), the column
+    matrix of one chunk, the product of one chunk, the padded planes of a chunk's gradient. A layer
+    owns one and never hands its arrays out; the functional API uses a fresh one per call."""
+
+    def __init__(self) -> None:
+        self.xp: np.ndarray | None = None
+        self.geo: Geometry | None = None
+        self.col_chunk = -1  # first image of the chunk whose column matrix ``col`` holds, or -1
+        self._flat: dict[str, np.ndarray] = {}
+
+    def flat(self, name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
+        """A C-contiguous array of ``shape`` on memory this workspace keeps (grown when too small)."""
+        size = int(np.prod(shape))
+        buf = self._flat.get(name)
+        if buf is None or buf.dtype != dtype or buf.size < size:
+            buf = self._flat[name] = np.empty(max(size, 1), dtype)
+        return buf[:size].reshape(shape)
+
+
+def _chunks(geo: Geometry, itemsize: int) -> list[tuple[int, int]]:
+    step = geo.chunk(itemsize)
+    return [(n0, min(geo.n, n0 + step) - n0) for n0 in range(0, geo.n, step)]
+
+
+def forward_run(x, W: np.ndarray, b: np.ndarray, geo: Geometry, out, relu: bool, ws: Workspace) -> np.ndarray:
+    """The convolution of ``x`` (any real dtype; converted as it is padded) with ``W`` and ``b`` (of
+    the compute dtype), through ReLU with ``relu``, into ``out`` (None: allocated)."""
+    dtype = W.dtype
+    if out is None:
+        out = np.empty(geo.out_shape, dtype)
+    xp = ws.xp
+    if xp is None or xp.shape != (geo.n, geo.c, geo.lx) or xp.dtype != dtype:
+        xp = np.empty((geo.n, geo.c, geo.lx), dtype)
+    launch(_conv.conv_pad, xp.size, x, 0, geo.pad, xp)
+    ws.xp, ws.geo, ws.col_chunk = xp, geo, -1
+    W2 = W.reshape(geo.fn, geo.k)
+    for n0, nb in _chunks(geo, dtype.itemsize):
+        col = ws.flat("col", (geo.k, nb * geo.seg), dtype)
+        tmp = ws.flat("tmp", (geo.fn, nb * geo.seg), dtype)
+        launch(
+            _conv.conv_im2col,
+            col.size,
+            xp[n0 : n0 + nb],
+            geo.fh,
+            geo.fw,
+            geo.stride,
+            geo.wp,
+            geo.oh,
+            geo.ow,
+            geo.r,
+            col,
+        )
+        _gemm.matmul(W2, col, tmp)
+        launch(_conv.conv_output, nb * geo.fn * geo.oh * geo.ow, tmp, n0, b, geo.r, relu, out)
+        ws.col_chunk = n0
+    return out
+
+
+def backward_run(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu: bool, dx=None, dW=None, db=None):
+    """(dx, dW, db) from ``dout`` (N, FN, OH, OW) of the compute dtype and the padded batch in ``ws``
+    (from :func:`forward_run`); ``y`` is the forward output, read for ReLU's mask when ``relu``.
+    Without ``with_dx``, dx is None. Buffers given must be C-contiguous of the right shape."""
+    geo = ws.geo
+    dtype = W.dtype
+    W2 = W.reshape(geo.fn, geo.k)
+    db = np.zeros(geo.fn, dtype) if db is None else db
+    db[...] = 0
+    dW = np.empty(W.shape, dtype) if dW is None else dW
+    dW2 = dW.reshape(geo.fn, geo.k)
+    if with_dx and dx is None:
+        dx = np.empty((geo.n, geo.c, geo.h, geo.w), dtype)
+    partial = None
+    y = dout if y is None else y
+    for index, (n0, nb) in enumerate(reversed(_chunks(geo, dtype.itemsize))):
+        col = ws.flat("col", (geo.k, nb * geo.seg), dtype)
+        dflat = ws.flat("tmp", (geo.fn, nb * geo.seg), dtype)
+        if ws.col_chunk != n0:
+            xs = ws.xp[n0 : n0 + nb]
+            launch(_conv.conv_im2col, col.size, xs, geo.fh, geo.fw, geo.stride, geo.wp, geo.oh, geo.ow, geo.r, col)
+            ws.col_chunk = n0
+        launch(_conv.conv_dout, dflat.size, dout, y, n0, geo.r, relu, dflat, db)
+        if index == 0:
+            _gemm.matmul(dflat, col.T, dW2)
+        else:
+            partial = ws.flat("dW", dW2.shape, dtype) if partial is None else partial
+            _gemm.matmul(dflat, col.T, partial)
+            dW2 += partial
+        if with_dx:
+            _gemm.matmul(W2.T, dflat, col)  # the column gradient, over this chunk's column matrix
+            ws.col_chunk = -1
+            dxp = ws.flat("dxp", (nb, geo.c, geo.lx), dtype)
+            launch(
+                _conv.conv_col2im,
+                dxp.size,
+                col,
+                geo.fh,
+                geo.fw,
+                geo.stride,
+                geo.wp,
+                geo.oh,
+                geo.ow,
+                geo.r,
+                geo.pad,
+                n0,
+                dxp,
+                dx,
+            )
+    return (dx if with_dx else None), dW, db
+
+
+# --------------------------------------------------------------------------------------------
+# the checked functions
+# --------------------------------------------------------------------------------------------
+def conv_forward(
+    x: ArrayLike, W: ArrayLike, b: ArrayLike, stride: int = 1, pad: int = 0, out: np.ndarray | None = None
+) -> np.ndarray:
+    """The convolution layer's forward pass: cross-correlation of ``x`` with the filters ``W``, plus ``b``.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W)
+    W : array_like, shape (FN, C, FH, FW)
+    b : array_like, shape (FN,)
+    stride : int >= 1
+    pad : int >= 0
+        Zeros added on each side of every plane.
+    out : ndarray, shape (N, FN, OH, OW), optional
+        Buffer for the result (``OH = (H + 2*pad - FH) // stride + 1``, likewise ``OW``); it may
+        overlap nothing the call reads.
+
+    Returns
+    -------
+    ndarray, shape (N, FN, OH, OW), C-contiguous, in the dtype NumPy gives for ``x``, ``W`` and ``b``
+    (float32 images with float64 filters compute in float64).
+
+    Raises
+    ------
+    ValueError
+        ``x`` or ``W`` not 4-D, channels that differ, ``b`` not (FN,), a filter larger than the padded
+        input, ``stride`` < 1, ``pad`` < 0, an empty batch, an ``out`` that does not fit.
+    TypeError
+        Unsupported dtypes, a non-integer ``stride`` or ``pad``, an ``out`` of another dtype.
+    """
+    x, W, b = as_array(x, "x"), as_array(W, "W"), as_array(b, "b")
+    require_4d(x, "x", "(N, C, H, W)")
+    _filters(W, b)
+    geo = geometry(x.shape, W.shape, stride, pad)
+    dtype = compute_dtype(x=x, W=W, b=b)
+    W, b = convert(W, dtype), convert(b, dtype)
+    if out is not None:
+        check_out(out, geo.out_shape, dtype)
+        if not out.flags.c_contiguous:
+            raise ValueError("out must be C-contiguous")
+        if any(np.may_share_memory(out, a) for a in (x, W, b)):
+            raise ValueError("out must not overlap x, W or b")
+    if numpy_backend():
+        result = reference.conv_forward(convert(x, dtype), W, b, geo.stride, geo.pad)
+        if out is None:
+            return result
+        out[...] = result
+        return out
+    return forward_run(x, W, b, geo, out, False, Workspace())
+
+
+def conv_backward(
+    dout: ArrayLike, x: ArrayLike, W: ArrayLike, stride: int = 1, pad: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of :func:`conv_forward`.
+
+    Parameters
+    ----------
+    dout : array_like, shape (N, FN, OH, OW)
+        Upstream gradient.
+    x : array_like, shape (N, C, H, W)
+        The forward input.
+    W : array_like, shape (FN, C, FH, FW)
+    stride, pad : as :func:`conv_forward`
+
+    Returns
+    -------
+    (dx, dW, db) : shaped like ``x``, ``W`` and (FN,), all in the dtype NumPy gives for ``dout``,
+        ``x`` and ``W`` together.
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`conv_forward`; ``dout`` of another shape than the forward output.
+    """
+    dout, x, W = as_array(dout, "dout"), as_array(x, "x"), as_array(W, "W")
+    require_4d(x, "x", "(N, C, H, W)")
+    _filters(W, None)
+    geo = geometry(x.shape, W.shape, stride, pad)
+    if dout.shape != geo.out_shape:
+        raise ValueError(
+            f"dout has shape {dout.shape} but x of shape {x.shape} and W of shape {W.shape} "
+            f"(stride={geo.stride}, pad={geo.pad}) give {geo.out_shape}"
+        )
+    dtype = compute_dtype(dout=dout, x=x, W=W)
+    dout, W = convert(dout, dtype), convert(W, dtype)
+    if numpy_backend():
+        return reference.conv_backward(dout, convert(x, dtype), W, geo.stride, geo.pad)
+    ws = Workspace()
+    ws.xp = np.empty((geo.n, geo.c, geo.lx), dtype)
+    launch(_conv.conv_pad, ws.xp.size, x, 0, geo.pad, ws.xp)
+    ws.geo = geo
+    return backward_run(np.ascontiguousarray(dout), None, W, ws, True, False)
+
+
+def pool_geometry(x_shape: tuple, pool_h, pool_w, stride, pad) -> Geometry:
+    """Check the sizes of a max pooling of ``x_shape`` (N, C, H, W) and return them.
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`geometry`; ``pool_h``/``pool_w`` < 1; ``pad`` not smaller than the window (a
+        window would then hold padding only).
+    """
+    ph, pw = _int(pool_h, "pool_h", 1), _int(pool_w, "pool_w", 1)
+    pad_ = _int(pad, "pad", 0)
+    if pad_ >= ph or pad_ >= pw:
+        raise ValueError(f"pad must be smaller than the {ph}x{pw} window, got pad={pad_}")
+    c = x_shape[1]
+    return geometry(x_shape, (c, c, ph, pw), stride, pad_, ("x", "the pooling window", "pooling window"))
+
+
+def _arg_dtype(geo: Geometry) -> np.dtype:
+    return np.dtype(np.uint8) if geo.fh * geo.fw <= 256 else np.dtype(np.int32)
+
+
+def pool_forward_run(x: np.ndarray, geo: Geometry, out=None, arg=None) -> tuple[np.ndarray, np.ndarray]:
+    """Max pooling of a checked 4-D float ``x`` into ``out`` and ``arg`` (None: allocated)."""
+    shape = (geo.n, geo.c, geo.oh, geo.ow)
+    out = np.empty(shape, x.dtype) if out is None else out
+    arg = np.empty(shape, _arg_dtype(geo)) if arg is None else arg
+    launch(_conv.maxpool_forward, x.size, x, geo.fh, geo.fw, geo.stride, geo.pad, out, arg)
+    return out, arg
+
+
+def pool_backward_run(dout: np.ndarray, arg: np.ndarray, geo: Geometry, dx=None) -> np.ndarray:
+    """The gradient of max pooling from checked ``dout`` and ``arg`` (both (N, C, OH, OW))."""
+    dx = np.empty((geo.n, geo.c, geo.h, geo.w), dout.dtype) if dx is None else dx
+    launch(_conv.maxpool_backward, dx.size, dout, arg, geo.fh, geo.fw, geo.stride, geo.pad, dx)
+    return dx
+
+
+def max_pool_forward(
+    x: ArrayLike, pool_h: int, pool_w: int, stride: int = 2, pad: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Max pooling of every plane of ``x``.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W)
+    pool_h, pool_w : int >= 1
+        The window.
+    stride : int >= 1
+    pad : int, 0 <= pad < min(pool_h, pool_w)
+        Positions added on each side that never win (they count as -inf).
+
+    Returns
+    -------
+    (out, arg) : ``out`` (N, C, OH, OW) in ``x``'s float dtype (``OH = (H + 2*pad - pool_h) //
+        stride + 1``); ``arg`` (N, C, OH, OW) integers, the window-local index ``ky * pool_w + kx``
+        of each maximum (the first one; a NaN wins).
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`pool_geometry`; unsupported dtypes.
+    """
+    x = as_array(x, "x")
+    require_4d(x, "x", "(N, C, H, W)")
+    geo = pool_geometry(x.shape, pool_h, pool_w, stride, pad)
+    x = convert(x, compute_dtype(x=x))
+    if numpy_backend():
+        out, arg = reference.maxpool_forward(x, geo.fh, geo.fw, geo.stride, geo.pad)
+        return out, arg.astype(_arg_dtype(geo))
+    return pool_forward_run(x, geo)
+
+
+def max_pool_backward(
+    dout: ArrayLike, arg: ArrayLike, x_shape: tuple, pool_h: int, pool_w: int, stride: int = 2, pad: int = 0
+) -> np.ndarray:
+    """Gradient of :func:`max_pool_forward`: each ``dout`` value added at its window's maximum.
+
+    Parameters
+    ----------
+    dout : array_like, shape (N, C, OH, OW)
+    arg : array_like of integers, shape (N, C, OH, OW)
+        Window-local indices from :func:`max_pool_forward`, each in ``[0, pool_h * pool_w)``.
+    x_shape : tuple (N, C, H, W)
+        The forward input's shape.
+    pool_h, pool_w, stride, pad : as :func:`max_pool_forward`
+
+    Returns
+    -------
+    ndarray of ``x_shape`` in ``dout``'s float dtype.
+
+    Raises
+    ------
+    ValueError
+        Shapes that do not fit, indices outside the window.
+    TypeError
+        Non-integer indices; as :func:`max_pool_forward`.
+    """
+    dout = as_array(dout, "dout")
+    x_shape = tuple(_int(s, "x_shape entries", 0) for s in x_shape)
+    if len(x_shape) != 4:
+        raise ValueError(f"x_shape must have 4 entries (N, C, H, W), got {x_shape}")
+    geo = pool_geometry(x_shape, pool_h, pool_w, stride, pad)
+    shape = (geo.n, geo.c, geo.oh, geo.ow)
+    if dout.shape != shape:
+        raise ValueError(f"dout has shape {dout.shape} but pooling x of shape {x_shape} gives {shape}")
+    arg = checked_arg(arg, shape, geo, "arg")
+    dout = np.ascontiguousarray(convert(dout, compute_dtype(dout=dout)))
+    if numpy_backend():
+        return reference.maxpool_backward(dout, arg, x_shape, geo.fh, geo.fw, geo.stride, geo.pad)
+    return pool_backward_run(dout, arg, geo)
+
+
+def checked_arg(arg, shape: tuple, geo: Geometry, name: str) -> np.ndarray:
+    """Window-local indices as a private C-contiguous int64 copy, checked against ``shape`` and the
+    window size (the copy is what a kernel reads, so the caller's array cannot change under it)."""
+    a = np.asarray(arg)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integers, got dtype {a.dtype}")
+    if a.shape != shape:
+        raise ValueError(f"{name} has shape {a.shape} but the pooled output has shape {shape}")
+    a = np.array(a, dtype=np.int64, order="C")
+    size = geo.fh * geo.fw
+    if a.size and (a.min() < 0 or a.max() >= size):
+        raise ValueError(f"{name} holds indices outside [0, {size}): min {a.min()}, max {a.max()}")
+    return a
+
+
+# --------------------------------------------------------------------------------------------
+# the classic im2col and col2im
+# --------------------------------------------------------------------------------------------
+def im2col(input_data: ArrayLike, filter_h: int, filter_w: int, stride: int = 1, pad: int = 0) -> np.ndarray:
+    """The classic column matrix of a batch of images.
+
+    Parameters
+    ----------
+    input_data : array_like, shape (N, C, H, W)
+    filter_h, filter_w : int >= 1
+    stride : int >= 1
+    pad : int >= 0
+
+    Returns
+    -------
+    ndarray, shape (N*OH*OW, C*filter_h*filter_w): row ``(n, oh, ow)``, column ``(c, ky, kx)``, in
+    ``input_data``'s float dtype (the classic code always returns float64; integers give float64 here).
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`conv_forward`.
+    """
+    x = as_array(input_data, "input_data")
+    require_4d(x, "input_data", "(N, C, H, W)")
+    c = x.shape[1]
+    geo = geometry(x.shape, (1, c, filter_h, filter_w), stride, pad, ("input_data", "the filter", "filter"))
+    x = convert(x, compute_dtype(x=x))
+    if numpy_backend():
+        return reference.im2col(x, geo.fh, geo.fw, geo.stride, geo.pad)
+    xp = np.empty((geo.n, geo.c, geo.lx), x.dtype)
+    launch(_conv.conv_pad, xp.size, x, 0, geo.pad, xp)
+    col = np.empty((geo.k, geo.n * geo.oh * geo.ow), x.dtype)
+    args = (geo.fh, geo.fw, geo.stride, geo.wp, geo.oh, geo.ow, geo.ow, col)
+    launch(_conv.conv_im2col, col.size, xp, *args)
+    return np.ascontiguousarray(col.T)
+
+
+def col2im(
+    col: ArrayLike, input_shape: tuple, filter_h: int, filter_w: int, stride: int = 1, pad: int = 0
+) -> np.ndarray:
+    """The adjoint of :func:`im2col`: every value of ``col`` added back at the position it was read from.
+
+    Parameters
+    ----------
+    col : array_like, shape (N*OH*OW, C*filter_h*filter_w)
+    input_shape : tuple (N, C, H, W)
+    filter_h, filter_w, stride, pad : as :func:`im2col`
+
+    Returns
+    -------
+    ndarray of ``input_shape`` in ``col``'s float dtype.
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`im2col`; ``col`` of another shape.
+    """
+    col = as_array(col, "col")
+    shape = tuple(_int(s, "input_shape entries", 0) for s in input_shape)
+    if len(shape) != 4:
+        raise ValueError(f"input_shape must have 4 entries (N, C, H, W), got {tuple(input_shape)}")
+    geo = geometry(shape, (1, shape[1], filter_h, filter_w), stride, pad, ("input_shape", "the filter", "filter"))
+    want = (geo.n * geo.oh * geo.ow, geo.k)
+    if col.shape != want:
+        raise ValueError(f"col has shape {col.shape} but input_shape {shape} with this filter gives {want}")
+    col = convert(col, compute_dtype(col=col))
+    if numpy_backend():
+        return reference.col2im(col, shape, geo.fh, geo.fw, geo.stride, geo.pad)
+    dcol = np.ascontiguousarray(col.T)
+    dx = np.empty(shape, col.dtype)
+    dxp = np.empty((geo.n, geo.c, geo.lx), col.dtype)
+    args = (geo.fh, geo.fw, geo.stride, geo.wp, geo.oh, geo.ow, geo.ow, geo.pad, 0, dxp, dx)
+    launch(_conv.conv_col2im, dxp.size, dcol, *args)
+    return dx

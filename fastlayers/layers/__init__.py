@@ -1,0 +1,33 @@
+"""The classic layer classes of "Deep Learning from Scratch", on the compiled kernels.
+
+Each class keeps the classic public attributes and ``forward``/``backward`` signatures, holds the
+state between the two, and leaves the numerics to :mod:`fastlayers.functional`. One module per
+family, mirroring :mod:`fastlayers.functional` and :mod:`fastlayers._kernels`:
+
+- :mod:`.core`: ``MulLayer``, ``AddLayer``, ``Relu``, ``Sigmoid``, ``Affine``, ``SoftmaxWithLoss``
+  (chapter 5), and the fused Affine + activation passes of the nets;
+- :mod:`.conv`: ``Convolution``, ``Pooling`` (chapter 7), and the fused Convolution + ReLU passes;
+- :mod:`.training`: ``Dropout`` (chapter 6).
+"""
+
+from __future__ import annotations
+
+from .conv import Convolution, Pooling, conv_relu_backward, conv_relu_forward
+from .core import AddLayer, Affine, MulLayer, Relu, Sigmoid, SoftmaxWithLoss, fused_backward, fused_forward
+from .training import Dropout
+
+__all__ = [
+    "AddLayer",
+    "Affine",
+    "Convolution",
+    "Dropout",
+    "MulLayer",
+    "Pooling",
+    "Relu",
+    "Sigmoid",
+    "SoftmaxWithLoss",
+    "conv_relu_backward",
+    "conv_relu_forward",
+    "fused_backward",
+    "fused_forward",
+]

@@ -1,0 +1,333 @@
+"""The convolutional layers of the classic code, ``Convolution`` and ``Pooling``, on the compiled
+kernels (:mod:`fastlayers.functional.conv`).
+
+Each keeps the classic constructor, ``forward``/``backward`` signatures and public attributes. The
+classic intermediate arrays that the kernels do not need (``col``, ``col_W``, ``arg_max``) are
+computed on demand, in the classic layouts, from what the layer keeps.
+
+Departures from the classic code, on purpose:
+
+- results are computed in the dtype NumPy's rule gives for the operands (float32 stays float32; the
+  book's float64 filters give float64), where the classic ``im2col`` makes everything float64;
+- the output is a C-contiguous NCHW array (the classic code returns a transposed view of the same
+  values);
+- ``Pooling`` with ``pad > 0`` pads with -inf (padding never wins) and sizes its output with the pad
+  (the classic formula ignores it and fails).
+
+Memory safety: ``backward`` works from the layer's private copy of the padded input (taken by
+``forward``, as the classic code keeps its column matrix) and from ``W`` as it is then, checked to
+have the shape ``forward`` saw; the pooling indices are private (``arg_max`` is a fresh array, so
+changing it changes nothing).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from ..functional import conv as C
+from ..functional._checks import FLOATS, as_array, compute_dtype, convert, numpy_backend, plain, reusable
+from .core import Relu, _need_forward
+
+
+def _checked_int(value, name: str, low: int) -> int:
+    return C._int(value, name, low)
+
+
+class Convolution:
+    """Convolution layer: ``forward(x)`` is the cross-correlation of ``x`` with the filters ``W``, plus ``b``.
+
+    Parameters
+    ----------
+    W : ndarray, shape (FN, C, FH, FW)
+    b : ndarray, shape (FN,)
+        Kept by reference (``self.W``, ``self.b``), so optimizers that update them in place are seen
+        by the layer; replacing them between calls is allowed, and checked at the next call.
+    stride : int >= 1, default 1
+    pad : int >= 0, default 0
+        Zeros added on each side of every input plane.
+
+    Attributes
+    ----------
+    x : ndarray (N, C, H, W)
+        The latest input, as given (converted to an array).
+    dW, db : ndarray
+        Parameter gradients, set by :meth:`backward`.
+    col, col_W : ndarray
+        The classic column matrix of ``x`` (N*OH*OW, C*FH*FW) and ``W.reshape(FN, -1).T``, computed
+        when read.
+
+    Raises
+    ------
+    TypeError
+        ``W`` or ``b`` not numpy arrays; a non-integer ``stride`` or ``pad``.
+    ValueError
+        ``stride`` < 1 or ``pad`` < 0.
+    """
+
+    def __init__(self, W: np.ndarray, b: np.ndarray, stride: int = 1, pad: int = 0) -> None:
+        if not isinstance(W, np.ndarray) or not isinstance(b, np.ndarray):
+            raise TypeError(f"W and b must be numpy arrays, got {type(W).__name__} and {type(b).__name__}")
+        self.W: np.ndarray = W
+        self.b: np.ndarray = b
+        self.stride: int = _checked_int(stride, "stride", 1)
+        self.pad: int = _checked_int(pad, "pad", 0)
+        self.x: np.ndarray | None = None
+        self.dW: np.ndarray | None = None
+        self.db: np.ndarray | None = None
+        self._ws = C.Workspace()
+        self._xc: np.ndarray | None = None  # the forward's input in the compute dtype (numpy backend)
+        self._out: np.ndarray | None = None
+        self._dx: np.ndarray | None = None
+
+    @property
+    def col(self) -> np.ndarray | None:
+        """The classic column matrix of the latest input (N*OH*OW, C*FH*FW), computed when read."""
+        if self.x is None or self._out is None:
+            return None
+        geo = self._ws.geo
+        return C.im2col(convert(as_array(self.x, "x"), self._out.dtype), geo.fh, geo.fw, geo.stride, geo.pad)
+
+    @property
+    def col_W(self) -> np.ndarray:  # noqa: N802 - the classic name
+        """``W.reshape(FN, -1).T``: the filters as the classic product's right operand (a view)."""
+        return self.W.reshape(self.W.shape[0], -1).T
+
+    def _prepare(self, x: ArrayLike):
+        x = as_array(x, "x")
+        C.require_4d(x, "x", "(N, C, H, W)")
+        W, b = as_array(self.W, "W"), as_array(self.b, "b")
+        C._filters(W, b)
+        geo = C.geometry(x.shape, W.shape, self.stride, self.pad)
+        dtype = compute_dtype(x=x, W=W, b=b)
+        if x.dtype not in FLOATS:
+            x = x.astype(dtype)
+        return x, convert(W, dtype), convert(b, dtype), geo, dtype
+
+    def forward(self, x: ArrayLike) -> np.ndarray:
+        """The convolution of ``x``.
+
+        Parameters
+        ----------
+        x : array_like, shape (N, C, H, W)
+
+        Returns
+        -------
+        ndarray, shape (N, FN, OH, OW) with ``OH = (H + 2*pad - FH) // stride + 1`` (likewise OW),
+        C-contiguous, in the dtype NumPy gives for ``x``, ``W`` and ``b``.
+
+        Raises
+        ------
+        ValueError
+            ``x`` not 4-D, channels that differ from ``W``'s, ``b`` not (FN,), a filter larger than
+            the padded input, an empty batch, ``stride``/``pad`` out of range.
+        TypeError
+            Unsupported dtypes; a non-integer ``stride`` or ``pad``.
+        """
+        return self._forward(x, relu=False)
+
+    def _forward(self, x: ArrayLike, relu: bool) -> np.ndarray:
+        x, W, b, geo, dtype = self._prepare(x)
+        if numpy_backend():
+            self._xc = convert(x, dtype)
+            out = C.reference.conv_forward(self._xc, W, b, geo.stride, geo.pad)
+            if relu:
+                out = C.reference.relu_forward(out)
+            self._ws.geo = geo
+        else:
+            self._xc = None
+            buf = reusable(self, "_out", geo.out_shape, dtype)
+            out = C.forward_run(x, W, b, geo, buf, relu, self._ws)
+        self.x = x
+        self._out = out
+        return out
+
+    def backward(self, dout: ArrayLike) -> np.ndarray:
+        """Gradients of the layer.
+
+        Parameters
+        ----------
+        dout : array_like, shape (N, FN, OH, OW)
+            Upstream gradient.
+
+        Returns
+        -------
+        dx : ndarray shaped like the forward input, in the forward's compute dtype; also sets
+            ``dW`` (shaped like ``W``) and ``db`` (FN,).
+
+        Raises
+        ------
+        ValueError
+            ``backward`` before ``forward``; ``dout`` of another shape than the output; ``W``
+            replaced by an array of another shape since ``forward``.
+        TypeError
+            Unsupported dtypes.
+        """
+        return self._backward(dout, with_dx=True)
+
+    def _backward(self, dout: ArrayLike, with_dx: bool, relu_out: np.ndarray | None = None):
+        _need_forward(self, self.x)
+        geo = self._ws.geo
+        W = as_array(self.W, "W")
+        want = (geo.fn, geo.c, geo.fh, geo.fw)
+        if W.shape != want:
+            raise ValueError(f"W has shape {W.shape} but forward ran with filters of shape {want}")
+        dout = as_array(dout, "dout")
+        if dout.shape != geo.out_shape:
+            raise ValueError(f"dout has shape {dout.shape} but the forward output has shape {geo.out_shape}")
+        dtype = self._out.dtype
+        W = convert(W, dtype)
+        dout = np.ascontiguousarray(convert(dout, dtype))
+        if numpy_backend() or self._xc is not None:
+            xc = self._xc if self._xc is not None else convert(self.x, dtype)
+            if relu_out is not None:
+                dout = C.reference.relu_backward(dout, relu_out)
+            dx, self.dW, self.db = C.reference.conv_backward(dout, xc, W, geo.stride, geo.pad)
+        else:
+            dx = reusable(self, "_dx", (geo.n, geo.c, geo.h, geo.w), dtype) if with_dx else None
+            dW = reusable(self, "dW", W.shape, dtype)
+            db = reusable(self, "db", (geo.fn,), dtype)
+            relu = relu_out is not None
+            dx, self.dW, self.db = C.backward_run(
+                dout, relu_out if relu else None, W, self._ws, with_dx, relu, dx, dW, db
+            )
+        if with_dx:
+            self._dx = dx
+        return dx
+
+
+class Pooling:
+    """Max pooling layer over windows of ``pool_h`` x ``pool_w``.
+
+    Parameters
+    ----------
+    pool_h, pool_w : int >= 1
+    stride : int >= 1, default 2
+    pad : int, default 0
+        Positions added on each side of every plane; they never win (-inf). Must be smaller than the
+        window.
+
+    Attributes
+    ----------
+    x : ndarray (N, C, H, W)
+        The latest input.
+    arg_max : ndarray of int64, shape (N*OH*OW*C,)
+        The classic layout of each window's maximum (window-local index ``ky * pool_w + kx``, rows
+        in the order (n, oh, ow, c)), computed when read from the layer's private indices.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Arguments that are not integers in range.
+    """
+
+    def __init__(self, pool_h: int, pool_w: int, stride: int = 2, pad: int = 0) -> None:
+        self.pool_h: int = _checked_int(pool_h, "pool_h", 1)
+        self.pool_w: int = _checked_int(pool_w, "pool_w", 1)
+        self.stride: int = _checked_int(stride, "stride", 1)
+        self.pad: int = _checked_int(pad, "pad", 0)
+        self.x: np.ndarray | None = None
+        self._arg: np.ndarray | None = None
+        self._geo: Any = None
+        self._out: np.ndarray | None = None
+        self._dx: np.ndarray | None = None
+
+    @property
+    def arg_max(self) -> np.ndarray | None:
+        """Each window's maximum in the classic layout (a fresh array; changing it changes nothing)."""
+        if self._arg is None:
+            return None
+        return self._arg.transpose(0, 2, 3, 1).reshape(-1).astype(np.int64)
+
+    def forward(self, x: ArrayLike) -> np.ndarray:
+        """The maximum of every window.
+
+        Parameters
+        ----------
+        x : array_like, shape (N, C, H, W)
+
+        Returns
+        -------
+        ndarray, shape (N, C, OH, OW) with ``OH = (H + 2*pad - pool_h) // stride + 1`` (likewise
+        OW), C-contiguous, in ``x``'s float dtype (float16 as float32, integers as float64).
+
+        Raises
+        ------
+        ValueError
+            ``x`` not 4-D, a window larger than the padded input, ``pad`` not smaller than the window.
+        TypeError
+            Unsupported dtypes.
+        """
+        x = as_array(x, "x")
+        C.require_4d(x, "x", "(N, C, H, W)")
+        geo = C.pool_geometry(x.shape, self.pool_h, self.pool_w, self.stride, self.pad)
+        dtype = compute_dtype(x=x)
+        xc = convert(x, dtype)
+        if numpy_backend():
+            out, arg = C.reference.maxpool_forward(xc, geo.fh, geo.fw, geo.stride, geo.pad)
+            arg = arg.astype(C._arg_dtype(geo))
+        else:
+            shape = (geo.n, geo.c, geo.oh, geo.ow)
+            arg = self._arg
+            if arg is None or arg.shape != shape or arg.dtype != C._arg_dtype(geo):
+                arg = None
+            out, arg = C.pool_forward_run(xc, geo, reusable(self, "_out", shape, dtype), arg)
+        self.x, self._arg, self._geo, self._out = x, arg, geo, out
+        return out
+
+    def backward(self, dout: ArrayLike) -> np.ndarray:
+        """The gradient: each ``dout`` value goes to its window's maximum (overlapping windows add up).
+
+        Parameters
+        ----------
+        dout : array_like, shape (N, C, OH, OW)
+
+        Returns
+        -------
+        ndarray shaped like the forward input, in ``dout``'s float dtype.
+
+        Raises
+        ------
+        ValueError
+            ``backward`` before ``forward``; ``dout`` of another shape than the output.
+        """
+        _need_forward(self, self._arg)
+        geo = self._geo
+        dout = as_array(dout, "dout")
+        shape = (geo.n, geo.c, geo.oh, geo.ow)
+        if dout.shape != shape:
+            raise ValueError(f"dout has shape {dout.shape} but the forward output has shape {shape}")
+        dout = np.ascontiguousarray(convert(dout, compute_dtype(dout=dout)))
+        if numpy_backend():
+            dx = C.reference.maxpool_backward(
+                dout, self._arg, (geo.n, geo.c, geo.h, geo.w), geo.fh, geo.fw, geo.stride, geo.pad
+            )
+        else:
+            buf = reusable(self, "_dx", (geo.n, geo.c, geo.h, geo.w), dout.dtype)
+            dx = C.pool_backward_run(dout, self._arg, geo, buf)
+        self._dx = dx
+        return dx
+
+
+# --------------------------------------------------------------------------------------------
+# a Convolution layer and the ReLU after it, fused (used by the nets)
+# --------------------------------------------------------------------------------------------
+def conv_relu_forward(conv: Convolution, relu: Relu, x) -> np.ndarray:
+    """``relu.forward(conv.forward(x))`` with the bias add and ReLU in the pass that writes the
+    output, leaving ``conv.x`` and ``relu.out`` as the two calls would."""
+    relu.out = conv._forward(x, relu=True)
+    return relu.out
+
+
+def conv_relu_backward(conv: Convolution, relu: Relu, dout, with_dx: bool) -> np.ndarray | None:
+    """``conv.backward(relu.backward(dout))`` with ReLU's mask applied as ``dout`` is laid out for
+    the products; without ``with_dx`` the input gradient is not computed (None)."""
+    _need_forward(relu, relu.out)
+    y = relu.out
+    out = conv._out
+    if not (plain(y, out.dtype) and y.shape == out.shape):  # replaced since forward: the two calls
+        dh = relu.backward(dout)
+        return conv._backward(dh, with_dx)
+    return conv._backward(dout, with_dx, relu_out=y)

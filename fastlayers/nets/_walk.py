@@ -1,0 +1,65 @@
+"""How the nets walk their layers: forward in order and backward in reverse, running an Affine
+layer and the activation after it, and a Convolution and the ReLU after it, as fused passes, and
+skipping the first layer's input gradient (nobody uses it). Every layer is left in the state its
+own calls would leave it in."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..layers import (
+    Affine,
+    Convolution,
+    Dropout,
+    Relu,
+    conv_relu_backward,
+    conv_relu_forward,
+    fused_backward,
+    fused_forward,
+)
+
+#: layers whose forward takes the training flag
+_WITH_FLAG = (Dropout,)
+
+
+def forward(layers: Sequence, x, train_flg: bool = False):
+    """``x`` through ``layers`` in order (``train_flg`` goes to the layers that take it)."""
+    i, n = 0, len(layers)
+    while i < n:
+        layer = layers[i]
+        after = layers[i + 1] if i + 1 < n else None
+        if after is not None:
+            if isinstance(layer, Affine):
+                fused = fused_forward(layer, after, x)  # None when the call is not the common one
+                if fused is not None:
+                    x, i = fused, i + 2
+                    continue
+            elif type(layer) is Convolution and type(after) is Relu:
+                x, i = conv_relu_forward(layer, after, x), i + 2
+                continue
+        x = layer.forward(x, train_flg) if isinstance(layer, _WITH_FLAG) else layer.forward(x)
+        i += 1
+    return x
+
+
+def backward(layers: Sequence, dout) -> None:
+    """``dout`` back through ``layers`` in reverse order, setting every layer's gradients; the
+    first layer's input gradient is not computed when it is an Affine or a Convolution layer."""
+    i = len(layers) - 1
+    while i >= 0:
+        layer = layers[i]
+        before = layers[i - 1] if i >= 1 else None
+        with_dx = i > 1  # the pair's first layer's input gradient, unless it is the net's first layer
+        if isinstance(before, Affine):
+            fused = fused_backward(before, layer, dout, with_dx)  # False when not the common call
+            if fused is not False:
+                dout, i = fused, i - 2
+                continue
+        elif type(before) is Convolution and type(layer) is Relu:
+            dout, i = conv_relu_backward(before, layer, dout, with_dx), i - 2
+            continue
+        if i == 0 and isinstance(layer, (Affine, Convolution)):
+            layer._backward(dout, with_dx=False)
+        else:
+            dout = layer.backward(dout)
+        i -= 1
