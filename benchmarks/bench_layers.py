@@ -1,6 +1,7 @@
 """Every layer of the table of layers (``fastlayers._table.CASES``): forward, backward, both, and peak
-memory, per shape, dtype and backend. One suite class per entry, named after its layer; adding a
-layer to the table adds its suite here.
+memory, per shape, dtype and backend; and every training step of the table (``time_backward`` is the
+step: gradient and update). One suite class per entry, named after it; adding a layer to the table
+adds its suite here.
 
 ``AffineGemms.time_three_gemms`` is Affine's yardstick: its three matrix products alone, into
 preallocated outputs (BLAS through NumPy), the cost below which the layer cannot go.
@@ -35,7 +36,7 @@ def _suite(case):
 
 
 for _case in CASES.values():
-    if _case.kind == "layer":
+    if _case.kind in ("layer", "step"):
         globals()[_case.title] = _suite(_case)
 
 

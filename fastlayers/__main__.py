@@ -50,9 +50,9 @@ def _positive_float(text: str) -> float:
 
 def _check_train_args(parser: argparse.ArgumentParser, args) -> None:
     """Every mistake on the command line, found before any data is loaded or any epoch run."""
-    if args.net == "two" and len(args.hidden) != 1:
+    if args.net in ("two", "convnet") and len(args.hidden) != 1:
         parser.error(
-            f"--net two has one hidden layer, got --hidden {','.join(map(str, args.hidden))} (use --net multi)"
+            f"--net {args.net} has one hidden layer, got --hidden {','.join(map(str, args.hidden))} (use --net multi)"
         )
     if args.dataset == "mnist":
         if args.data_dir is None:
@@ -73,12 +73,13 @@ def _load(args):
     from .datasets import load_digits, load_mnist
 
     dtype = np.dtype(args.dtype)
+    flatten = args.net != "convnet"  # the convnet takes images (N, 1, H, W)
     if args.dataset == "digits":
-        return load_digits(seed=args.seed, dtype=dtype)
+        return load_digits(seed=args.seed, dtype=dtype, flatten=flatten)
     if args.data_dir is None:
         raise SystemExit("--dataset mnist needs --data-dir DIR holding the four IDX files (MNIST or Fashion-MNIST)")
     try:
-        return load_mnist(args.data_dir, dtype=dtype)
+        return load_mnist(args.data_dir, dtype=dtype, flatten=flatten)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None
 
@@ -115,7 +116,8 @@ def _train_once(args, backend: str, data, progress, quiet: bool = False):
 
     (x_train, t_train), (x_test, t_test) = data
     n_classes = int(max(t_train.max(), t_test.max())) + 1
-    net = build_net(args.net, x_train.shape[1], args.hidden, n_classes, args.activation, x_train.dtype, args.seed)
+    size = x_train.shape[1:] if args.net == "convnet" else x_train.shape[1]
+    net = build_net(args.net, size, args.hidden, n_classes, args.activation, x_train.dtype, args.seed)
     lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
     optimizer = OPTIMIZERS[args.optimizer](lr)
 
@@ -157,9 +159,9 @@ def cmd_train(args) -> int:
     start = time.perf_counter()
     data = _load(args)
     (x_train, _), (x_test, _) = data
+    shape = f"{x_train.shape[1]} features" if x_train.ndim == 2 else f"{'x'.join(map(str, x_train.shape[1:]))} images"
     print(
-        f"data: {args.dataset}, {len(x_train)} train / {len(x_test)} test, {x_train.shape[1]} features, "
-        f"{x_train.dtype}; "
+        f"data: {args.dataset}, {len(x_train)} train / {len(x_test)} test, {shape}, {x_train.dtype}; "
         f"net: {args.net} {args.hidden} {args.activation}; optimizer: {args.optimizer}; "
         f"batch {args.batch_size}, {args.epochs} epochs, seed {args.seed}"
     )
@@ -434,7 +436,9 @@ def main(argv: list[str] | None = None) -> int:
         "--dataset", choices=["digits", "mnist"], default="digits", help="scikit-learn's 8x8 digits, or IDX files"
     )
     p.add_argument("--data-dir", help="directory with MNIST-format IDX files (MNIST or Fashion-MNIST)")
-    p.add_argument("--net", choices=["two", "multi"], default="two", help="TwoLayerNet or MultiLayerNet")
+    p.add_argument(
+        "--net", choices=["two", "multi", "convnet"], default="two", help="TwoLayerNet, MultiLayerNet or SimpleConvNet"
+    )
     p.add_argument("--hidden", type=_hidden, default="50", help="hidden sizes, e.g. 50 or 100,50")
     p.add_argument("--activation", choices=["relu", "sigmoid"], default="relu", help="hidden activation (multi)")
     p.add_argument("--optimizer", choices=["sgd", "momentum", "adagrad", "adam"], default="adam", help="update rule")

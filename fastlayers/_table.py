@@ -17,7 +17,9 @@ Each :class:`Case` gives:
   elements (to reach a kernel's parallel threshold);
 - ``limit``: the hardware yardstick, ``"copy"`` (with ``bytes_moved(inputs)``, what the layer reads
   and writes) or ``"3 GEMMs"``; ``kind``: ``"layer"``, ``"net"`` (a stack of layers) or ``"step"``
-  (a training step: gradient and optimizer update).
+  (a training step: gradient and optimizer update);
+- ``random``: the layer draws random numbers (dropout): its results are checked against its own
+  mask, not against ``numpy``'s, which draws its own.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import layers, nets, optim
+from ._backend import use_backend
 
 Inputs = dict[str, np.ndarray]
 
@@ -46,6 +49,7 @@ class Case:
     limit: str
     bytes_moved: Callable[[Inputs], int] | None = None
     kind: str = "layer"
+    random: bool = False
 
     def run(self, layer: object, inputs: Inputs) -> tuple:
         """Forward then backward; the results of both, flattened into one tuple."""
@@ -320,6 +324,251 @@ def step_torch_compile(torch, a: Inputs):
     return calls
 
 
+# --------------------------------------------------------------------------------------------
+# Convolution: (N, C, H, W, FN, FH, FW, pad), stride 1
+# --------------------------------------------------------------------------------------------
+def _conv_inputs(shape, dtype, rng) -> Inputs:
+    n, c, h, w, fn, fh, fw, pad = shape
+    oh, ow = h + 2 * pad - fh + 1, w + 2 * pad - fw + 1
+    return {
+        "x": _normal(rng, (n, c, h, w), dtype),
+        "W": _normal(rng, (fn, c, fh, fw), dtype, float(np.sqrt(2.0 / (c * fh * fw)))),
+        "b": _normal(rng, (fn,), dtype, 0.1),
+        "dout": _normal(rng, (n, fn, oh, ow), dtype),
+    }
+
+
+def _conv_build(a: Inputs):
+    return layers.Convolution(a["W"], a["b"], 1, _conv_pad(a))
+
+
+def _conv_calls(layer, a: Inputs, with_dx: bool = True) -> tuple:
+    x, dout = a["x"], a["dout"]
+
+    def backward():
+        dx = layer._backward(dout, with_dx)
+        return (dx, layer.dW, layer.db) if with_dx else (layer.dW, layer.db)
+
+    return (lambda: layer.forward(x)), backward, (lambda: (layer.forward(x), backward()))
+
+
+def _conv_pad(a: Inputs) -> int:
+    return (a["W"].shape[2] - 1 - a["x"].shape[2] + a["dout"].shape[2]) // 2
+
+
+def _conv_numpy(a: Inputs, with_dx: bool = True) -> tuple:
+    """The convolution as NumPy users write it: windows by ``sliding_window_view``, ``tensordot``."""
+    x, W, b, dout = a["x"], a["W"], a["b"], a["dout"]
+    pad = _conv_pad(a)
+    fh, fw = W.shape[2:]
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (fh, fw), axis=(2, 3))  # (N, C, OH, OW, FH, FW)
+    out = np.tensordot(win, W, axes=([1, 4, 5], [1, 2, 3])).transpose(0, 3, 1, 2) + b[:, None, None]
+    dW = np.tensordot(dout, win, axes=([0, 2, 3], [0, 2, 3]))
+    db = dout.sum(axis=(0, 2, 3))
+    if not with_dx:
+        return out, dW, db
+    dwin = np.tensordot(dout, W, axes=([1], [0]))  # (N, OH, OW, C, FH, FW)
+    dxp = np.zeros_like(xp)
+    oh, ow = dout.shape[2:]
+    for ky in range(fh):
+        for kx in range(fw):
+            dxp[:, :, ky : ky + oh, kx : kx + ow] += dwin[..., ky, kx].transpose(0, 3, 1, 2)
+    return out, dxp[:, :, pad : pad + x.shape[2], pad : pad + x.shape[3]], dW, db
+
+
+def _conv_torch(torch, a: Inputs, with_dx: bool = True):
+    x = torch.from_numpy(a["x"])
+    W, b = (torch.from_numpy(a[k].copy()).requires_grad_() for k in ("W", "b"))
+    dout = torch.from_numpy(a["dout"])
+    pad = _conv_pad(a)
+
+    def forward():
+        xx = x.detach().requires_grad_(with_dx)
+        return xx, torch.nn.functional.conv2d(xx, W, b, 1, pad)
+
+    _, y = forward()
+
+    def forward_backward():
+        W.grad = b.grad = None
+        xx, out = forward()
+        out.backward(dout)
+        return xx.grad
+
+    return (lambda: forward()[1]), (lambda: y.backward(dout, retain_graph=True)), forward_backward
+
+
+_CONV_SIZES = [(100, 1, 28, 28, 30, 5, 5, 0), (100, 16, 28, 28, 16, 3, 3, 1), (100, 32, 7, 7, 64, 3, 3, 1)]
+
+
+def _conv_shape_for(n: int) -> tuple:
+    return (max(1, n // 64), 1, 8, 8, 2, 3, 3, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Pooling 2x2, stride 2: (N, C, H, W)
+# --------------------------------------------------------------------------------------------
+def _pool_inputs(shape, dtype, rng) -> Inputs:
+    n, c, h, w = shape
+    return {"x": _normal(rng, shape, dtype), "dout": _normal(rng, (n, c, h // 2, w // 2), dtype)}
+
+
+def _pool_calls(layer, a: Inputs) -> tuple:
+    x, dout = a["x"], a["dout"]
+    return (
+        (lambda: layer.forward(x)),
+        (lambda: layer.backward(dout)),
+        (lambda: (layer.forward(x), layer.backward(dout))),
+    )
+
+
+def _pool_numpy(a: Inputs) -> tuple:
+    """2x2 max pooling as NumPy users write it: a reshape into windows, ``max`` and ``argmax``."""
+    x, dout = a["x"], a["dout"]
+    n, c, h, w = x.shape
+    win = x[:, :, : h // 2 * 2, : w // 2 * 2].reshape(n, c, h // 2, 2, w // 2, 2).transpose(0, 1, 2, 4, 3, 5)
+    win = win.reshape(n, c, h // 2, w // 2, 4)
+    arg = win.argmax(axis=-1)
+    dwin = np.zeros(win.shape, dout.dtype)
+    np.put_along_axis(dwin, arg[..., None], dout[..., None], axis=-1)
+    dx = np.zeros_like(x)
+    dx[:, :, : h // 2 * 2, : w // 2 * 2] = (
+        dwin.reshape(n, c, h // 2, w // 2, 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(n, c, h // 2 * 2, w // 2 * 2)
+    )
+    return win.max(axis=-1), dx
+
+
+def _pool_torch(torch, a: Inputs):
+    x, dout = torch.from_numpy(a["x"]), torch.from_numpy(a["dout"])
+
+    def forward():
+        xx = x.detach().requires_grad_()
+        return xx, torch.nn.functional.max_pool2d(xx, 2, 2)
+
+    _, y = forward()
+
+    def forward_backward():
+        xx, out = forward()
+        out.backward(dout)
+        return xx.grad
+
+    return (lambda: forward()[1]), (lambda: y.backward(dout, retain_graph=True)), forward_backward
+
+
+def _pool_bytes(a: Inputs) -> int:
+    # forward: read x, write the maxima and their one-byte indices; backward: read dout and the
+    # indices, write dx
+    return 2 * a["x"].nbytes + 2 * a["dout"].nbytes + 2 * a["dout"].size
+
+
+# --------------------------------------------------------------------------------------------
+# Dropout(0.5), training mode
+# --------------------------------------------------------------------------------------------
+def _dropout_calls(layer, a: Inputs) -> tuple:
+    x, dout = a["x"], a["dout"]
+    return (
+        (lambda: layer.forward(x)),
+        (lambda: layer.backward(dout)),
+        (lambda: (layer.forward(x), layer.backward(dout))),
+    )
+
+
+def _dropout_numpy(a: Inputs) -> tuple:
+    mask = np.random.rand(*a["x"].shape) > 0.5  # noqa: NPY002 - what the classic code writes
+    return a["x"] * mask, a["dout"] * mask
+
+
+def _dropout_torch(torch, a: Inputs):
+    x, dout = torch.from_numpy(a["x"]), torch.from_numpy(a["dout"])
+
+    def forward():
+        xx = x.detach().requires_grad_()
+        return xx, torch.nn.functional.dropout(xx, 0.5, training=True)
+
+    _, y = forward()
+
+    def forward_backward():
+        xx, out = forward()
+        out.backward(dout)
+        return xx.grad
+
+    return (lambda: forward()[1]), (lambda: y.backward(dout, retain_graph=True)), forward_backward
+
+
+def _dropout_bytes(a: Inputs) -> int:
+    # forward: read x, write out and the one-byte mask; backward: read dout and the mask, write dx
+    return 4 * a["x"].nbytes + 2 * a["x"].size
+
+
+# --------------------------------------------------------------------------------------------
+# one Adam training step of SimpleConvNet: (N, C, H, W)
+# --------------------------------------------------------------------------------------------
+CONV_STEP_LR = 0.001
+
+
+def _convnet_inputs(shape, dtype, rng) -> Inputs:
+    n = shape[0]
+    return {"x": _normal(rng, shape, dtype), "t": rng.integers(0, 10, n), "dtype": np.zeros(0, dtype)}
+
+
+def _convnet_build(a: Inputs):
+    c, h, w = a["x"].shape[1:]
+    net = nets.SimpleConvNet(input_dim=(c, h, w), dtype=a["dtype"].dtype, seed=0)
+    return net, optim.Adam(CONV_STEP_LR)
+
+
+def _convnet_calls(built, a: Inputs) -> tuple:
+    net, opt = built
+    x, t = a["x"], a["t"]
+
+    def backward():
+        opt.update(net.params, net.gradient(x, t))
+        return tuple(net.params[k] for k in sorted(net.params))
+
+    return (lambda: net.loss(x, t)), backward, (lambda: opt.update(net.params, net.gradient(x, t)))
+
+
+def _convnet_numpy(a: Inputs) -> tuple:
+    """The same step written in plain NumPy: the book's own way (im2col, matrix products), which is
+    fastlayers' reference path."""
+    with use_backend("numpy"):
+        built = _convnet_build(a)
+        forward, backward, _ = _convnet_calls(built, a)
+        return (forward(), *backward())
+
+
+def _convnet_torch(torch, a: Inputs):
+    net = _convnet_build(a)[0]
+    p = net.params
+    fn, c, fs, _ = p["W1"].shape
+    nn = torch.nn
+    dtype = torch.from_numpy(a["x"][:0]).dtype
+    model = nn.Sequential(
+        nn.Conv2d(c, fn, fs), nn.ReLU(), nn.MaxPool2d(2, 2), nn.Flatten(),
+        nn.Linear(p["W2"].shape[0], p["W2"].shape[1]), nn.ReLU(), nn.Linear(p["W3"].shape[0], p["W3"].shape[1]),
+    ).to(dtype)  # fmt: skip
+    with torch.no_grad():
+        model[0].weight.copy_(torch.from_numpy(p["W1"]))
+        model[0].bias.copy_(torch.from_numpy(p["b1"]))
+        model[4].weight.copy_(torch.from_numpy(p["W2"].T.copy()))
+        model[4].bias.copy_(torch.from_numpy(p["b2"]))
+        model[6].weight.copy_(torch.from_numpy(p["W3"].T.copy()))
+        model[6].bias.copy_(torch.from_numpy(p["b3"]))
+    opt = torch.optim.Adam(model.parameters(), lr=CONV_STEP_LR)
+    loss_fn = nn.CrossEntropyLoss()
+    x, t = torch.from_numpy(a["x"]), torch.from_numpy(a["t"])
+
+    def forward():
+        return loss_fn(model(x), t)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        forward().backward()
+        opt.step()
+
+    return forward, step, step
+
+
 CASES: dict[str, Case] = {
     case.name: case
     for case in (
@@ -397,6 +646,70 @@ CASES: dict[str, Case] = {
             torch=_step_torch,
             sizes=[(32, 64, 50, 10), (100, 784, 50, 10), (1000, 784, 100, 10)],
             shape_for=lambda n: (max(1, n // 4), 4, 4, 3),
+            limit="",
+            kind="step",
+        ),
+        Case(
+            name="conv",
+            title="Convolution",
+            inputs=_conv_inputs,
+            build=_conv_build,
+            calls=_conv_calls,
+            numpy=_conv_numpy,
+            torch=_conv_torch,
+            sizes=_CONV_SIZES,
+            shape_for=_conv_shape_for,
+            limit="",
+        ),
+        Case(
+            name="conv_first",
+            title="ConvolutionFirstLayer",
+            inputs=_conv_inputs,
+            build=_conv_build,
+            calls=lambda layer, a: _conv_calls(layer, a, with_dx=False),
+            numpy=lambda a: _conv_numpy(a, with_dx=False),
+            torch=lambda torch, a: _conv_torch(torch, a, with_dx=False),
+            sizes=_CONV_SIZES[:1],
+            shape_for=_conv_shape_for,
+            limit="",
+        ),
+        Case(
+            name="pool",
+            title="Pooling",
+            inputs=_pool_inputs,
+            build=lambda a: layers.Pooling(2, 2, 2),
+            calls=_pool_calls,
+            numpy=_pool_numpy,
+            torch=_pool_torch,
+            sizes=[(100, 30, 24, 24), (100, 16, 28, 28), (100, 64, 8, 8)],
+            shape_for=lambda n: (max(1, n // 64), 4, 4, 4),
+            limit="copy",
+            bytes_moved=_pool_bytes,
+        ),
+        Case(
+            name="dropout",
+            title="Dropout",
+            inputs=_activation_inputs,
+            build=lambda a: layers.Dropout(0.5),
+            calls=_dropout_calls,
+            numpy=_dropout_numpy,
+            torch=_dropout_torch,
+            sizes=[(100, 100), (256, 1024), (1024, 4096)],
+            shape_for=rows_of_4,
+            limit="copy",
+            bytes_moved=_dropout_bytes,
+            random=True,
+        ),
+        Case(
+            name="convnet_step",
+            title="ConvNetTrainingStep",
+            inputs=_convnet_inputs,
+            build=_convnet_build,
+            calls=_convnet_calls,
+            numpy=_convnet_numpy,
+            torch=_convnet_torch,
+            sizes=[(100, 1, 28, 28)],
+            shape_for=lambda n: (max(1, n // 64), 1, 8, 8),
             limit="",
             kind="step",
         ),

@@ -217,4 +217,5 @@ def dropout_draws(n: int, k0: int, k1: int) -> np.ndarray:
 def dropout_forward(x: np.ndarray, k0: int, k1: int, threshold: int) -> tuple[np.ndarray, np.ndarray]:
     """(x * mask, mask) with ``mask`` = draws > ``threshold``, shaped like ``x``."""
     mask = (dropout_draws(x.size, k0, k1) > threshold).reshape(x.shape)
-    return x * mask, mask
+    with np.errstate(invalid="ignore"):  # inf * 0 is NaN, as the kernel gives it, without a warning
+        return x * mask, mask

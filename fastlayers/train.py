@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._backend import use_backend
-from .nets import MultiLayerNet, TwoLayerNet
+from .nets import MultiLayerNet, SimpleConvNet, TwoLayerNet
 from .optim import SGD, AdaGrad, Adam, Momentum
 
 OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "adagrad": AdaGrad, "adam": Adam}
@@ -35,8 +35,17 @@ class History:
         return sum(e.seconds for e in self.epochs)
 
 
-def build_net(kind: str, input_size: int, hidden: list[int], output_size: int, activation: str, dtype, seed: int):
-    """A ``TwoLayerNet`` (one hidden layer, ReLU, classic 0.01 init) or a ``MultiLayerNet``."""
+#: the convolution of ``--net convnet``: 3x3 filters padded to keep the (small) images' size
+CONVNET_PARAM = {"filter_num": 30, "filter_size": 3, "pad": 1, "stride": 1}
+
+
+def build_net(kind: str, input_size, hidden: list[int], output_size: int, activation: str, dtype, seed: int):
+    """A ``TwoLayerNet`` (one hidden layer, ReLU, classic 0.01 init), a ``MultiLayerNet``, or a
+    ``SimpleConvNet`` (``input_size`` then is the images' (C, H, W))."""
+    if kind == "convnet":
+        if len(hidden) != 1:
+            raise ValueError("--net convnet has one hidden Affine layer: give one --hidden size")
+        return SimpleConvNet(tuple(input_size), CONVNET_PARAM, hidden[0], output_size, dtype=dtype, seed=seed)
     if kind == "two":
         if len(hidden) != 1 or activation != "relu":
             raise ValueError("--net two has exactly one hidden layer and ReLU; use --net multi otherwise")
@@ -44,7 +53,7 @@ def build_net(kind: str, input_size: int, hidden: list[int], output_size: int, a
     if kind == "multi":
         return MultiLayerNet(input_size, hidden, output_size, activation=activation, weight_init_std=activation,
                              dtype=dtype, seed=seed)  # fmt: skip
-    raise ValueError(f"net must be 'two' or 'multi', got {kind!r}")
+    raise ValueError(f"net must be 'two', 'multi' or 'convnet', got {kind!r}")
 
 
 def fit(

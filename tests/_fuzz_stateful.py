@@ -108,6 +108,14 @@ class Layers(RuleBasedStateMachine):
         self.affine = {k: fl.Affine(W.copy(), b.copy()) for k in BACKENDS}
         self.opt = {k: fl.SGD(lr=0.1) for k in BACKENDS}
         self.d = d
+        self.fn = 3
+        cw = self.rng.standard_normal((self.fn, 2, 3, 2)).astype(dtype)
+        cb = self.rng.standard_normal(self.fn).astype(dtype)
+        stride, pad = int(self.rng.integers(1, 3)), int(self.rng.integers(0, 3))
+        self.conv = {k: fl.Convolution(cw.copy(), cb.copy(), stride, pad) for k in BACKENDS}
+        pool_pad = int(self.rng.integers(0, 2))
+        self.pool = {k: fl.Pooling(2, 3, 2, pool_pad) for k in BACKENDS}
+        self.dropout = {k: fl.Dropout(0.4) for k in BACKENDS}
 
     # -- the loss layer ------------------------------------------------------------------------
     @rule(
@@ -235,6 +243,105 @@ class Layers(RuleBasedStateMachine):
             return a.W.copy(), a.b.copy()
 
         both(step, "optimizer_step")
+
+    # -- convolution, pooling, dropout ------------------------------------------------------------
+    @rule(kind=st.sampled_from(["ok", "channels", "3d", "small", "ints"]), dt=st.sampled_from([np.float32, np.float64]))
+    def conv_forward(self, kind, dt):
+        shape = {
+            "ok": (2, 2, 7, 6),
+            "channels": (2, 3, 7, 6),
+            "3d": (2, 7, 6),
+            "small": (1, 2, 1, 1),
+            "ints": (1, 2, 5, 5),
+        }
+        x = self.rng.standard_normal(shape[kind])
+        x = (x * 10).astype(np.int16) if kind == "ints" else x.astype(dt)
+        both(lambda k: self.conv[k].forward(x.copy()), f"conv_forward_{kind}")
+
+    @rule(wrong=st.booleans(), dt=st.sampled_from([np.float32, np.float64]), with_dx=st.booleans())
+    def conv_backward(self, wrong, dt, with_dx):
+        out = self.conv["numpy"]._out
+        shape = out.shape if out is not None else (2, self.fn, 3, 3)
+        dout = self.rng.standard_normal((shape[0] + wrong, *shape[1:])).astype(dt)
+
+        def call(k):
+            dx = self.conv[k]._backward(dout.copy(), with_dx)
+            return (dx, self.conv[k].dW, self.conv[k].db) if with_dx else (self.conv[k].dW, self.conv[k].db)
+
+        both(call, "conv_backward")
+
+    @rule(what=st.sampled_from(["W", "b", "x", "stride", "pad"]), how=st.sampled_from(["inplace", "other"]))
+    def change_conv(self, what, how):
+        value = getattr(self.conv["numpy"], what)
+        if what in ("stride", "pad"):
+            new = {"inplace": 1, "other": 0 if what == "stride" else 5}[how]
+            for k in BACKENDS:
+                setattr(self.conv[k], what, new)
+            return
+        if not isinstance(value, np.ndarray):
+            return
+        if how == "inplace":
+            new = self.rng.standard_normal(value.shape).astype(value.dtype)
+            for k in BACKENDS:
+                getattr(self.conv[k], what)[...] = new
+            return
+        shape = tuple(s + 1 for s in value.shape)
+        new = self.rng.standard_normal(shape).astype(value.dtype)
+        for k in BACKENDS:
+            setattr(self.conv[k], what, new.copy())
+
+    @rule(kind=st.sampled_from(["ok", "small", "nan"]), dt=st.sampled_from([np.float32, np.float64]))
+    def pool_forward(self, kind, dt):
+        x = self.rng.standard_normal((2, 3, 1, 1) if kind == "small" else (2, 3, 7, 8)).astype(dt)
+        if kind == "nan":
+            x[0, 0, 1, 1] = np.nan
+        both(lambda k: (self.pool[k].forward(x.copy()), self.pool[k].arg_max), f"pool_forward_{kind}")
+
+    @rule(wrong=st.booleans())
+    def pool_backward(self, wrong):
+        out = self.pool["numpy"]._out
+        shape = out.shape if out is not None else (2, 3, 3, 3)
+        dout = self.rng.standard_normal((shape[0], shape[1] + wrong, *shape[2:]))
+        both(lambda k: self.pool[k].backward(dout.copy()), "pool_backward")
+
+    @rule(value=st.sampled_from([-1, 0, 5, 255, 2**40]))
+    def refill_arg_max(self, value):
+        for k in BACKENDS:
+            a = self.pool[k].arg_max
+            if a is not None:
+                a[...] = value  # a fresh array: changes nothing
+
+    @rule(seed=st.integers(0, 2**32 - 1), train=st.booleans(), shape=st.sampled_from([(3, 5), (2, 3, 4, 5), (0, 4)]))
+    def dropout_forward(self, seed, train, shape):
+        x = self.rng.standard_normal(shape).astype(self.dtype)
+
+        def call(k):
+            np.random.seed(seed)  # noqa: NPY002 - the classic global generator
+            return self.dropout[k].forward(x.copy(), train)
+
+        both(call, "dropout_forward")
+
+    @rule(wrong=st.booleans())
+    def dropout_backward(self, wrong):
+        mask = self.dropout["numpy"].mask
+        shape = mask.shape if mask is not None else (3, 5)
+        dout = self.rng.standard_normal((shape[0] + wrong, *shape[1:])).astype(self.dtype)
+        both(lambda k: self.dropout[k].backward(dout.copy()), "dropout_backward")
+
+    @rule(how=st.sampled_from(["refill", "floats", "other_shape", "ratio"]))
+    def change_dropout(self, how):
+        mask = self.dropout["numpy"].mask
+        for k in BACKENDS:
+            if how == "ratio":
+                self.dropout[k].dropout_ratio = 1.5
+            elif mask is None:
+                continue
+            elif how == "refill":
+                self.dropout[k].mask[...] = True
+            elif how == "floats":
+                self.dropout[k].mask = np.full(mask.shape, 0.5)
+            else:
+                self.dropout[k].mask = np.ones(mask.size + 1, bool)
 
     # -- functions with out= buffers that alias their inputs ------------------------------------
     @rule(

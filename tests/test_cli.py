@@ -40,6 +40,21 @@ def test_train_mnist_format_multi_sigmoid(tmp_path, capsys):
     assert "40 train / 10 test, 36 features" in out and "[numpy] epoch   2" in out
 
 
+def test_train_convnet_on_digit_images(capsys):
+    code = main(["train", "--net", "convnet", "--epochs", "2", "--hidden", "20", "--no-progress"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "1437 train / 360 test, 1x8x8 images" in out and "net: convnet [20]" in out and "[numba] epoch   2" in out
+
+
+@pytest.mark.slow
+def test_train_convnet_reaches_097_with_the_defaults(capsys):
+    """The issue's bar for ``python -m fastlayers train --net convnet`` (30 epochs of Adam, about 10 s)."""
+    assert main(["train", "--net", "convnet", "--no-progress"]) == 0
+    accuracy = float(capsys.readouterr().out.split("done: test accuracy ")[1].split(",")[0])
+    assert accuracy >= 0.97, accuracy
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -47,6 +62,7 @@ def test_train_mnist_format_multi_sigmoid(tmp_path, capsys):
         (["--dataset", "mnist", "--data-dir", "/nonexistent/dir"], "--data-dir /nonexistent/dir: no such directory"),
         (["--hidden", "0"], "argument --hidden: --hidden sizes must be positive, got '0'"),
         (["--hidden", "100,50"], "--net two has one hidden layer, got --hidden 100,50 (use --net multi)"),
+        (["--net", "convnet", "--hidden", "100,50"], "--net convnet has one hidden layer, got --hidden 100,50"),
         (["--plot", "/nonexistent/x.png"], "--plot /nonexistent/x.png: the folder /nonexistent does not exist"),
         (["--plot", "curves.txt"], "the file name must end in .png, .pdf or .svg"),
         (["--batch-size", "x"], "argument --batch-size: expected a positive integer, got 'x'"),

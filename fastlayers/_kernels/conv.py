@@ -278,7 +278,7 @@ def maxpool_backward(dout, arg, ph, pw, stride, pad, dx):
             _zero(plane[yy])
         for y in range(oh):
             for xo in range(ow):
-                a = idx[y, xo]
+                a = int(idx[y, xo])  # int64 arithmetic below, whatever the index dtype
                 if a < 0 or a >= size:
                     continue
                 iy = y * stride - pad + a // pw

@@ -27,8 +27,8 @@ DRAW_MIN = 1 << 15
 
 M0 = np.uint64(0xD2511F53)
 M1 = np.uint64(0xCD9E8D57)
-W0 = np.uint32(0x9E3779B9)
-W1 = np.uint32(0xBB67AE85)
+W0 = np.uint64(0x9E3779B9)
+W1 = np.uint64(0xBB67AE85)
 HALF = np.uint64(32)
 ROUNDS = 10
 
@@ -49,8 +49,8 @@ def philox(c0, c1, k0, k1):
             np.uint32(np.uint32(p0 >> HALF) ^ c3 ^ k1),
             np.uint32(p0),
         )
-        k0 = np.uint32(k0 + W0)
-        k1 = np.uint32(k1 + W1)
+        k0 = np.uint32(np.uint64(k0) + W0)  # the key bump mod 2**32, without a uint32 overflow
+        k1 = np.uint32(np.uint64(k1) + W1)
     return c0, c1, c2, c3
 
 

@@ -7,8 +7,9 @@ either a compiled kernel from :mod:`fastlayers._kernels` (backend ``"numba"``) o
 ``out=`` buffer given on purpose.
 
 The modules mirror :mod:`fastlayers._kernels`: :mod:`.elementwise` (ReLU, Sigmoid), :mod:`.affine`,
-:mod:`.loss` (softmax and the cross-entropy losses), and :mod:`._checks` (the dtype rule, the
-argument checks and the gates of the fast paths), which the others share.
+:mod:`.loss` (softmax and the cross-entropy losses), :mod:`.conv` (convolution, max pooling,
+im2col/col2im), :mod:`.dropout`, and :mod:`._checks` (the dtype rule, the argument checks and the
+gates of the fast paths), which the others share.
 
 The dtype rule is NumPy's (see :mod:`fastlayers.functional._checks`): each function computes in,
 and returns, the dtype the classic NumPy expression gives for the same operands (float16 computed
@@ -28,6 +29,8 @@ is computed through a temporary. (Affine's buffers that overlap an input are ref
 from __future__ import annotations
 
 from .affine import affine_backward, affine_forward
+from .conv import col2im, conv_backward, conv_forward, im2col, max_pool_backward, max_pool_forward
+from .dropout import dropout_backward, dropout_forward, dropout_scale
 from .elementwise import relu_backward, relu_forward, sigmoid_backward, sigmoid_forward
 from .loss import cross_entropy_error, softmax, softmax_cross_entropy_backward, softmax_cross_entropy_forward
 
@@ -42,4 +45,13 @@ __all__ = [
     "softmax_cross_entropy_forward",
     "softmax_cross_entropy_backward",
     "cross_entropy_error",
+    "conv_forward",
+    "conv_backward",
+    "max_pool_forward",
+    "max_pool_backward",
+    "im2col",
+    "col2im",
+    "dropout_forward",
+    "dropout_backward",
+    "dropout_scale",
 ]

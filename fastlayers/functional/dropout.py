@@ -148,13 +148,15 @@ def dropout_backward(dout: ArrayLike, mask: ArrayLike, out: np.ndarray | None = 
         raise ValueError(f"mask has shape {m.shape} but dout has shape {dout.shape}")
     if m.dtype != np.bool_:
         dtype = compute_dtype(dout=dout, mask=m)
-        result = convert(dout, dtype) * convert(m, dtype)
+        with np.errstate(invalid="ignore"):  # inf * 0: NaN, as the kernel gives it
+            result = convert(dout, dtype) * convert(m, dtype)
         return result if out is None else _into(out, result)
     dtype = compute_dtype(dout=dout)
     dout = np.ascontiguousarray(convert(dout, dtype))
     m = np.ascontiguousarray(m)
     if numpy_backend():
-        result = dout * m
+        with np.errstate(invalid="ignore"):
+            result = dout * m
         return result if out is None else _into(out, result)
     if out is not None:
         check_out(out, dout.shape, dtype)
@@ -180,6 +182,13 @@ def _into(out: np.ndarray, result: np.ndarray) -> np.ndarray:
 def dropout_scale(x: ArrayLike, dropout_ratio: float = 0.5, out: np.ndarray | None = None) -> np.ndarray:
     """Test-mode dropout: ``x * (1 - dropout_ratio)``, in ``x``'s float dtype.
 
+    Parameters
+    ----------
+    x : array_like, any shape
+    dropout_ratio : float in [0, 1)
+    out : ndarray, optional
+        Buffer of ``x``'s shape and float dtype.
+
     Raises
     ------
     TypeError, ValueError
@@ -190,7 +199,8 @@ def dropout_scale(x: ArrayLike, dropout_ratio: float = 0.5, out: np.ndarray | No
     dtype = compute_dtype(x=x)
     x = np.ascontiguousarray(convert(x, dtype))
     if numpy_backend():
-        result = x * dtype.type(1.0 - ratio)
+        with np.errstate(invalid="ignore"):
+            result = x * dtype.type(1.0 - ratio)
         return result if out is None else _into(out, result)
     if out is not None:
         check_out(out, x.shape, dtype)

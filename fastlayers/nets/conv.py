@@ -15,7 +15,6 @@ the two agree), and ``load_params`` refuses files that hold anything but a dict 
 
 from __future__ import annotations
 
-import io
 import operator
 import pickle
 from collections import OrderedDict
@@ -97,6 +96,7 @@ class _SafeUnpickler(pickle.Unpickler):
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         ("collections", "OrderedDict"),
+        ("_codecs", "encode"),  # how protocol 2 writes the bytes of an array
     }
 
     def find_class(self, module: str, name: str):
@@ -116,7 +116,7 @@ def load_param_file(file_name: str | PathLike) -> dict[str, np.ndarray]:
         It is not a dict of arrays keyed by strings.
     """
     with open(file_name, "rb") as f:
-        data = _SafeUnpickler(io.BufferedReader(f)).load()  # type: ignore[arg-type]
+        data = _SafeUnpickler(f).load()
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, np.ndarray) for k, v in data.items()):
         raise ValueError(f"{file_name} does not hold a dict of arrays keyed by name")
     return data
@@ -357,7 +357,7 @@ class DeepConvNet(_ConvNet):
     Attributes
     ----------
     params : dict ``W1``...``W8``, ``b1``...``b8`` (He initialisation: std sqrt(2 / fan-in))
-    layers : list of the 21 layers, in the classic order
+    layers : list of the 20 layers, in the classic order
     last_layer : SoftmaxWithLoss
 
     ``loss`` and ``gradient`` run the dropout layers in training mode, ``predict`` and ``accuracy``

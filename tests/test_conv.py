@@ -1,0 +1,361 @@
+"""Convolution, Pooling, im2col/col2im: against the reference path and against independent loops,
+on both backends, float32 and float64, odd shapes, strides 1-3, padding 0-2, non-square filters,
+C, Fortran and strided layouts; gradient checks; the classic layouts of the on-demand attributes;
+results that do not depend on the thread count; what a caller may change between calls."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastlayers as fl
+from fastlayers import functional as F
+from fastlayers import reference as R
+from fastlayers.functional import conv as C
+
+from .conftest import DTYPES, LAYOUTS, assert_close, layout
+
+#: (N, C, H, W, FN, FH, FW, stride, pad)
+CONV = [
+    (1, 1, 5, 5, 1, 5, 5, 1, 0),
+    (2, 3, 9, 8, 4, 3, 2, 1, 0),
+    (1, 3, 11, 9, 5, 3, 3, 2, 1),
+    (3, 1, 7, 10, 2, 2, 3, 3, 2),
+    (2, 3, 6, 7, 3, 1, 1, 1, 2),
+    (3, 2, 13, 12, 6, 3, 3, 1, 1),
+]
+#: (N, C, H, W, pool_h, pool_w, stride, pad)
+POOL = [(2, 3, 8, 8, 2, 2, 2, 0), (2, 3, 9, 7, 2, 2, 2, 0), (1, 3, 11, 9, 3, 2, 1, 1), (3, 1, 7, 10, 3, 3, 2, 2)]
+BACKENDS = ["numba", "numpy"]
+
+
+def _conv_loops(x, W, b, stride, pad):
+    """The convolution as its definition, one output element at a time (float64)."""
+    n, c, h, w = x.shape
+    fn, _, fh, fw = W.shape
+    oh, ow = (h + 2 * pad - fh) // stride + 1, (w + 2 * pad - fw) // stride + 1
+    xp = np.zeros((n, c, h + 2 * pad, w + 2 * pad))
+    xp[:, :, pad : pad + h, pad : pad + w] = x
+    out = np.empty((n, fn, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            patch = xp[:, :, i * stride : i * stride + fh, j * stride : j * stride + fw]
+            out[:, :, i, j] = np.tensordot(patch, W.astype(np.float64), axes=([1, 2, 3], [1, 2, 3])) + b
+    return out
+
+
+def _data(spec, dtype, seed=0):
+    n, c, h, w, fn, fh, fw, stride, pad = spec
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    W = rng.standard_normal((fn, c, fh, fw)).astype(dtype)
+    b = rng.standard_normal(fn).astype(dtype)
+    return x, W, b, stride, pad
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("spec", CONV, ids=str)
+def test_convolution_layer_equals_the_definition(spec, dtype, backend):
+    x, W, b, stride, pad = _data(spec, dtype)
+    with fl.use_backend(backend):
+        layer = fl.Convolution(W, b, stride, pad)
+        out = layer.forward(x)
+        dout = np.random.default_rng(1).standard_normal(out.shape).astype(dtype)
+        dx = layer.backward(dout)
+    k = W[0].size
+    assert out.flags.c_contiguous and out.dtype == dtype
+    assert_close(out, _conv_loops(x, W, b, stride, pad).astype(dtype), "sum", n=k)
+    rdx, rdW, rdb = R.conv_backward(dout.astype(np.float64), x.astype(np.float64), W.astype(np.float64), stride, pad)
+    assert_close(dx, rdx.astype(dtype), "sum", n=k)
+    assert_close(layer.dW, rdW.astype(dtype), "sum", n=out.size // W.shape[0])
+    assert_close(layer.db, rdb.astype(dtype), "sum", n=out.size // W.shape[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", LAYOUTS)
+def test_convolution_any_layout(dtype, kind):
+    x, W, b, stride, pad = _data(CONV[2], dtype)
+    want = fl.Convolution(W, b, stride, pad).forward(x)
+    layer = fl.Convolution(layout(W, kind), layout(b, kind), stride, pad)
+    got = layer.forward(layout(x, kind))
+    np.testing.assert_array_equal(got, want)
+    dout = np.ones_like(want)
+    layer.backward(layout(dout, kind))
+    ref = fl.Convolution(W, b, stride, pad)
+    ref.forward(x)
+    np.testing.assert_array_equal(layer.backward(dout), ref.backward(dout))
+    np.testing.assert_array_equal(layer.dW, ref.dW)
+
+
+def test_convolution_follows_numpys_dtype_rule():
+    x, W, b, stride, pad = _data(CONV[1], np.float64)
+    assert fl.Convolution(W.astype(np.float32), b.astype(np.float32)).forward(x.astype(np.float32)).dtype == np.float32
+    # the book's mix: float32 images, float64 filters
+    mixed = fl.Convolution(W, b).forward(x.astype(np.float32))
+    assert mixed.dtype == np.float64
+    np.testing.assert_allclose(mixed, fl.Convolution(W, b).forward(x.astype(np.float32).astype(np.float64)))
+    assert fl.Convolution(W, b).forward((x * 10).astype(np.uint8)).dtype == np.float64
+    assert F.conv_forward(x.tolist(), W, b).dtype == np.float64
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("spec", CONV[1:4], ids=str)
+def test_convolution_gradients(spec, backend):
+    x, W, b, stride, pad = _data(spec, np.float64, seed=3)
+    layer = fl.Convolution(W, b, stride, pad)
+    with fl.use_backend(backend):
+        weights = np.random.default_rng(4).standard_normal(layer.forward(x).shape)
+
+        def f(_):
+            return float((layer.forward(x) * weights).sum())
+
+        f(None)
+        dx = layer.backward(weights)
+        dW, db = layer.dW.copy(), layer.db.copy()
+        for value, grad in ((x, dx), (W, dW), (b, db)):
+            np.testing.assert_allclose(grad, fl.numerical_gradient(f, value), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("spec", CONV, ids=str)
+def test_functional_conv_equals_reference(spec, dtype):
+    x, W, b, stride, pad = _data(spec, dtype)
+    out = F.conv_forward(x, W, b, stride, pad)
+    with fl.use_backend("numpy"):
+        want = F.conv_forward(x, W, b, stride, pad)
+        dout = np.random.default_rng(2).standard_normal(out.shape).astype(dtype)
+        want_grads = F.conv_backward(dout, x, W, stride, pad)
+    assert_close(out, want, "sum", n=W[0].size)
+    for got, expected in zip(F.conv_backward(dout, x, W, stride, pad), want_grads, strict=True):
+        assert_close(got, expected, "sum", n=out.size)
+    buf = np.empty_like(out)
+    assert F.conv_forward(x, W, b, stride, pad, out=buf) is buf
+    np.testing.assert_array_equal(buf, out)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("spec", CONV, ids=str)
+def test_im2col_and_col2im_are_the_classic_ones(spec, backend):
+    x, W, _, stride, pad = _data(spec, np.float64)
+    fh, fw = W.shape[2:]
+    with fl.use_backend(backend):
+        col = fl.im2col(x, fh, fw, stride, pad)
+        back = fl.col2im(col, x.shape, fh, fw, stride, pad)
+    # independent: the classic rows (n, oh, ow) and columns (c, ky, kx), element by element
+    n, c, h, w = x.shape
+    oh, ow = (h + 2 * pad - fh) // stride + 1, (w + 2 * pad - fw) // stride + 1
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    want = np.array(
+        [xp[i, :, y * stride : y * stride + fh, z * stride : z * stride + fw].ravel()
+         for i in range(n) for y in range(oh) for z in range(ow)]
+    )  # fmt: skip
+    np.testing.assert_array_equal(col, want)
+    # col2im is the adjoint of im2col: <im2col(x), v> == <x, col2im(v)>
+    v = np.random.default_rng(5).standard_normal(col.shape)
+    with fl.use_backend(backend):
+        adj = fl.col2im(v, x.shape, fh, fw, stride, pad)
+    np.testing.assert_allclose(np.sum(col * v), np.sum(x * adj), rtol=1e-12)
+    assert back.shape == x.shape
+    assert fl.im2col(x.astype(np.float32), fh, fw, stride, pad).dtype == np.float32
+
+
+def test_convolution_classic_attributes():
+    x, W, b, stride, pad = _data(CONV[2], np.float64)
+    layer = fl.Convolution(W, b, stride, pad)
+    assert layer.col is None
+    layer.forward(x)
+    np.testing.assert_array_equal(layer.col, fl.im2col(x, *W.shape[2:], stride, pad))
+    assert layer.col_W.shape == (W[0].size, W.shape[0])
+    assert np.shares_memory(layer.col_W, W)
+    assert layer.x is x and layer.stride == stride and layer.pad == pad
+
+
+def _pool_loops(x, ph, pw, stride, pad):
+    n, c, h, w = x.shape
+    oh, ow = (h + 2 * pad - ph) // stride + 1, (w + 2 * pad - pw) // stride + 1
+    xp = np.full((n, c, h + 2 * pad, w + 2 * pad), -np.inf)
+    xp[:, :, pad : pad + h, pad : pad + w] = x
+    out = np.empty((n, c, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            out[:, :, i, j] = xp[:, :, i * stride : i * stride + ph, j * stride : j * stride + pw].max(axis=(2, 3))
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("spec", POOL, ids=str)
+def test_pooling_equals_the_definition(spec, dtype, backend):
+    n, c, h, w, ph, pw, stride, pad = spec
+    x = np.random.default_rng(0).standard_normal((n, c, h, w)).astype(dtype)
+    with fl.use_backend(backend):
+        layer = fl.Pooling(ph, pw, stride, pad)
+        out = layer.forward(x)
+        dout = np.random.default_rng(1).standard_normal(out.shape).astype(dtype)
+        dx = layer.backward(dout)
+    np.testing.assert_array_equal(out, _pool_loops(x, ph, pw, stride, pad).astype(dtype))
+    # each dout value lands on the maximum of its window
+    want = np.zeros((n, c, h + 2 * pad, w + 2 * pad))
+    arg = layer.arg_max.reshape(n, out.shape[2], out.shape[3], c)
+    for i in range(out.shape[2]):
+        for j in range(out.shape[3]):
+            ky, kx = np.divmod(arg[:, i, j, :], pw)
+            for nn in range(n):
+                for cc in range(c):
+                    want[nn, cc, i * stride + ky[nn, cc], j * stride + kx[nn, cc]] += dout[nn, cc, i, j]
+    assert_close(dx, want[:, :, pad : pad + h, pad : pad + w].astype(dtype), "sum", n=ph * pw)
+
+
+def test_pooling_arg_max_is_the_classic_layout():
+    """Without padding, ``arg_max`` equals the classic ``np.argmax`` over the classic column matrix."""
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 6))
+    layer = fl.Pooling(2, 2, 2)
+    layer.forward(x)
+    classic = np.argmax(fl.im2col(x, 2, 2, 2, 0).reshape(-1, 4), axis=1)
+    np.testing.assert_array_equal(layer.arg_max, classic)
+    assert layer.arg_max.dtype == np.int64
+
+
+def test_pooling_nan_and_ties():
+    x = np.zeros((1, 1, 2, 4))
+    x[0, 0, 1, 0] = np.nan  # the NaN wins its window
+    x[0, 0, :, 2:] = 5.0  # a tie: the first maximum
+    layer = fl.Pooling(2, 2, 2)
+    out = layer.forward(x)
+    assert np.isnan(out[0, 0, 0, 0]) and out[0, 0, 0, 1] == 5.0
+    np.testing.assert_array_equal(layer.arg_max, [2, 0])
+    with fl.use_backend("numpy"):
+        ref = fl.Pooling(2, 2, 2)
+        np.testing.assert_array_equal(ref.forward(x), out)
+        np.testing.assert_array_equal(ref.arg_max, layer.arg_max)
+
+
+def test_pooling_pads_with_minus_infinity_and_sizes_with_the_pad():
+    x = -np.ones((1, 1, 3, 3))
+    out = fl.Pooling(2, 2, 2, pad=1).forward(x)
+    assert out.shape == (1, 1, 2, 2)
+    np.testing.assert_array_equal(out, -1.0)  # padding never wins, even against negative values
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_results_do_not_depend_on_the_thread_count(dtype):
+    x, W, b, stride, pad = _data((5, 3, 40, 37, 4, 3, 3, 1, 1), dtype)
+    dout = np.random.default_rng(3).standard_normal((5, 4, 40, 37)).astype(dtype)
+
+    def run():
+        conv, pool = fl.Convolution(W, b, stride, pad), fl.Pooling(2, 2, 2)
+        y = pool.forward(conv.forward(x))
+        dx = conv.backward(pool.backward(np.ones_like(y)))
+        conv.forward(x)
+        conv.backward(dout)
+        return y, dx, conv.dW, conv.db
+
+    many = run()
+    fl.set_num_threads(1)
+    try:
+        one = run()
+    finally:
+        fl.set_num_threads(fl._numba.config.NUMBA_NUM_THREADS)
+    for a, c in zip(many, one, strict=True):
+        np.testing.assert_array_equal(a, c)
+
+
+def test_backward_uses_the_filters_as_they_are_then_and_checks_their_shape():
+    x, W, b, stride, pad = _data(CONV[1], np.float64)
+    layer = fl.Convolution(W.copy(), b, stride, pad)
+    out = layer.forward(x)
+    layer.W *= 2  # an optimizer's in-place update: seen by backward, as in the classic code
+    dx = layer.backward(np.ones_like(out))
+    want_dx = R.conv_backward(np.ones_like(out), x, 2 * W, stride, pad)[0]
+    np.testing.assert_allclose(dx, want_dx, rtol=1e-12, atol=1e-12)
+    layer.W = np.zeros((W.shape[0] + 1, *W.shape[1:]))
+    with pytest.raises(ValueError, match=r"W has shape \(5, 3, 3, 2\) but forward ran with filters of shape"):
+        layer.backward(np.ones_like(out))
+    with pytest.raises(ValueError, match="Convolution.backward called before forward"):
+        fl.Convolution(W, b).backward(np.ones_like(out))
+    layer.W = W
+    with pytest.raises(ValueError, match="dout has shape"):
+        layer.backward(np.ones((1, 2, 3, 4)))
+
+
+def test_refilling_arg_max_changes_nothing():
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8))
+    layer = fl.Pooling(2, 2, 2)
+    out = layer.forward(x)
+    want = layer.backward(np.ones_like(out)).copy()
+    layer.arg_max[...] = 10**9  # a fresh array: the layer's own indices stay as they were
+    np.testing.assert_array_equal(layer.backward(np.ones_like(out)), want)
+
+
+def test_max_pool_functions_check_the_indices():
+    x = np.random.default_rng(0).standard_normal((1, 2, 4, 4))
+    out, arg = F.max_pool_forward(x, 2, 2, 2)
+    dx = F.max_pool_backward(np.ones_like(out), arg, x.shape, 2, 2, 2)
+    assert dx.sum() == out.size
+    with pytest.raises(ValueError, match=r"arg holds indices outside \[0, 4\): min 0, max 9"):
+        F.max_pool_backward(np.ones_like(out), np.full(arg.shape, 9) * (np.arange(arg.size) % 2).reshape(arg.shape),
+                            x.shape, 2, 2, 2)  # fmt: skip
+    with pytest.raises(TypeError, match="arg must hold integers"):
+        F.max_pool_backward(np.ones_like(out), arg.astype(float), x.shape, 2, 2, 2)
+
+
+@pytest.mark.parametrize(
+    "call,exc,match",
+    [
+        (lambda: fl.Convolution(np.ones((2, 1, 5, 5)), np.ones(2)).forward(np.ones((1, 1, 4, 4))), ValueError,
+         r"the 5x5 filter is larger than the padded input: x of shape \(1, 1, 4, 4\) with pad=0 is 4x4"),
+        (lambda: fl.Convolution(np.ones((2, 1, 3, 3)), np.ones(2), stride=0), ValueError, "stride must be >= 1, got 0"),
+        (lambda: fl.Convolution(np.ones((2, 1, 3, 3)), np.ones(2), stride=-1), ValueError, "stride must be >= 1"),
+        (lambda: fl.Convolution(np.ones((2, 1, 3, 3)), np.ones(2), pad=-1), ValueError, "pad must be >= 0, got -1"),
+        (lambda: fl.Convolution(np.ones((2, 1, 3, 3)), np.ones(2), stride=1.5), TypeError, "stride must be an integer"),
+        (lambda: fl.Convolution(np.ones((2, 1, 3, 3)), np.ones(2), pad="1"), TypeError, "pad must be an integer"),
+        (lambda: fl.Convolution(np.ones((2, 1, 3, 3)), np.ones(2), stride=True), TypeError,
+         "stride must be an integer"),
+        (lambda: fl.Convolution(np.ones((2, 1, 3, 3)), np.ones(2)).forward(np.ones((1, 5, 5))), ValueError,
+         r"x must be 4-D \(N, C, H, W\), got 3-D with shape \(1, 5, 5\)"),
+        (lambda: fl.Convolution(np.ones((2, 3, 3, 3)), np.ones(2)).forward(np.ones((1, 1, 5, 5))), ValueError,
+         r"x has 1 channels \(shape \(1, 1, 5, 5\)\) but W expects 3 \(shape \(2, 3, 3, 3\)\)"),
+        (lambda: fl.Convolution(np.ones((2, 1, 3, 3)), np.ones(3)).forward(np.ones((1, 1, 5, 5))), ValueError,
+         r"b must have shape \(2,\) to match W of shape \(2, 1, 3, 3\), got \(3,\)"),
+        (lambda: fl.Convolution(np.ones((2, 3, 3)), np.ones(2)).forward(np.ones((1, 1, 5, 5))), ValueError,
+         r"W must be 4-D \(FN, C, FH, FW\)"),
+        (lambda: fl.Convolution(np.ones((2, 1, 3, 3)), np.ones(2)).forward(np.ones((0, 1, 5, 5))), ValueError,
+         "empty batch"),
+        (lambda: fl.Convolution([[1.0]], np.ones(2)), TypeError, "W and b must be numpy arrays"),
+        (lambda: fl.Convolution(np.ones((2, 1, 3, 3)), np.ones(2)).forward(np.ones((1, 1, 5, 5), complex)), TypeError,
+         "x has dtype complex128"),
+        (lambda: fl.Pooling(2, 2, 2).forward(np.ones((1, 1, 1, 5))), ValueError, "the 2x2 pooling window is larger"),
+        (lambda: fl.Pooling(2, 2, 0), ValueError, "stride must be >= 1"),
+        (lambda: fl.Pooling(0, 2), ValueError, "pool_h must be >= 1"),
+        (lambda: fl.Pooling(2, 2, 2, pad=2).forward(np.ones((1, 1, 6, 6))), ValueError,
+         "pad must be smaller than the 2x2 window, got pad=2"),
+        (lambda: fl.Pooling(2, 2).forward(np.ones((6, 6))), ValueError, "x must be 4-D"),
+        (lambda: fl.Pooling(2, 2).backward(np.ones((1, 1, 3, 3))), ValueError,
+         "Pooling.backward called before forward"),
+        (lambda: fl.im2col(np.ones((1, 1, 3, 3)), 4, 1), ValueError, "the 4x1 filter is larger than the padded input"),
+        (lambda: fl.col2im(np.ones((4, 2)), (1, 1, 3, 3), 2, 2), ValueError,
+         r"col has shape \(4, 2\) but input_shape \(1, 1, 3, 3\) with this filter gives \(4, 4\)"),
+        (lambda: fl.col2im(np.ones((4, 4)), (1, 3, 3), 2, 2), ValueError, "input_shape must have 4 entries"),
+        (lambda: F.conv_backward(np.ones((1, 2, 3, 3)), np.ones((1, 1, 4, 4)), np.ones((2, 1, 3, 3))), ValueError,
+         r"dout has shape \(1, 2, 3, 3\) but x of shape \(1, 1, 4, 4\) and W of shape \(2, 1, 3, 3\) \(stride=1, "
+         r"pad=0\) give \(1, 2, 2, 2\)"),
+    ],
+)  # fmt: skip
+def test_bad_input(call, exc, match, backend_both):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_both(request):
+    with fl.use_backend(request.param):
+        yield request.param
+
+
+def test_workspace_geometry_chunks():
+    """The chunk rule: a chunk's column matrix stays under CHUNK_BYTES unless one image needs more."""
+    geo = C.geometry((100, 16, 28, 28), (16, 16, 3, 3), 1, 1)
+    per_image = geo.k * geo.seg * 4
+    assert geo.chunk(4) * per_image <= C.CHUNK_BYTES < (geo.chunk(4) + 1) * per_image
+    assert C.geometry((1, 64, 200, 200), (8, 64, 5, 5), 1, 2).chunk(8) == 1
