@@ -32,8 +32,9 @@ def _targets(t, x: np.ndarray, name: str = "t", dtype: np.dtype | None = None) -
     """Validated targets for a 2-D (N, C) ``x``: int64 labels (N,) in [0, C), or target rows of x's
     shape as a C-contiguous array of ``dtype`` (default: x's dtype).
 
-    Labels may also come as an (N, 1) column of integers (the classic code's fancy indexing accepts
-    it); an integer array of x's own shape counts as rows, as in the classic ``t.size == y.size``.
+    Labels may be of any integer dtype, in either byte order, and may also come as an (N, 1) column
+    (the classic code's fancy indexing accepts it); an integer array of x's own shape counts as rows,
+    as in the classic ``t.size == y.size``.
     Labels always come back as a private copy whose range was checked on that copy: the kernels
     index with them, and the caller's array may change meanwhile (another thread, a data loader).
     """
@@ -63,7 +64,16 @@ def _targets(t, x: np.ndarray, name: str = "t", dtype: np.dtype | None = None) -
 
 
 def _labels_in_range(t: np.ndarray, c: int, name: str) -> np.ndarray:
-    """A private int64 copy of the non-empty integer labels ``t``, checked to lie in [0, c)."""
+    """A private int64 copy of the non-empty 1-D integer labels ``t`` (any integer dtype, either byte
+    order), checked to lie in [0, c); the range is checked on the copy.
+
+    Raises
+    ------
+    ValueError
+        A label outside [0, c), naming ``name`` and the caller's min and max.
+    """
+    if not t.dtype.isnative:  # the compiled copy takes native arrays only
+        t = t.astype(t.dtype.newbyteorder("="))
     labels = np.empty(t.shape[0], np.int64)  # a copy even when t is int64 already
     lo, hi = _loss.copy_label_bounds(t, labels)  # one compiled pass: copy, min and max
     if lo < 0 or hi >= c:

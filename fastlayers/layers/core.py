@@ -420,19 +420,27 @@ class SoftmaxWithLoss:
         y = self.y
         if fused is not None and _is_one(dout, y):
             labels, fused_y = fused
-            t = self.t
-            if (
-                y is fused_y
-                and not y.flags.writeable
-                and type(t) is np.ndarray
-                and t.dtype.kind in "iu"
-                and t.size == labels.shape[0]
-                and t.ndim in (1, 2)
-                and _labels_equal(t if t.ndim == 1 else t.reshape(-1), labels)  # O(N): the labels it was made for
-            ):
+            if y is fused_y and not y.flags.writeable and _same_labels(self.t, labels):
                 return self._dx
         self._dx = S.xent_backward(y, self.t, dout, None, spare=reusable(self, "_dx", np.shape(y), _dtype_of(y)))
         return self._dx
+
+
+def _same_labels(t, labels: np.ndarray) -> bool:
+    """True when ``t`` is an integer ndarray holding exactly the values of ``labels``, the private
+    int64 copy the fused gradient was made for (an O(N) comparison).
+
+    ``t`` counts when it is 1-D or 2-D with as many elements as ``labels`` (``forward`` took (N,)
+    labels or an (N, 1) column); anything else gives False, and the caller computes the gradient
+    afresh. A ``t`` in non-native byte order is compared through a native copy: the compiled
+    comparison takes native arrays only.
+    """
+    if not (type(t) is np.ndarray and t.dtype.kind in "iu" and t.ndim in (1, 2) and t.size == labels.shape[0]):
+        return False
+    flat = t.reshape(-1)
+    if not flat.dtype.isnative:
+        flat = flat.astype(flat.dtype.newbyteorder("="))
+    return bool(_labels_equal(flat, labels))
 
 
 def _is_one(dout, y) -> bool:
