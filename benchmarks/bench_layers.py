@@ -36,7 +36,7 @@ def _suite(case):
 
 
 for _case in CASES.values():
-    if _case.kind in ("layer", "step"):
+    if _case.kind in ("layer", "step", "update"):
         globals()[_case.title] = _suite(_case)
 
 

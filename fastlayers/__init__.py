@@ -1,11 +1,12 @@
 """fastlayers: the classic "Deep Learning from Scratch" layers on parallel Numba kernels.
 
 Layers: :class:`Relu`, :class:`Sigmoid`, :class:`Affine`, :class:`SoftmaxWithLoss`,
-:class:`MulLayer`, :class:`AddLayer`, :class:`Convolution`, :class:`Pooling`, :class:`Dropout`.
-Functions: :func:`relu`, :func:`sigmoid`, :func:`softmax`, :func:`cross_entropy_error`,
-:func:`numerical_gradient`, :func:`im2col`, :func:`col2im`. Networks: :class:`TwoLayerNet`,
-:class:`MultiLayerNet`, :class:`SimpleConvNet`, :class:`DeepConvNet`, :func:`gradient_check`;
-optimizers :class:`SGD`, :class:`Momentum`, :class:`AdaGrad`, :class:`Adam`; data in
+:class:`MulLayer`, :class:`AddLayer`, :class:`Convolution`, :class:`Pooling`, :class:`Dropout`,
+:class:`BatchNormalization`. Functions: :func:`relu`, :func:`sigmoid`, :func:`softmax`,
+:func:`cross_entropy_error`, :func:`numerical_gradient`, :func:`im2col`, :func:`col2im`. Networks:
+:class:`TwoLayerNet`, :class:`MultiLayerNet`, :class:`MultiLayerNetExtend`, :class:`SimpleConvNet`,
+:class:`DeepConvNet`, :func:`gradient_check`; optimizers :class:`SGD`, :class:`Momentum`,
+:class:`Nesterov`, :class:`AdaGrad`, :class:`RMSprop`, :class:`Adam`; data in
 :mod:`fastlayers.datasets`. Kernel-level API with ``out=`` buffers: :mod:`fastlayers.functional`;
 NumPy reference path: :mod:`fastlayers.reference`.
 """
@@ -32,9 +33,20 @@ from .functional import relu_forward as relu
 from .functional import sigmoid_forward as sigmoid
 from .functional.conv import col2im, im2col
 from .gradient import numerical_gradient
-from .layers import AddLayer, Affine, Convolution, Dropout, MulLayer, Pooling, Relu, Sigmoid, SoftmaxWithLoss
-from .nets import DeepConvNet, MultiLayerNet, SimpleConvNet, TwoLayerNet, gradient_check
-from .optim import SGD, AdaGrad, Adam, Momentum
+from .layers import (
+    AddLayer,
+    Affine,
+    BatchNormalization,
+    Convolution,
+    Dropout,
+    MulLayer,
+    Pooling,
+    Relu,
+    Sigmoid,
+    SoftmaxWithLoss,
+)
+from .nets import DeepConvNet, MultiLayerNet, MultiLayerNetExtend, SimpleConvNet, TwoLayerNet, gradient_check
+from .optim import SGD, AdaGrad, Adam, Momentum, Nesterov, RMSprop
 
 try:  # one source for the version: the package metadata, written from pyproject.toml at install
     __version__ = _metadata.version("fastlayers")
@@ -47,13 +59,17 @@ __all__ = [
     "Adam",
     "Affine",
     "AddLayer",
+    "BatchNormalization",
     "Convolution",
     "Dropout",
     "Pooling",
     "im2col",
     "col2im",
     "Momentum",
+    "Nesterov",
+    "RMSprop",
     "MultiLayerNet",
+    "MultiLayerNetExtend",
     "SimpleConvNet",
     "DeepConvNet",
     "TwoLayerNet",

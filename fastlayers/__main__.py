@@ -15,7 +15,7 @@ from . import _gemm
 from ._table import CASES, rows_of_4
 
 #: Learning rates that train the default two-layer net on digits well, per optimizer.
-DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "adagrad": 0.05, "adam": 0.005}
+DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "adagrad": 0.05, "rmsprop": 0.005, "adam": 0.005}
 
 
 def _hidden(text: str) -> list[int]:
@@ -38,6 +38,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -50,6 +60,8 @@ def _positive_float(text: str) -> float:
 
 def _check_train_args(parser: argparse.ArgumentParser, args) -> None:
     """Every mistake on the command line, found before any data is loaded or any epoch run."""
+    if (args.dropout or args.batchnorm) and args.net != "multi":
+        parser.error(f"--dropout and --batchnorm go with --net multi, not --net {args.net}")
     if args.net in ("two", "convnet") and len(args.hidden) != 1:
         parser.error(
             f"--net {args.net} has one hidden layer, got --hidden {','.join(map(str, args.hidden))} (use --net multi)"
@@ -117,7 +129,8 @@ def _train_once(args, backend: str, data, progress, quiet: bool = False):
     (x_train, t_train), (x_test, t_test) = data
     n_classes = int(max(t_train.max(), t_test.max())) + 1
     size = x_train.shape[1:] if args.net == "convnet" else x_train.shape[1]
-    net = build_net(args.net, size, args.hidden, n_classes, args.activation, x_train.dtype, args.seed)
+    net = build_net(args.net, size, args.hidden, n_classes, args.activation, x_train.dtype, args.seed,
+                    args.dropout, args.batchnorm)  # fmt: skip
     lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
     optimizer = OPTIMIZERS[args.optimizer](lr)
 
@@ -162,7 +175,10 @@ def cmd_train(args) -> int:
     shape = f"{x_train.shape[1]} features" if x_train.ndim == 2 else f"{'x'.join(map(str, x_train.shape[1:]))} images"
     print(
         f"data: {args.dataset}, {len(x_train)} train / {len(x_test)} test, {shape}, {x_train.dtype}; "
-        f"net: {args.net} {args.hidden} {args.activation}; optimizer: {args.optimizer}; "
+        f"net: {args.net} {args.hidden} {args.activation}"
+        + (f", dropout {args.dropout}" if args.dropout else "")
+        + (", batch norm" if args.batchnorm else "")
+        + f"; optimizer: {args.optimizer}; "
         f"batch {args.batch_size}, {args.epochs} epochs, seed {args.seed}"
     )
     _compile_notice(args)
@@ -326,7 +342,7 @@ def warmup(dtypes=("float32", "float64")) -> dict[str, float]:
         start = time.perf_counter()
         for n in (4, above):  # one size below every threshold, one above
             for case in CASES.values():
-                if case.kind == "layer":
+                if case.kind in ("layer", "update"):
                     inputs = case.inputs(case.shape_for(n), dtype, np.random.default_rng(0))
                     case.run(case.build(inputs), inputs)
             x = np.ones(rows_of_4(n), dtype)
@@ -441,7 +457,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--hidden", type=_hidden, default="50", help="hidden sizes, e.g. 50 or 100,50")
     p.add_argument("--activation", choices=["relu", "sigmoid"], default="relu", help="hidden activation (multi)")
-    p.add_argument("--optimizer", choices=["sgd", "momentum", "adagrad", "adam"], default="adam", help="update rule")
+    p.add_argument(
+        "--optimizer",
+        choices=["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"],
+        default="adam",
+        help="update rule",
+    )
+    p.add_argument(
+        "--dropout", type=_ratio, default=0.0, metavar="RATIO", help="dropout after each hidden layer (multi)"
+    )
+    p.add_argument("--batchnorm", action="store_true", help="batch normalization before each activation (multi)")
     p.add_argument(
         "--lr",
         type=_positive_float,

@@ -16,8 +16,9 @@ Each :class:`Case` gives:
 - ``sizes``: shapes to time, the classic one first; ``shape_for(n)``: a shape of about ``n``
   elements (to reach a kernel's parallel threshold);
 - ``limit``: the hardware yardstick, ``"copy"`` (with ``bytes_moved(inputs)``, what the layer reads
-  and writes) or ``"3 GEMMs"``; ``kind``: ``"layer"``, ``"net"`` (a stack of layers) or ``"step"``
-  (a training step: gradient and optimizer update);
+  and writes) or ``"3 GEMMs"``; ``kind``: ``"layer"``, ``"net"`` (a stack of layers), ``"step"``
+  (a training step: gradient and optimizer update) or ``"update"`` (one optimizer update of one
+  parameter array: ``forward``, ``backward`` and both are that update);
 - ``random``: the layer draws random numbers (dropout): its results are checked against its own
   mask, not against ``numpy``'s, which draws its own.
 """
@@ -52,8 +53,11 @@ class Case:
     random: bool = False
 
     def run(self, layer: object, inputs: Inputs) -> tuple:
-        """Forward then backward; the results of both, flattened into one tuple."""
+        """Forward then backward; the results of both, flattened into one tuple (an ``update``
+        entry: the one update's result)."""
         forward, backward, _ = self.calls(layer, inputs)
+        if self.kind == "update":
+            return (forward(),)
         out = forward()
         grads = backward()
         return (out, *grads) if isinstance(grads, tuple) else (out, grads)
@@ -501,6 +505,123 @@ def _dropout_bytes(a: Inputs) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# BatchNormalization, training mode: (N, D)
+# --------------------------------------------------------------------------------------------
+def _bn_inputs(shape, dtype, rng) -> Inputs:
+    n, d = shape
+    return {
+        "x": _normal(rng, shape, dtype, 2.0) + dtype.type(1),
+        "gamma": _normal(rng, (d,), dtype),
+        "beta": _normal(rng, (d,), dtype),
+        "dout": _normal(rng, shape, dtype),
+    }
+
+
+def _bn_calls(layer, a: Inputs) -> tuple:
+    x, dout = a["x"], a["dout"]
+
+    def backward():
+        return layer.backward(dout), layer.dgamma, layer.dbeta
+
+    return (lambda: layer.forward(x)), backward, (lambda: (layer.forward(x), backward()))
+
+
+def _bn_numpy(a: Inputs) -> tuple:
+    """The classic forward and the closed-form backward, as NumPy users write them."""
+    x, gamma, beta, dout = a["x"], a["gamma"], a["beta"], a["dout"]
+    n = x.shape[0]
+    mu = x.mean(axis=0)
+    xc = x - mu
+    std = np.sqrt((xc**2).mean(axis=0) + x.dtype.type(1e-6))
+    xn = xc / std
+    dbeta = dout.sum(axis=0)
+    dgamma = (dout * xn).sum(axis=0)
+    dx = (gamma / std) * (dout - dbeta / n - xn * (dgamma / n))
+    return gamma * xn + beta, dx, dgamma, dbeta
+
+
+def _bn_torch(torch, a: Inputs):
+    x, dout = torch.from_numpy(a["x"]), torch.from_numpy(a["dout"])
+    gamma, beta = (torch.from_numpy(a[k].copy()).requires_grad_() for k in ("gamma", "beta"))
+    rm, rv = torch.zeros_like(gamma.detach()), torch.ones_like(gamma.detach())
+
+    def forward():
+        xx = x.detach().requires_grad_()
+        return xx, torch.nn.functional.batch_norm(xx, rm, rv, gamma, beta, training=True, momentum=0.1, eps=1e-6)
+
+    _, y = forward()
+
+    def forward_backward():
+        gamma.grad = beta.grad = None
+        xx, out = forward()
+        out.backward(dout)
+        return xx.grad
+
+    return (lambda: forward()[1]), (lambda: y.backward(dout, retain_graph=True)), forward_backward
+
+
+def _bn_bytes(a: Inputs) -> int:
+    # forward: read x, write out and xn; backward: read dout and xn (twice, per block in cache), write dx
+    return 6 * a["x"].nbytes
+
+
+# --------------------------------------------------------------------------------------------
+# the two chapter 6 optimizers: one update of a (rows, cols) parameter
+# --------------------------------------------------------------------------------------------
+def _update_inputs(shape, dtype, rng) -> Inputs:
+    return {"p": _normal(rng, shape, dtype), "g": _normal(rng, shape, dtype)}
+
+
+def _update_calls(opt, a: Inputs) -> tuple:
+    p, g = a["p"].copy(), a["g"]
+
+    def step():
+        opt.update({"p": p}, {"p": g})
+        return p
+
+    return step, step, step
+
+
+def _nesterov_numpy(a: Inputs) -> tuple:
+    p, g = a["p"].copy(), a["g"]
+    v = np.zeros_like(p)
+    v *= 0.9
+    v -= 0.01 * g
+    p += 0.9 * 0.9 * v
+    p -= (1 + 0.9) * 0.01 * g
+    return (p,)
+
+
+def _rmsprop_numpy(a: Inputs) -> tuple:
+    p, g = a["p"].copy(), a["g"]
+    h = np.zeros_like(p)
+    h *= 0.99
+    h += (1 - 0.99) * g * g
+    p -= 0.01 * g / (np.sqrt(h) + 1e-7)
+    return (p,)
+
+
+def _update_torch(name: str):
+    def make(torch, a: Inputs):
+        p = torch.from_numpy(a["p"].copy()).requires_grad_()
+        p.grad = torch.from_numpy(a["g"])
+        if name == "nesterov":
+            opt = torch.optim.SGD([p], lr=0.01, momentum=0.9, nesterov=True)
+        else:
+            opt = torch.optim.RMSprop([p], lr=0.01, alpha=0.99, eps=1e-7)
+        return opt.step, opt.step, opt.step
+
+    return make
+
+
+def _update_bytes(a: Inputs) -> int:
+    return 5 * a["p"].nbytes  # read p, g and the state; write p and the state
+
+
+_UPDATE_SIZES = [(784, 50), (1024, 1024), (4096, 1024)]
+
+
+# --------------------------------------------------------------------------------------------
 # one Adam training step of SimpleConvNet: (N, C, H, W)
 # --------------------------------------------------------------------------------------------
 CONV_STEP_LR = 0.001
@@ -699,6 +820,47 @@ CASES: dict[str, Case] = {
             limit="copy",
             bytes_moved=_dropout_bytes,
             random=True,
+        ),
+        Case(
+            name="batchnorm",
+            title="BatchNormalization",
+            inputs=_bn_inputs,
+            build=lambda a: layers.BatchNormalization(a["gamma"], a["beta"]),
+            calls=_bn_calls,
+            numpy=_bn_numpy,
+            torch=_bn_torch,
+            sizes=[(100, 100), (256, 1024), (1024, 4096)],
+            shape_for=rows_of_4,
+            limit="copy",
+            bytes_moved=_bn_bytes,
+        ),
+        Case(
+            name="nesterov",
+            title="NesterovUpdate",
+            inputs=_update_inputs,
+            build=lambda a: optim.Nesterov(),
+            calls=_update_calls,
+            numpy=_nesterov_numpy,
+            torch=_update_torch("nesterov"),
+            sizes=_UPDATE_SIZES,
+            shape_for=rows_of_4,
+            limit="copy",
+            bytes_moved=_update_bytes,
+            kind="update",
+        ),
+        Case(
+            name="rmsprop",
+            title="RMSpropUpdate",
+            inputs=_update_inputs,
+            build=lambda a: optim.RMSprop(),
+            calls=_update_calls,
+            numpy=_rmsprop_numpy,
+            torch=_update_torch("rmsprop"),
+            sizes=_UPDATE_SIZES,
+            shape_for=rows_of_4,
+            limit="copy",
+            bytes_moved=_update_bytes,
+            kind="update",
         ),
         Case(
             name="convnet_step",

@@ -22,7 +22,7 @@ from ._kernels import optim as _optim
 from ._kernels._threads import launch
 from .functional._checks import as_array, compute_dtype, fast_dtype, param_dtype, plain
 
-__all__ = ["SGD", "Momentum", "AdaGrad", "Adam"]
+__all__ = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam"]
 
 
 def _kind(value) -> str:
@@ -39,6 +39,10 @@ def _fraction(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not 0 <= value < 1:
         raise ValueError(f"{name} must be in [0, 1), got {value!r}")
     return float(value)
+
+
+def _is_real_scalar(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
 class _Optimizer:
@@ -102,8 +106,10 @@ class _Optimizer:
 
         Parameters
         ----------
-        params : dict of str to ndarray
-            Float arrays, updated in place (their dtype is kept).
+        params : dict of str to ndarray or real scalar
+            Float arrays, updated in place (their dtype is kept). A real scalar (a Python or NumPy
+            number, as in the classic code's two-parameter examples) is replaced by its updated value,
+            a float64 scalar, as ``params[key] -= ...`` does.
         grads : mapping of str to array_like
             A gradient for every key of ``params``, of the same shape; it may be the parameter itself.
 
@@ -115,8 +121,12 @@ class _Optimizer:
             A gradient of another shape or dtype than its parameter; a read-only parameter.
         """
         scalars = self._step_scalars()
-        for key, p, g, dtype in list(self._pairs(params, grads)):
+        numbers = {k: v for k, v in params.items() if _is_real_scalar(v)}
+        arrays = {k: np.array(v, np.float64) if k in numbers else v for k, v in params.items()}
+        for key, p, g, dtype in list(self._pairs(arrays, grads)):
             self._apply(p, g, dtype, self._state_for(key, p, dtype), scalars)
+        for key in numbers:
+            params[key] = arrays[key][()]
 
 
 class SGD(_Optimizer):
@@ -159,6 +169,53 @@ class Momentum(_Optimizer):
 
     def _step_scalars(self) -> tuple:
         return (self.lr, self.momentum)
+
+
+class Nesterov(_Optimizer):
+    """Nesterov's accelerated gradient, the classic form: ``v = momentum * v - lr * g``, then
+    ``p += momentum * momentum * v`` and ``p -= (1 + momentum) * lr * g``.
+
+    Parameters
+    ----------
+    lr : float, default 0.01
+    momentum : float in [0, 1), default 0.9
+    """
+
+    _state_names = ("v",)
+    _kernel = _optim.nesterov
+    _reference = staticmethod(reference.nesterov)
+
+    def __init__(self, lr: float = 0.01, momentum: float = 0.9) -> None:
+        super().__init__()
+        self.lr = _positive(lr, "lr")
+        self.momentum = _fraction(momentum, "momentum")
+
+    def _step_scalars(self) -> tuple:
+        mu = self.momentum
+        return (self.lr, mu, mu * mu, (1 + mu) * self.lr)
+
+
+class RMSprop(_Optimizer):
+    """RMSprop, the classic form: ``h = decay_rate * h + (1 - decay_rate) * g * g``, then
+    ``p -= lr * g / (sqrt(h) + 1e-7)``.
+
+    Parameters
+    ----------
+    lr : float, default 0.01
+    decay_rate : float in [0, 1), default 0.99
+    """
+
+    _state_names = ("h",)
+    _kernel = _optim.rmsprop
+    _reference = staticmethod(reference.rmsprop)
+
+    def __init__(self, lr: float = 0.01, decay_rate: float = 0.99) -> None:
+        super().__init__()
+        self.lr = _positive(lr, "lr")
+        self.decay_rate = _fraction(decay_rate, "decay_rate")
+
+    def _step_scalars(self) -> tuple:
+        return (self.lr, self.decay_rate, 1 - self.decay_rate, 1e-7)
 
 
 class AdaGrad(_Optimizer):

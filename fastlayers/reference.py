@@ -98,6 +98,19 @@ def momentum(p: np.ndarray, v: np.ndarray, g: np.ndarray, lr, mu) -> None:
     p += v
 
 
+def nesterov(p: np.ndarray, v: np.ndarray, g: np.ndarray, lr, mu, mu2, step) -> None:
+    v *= mu
+    v -= lr * g
+    p += mu2 * v
+    p -= step * g
+
+
+def rmsprop(p: np.ndarray, h: np.ndarray, g: np.ndarray, lr, decay, keep, eps) -> None:
+    h *= decay
+    h += keep * g * g
+    p -= lr * g / (np.sqrt(h) + eps)
+
+
 def adagrad(p: np.ndarray, h: np.ndarray, g: np.ndarray, lr, eps) -> None:
     h += g * g
     p -= lr * g / (np.sqrt(h) + eps)
@@ -219,3 +232,30 @@ def dropout_forward(x: np.ndarray, k0: int, k1: int, threshold: int) -> tuple[np
     mask = (dropout_draws(x.size, k0, k1) > threshold).reshape(x.shape)
     with np.errstate(invalid="ignore"):  # inf * 0 is NaN, as the kernel gives it, without a warning
         return x * mask, mask
+
+
+# batch normalization over the columns of a 2-D array: the classic formulas
+BATCHNORM_EPS = 10e-7  # the classic code's epsilon: 1e-6
+
+
+def batchnorm_train(x: np.ndarray, gamma, beta, momentum, rm, rv) -> tuple[np.ndarray, ...]:
+    """(out, xn, std, running_mean, running_var) of training-mode batch normalization of ``x`` (N, D)."""
+    mu = x.mean(axis=0)
+    xc = x - mu
+    var = np.mean(xc**2, axis=0)
+    std = np.sqrt(var + x.dtype.type(BATCHNORM_EPS))
+    xn = xc / std
+    return gamma * xn + beta, xn, std, momentum * rm + (1 - momentum) * mu, momentum * rv + (1 - momentum) * var
+
+
+def batchnorm_test(x: np.ndarray, gamma, beta, rm, rv) -> np.ndarray:
+    """Test-mode batch normalization of ``x`` (N, D) with the running statistics."""
+    return gamma * ((x - rm) / np.sqrt(rv + x.dtype.type(BATCHNORM_EPS))) + beta
+
+
+def batchnorm_backward(dout: np.ndarray, xn: np.ndarray, gamma, std) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dx, dgamma, dbeta) of training-mode batch normalization, in closed form."""
+    n = dout.shape[0]
+    dbeta = dout.sum(axis=0)
+    dgamma = (dout * xn).sum(axis=0)
+    return (gamma / std) * (dout - dbeta / n - xn * (dgamma / n)), dgamma, dbeta

@@ -9,10 +9,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._backend import use_backend
-from .nets import MultiLayerNet, SimpleConvNet, TwoLayerNet
-from .optim import SGD, AdaGrad, Adam, Momentum
+from .nets import MultiLayerNet, MultiLayerNetExtend, SimpleConvNet, TwoLayerNet
+from .optim import SGD, AdaGrad, Adam, Momentum, Nesterov, RMSprop
 
-OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "adagrad": AdaGrad, "adam": Adam}
+OPTIMIZERS = {
+    "sgd": SGD,
+    "momentum": Momentum,
+    "nesterov": Nesterov,
+    "adagrad": AdaGrad,
+    "rmsprop": RMSprop,
+    "adam": Adam,
+}
 
 
 @dataclass
@@ -39,9 +46,22 @@ class History:
 CONVNET_PARAM = {"filter_num": 30, "filter_size": 3, "pad": 1, "stride": 1}
 
 
-def build_net(kind: str, input_size, hidden: list[int], output_size: int, activation: str, dtype, seed: int):
-    """A ``TwoLayerNet`` (one hidden layer, ReLU, classic 0.01 init), a ``MultiLayerNet``, or a
-    ``SimpleConvNet`` (``input_size`` then is the images' (C, H, W))."""
+def build_net(
+    kind: str,
+    input_size,
+    hidden: list[int],
+    output_size: int,
+    activation: str,
+    dtype,
+    seed: int,
+    dropout: float = 0.0,
+    batchnorm: bool = False,
+):
+    """A ``TwoLayerNet`` (one hidden layer, ReLU, classic 0.01 init), a ``MultiLayerNet`` (a
+    ``MultiLayerNetExtend`` with ``dropout`` > 0 or ``batchnorm``), or a ``SimpleConvNet``
+    (``input_size`` then is the images' (C, H, W))."""
+    if (dropout or batchnorm) and kind != "multi":
+        raise ValueError("--dropout and --batchnorm go with --net multi")
     if kind == "convnet":
         if len(hidden) != 1:
             raise ValueError("--net convnet has one hidden Affine layer: give one --hidden size")
@@ -50,6 +70,10 @@ def build_net(kind: str, input_size, hidden: list[int], output_size: int, activa
         if len(hidden) != 1 or activation != "relu":
             raise ValueError("--net two has exactly one hidden layer and ReLU; use --net multi otherwise")
         return TwoLayerNet(input_size, hidden[0], output_size, dtype=dtype, seed=seed)
+    if kind == "multi" and (dropout or batchnorm):
+        return MultiLayerNetExtend(input_size, hidden, output_size, activation=activation, weight_init_std=activation,
+                                   use_dropout=dropout > 0, dropout_ration=dropout, use_batchnorm=batchnorm,
+                                   dtype=dtype, seed=seed)  # fmt: skip
     if kind == "multi":
         return MultiLayerNet(input_size, hidden, output_size, activation=activation, weight_init_std=activation,
                              dtype=dtype, seed=seed)  # fmt: skip

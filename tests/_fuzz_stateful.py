@@ -116,6 +116,8 @@ class Layers(RuleBasedStateMachine):
         pool_pad = int(self.rng.integers(0, 2))
         self.pool = {k: fl.Pooling(2, 3, 2, pool_pad) for k in BACKENDS}
         self.dropout = {k: fl.Dropout(0.4) for k in BACKENDS}
+        g, b = self.rng.standard_normal(6).astype(dtype), self.rng.standard_normal(6).astype(dtype)
+        self.bn = {k: fl.BatchNormalization(g.copy(), b.copy()) for k in BACKENDS}
 
     # -- the loss layer ------------------------------------------------------------------------
     @rule(
@@ -342,6 +344,42 @@ class Layers(RuleBasedStateMachine):
                 self.dropout[k].mask = np.full(mask.shape, 0.5)
             else:
                 self.dropout[k].mask = np.ones(mask.size + 1, bool)
+
+    @rule(shape=st.sampled_from([(5, 6), (4, 1, 2, 3), (1, 6), (5, 7), (6,)]), train=st.booleans(),
+          dt=st.sampled_from([np.float32, np.float64]))  # fmt: skip
+    def bn_forward(self, shape, train, dt):
+        x = (self.rng.standard_normal(shape) * 3).astype(dt)
+        both(lambda k: (self.bn[k].forward(x.copy(), train), self.bn[k].running_mean), "bn_forward")
+
+    @rule(wrong=st.booleans())
+    def bn_backward(self, wrong):
+        xn = self.bn["numpy"].xn
+        shape = xn.shape if xn is not None else (5, 6)
+        dout = self.rng.standard_normal((shape[0] + wrong, shape[1])).astype(self.dtype)
+
+        def call(k):
+            return self.bn[k].backward(dout.copy()), self.bn[k].dgamma, self.bn[k].dbeta
+
+        both(call, "bn_backward")
+
+    @rule(what=st.sampled_from(["gamma", "beta", "std", "xn", "running_mean", "momentum"]),
+          how=st.sampled_from(["inplace", "other"]))  # fmt: skip
+    def change_bn(self, what, how):
+        value = getattr(self.bn["numpy"], what)
+        if what == "momentum":
+            for k in BACKENDS:
+                self.bn[k].momentum = 0.5 if how == "inplace" else 2.0
+            return
+        if not isinstance(value, np.ndarray):
+            return
+        if how == "inplace":
+            new = self.rng.standard_normal(value.shape).astype(value.dtype)
+            for k in BACKENDS:
+                getattr(self.bn[k], what)[...] = new
+            return
+        new = self.rng.standard_normal(value.size + 1).astype(value.dtype)
+        for k in BACKENDS:
+            setattr(self.bn[k], what, new.copy())
 
     # -- functions with out= buffers that alias their inputs ------------------------------------
     @rule(

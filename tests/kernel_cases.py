@@ -330,6 +330,84 @@ def _scale(x, a, out):
     out[...] = x * a
 
 
+def _bn_parts(x, part0, part1, second):
+    """Per chunk of ROWS rows: part0 = the chunk's column sums of ``x`` (or means), part1 = those of
+    ``second(x chunk, part0 row)``, in float64."""
+    from fastlayers._kernels.batchnorm import ROWS
+
+    for c in range(part0.shape[0]):
+        chunk = x[c * ROWS : (c + 1) * ROWS]
+        part0[c], part1[c] = second(chunk)
+
+
+def _bn_train(x, gamma, beta, momentum, eps, rm, rv, out, xn, mean, var, std, rm_new, rv_new, part0, part1, coef):
+    def stats(chunk):
+        m = chunk.astype(np.float64).mean(axis=0)
+        return m, ((chunk - m) ** 2).sum(axis=0)
+
+    _bn_parts(x, part0, part1, stats)
+    n = x.shape[0]
+    mean[...] = x.astype(np.float64).mean(axis=0)
+    var[...] = ((x - mean) ** 2).sum(axis=0) / n
+    std[...] = np.sqrt(var.astype(x.dtype) + eps)
+    coef[0] = mean.astype(x.dtype)
+    coef[1] = x.dtype.type(1) / std
+    xn[...] = (x - coef[0]) * coef[1]
+    out[...] = gamma * xn + beta
+    rm_new[...] = momentum * rm + (1 - momentum) * coef[0]
+    rv_new[...] = momentum * rv + (1 - momentum) * var.astype(x.dtype)
+
+
+def _bn_scratch(n, d, dt, k):
+    from fastlayers._kernels.batchnorm import chunks
+
+    return [np.empty((chunks(n), d)), np.empty((chunks(n), d)), np.empty((k, d), dt)]
+
+
+def _make_bn_train(dt, s, rng):
+    x = _rows(s, dt, rng) + dt(1)
+    d = s[1]
+    per = [rng.standard_normal(d).astype(dt) for _ in range(2)] + [dt(0.9), dt(1e-6)]
+    stats = [rng.standard_normal(d).astype(dt), np.abs(rng.standard_normal(d)).astype(dt)]
+    outs = [
+        np.empty(s, dt),
+        np.empty(s, dt),
+        np.empty(d),
+        np.empty(d),
+        np.empty(d, dt),
+        np.empty(d, dt),
+        np.empty(d, dt),
+    ]
+    return [x, *per, *stats, *outs, *_bn_scratch(s[0], d, dt, 2)]
+
+
+def _bn_test(x, gamma, beta, rm, std, out):
+    out[...] = gamma * ((x - rm) / std) + beta
+
+
+def _bn_backward(dout, xn, gamma, std, dgamma, dbeta, dx, part0, part1, coef):
+    _bn_parts(dout, part0, part1, lambda c: (c.astype(np.float64).sum(axis=0), 0.0))
+    for c in range(part1.shape[0]):
+        chunk = slice(c * 16, (c + 1) * 16)
+        part1[c] = (dout[chunk] * xn[chunk]).astype(np.float64).sum(axis=0)  # products in the data dtype
+    n = dout.shape[0]
+    s0, s1 = part0.sum(axis=0), part1.sum(axis=0)
+    part0[0], part1[0] = s0, s1
+    dbeta[...], dgamma[...] = s0, s1
+    coef[0] = gamma / std
+    coef[1] = (s0 / n).astype(dout.dtype)
+    coef[2] = (s1 / n).astype(dout.dtype)
+    dx[...] = coef[0] * (dout - coef[1] - xn * coef[2])
+
+
+def _make_bn_backward(dt, s, rng):
+    d = s[1]
+    xn = _rows(s, dt, rng) / dt(3)
+    gamma, std = rng.standard_normal(d).astype(dt), (np.abs(rng.standard_normal(d)) + 0.5).astype(dt)
+    outs = [np.empty(d, dt), np.empty(d, dt), np.empty(s, dt)]
+    return [_rows(s, dt, rng), xn, gamma, std, *outs, *_bn_scratch(s[0], d, dt, 3)]
+
+
 def _scalars(dtype, *values):
     return [dtype(v) for v in values]
 
@@ -348,6 +426,19 @@ CASES: dict[str, Case] = {
     "maxpool_backward": Case(
         _maxpool_backward, _make_pool_backward, "sum", shapes=POOL_SHAPES, n=lambda s: s[4] * s[5]
     ),
+    "batchnorm_train": Case(_bn_train, _make_bn_train, "sum", rows=True),
+    "batchnorm_test": Case(
+        _bn_test,
+        lambda dt, s, rng: [
+            _rows(s, dt, rng),
+            *(rng.standard_normal(s[1]).astype(dt) for _ in range(3)),
+            (np.abs(rng.standard_normal(s[1])) + 0.5).astype(dt),
+            np.empty(s, dt),
+        ],
+        "row",
+        rows=True,
+    ),  # fmt: skip
+    "batchnorm_backward": Case(_bn_backward, _make_bn_backward, "sum", rows=True),
     "dropout_forward": Case(_dropout_forward, _make_dropout, "exact"),
     "dropout_backward": Case(
         _dropout_backward, lambda dt, n, rng: [*_flat(n, dt, rng), rng.random(n) < 0.7, np.empty(n, dt)], "exact"
@@ -441,6 +532,19 @@ CASES: dict[str, Case] = {
     # kernel may fuse the multiply and the subtraction (one rounding fewer than NumPy)
     "sgd": Case(reference.sgd, lambda dt, n, rng: [*_flat(n, dt, rng, 2), dt(0.1)], "row"),
     "momentum": Case(reference.momentum, lambda dt, n, rng: [*_flat(n, dt, rng, 3), *_scalars(dt, 0.1, 0.9)], "row"),
+    "nesterov": Case(
+        reference.nesterov, lambda dt, n, rng: [*_flat(n, dt, rng, 3), *_scalars(dt, 0.1, 0.9, 0.81, 0.19)], "row"
+    ),
+    "rmsprop": Case(
+        reference.rmsprop,
+        lambda dt, n, rng: [
+            *_flat(n, dt, rng),
+            *_flat(n, dt, rng, 1, positive=True),
+            *_flat(n, dt, rng),
+            *_scalars(dt, 0.1, 0.99, 0.01, 1e-7),
+        ],
+        "row",
+    ),  # fmt: skip
     "adagrad": Case(
         reference.adagrad,
         lambda dt, n, rng: [

@@ -47,6 +47,15 @@ def test_train_convnet_on_digit_images(capsys):
     assert "1437 train / 360 test, 1x8x8 images" in out and "net: convnet [20]" in out and "[numba] epoch   2" in out
 
 
+def test_train_multi_with_dropout_and_batchnorm(capsys):
+    code = main(["train", "--net", "multi", "--hidden", "40,20", "--dropout", "0.2", "--batchnorm", "--optimizer",
+                 "rmsprop", "--epochs", "3", "--no-progress"])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "dropout 0.2, batch norm; optimizer: rmsprop" in out
+    assert float(out.split("done: test accuracy ")[1].split(",")[0]) > 0.8
+
+
 @pytest.mark.slow
 def test_train_convnet_reaches_097_with_the_defaults(capsys):
     """The issue's bar for ``python -m fastlayers train --net convnet`` (30 epochs of Adam, about 10 s)."""
@@ -68,7 +77,9 @@ def test_train_convnet_reaches_097_with_the_defaults(capsys):
         (["--batch-size", "x"], "argument --batch-size: expected a positive integer, got 'x'"),
         (["--epochs", "0"], "argument --epochs: must be >= 1, got 0"),
         (["--lr", "-1"], "argument --lr: must be > 0, got -1"),
-        (["--optimizer", "rmsprop"], "argument --optimizer: invalid choice: 'rmsprop'"),
+        (["--optimizer", "lbfgs"], "argument --optimizer: invalid choice: 'lbfgs'"),
+        (["--dropout", "1.5", "--net", "multi"], "argument --dropout: must be in [0, 1), got 1.5"),
+        (["--batchnorm"], "--dropout and --batchnorm go with --net multi, not --net two"),
     ],
 )
 def test_train_mistakes_are_one_line_errors_before_any_work(args, message, capsys):

@@ -82,7 +82,7 @@ def test_inventory():
     names = [k.name for k in ALL_KERNELS]
     assert len(names) == len(set(names))
     assert set(names) == set(CASES)
-    assert {k.module for k in ALL_KERNELS} == {"elementwise", "affine", "loss", "optim", "conv", "dropout"}
+    assert {k.module for k in ALL_KERNELS} == {"elementwise", "affine", "loss", "optim", "conv", "dropout", "batchnorm"}
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

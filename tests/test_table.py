@@ -27,6 +27,9 @@ TOLERANCE = {
     "pool": "exact",
     "dropout": "exact",
     "convnet_step": "sum",
+    "batchnorm": "sum",
+    "nesterov": "row",
+    "rmsprop": "row",
 }
 
 

@@ -5,8 +5,9 @@ this tool at a checkout of it. It copies the checkout twice into a work folder:
 
 - ``book``: unchanged;
 - ``fastlayers``: one import line appended to ``common/layers.py`` (the layer classes fastlayers
-  has), to ``common/util.py`` (``im2col``, ``col2im``) and to ``ch05/layer_naive.py``
-  (``MulLayer``, ``AddLayer``), so every script that uses them runs on ours.
+  has), to ``common/util.py`` (``im2col``, ``col2im``), to ``common/optimizer.py`` (the six
+  optimizers) and to ``ch05/layer_naive.py`` (``MulLayer``, ``AddLayer``), so every script that uses
+  them runs on ours.
 
 MNIST cannot be downloaded here, so both copies get a stand-in ``dataset/mnist.pkl`` in the format the
 book's ``load_mnist`` reads (uint8 images of 784 pixels, uint8 labels): scikit-learn's 8x8 digits,
@@ -35,7 +36,9 @@ from pathlib import Path
 
 TRAIN = 1500
 SWAPS = {
-    "common/layers.py": "from fastlayers import Relu, Sigmoid, Affine, SoftmaxWithLoss, Dropout, Convolution, Pooling",
+    "common/layers.py": "from fastlayers import Relu, Sigmoid, Affine, SoftmaxWithLoss, Dropout, BatchNormalization, "
+    "Convolution, Pooling",
+    "common/optimizer.py": "from fastlayers import SGD, Momentum, Nesterov, AdaGrad, RMSprop, Adam",
     "common/util.py": "from fastlayers import im2col, col2im",
     "ch05/layer_naive.py": "from fastlayers import MulLayer, AddLayer",
 }

@@ -47,6 +47,24 @@ def _adam_block(p, m, v, g, lr_t, beta1, beta2, eps):
         p[i] -= lr_t * m[i] / (np.sqrt(v[i]) + eps)
 
 
+@helper
+def _nesterov_block(p, v, g, lr, mu, mu2, step):
+    for i in range(p.shape[0]):
+        gi = g[i]
+        vi = mu * v[i] - lr * gi
+        v[i] = vi
+        p[i] = (p[i] + mu2 * vi) - step * gi
+
+
+@helper
+def _rmsprop_block(p, h, g, lr, decay, keep, eps):
+    for i in range(p.shape[0]):
+        gi = g[i]
+        hi = h[i] * decay + keep * gi * gi
+        h[i] = hi
+        p[i] -= lr * gi / (np.sqrt(hi) + eps)
+
+
 @twins(MEMORY_BOUND_MIN)
 def sgd(p, g, lr):
     """p -= lr * g"""
@@ -81,3 +99,22 @@ def adam(p, m, v, g, lr_t, beta1, beta2, eps):
     for blk in prange(nblocks(n)):
         lo, hi = bounds(blk, n)
         _adam_block(p[lo:hi], m[lo:hi], v[lo:hi], g[lo:hi], lr_t, beta1, beta2, eps)
+
+
+@twins(MEMORY_BOUND_MIN)
+def nesterov(p, v, g, lr, mu, mu2, step):
+    """v = mu * v - lr * g; p = (p + mu2 * v) - step * g, with ``mu2`` = mu * mu and ``step`` =
+    (1 + mu) * lr (the classic Nesterov update)"""
+    n = p.shape[0]
+    for blk in prange(nblocks(n)):
+        lo, hi = bounds(blk, n)
+        _nesterov_block(p[lo:hi], v[lo:hi], g[lo:hi], lr, mu, mu2, step)
+
+
+@twins(MEMORY_BOUND_MIN)
+def rmsprop(p, h, g, lr, decay, keep, eps):
+    """h = h * decay + keep * g * g (``keep`` = 1 - decay); p -= lr * g / (sqrt(h) + eps)"""
+    n = p.shape[0]
+    for blk in prange(nblocks(n)):
+        lo, hi = bounds(blk, n)
+        _rmsprop_block(p[lo:hi], h[lo:hi], g[lo:hi], lr, decay, keep, eps)

@@ -8,7 +8,7 @@ either a compiled kernel from :mod:`fastlayers._kernels` (backend ``"numba"``) o
 
 The modules mirror :mod:`fastlayers._kernels`: :mod:`.elementwise` (ReLU, Sigmoid), :mod:`.affine`,
 :mod:`.loss` (softmax and the cross-entropy losses), :mod:`.conv` (convolution, max pooling,
-im2col/col2im), :mod:`.dropout`, and :mod:`._checks` (the dtype rule, the argument checks and the
+im2col/col2im), :mod:`.dropout`, :mod:`.batchnorm`, and :mod:`._checks` (the dtype rule, the argument checks and the
 gates of the fast paths), which the others share.
 
 The dtype rule is NumPy's (see :mod:`fastlayers.functional._checks`): each function computes in,
@@ -29,6 +29,7 @@ is computed through a temporary. (Affine's buffers that overlap an input are ref
 from __future__ import annotations
 
 from .affine import affine_backward, affine_forward
+from .batchnorm import batch_norm_backward, batch_norm_test, batch_norm_train
 from .conv import col2im, conv_backward, conv_forward, im2col, max_pool_backward, max_pool_forward
 from .dropout import dropout_backward, dropout_forward, dropout_scale
 from .elementwise import relu_backward, relu_forward, sigmoid_backward, sigmoid_forward
@@ -54,4 +55,7 @@ __all__ = [
     "dropout_forward",
     "dropout_backward",
     "dropout_scale",
+    "batch_norm_train",
+    "batch_norm_test",
+    "batch_norm_backward",
 ]

@@ -7,17 +7,18 @@ family, mirroring :mod:`fastlayers.functional` and :mod:`fastlayers._kernels`:
 - :mod:`.core`: ``MulLayer``, ``AddLayer``, ``Relu``, ``Sigmoid``, ``Affine``, ``SoftmaxWithLoss``
   (chapter 5), and the fused Affine + activation passes of the nets;
 - :mod:`.conv`: ``Convolution``, ``Pooling`` (chapter 7), and the fused Convolution + ReLU passes;
-- :mod:`.training`: ``Dropout`` (chapter 6).
+- :mod:`.training`: ``Dropout``, ``BatchNormalization`` (chapter 6).
 """
 
 from __future__ import annotations
 
 from .conv import Convolution, Pooling, conv_relu_backward, conv_relu_forward
 from .core import AddLayer, Affine, MulLayer, Relu, Sigmoid, SoftmaxWithLoss, fused_backward, fused_forward
-from .training import Dropout
+from .training import BatchNormalization, Dropout
 
 __all__ = [
     "AddLayer",
+    "BatchNormalization",
     "Affine",
     "Convolution",
     "Dropout",

@@ -1,5 +1,5 @@
-"""The layers of the classic code's training chapter: ``Dropout`` (and, below, batch normalization),
-on the compiled kernels.
+"""The layers of the classic code's training chapter, ``Dropout`` and ``BatchNormalization``, on the
+compiled kernels.
 
 ``Dropout`` keeps the classic semantics, on which the classic nets rely: in training ``x * mask``
 with no rescaling (not "inverted" dropout), at test time ``x * (1 - dropout_ratio)``. Its masks come
@@ -13,8 +13,10 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .. import reference as C_reference
+from ..functional import batchnorm as B
 from ..functional import dropout as D
-from ..functional._checks import as_array, compute_dtype, numpy_backend, reusable
+from ..functional._checks import as_array, compute_dtype, convert, numpy_backend, reusable
 
 
 class Dropout:
@@ -98,3 +100,150 @@ class Dropout:
             buf = reusable(self, "_dx", dout.shape, compute_dtype(dout=dout))
         self._dx = D.dropout_backward(dout, self.mask, out=buf)
         return self._dx
+
+
+class BatchNormalization:
+    """Batch normalization, the classic form: per feature over the batch, a 4-D input normalised per
+    element of C*H*W (``x.reshape(N, -1)``), biased batch variance, epsilon ``10e-7`` (1e-6).
+
+    Parameters
+    ----------
+    gamma, beta : ndarray of D values
+        Scale and shift, kept by reference (optimizers update them in place).
+    momentum : float in [0, 1], default 0.9
+    running_mean, running_var : ndarray of D values, optional
+        Created as zeros at the first ``forward`` when not given, in the compute dtype (NumPy's rule
+        for ``x``, ``gamma`` and ``beta``; the classic code makes them float64, which is what the
+        classic float64 ``gamma`` gives here too). Each training ``forward`` replaces them with new
+        arrays ``momentum * old + (1 - momentum) * batch``.
+
+    Attributes
+    ----------
+    input_shape, batch_size : the latest input's shape and, after a training forward, its N
+    xn, std : the normalised batch (N, D) and ``sqrt(var + 1e-6)`` (D,) of the latest training forward
+    xc : ``xn * std`` (the centred batch), computed when read
+    dgamma, dbeta : set by :meth:`backward`
+
+    Raises
+    ------
+    ValueError
+        ``momentum`` outside [0, 1].
+    """
+
+    def __init__(
+        self,
+        gamma: np.ndarray,
+        beta: np.ndarray,
+        momentum: float = 0.9,
+        running_mean: np.ndarray | None = None,
+        running_var: np.ndarray | None = None,
+    ) -> None:
+        self.gamma = gamma
+        self.beta = beta
+        self.momentum: float = B.check_momentum(momentum)
+        self.running_mean = running_mean
+        self.running_var = running_var
+        self.input_shape: tuple[int, ...] | None = None
+        self.batch_size: int | None = None
+        self.xn: np.ndarray | None = None
+        self.std: np.ndarray | None = None
+        self.dgamma: np.ndarray | None = None
+        self.dbeta: np.ndarray | None = None
+        self._out: np.ndarray | None = None
+        self._dx: np.ndarray | None = None
+
+    @property
+    def xc(self) -> np.ndarray | None:
+        """The centred batch ``x - mean`` of the latest training forward, as ``xn * std``."""
+        if self.xn is None or self.std is None:
+            return None
+        return self.xn * self.std
+
+    def forward(self, x: ArrayLike, train_flg: object = True) -> np.ndarray:
+        """Normalise ``x`` with the batch statistics (training, any true ``train_flg``; the running
+        statistics are updated) or with the running ones (test).
+
+        Parameters
+        ----------
+        x : array_like, shape (N, D) or (N, C, H, W) (or any (N, ...))
+        train_flg : truthy or falsy, default True
+
+        Returns
+        -------
+        ndarray shaped like ``x``, in the dtype NumPy gives for ``x``, ``gamma`` and ``beta``.
+
+        Raises
+        ------
+        ValueError
+            ``x`` of fewer than 2 dimensions or empty; ``gamma``, ``beta`` or the running statistics
+            not of D values (for 4-D input, D = C*H*W, named in the message); ``momentum`` changed to
+            something outside [0, 1].
+        TypeError
+            Unsupported dtypes.
+        """
+        x = as_array(x, "x")
+        x2 = B.as_rows(x)
+        momentum = B.check_momentum(self.momentum)
+        g, b = as_array(self.gamma, "gamma"), as_array(self.beta, "beta")
+        dtype = compute_dtype(x=x, gamma=g, beta=b)
+        n, d = x2.shape
+        g, b = B._feature(g, "gamma", d, x.shape, dtype), B._feature(b, "beta", d, x.shape, dtype)
+        if self.running_mean is None:
+            self.running_mean, self.running_var = np.zeros(d, dtype), np.zeros(d, dtype)
+        rm = B._feature(self.running_mean, "running_mean", d, x.shape, dtype)
+        rv = B._feature(self.running_var, "running_var", d, x.shape, dtype)
+        x2 = np.ascontiguousarray(convert(x2, dtype))
+        self.input_shape = x.shape
+        fast = not numpy_backend()
+        if not train_flg:
+            if not fast:
+                return C_reference.batchnorm_test(x2, g, b, rm, rv).reshape(x.shape)
+            return B.infer_run(x2, g, b, rm, rv).reshape(x.shape)
+        if fast:
+            out = reusable(self, "_out", (n, d), dtype)
+            xn = reusable(self, "xn", (n, d), dtype)
+            self._out, self.xn, self.std, self.running_mean, self.running_var = B.train_run(
+                x2, g, b, momentum, rm, rv, out, xn
+            )
+        else:
+            out, self.xn, self.std, m_new, v_new = C_reference.batchnorm_train(x2, g, b, dtype.type(momentum), rm, rv)
+            self._out, self.running_mean, self.running_var = out, m_new.astype(dtype), v_new.astype(dtype)
+        self.batch_size = n
+        return self._out.reshape(x.shape)
+
+    def backward(self, dout: ArrayLike) -> np.ndarray:
+        """Gradients from ``xn``, ``std`` and ``gamma`` as they are now (the fused closed form).
+
+        Parameters
+        ----------
+        dout : array_like, shaped like the training forward's input
+
+        Returns
+        -------
+        dx : ndarray shaped like ``dout``; also sets ``dgamma`` and ``dbeta`` (D,).
+
+        Raises
+        ------
+        ValueError
+            ``backward`` before a training ``forward``; ``dout`` that does not match ``xn``;
+            ``gamma`` or ``std`` changed into arrays of another size.
+        """
+        if self.xn is None:
+            raise ValueError("BatchNormalization.backward called before a training forward (train_flg=True)")
+        dout = as_array(dout, "dout")
+        d2 = B.as_rows(dout, "dout")
+        xn = as_array(self.xn, "xn")
+        if xn.shape != d2.shape:
+            raise ValueError(f"dout has shape {dout.shape} but the training forward's batch (xn) has shape {xn.shape}")
+        g, s = as_array(self.gamma, "gamma"), as_array(self.std, "std")
+        dtype = compute_dtype(dout=dout, xn=xn, gamma=g)
+        d = d2.shape[1]
+        g, s = B._feature(g, "gamma", d, dout.shape, dtype), B._feature(s, "std", d, dout.shape, dtype)
+        d2 = np.ascontiguousarray(convert(d2, dtype))
+        xn = np.ascontiguousarray(convert(xn, dtype))
+        if numpy_backend():
+            dx, self.dgamma, self.dbeta = C_reference.batchnorm_backward(d2, xn, g, s)
+        else:
+            dx, self.dgamma, self.dbeta = B.backward_run(d2, xn, g, s, reusable(self, "_dx", d2.shape, dtype))
+        self._dx = dx
+        return dx.reshape(dout.shape)

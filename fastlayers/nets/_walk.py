@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from ..layers import (
     Affine,
+    BatchNormalization,
     Convolution,
     Dropout,
     Relu,
@@ -19,7 +20,7 @@ from ..layers import (
 )
 
 #: layers whose forward takes the training flag
-_WITH_FLAG = (Dropout,)
+_WITH_FLAG = (Dropout, BatchNormalization)
 
 
 def forward(layers: Sequence, x, train_flg: bool = False):

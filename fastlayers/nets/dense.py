@@ -1,4 +1,5 @@
-"""The classic networks, built from the fast layers: ``TwoLayerNet`` and ``MultiLayerNet``."""
+"""The classic fully connected networks, built from the fast layers: ``TwoLayerNet``,
+``MultiLayerNet`` and ``MultiLayerNetExtend`` (batch normalization and dropout)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
+from ..functional.dropout import check_ratio
 from ..gradient import numerical_gradient
-from ..layers import Affine, Relu, Sigmoid, SoftmaxWithLoss
+from ..layers import Affine, BatchNormalization, Dropout, Relu, Sigmoid, SoftmaxWithLoss
 from . import _walk
 
-__all__ = ["TwoLayerNet", "MultiLayerNet", "gradient_check"]
+__all__ = ["TwoLayerNet", "MultiLayerNet", "MultiLayerNetExtend", "gradient_check"]
 
 _ACTIVATIONS = {"relu": Relu, "sigmoid": Sigmoid}
 
@@ -285,3 +287,129 @@ def gradient_check(net: TwoLayerNet | MultiLayerNet, x: ArrayLike, t: ArrayLike)
     grad_backprop = {k: v.copy() for k, v in grad_backprop.items()}
     grad_numerical = net.numerical_gradient(x, t)
     return {key: float(np.mean(np.abs(grad_backprop[key] - grad_numerical[key]))) for key in net.params}
+
+
+class MultiLayerNetExtend(MultiLayerNet):
+    """The classic extended network: per hidden layer Affine -> [BatchNormalization] -> activation
+    -> [Dropout], then Affine -> SoftmaxWithLoss; weight decay as :class:`MultiLayerNet`.
+
+    Parameters
+    ----------
+    input_size, hidden_size_list, output_size, activation, weight_init_std, weight_decay_lambda :
+        as :class:`MultiLayerNet`.
+    use_dropout : bool, default False
+    dropout_ration : float in [0, 1), default 0.5
+        The dropout ratio (the classic spelling).
+    use_batchnorm : bool, default False
+    dtype, seed : as :class:`TwoLayerNet`.
+
+    Attributes
+    ----------
+    params : dict ``W1``, ``b1``, ... ``W{L}``, ``b{L}``, then ``gamma1``, ``beta1``, ... (batch norm)
+    layers : OrderedDict ``Affine1``, [``BatchNorm1``], ``Activation_function1``, [``Dropout1``], ...
+    last_layer : SoftmaxWithLoss
+
+    ``predict``, ``loss`` and ``accuracy`` run in test mode by default (``train_flg=False``);
+    ``gradient`` and ``numerical_gradient`` in training mode, as in the classic code.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size_list: Sequence[int],
+        output_size: int,
+        activation: str = "relu",
+        weight_init_std: str | float = "relu",
+        weight_decay_lambda: float = 0.0,
+        use_dropout: bool = False,
+        dropout_ration: float = 0.5,
+        use_batchnorm: bool = False,
+        *,
+        dtype: DTypeLike = np.float64,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(input_size, hidden_size_list, output_size, activation, weight_init_std,
+                         weight_decay_lambda, dtype=dtype, seed=seed)  # fmt: skip
+        ratio = check_ratio(dropout_ration)
+        self.input_size, self.output_size = int(input_size), int(output_size)
+        self.use_dropout, self.use_batchnorm = bool(use_dropout), bool(use_batchnorm)
+        dt = self.params["W1"].dtype
+        plain = self.layers
+        self.layers = OrderedDict()
+        for idx in range(1, self.hidden_layer_num + 1):
+            self.layers[f"Affine{idx}"] = plain[f"Affine{idx}"]
+            if self.use_batchnorm:
+                size = self.hidden_size_list[idx - 1]
+                self.params[f"gamma{idx}"] = np.ones(size, dt)
+                self.params[f"beta{idx}"] = np.zeros(size, dt)
+                self.layers[f"BatchNorm{idx}"] = BatchNormalization(
+                    self.params[f"gamma{idx}"], self.params[f"beta{idx}"]
+                )
+            self.layers[f"Activation_function{idx}"] = plain[f"Activation_function{idx}"]
+            if self.use_dropout:
+                self.layers[f"Dropout{idx}"] = Dropout(ratio)
+        last = self.hidden_layer_num + 1
+        self.layers[f"Affine{last}"] = plain[f"Affine{last}"]
+
+    def predict(self, x: ArrayLike, train_flg: bool = False) -> np.ndarray:
+        """Scores before the softmax.
+
+        Parameters
+        ----------
+        x : array_like, shape (N, input_size)
+        train_flg : bool, default False
+            Training mode for batch normalization (batch statistics, running ones updated) and dropout.
+
+        Returns
+        -------
+        ndarray (N, output_size).
+        """
+        return _walk.forward(list(self.layers.values()), x, bool(train_flg))
+
+    def loss(self, x: ArrayLike, t: ArrayLike, train_flg: bool = False) -> np.floating:
+        """Mean softmax cross-entropy of the batch plus the weight decay term.
+
+        Parameters
+        ----------
+        x : array_like, shape (N, input_size)
+        t : array_like
+            Integer labels (N,) or one-hot rows.
+        train_flg : bool, default False
+        """
+        loss = self.last_layer.forward(self.predict(x, train_flg), t)
+        penalty = self._penalty()
+        return loss + loss.dtype.type(penalty) if penalty else loss
+
+    def numerical_gradient(self, x: ArrayLike, t: ArrayLike) -> dict[str, np.ndarray]:
+        """Gradients by central differences of the training-mode loss (dropout draws new masks at
+        every evaluation, so use it without dropout).
+
+        Parameters
+        ----------
+        x, t : as :meth:`loss`
+
+        Returns
+        -------
+        dict keyed like ``params``.
+        """
+        return {key: numerical_gradient(lambda _: self.loss(x, t, True), p) for key, p in self.params.items()}
+
+    def gradient(self, x: ArrayLike, t: ArrayLike) -> dict[str, np.ndarray]:
+        """Gradients of the training-mode loss by backpropagation.
+
+        Parameters
+        ----------
+        x, t : as :meth:`loss`
+
+        Returns
+        -------
+        dict keyed like ``params``: ``W{i}``, ``b{i}`` (plus the decay term), ``gamma{i}``, ``beta{i}``.
+        """
+        self.loss(x, t, True)
+        _walk.backward(list(self.layers.values()), self.last_layer.backward(1))
+        grads = self._affine_grads()
+        if self.use_batchnorm:
+            for idx in range(1, self.hidden_layer_num + 1):
+                bn = self.layers[f"BatchNorm{idx}"]
+                grads[f"gamma{idx}"], grads[f"beta{idx}"] = bn.dgamma, bn.dbeta
+        return grads

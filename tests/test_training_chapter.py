@@ -1,0 +1,131 @@
+"""Chapter 6 of the classic code: Nesterov and RMSprop against the classic updates written out
+here, scalar parameters (the classic two-parameter examples), and MultiLayerNetExtend (structure,
+gradient checks with batch normalization, dropout at training time only, weight decay)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastlayers as fl
+
+from .conftest import DTYPES
+
+
+class ClassicNesterov:
+    def __init__(self, lr=0.01, momentum=0.9):
+        self.lr, self.momentum, self.v = lr, momentum, None
+
+    def update(self, params, grads):
+        if self.v is None:
+            self.v = {k: np.zeros_like(v) for k, v in params.items()}
+        for key in params.keys():
+            self.v[key] *= self.momentum
+            self.v[key] -= self.lr * grads[key]
+            params[key] += self.momentum * self.momentum * self.v[key]
+            params[key] -= (1 + self.momentum) * self.lr * grads[key]
+
+
+class ClassicRMSprop:
+    def __init__(self, lr=0.01, decay_rate=0.99):
+        self.lr, self.decay_rate, self.h = lr, decay_rate, None
+
+    def update(self, params, grads):
+        if self.h is None:
+            self.h = {k: np.zeros_like(v) for k, v in params.items()}
+        for key in params.keys():
+            self.h[key] *= self.decay_rate
+            self.h[key] += (1 - self.decay_rate) * grads[key] * grads[key]
+            params[key] -= self.lr * grads[key] / (np.sqrt(self.h[key]) + 1e-7)
+
+
+CASES = [
+    (fl.Nesterov, ClassicNesterov, {"lr": 0.05, "momentum": 0.8}),
+    (fl.RMSprop, ClassicRMSprop, {"lr": 0.05, "decay_rate": 0.9}),
+    (fl.Nesterov, ClassicNesterov, {}),
+    (fl.RMSprop, ClassicRMSprop, {}),
+]
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ours,classic,kw", CASES)
+@pytest.mark.parametrize("size", [(3, 5), (700, 513)])  # serial and parallel kernels
+def test_new_optimizers_equal_the_classic_updates(ours, classic, kw, size, dtype, backend):
+    rng = np.random.default_rng(0)
+    params = {"W": rng.standard_normal(size).astype(dtype), "b": rng.standard_normal(size[1]).astype(dtype)}
+    want = {k: v.copy() for k, v in params.items()}
+    a, b = ours(**kw), classic(**kw)
+    with fl.use_backend(backend):
+        for _ in range(4):
+            grads = {k: rng.standard_normal(v.shape).astype(dtype) for k, v in params.items()}
+            a.update(params, grads)
+            b.update(want, grads)
+    eps = np.finfo(dtype).eps
+    for k in params:
+        assert params[k].dtype == dtype
+        np.testing.assert_allclose(params[k], want[k], rtol=64 * eps, atol=64 * eps)
+
+
+def test_defaults_and_errors():
+    assert (fl.Nesterov().lr, fl.Nesterov().momentum) == (0.01, 0.9)
+    assert (fl.RMSprop().lr, fl.RMSprop().decay_rate) == (0.01, 0.99)
+    with pytest.raises(ValueError, match=r"decay_rate must be in \[0, 1\)"):
+        fl.RMSprop(decay_rate=1.0)
+    with pytest.raises(ValueError, match="lr must be a positive number"):
+        fl.Nesterov(lr=-1)
+
+
+@pytest.mark.parametrize("opt", [fl.SGD(0.1), fl.Momentum(0.1), fl.Nesterov(0.1), fl.AdaGrad(0.5), fl.RMSprop(0.1),
+                                 fl.Adam(0.3)])  # fmt: skip
+def test_scalar_parameters_as_in_the_classic_examples(opt):
+    """ch06/optimizer_compare_naive.py keeps two Python floats in ``params``: each step replaces them."""
+    params = {"x": -7.0, "y": np.float64(2.0)}
+    for _ in range(30):
+        grads = {"x": params["x"] / 10.0, "y": 2.0 * params["y"]}
+        opt.update(params, grads)
+    assert np.isscalar(params["x"]) and abs(params["x"]) < 7 and abs(params["y"]) < 2
+
+
+def test_extend_structure_like_the_classic_net():
+    net = fl.MultiLayerNetExtend(784, [100, 50], 10, use_dropout=True, dropout_ration=0.2, use_batchnorm=True, seed=0)
+    assert list(net.layers) == ["Affine1", "BatchNorm1", "Activation_function1", "Dropout1", "Affine2", "BatchNorm2",
+                                "Activation_function2", "Dropout2", "Affine3"]  # fmt: skip
+    assert list(net.params) == ["W1", "b1", "W2", "b2", "W3", "b3", "gamma1", "beta1", "gamma2", "beta2"]
+    assert net.layers["Dropout1"].dropout_ratio == 0.2
+    assert net.layers["BatchNorm2"].gamma is net.params["gamma2"]
+    plain = fl.MultiLayerNetExtend(5, [4], 3, seed=0)
+    assert list(plain.layers) == ["Affine1", "Activation_function1", "Affine2"]
+    with pytest.raises(ValueError, match=r"dropout_ratio must be in \[0, 1\)"):
+        fl.MultiLayerNetExtend(5, [4], 3, use_dropout=True, dropout_ration=1.0)
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
+def test_extend_gradient_check_with_batchnorm_and_decay(backend, activation):
+    rng = np.random.default_rng(1)
+    x, t = rng.standard_normal((6, 8)), rng.integers(0, 4, 6)
+    with fl.use_backend(backend):
+        net = fl.MultiLayerNetExtend(8, [7, 5], 4, activation=activation, weight_init_std=activation,
+                                     weight_decay_lambda=0.1, use_batchnorm=True, seed=2)  # fmt: skip
+        grads = {k: v.copy() for k, v in net.gradient(x, t).items()}
+        numeric = net.numerical_gradient(x, t)
+    for key in numeric:
+        assert np.abs(grads[key] - numeric[key]).mean() < 1e-7, key
+
+
+def test_extend_modes_and_accuracy():
+    rng = np.random.default_rng(3)
+    x, t = rng.standard_normal((20, 8)), rng.integers(0, 3, 20)
+    net = fl.MultiLayerNetExtend(8, [16], 3, use_dropout=True, use_batchnorm=True, seed=0)
+    np.testing.assert_array_equal(net.predict(x), net.predict(x))  # test mode: no dropout, running stats
+    np.random.seed(0)  # noqa: NPY002 - the classic global generator
+    first = net.predict(x, train_flg=True)
+    assert not np.array_equal(first, net.predict(x, train_flg=True))  # new masks, new batch stats
+    assert net.loss(x, t) == net.loss(x, t)
+    assert 0.0 <= net.accuracy(x, t) <= 1.0
+    assert net.accuracy(x, np.eye(3)[t]) == net.accuracy(x, t)
+    opt, before = fl.Adam(0.01), net.loss(x, t)
+    for _ in range(100):
+        opt.update(net.params, net.gradient(x, t))
+    assert net.loss(x, t) < before and net.accuracy(x, t) > 0.8
