@@ -329,6 +329,30 @@ def step_torch_compile(torch, a: Inputs):
 
 
 # --------------------------------------------------------------------------------------------
+# PyTorch through autograd: an operator on ``x`` (and parameters), backward from ``dout``
+# --------------------------------------------------------------------------------------------
+def _autograd_calls(x, dout, op, params=(), with_dx: bool = True) -> tuple:
+    """``(forward, backward, forward_backward)`` of ``op(x)`` through PyTorch's autograd, the
+    gradient of ``x`` taken when ``with_dx``; ``params`` (leaf tensors) have their gradients reset
+    before each forward+backward."""
+
+    def forward():
+        xx = x.detach().requires_grad_(with_dx)
+        return xx, op(xx)
+
+    _, y = forward()
+
+    def forward_backward():
+        for p in params:
+            p.grad = None
+        xx, out = forward()
+        out.backward(dout)
+        return xx.grad
+
+    return (lambda: forward()[1]), (lambda: y.backward(dout, retain_graph=True)), forward_backward
+
+
+# --------------------------------------------------------------------------------------------
 # Convolution: (N, C, H, W, FN, FH, FW, pad), stride 1
 # --------------------------------------------------------------------------------------------
 def _conv_inputs(shape, dtype, rng) -> Inputs:
@@ -382,24 +406,10 @@ def _conv_numpy(a: Inputs, with_dx: bool = True) -> tuple:
 
 
 def _conv_torch(torch, a: Inputs, with_dx: bool = True):
-    x = torch.from_numpy(a["x"])
     W, b = (torch.from_numpy(a[k].copy()).requires_grad_() for k in ("W", "b"))
-    dout = torch.from_numpy(a["dout"])
     pad = _conv_pad(a)
-
-    def forward():
-        xx = x.detach().requires_grad_(with_dx)
-        return xx, torch.nn.functional.conv2d(xx, W, b, 1, pad)
-
-    _, y = forward()
-
-    def forward_backward():
-        W.grad = b.grad = None
-        xx, out = forward()
-        out.backward(dout)
-        return xx.grad
-
-    return (lambda: forward()[1]), (lambda: y.backward(dout, retain_graph=True)), forward_backward
+    op = lambda x: torch.nn.functional.conv2d(x, W, b, 1, pad)  # noqa: E731
+    return _autograd_calls(torch.from_numpy(a["x"]), torch.from_numpy(a["dout"]), op, (W, b), with_dx)
 
 
 _CONV_SIZES = [(100, 1, 28, 28, 30, 5, 5, 0), (100, 16, 28, 28, 16, 3, 3, 1), (100, 32, 7, 7, 64, 3, 3, 1)]
@@ -443,20 +453,8 @@ def _pool_numpy(a: Inputs) -> tuple:
 
 
 def _pool_torch(torch, a: Inputs):
-    x, dout = torch.from_numpy(a["x"]), torch.from_numpy(a["dout"])
-
-    def forward():
-        xx = x.detach().requires_grad_()
-        return xx, torch.nn.functional.max_pool2d(xx, 2, 2)
-
-    _, y = forward()
-
-    def forward_backward():
-        xx, out = forward()
-        out.backward(dout)
-        return xx.grad
-
-    return (lambda: forward()[1]), (lambda: y.backward(dout, retain_graph=True)), forward_backward
+    op = lambda x: torch.nn.functional.max_pool2d(x, 2, 2)  # noqa: E731
+    return _autograd_calls(torch.from_numpy(a["x"]), torch.from_numpy(a["dout"]), op)
 
 
 def _pool_bytes(a: Inputs) -> int:
@@ -483,20 +481,8 @@ def _dropout_numpy(a: Inputs) -> tuple:
 
 
 def _dropout_torch(torch, a: Inputs):
-    x, dout = torch.from_numpy(a["x"]), torch.from_numpy(a["dout"])
-
-    def forward():
-        xx = x.detach().requires_grad_()
-        return xx, torch.nn.functional.dropout(xx, 0.5, training=True)
-
-    _, y = forward()
-
-    def forward_backward():
-        xx, out = forward()
-        out.backward(dout)
-        return xx.grad
-
-    return (lambda: forward()[1]), (lambda: y.backward(dout, retain_graph=True)), forward_backward
+    op = lambda x: torch.nn.functional.dropout(x, 0.5, training=True)  # noqa: E731
+    return _autograd_calls(torch.from_numpy(a["x"]), torch.from_numpy(a["dout"]), op)
 
 
 def _dropout_bytes(a: Inputs) -> int:
@@ -541,23 +527,10 @@ def _bn_numpy(a: Inputs) -> tuple:
 
 
 def _bn_torch(torch, a: Inputs):
-    x, dout = torch.from_numpy(a["x"]), torch.from_numpy(a["dout"])
     gamma, beta = (torch.from_numpy(a[k].copy()).requires_grad_() for k in ("gamma", "beta"))
     rm, rv = torch.zeros_like(gamma.detach()), torch.ones_like(gamma.detach())
-
-    def forward():
-        xx = x.detach().requires_grad_()
-        return xx, torch.nn.functional.batch_norm(xx, rm, rv, gamma, beta, training=True, momentum=0.1, eps=1e-6)
-
-    _, y = forward()
-
-    def forward_backward():
-        gamma.grad = beta.grad = None
-        xx, out = forward()
-        out.backward(dout)
-        return xx.grad
-
-    return (lambda: forward()[1]), (lambda: y.backward(dout, retain_graph=True)), forward_backward
+    op = lambda x: torch.nn.functional.batch_norm(x, rm, rv, gamma, beta, training=True, eps=1e-6)  # noqa: E731
+    return _autograd_calls(torch.from_numpy(a["x"]), torch.from_numpy(a["dout"]), op, (gamma, beta))
 
 
 def _bn_bytes(a: Inputs) -> int:
