@@ -72,6 +72,23 @@ def test_gradient_check(trees):
             assert all(float(v) < 1e-6 for v in diffs.values()), diffs
 
 
+def test_the_books_parameter_files_load_into_our_nets():
+    """The trained parameters the book ships (ch07/params.pkl, ch08/deep_convnet_params.pkl) load
+    into fastlayers' SimpleConvNet and DeepConvNet, and predict the stand-in's digits far better
+    than chance (they were trained on MNIST, not on these upsampled 8x8 digits)."""
+    import numpy as np
+
+    import fastlayers as fl
+
+    data = book.digits_as_mnist()
+    x = (data["test_img"].reshape(-1, 1, 28, 28) / 255.0).astype(np.float32)
+    t = data["test_label"]
+    for net, path in ((fl.SimpleConvNet(), "ch07/params.pkl"), (fl.DeepConvNet(), "ch08/deep_convnet_params.pkl")):
+        net.load_params(Path(BOOK) / path)
+        assert net.params["W1"].dtype == np.float64
+        assert net.accuracy(x, t) > 0.3, path
+
+
 def test_convnet_gradient_check(trees):
     for which in ("fastlayers", "book"):
         diffs = dict(re.findall(r"^(\w+) ([-+0-9.e]+)$", _out(trees, which, "ch07/gradient_check.py"), re.M))

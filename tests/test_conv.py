@@ -207,6 +207,23 @@ def test_pooling_equals_the_definition(spec, dtype, backend):
     assert_close(dx, want[:, :, pad : pad + h, pad : pad + w].astype(dtype), "sum", n=ph * pw)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("spec", POOL, ids=str)
+def test_pooling_gradient_check(spec, backend):
+    n, c, h, w, ph, pw, stride, pad = spec
+    x = np.random.default_rng(7).permutation(n * c * h * w).reshape(n, c, h, w) / 10.0  # no ties
+    with fl.use_backend(backend):
+        layer = fl.Pooling(ph, pw, stride, pad)
+        weights = np.random.default_rng(8).standard_normal(layer.forward(x).shape)
+
+        def f(_):
+            return float((layer.forward(x) * weights).sum())
+
+        f(None)
+        dx = layer.backward(weights)
+        np.testing.assert_allclose(dx, fl.numerical_gradient(f, x), atol=1e-6, rtol=1e-5)
+
+
 def test_pooling_arg_max_is_the_classic_layout():
     """Without padding, ``arg_max`` equals the classic ``np.argmax`` over the classic column matrix."""
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 6))

@@ -69,3 +69,28 @@ def test_peak_is_outputs_and_gradients(name, dtype):
     peak = peak_of(run)
     assert peak <= expected + SLACK, f"peak {peak} bytes, outputs and gradients {expected} bytes"
     assert peak >= expected * 0.99  # the measurement sees the outputs at all
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_convolution_needs_less_than_the_classic_column_matrix(dtype):
+    """DeepConvNet's first 3x3 convolution (100x16x28x28 to 16 channels, pad 1): beyond the outputs
+    and gradients, forward+backward needs less scratch memory than the classic code's column matrix
+    alone (N*OH*OW x C*9 float64, 90 MB), which the classic layer keeps between the two calls."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((100, 16, 28, 28)).astype(dtype)
+    W = (0.1 * rng.standard_normal((16, 16, 3, 3))).astype(dtype)
+    b = np.zeros(16, dtype)
+    dout = rng.standard_normal((100, 16, 28, 28)).astype(dtype)
+    fl.Convolution(W, b, 1, 1).forward(x[:2])  # compile (or load) the kernels first
+
+    def run():
+        layer = fl.Convolution(W, b, 1, 1)
+        return layer, layer.forward(x), layer.backward(dout)
+
+    classic_col = 100 * 28 * 28 * 16 * 9 * 8
+    results = 2 * x.nbytes + W.nbytes + b.nbytes  # out, dx, dW, db
+    peak = peak_of(run)
+    assert peak - results < classic_col, (peak, results, classic_col)
+    print(
+        f"\n{np.dtype(dtype).name}: scratch {(peak - results) / 1e6:.1f} MB against the classic col {classic_col / 1e6:.1f} MB"
+    )
