@@ -376,3 +376,22 @@ def test_workspace_geometry_chunks():
     per_image = geo.k * geo.seg * 4
     assert geo.chunk(4) * per_image <= C.CHUNK_BYTES < (geo.chunk(4) + 1) * per_image
     assert C.geometry((1, 64, 200, 200), (8, 64, 5, 5), 1, 2).chunk(8) == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backward_sees_the_input_as_forward_did(backend):
+    """The classic layer keeps its column matrix: a caller's later change to ``x`` is not seen by
+    ``backward`` (nor by ``col``). Both backends keep a private copy."""
+    x, W, b, stride, pad = _data(CONV[2], np.float32)
+    with fl.use_backend(backend):
+        layer = fl.Convolution(W, b, stride, pad)
+        out = layer.forward(x)
+        col = layer.col
+        dx_want = layer.backward(np.ones_like(out)).copy()
+        dW_want = layer.dW.copy()
+        layer.forward(x)
+        x[...] = 100.0  # refilled in place, as a data loader reusing its buffer does
+        dx = layer.backward(np.ones_like(out))
+        np.testing.assert_array_equal(layer.col, col)
+    np.testing.assert_array_equal(dx, dx_want)
+    np.testing.assert_array_equal(layer.dW, dW_want)

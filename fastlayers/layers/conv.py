@@ -14,9 +14,10 @@ Departures from the classic code, on purpose:
 - ``Pooling`` with ``pad > 0`` pads with -inf (padding never wins) and sizes its output with the pad
   (the classic formula ignores it and fails).
 
-Memory safety: ``backward`` works from the layer's private copy of the padded input (taken by
-``forward``, as the classic code keeps its column matrix) and from ``W`` as it is then, checked to
-have the shape ``forward`` saw; the pooling indices are private (``arg_max`` is a fresh array, so
+Memory safety: ``backward`` (and ``col``) work from the layer's private copy of the input, taken by
+``forward`` (so a caller's later change to ``x`` is not seen, as the classic layer, which keeps its
+column matrix, does not see it), and from ``W`` as it is then, checked to have the shape ``forward``
+saw; the pooling indices are private (``arg_max`` is a fresh array, so
 changing it changes nothing).
 """
 
@@ -84,16 +85,25 @@ class Convolution:
 
     @property
     def col(self) -> np.ndarray | None:
-        """The classic column matrix of the latest input (N*OH*OW, C*FH*FW), computed when read."""
-        if self.x is None or self._out is None:
+        """The classic column matrix (N*OH*OW, C*FH*FW) of the latest input as ``forward`` saw it
+        (as the classic layer keeps it), computed when read from the layer's private copy."""
+        if self._out is None:
             return None
         geo = self._ws.geo
-        return C.im2col(convert(as_array(self.x, "x"), self._out.dtype), geo.fh, geo.fw, geo.stride, geo.pad)
+        seen = self._xc if self._xc is not None else self._seen_input()
+        return C.im2col(seen, geo.fh, geo.fw, geo.stride, geo.pad)
 
     @property
     def col_W(self) -> np.ndarray:  # noqa: N802 - the classic name
         """``W.reshape(FN, -1).T``: the filters as the classic product's right operand (a view)."""
         return self.W.reshape(self.W.shape[0], -1).T
+
+    def _seen_input(self) -> np.ndarray:
+        """The input as ``forward`` saw it, from the padded copy of the numba path."""
+        geo = self._ws.geo
+        hp = geo.h + 2 * geo.pad
+        planes = self._ws.xp[:, :, : hp * geo.wp].reshape(geo.n, geo.c, hp, geo.wp)
+        return planes[:, :, geo.pad : geo.pad + geo.h, geo.pad : geo.pad + geo.w]
 
     def _prepare(self, x: ArrayLike):
         x = as_array(x, "x")
@@ -131,7 +141,7 @@ class Convolution:
     def _forward(self, x: ArrayLike, relu: bool) -> np.ndarray:
         x, W, b, geo, dtype = self._prepare(x)
         if numpy_backend():
-            self._xc = convert(x, dtype)
+            self._xc = np.array(x, dtype=dtype)  # a private copy: backward sees x as forward did
             out = C.reference.conv_forward(self._xc, W, b, geo.stride, geo.pad)
             if relu:
                 out = C.reference.relu_forward(out)
@@ -181,7 +191,7 @@ class Convolution:
         W = convert(W, dtype)
         dout = np.ascontiguousarray(convert(dout, dtype))
         if numpy_backend() or self._xc is not None:
-            xc = self._xc if self._xc is not None else convert(self.x, dtype)
+            xc = self._xc if self._xc is not None else self._seen_input()
             if relu_out is not None:
                 dout = C.reference.relu_backward(dout, relu_out)
             dx, self.dW, self.db = C.reference.conv_backward(dout, xc, W, geo.stride, geo.pad)
