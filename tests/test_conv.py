@@ -97,6 +97,10 @@ def test_convolution_follows_numpys_dtype_rule():
     np.testing.assert_allclose(mixed, fl.Convolution(W, b).forward(x.astype(np.float32).astype(np.float64)))
     assert fl.Convolution(W, b).forward((x * 10).astype(np.uint8)).dtype == np.float64
     assert F.conv_forward(x.tolist(), W, b).dtype == np.float64
+    half = F.conv_forward(x.astype(np.float16), W.astype(np.float16), b.astype(np.float16))
+    assert half.dtype == np.float32  # float16 computed and returned as float32, the library's rule
+    ints = F.conv_backward(np.ones_like(mixed), (x * 10).astype(np.int8), W)
+    assert all(g.dtype == np.float64 for g in ints)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -22,7 +22,7 @@ from numpy.typing import ArrayLike
 from .. import _gemm, reference
 from .._kernels import conv as _conv
 from .._kernels._threads import launch
-from ._checks import as_array, check_out, compute_dtype, convert, numpy_backend
+from ._checks import FLOATS, as_array, check_out, compute_dtype, convert, numpy_backend
 
 #: Bytes of column matrix per chunk of images: large enough for efficient products, small enough
 #: to stay in the processor's caches (measured: docs/PERFORMANCE.md).
@@ -290,6 +290,8 @@ def conv_forward(
     geo = geometry(x.shape, W.shape, stride, pad)
     dtype = compute_dtype(x=x, W=W, b=b)
     W, b = convert(W, dtype), convert(b, dtype)
+    if x.dtype not in FLOATS:  # integers, bools, float16: the kernels copy float32 or float64
+        x = x.astype(dtype)
     if out is not None:
         check_out(out, geo.out_shape, dtype)
         if not out.flags.c_contiguous:
@@ -340,6 +342,8 @@ def conv_backward(
         )
     dtype = compute_dtype(dout=dout, x=x, W=W)
     dout, W = convert(dout, dtype), convert(W, dtype)
+    if x.dtype not in FLOATS:
+        x = x.astype(dtype)
     if numpy_backend():
         return reference.conv_backward(dout, convert(x, dtype), W, geo.stride, geo.pad)
     ws = Workspace()
