@@ -9,8 +9,9 @@ Each script runs once per copy; the two outputs are compared:
 - ``gradient_check.py``: every mean difference below 1e-6 (chapter 5) or 1e-5 (chapter 7's convnet,
   except ``b2``, in front of a ReLU whose inputs are as small as the step: below 1e-2, as the book's
   own run);
-- ``train_neuralnet.py``, ``overfit_weight_decay.py`` and ``ch07/train_convnet.py``: final test
-  accuracy within 0.05 of the book's own run (the scripts do not seed their generators);
+- ``train_neuralnet.py``, ``overfit_weight_decay.py``, ``ch06/overfit_dropout.py`` and
+  ``ch07/train_convnet.py``: final test accuracy within 0.05 of the book's own run (the scripts do
+  not seed their generators), 0.2 for ``overfit_dropout.py``, whose own runs spread that much;
 - ``weight_init_compare.py`` and ``optimizer_compare_mnist.py`` (they print losses, not accuracy):
   every final loss finite, and for each network the same outcome as the book's run: one that
   trains (final loss below 1) does so in both, one that stalls (``std=0.01``, near log 10) in both.
@@ -99,6 +100,11 @@ def test_convnet_gradient_check(trees):
             assert all(float(v) < (1e-2 if k == "b2" else 1e-5) for k, v in diffs.items()), diffs
 
 
+#: the book's own run-to-run spread where it exceeds 0.05: overfit_dropout.py trains on 300 images
+#: with unseeded dropout; two runs of the book's own code gave 0.667 and 0.828 on the stand-in
+SPREAD = {"ch06/overfit_dropout.py": 0.2}
+
+
 def _final_test_accuracy(text: str) -> float:
     final = re.findall(r"^test acc:([0-9.]+)$", text, re.M)  # the chapter 7-8 Trainer's last report
     if final:
@@ -114,7 +120,7 @@ def _final_test_accuracy(text: str) -> float:
 def test_final_accuracy_matches_the_books(trees, script):
     ours = _final_test_accuracy(_out(trees, "fastlayers", script))
     theirs = _final_test_accuracy(_out(trees, "book", script))
-    assert abs(ours - theirs) <= 0.05, (ours, theirs)
+    assert abs(ours - theirs) <= SPREAD.get(script, 0.05), (ours, theirs)
     assert ours > 0.5
 
 
