@@ -47,6 +47,49 @@ def _feature(a, name: str, d: int, x_shape: tuple, dtype: np.dtype) -> np.ndarra
     return np.ascontiguousarray(convert(arr, dtype).reshape(d))
 
 
+def operands(x, gamma, beta) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(x, x2, gamma, beta)`` checked: ``x`` as an array, ``x2`` its (N, D) rows C-contiguous in
+    the compute dtype (NumPy's rule for ``x``, ``gamma``, ``beta``), ``gamma`` and ``beta`` (D,) in it.
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`batch_norm_train`.
+    """
+    x = as_array(x, "x")
+    x2 = as_rows(x)
+    g, b = as_array(gamma, "gamma"), as_array(beta, "beta")
+    dtype = compute_dtype(x=x, gamma=g, beta=b)
+    d = x2.shape[1]
+    g, b = _feature(g, "gamma", d, x.shape, dtype), _feature(b, "beta", d, x.shape, dtype)
+    return x, np.ascontiguousarray(convert(x2, dtype)), g, b
+
+
+def backward_operands(dout, xn, gamma, std, mismatch=None) -> tuple[np.ndarray, ...]:
+    """``(dout, d2, xn, gamma, std)`` checked for the backward pass: ``dout`` as an array, its rows
+    ``d2`` and ``xn`` (N, D) C-contiguous in the compute dtype (NumPy's rule for ``dout``, ``xn``,
+    ``gamma``), ``gamma`` and ``std`` (D,) in it. ``mismatch(dout_shape, xn_shape, rows_shape)``
+    words the error when ``xn`` does not fit ``dout``.
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`batch_norm_backward`.
+    """
+    dout = as_array(dout, "dout")
+    d2 = as_rows(dout, "dout")
+    xn_a = as_array(xn, "xn")
+    if xn_a.shape != d2.shape:
+        if mismatch is None:
+            raise ValueError(f"xn has shape {xn_a.shape} but dout of shape {dout.shape} gives {d2.shape}")
+        raise ValueError(mismatch(dout.shape, xn_a.shape, d2.shape))
+    g, s = as_array(gamma, "gamma"), as_array(std, "std")
+    dtype = compute_dtype(dout=dout, xn=xn_a, gamma=g)
+    d = d2.shape[1]
+    g, s = _feature(g, "gamma", d, dout.shape, dtype), _feature(s, "std", d, dout.shape, dtype)
+    return dout, np.ascontiguousarray(convert(d2, dtype)), np.ascontiguousarray(convert(xn_a, dtype)), g, s
+
+
 class TrainResult(NamedTuple):
     out: np.ndarray
     xn: np.ndarray
@@ -139,16 +182,11 @@ def batch_norm_train(
     TypeError
         Unsupported dtypes.
     """
-    x = as_array(x, "x")
-    x2 = as_rows(x)
     m = check_momentum(momentum)
-    g, b = as_array(gamma, "gamma"), as_array(beta, "beta")
-    dtype = compute_dtype(x=x, gamma=g, beta=b)
-    d = x2.shape[1]
-    g, b = _feature(g, "gamma", d, x.shape, dtype), _feature(b, "beta", d, x.shape, dtype)
+    x, x2, g, b = operands(x, gamma, beta)
+    dtype, d = x2.dtype, x2.shape[1]
     rm = np.zeros(d, dtype) if running_mean is None else _feature(running_mean, "running_mean", d, x.shape, dtype)
     rv = np.zeros(d, dtype) if running_var is None else _feature(running_var, "running_var", d, x.shape, dtype)
-    x2 = np.ascontiguousarray(convert(x2, dtype))
     if numpy_backend():
         out, xn, std, rm2, rv2 = reference.batchnorm_train(x2, g, b, dtype.type(m), rm, rv)
         return TrainResult(out.reshape(x.shape), xn, std, rm2.astype(dtype), rv2.astype(dtype))
@@ -175,14 +213,13 @@ def batch_norm_test(
     ValueError, TypeError
         As :func:`batch_norm_train`.
     """
-    x = as_array(x, "x")
-    x2 = as_rows(x)
-    g, b = as_array(gamma, "gamma"), as_array(beta, "beta")
-    dtype = compute_dtype(x=x, gamma=g, beta=b)
+    x, x2, g, b = operands(x, gamma, beta)
     d = x2.shape[1]
-    args = [_feature(a, name, d, x.shape, dtype) for a, name in
-            ((g, "gamma"), (b, "beta"), (running_mean, "running_mean"), (running_var, "running_var"))]  # fmt: skip
-    x2 = np.ascontiguousarray(convert(x2, dtype))
+    stats = [
+        _feature(a, name, d, x.shape, x2.dtype)
+        for a, name in ((running_mean, "running_mean"), (running_var, "running_var"))
+    ]
+    args = [g, b, *stats]
     if numpy_backend():
         return reference.batchnorm_test(x2, *args).reshape(x.shape)
     return infer_run(x2, *args).reshape(x.shape)
@@ -213,17 +250,7 @@ def batch_norm_backward(
     TypeError
         Unsupported dtypes.
     """
-    dout = as_array(dout, "dout")
-    d2 = as_rows(dout, "dout")
-    xn_a = as_array(xn, "xn")
-    if xn_a.shape != d2.shape:
-        raise ValueError(f"xn has shape {xn_a.shape} but dout of shape {dout.shape} gives {d2.shape}")
-    g, s = as_array(gamma, "gamma"), as_array(std, "std")
-    dtype = compute_dtype(dout=dout, xn=xn_a, gamma=g)
-    d = d2.shape[1]
-    g, s = _feature(g, "gamma", d, dout.shape, dtype), _feature(s, "std", d, dout.shape, dtype)
-    d2 = np.ascontiguousarray(convert(d2, dtype))
-    xn_a = np.ascontiguousarray(convert(xn_a, dtype))
+    dout, d2, xn_a, g, s = backward_operands(dout, xn, gamma, std)
     if numpy_backend():
         dx, dgamma, dbeta = reference.batchnorm_backward(d2, xn_a, g, s)
     else:

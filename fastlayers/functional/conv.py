@@ -254,6 +254,40 @@ def backward_run(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu: boo
 # --------------------------------------------------------------------------------------------
 # the checked functions
 # --------------------------------------------------------------------------------------------
+def prepare(x, W, b, stride, pad) -> tuple[np.ndarray, np.ndarray, np.ndarray, Geometry]:
+    """The operands of a convolution, checked: ``x`` as an array of float32 or float64 (integers,
+    bools and float16 converted to the compute dtype; either float kept, the padding kernel converts
+    it), ``W`` and ``b`` in the compute dtype (NumPy's rule), and the geometry.
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`conv_forward`.
+    """
+    x, W, b = as_array(x, "x"), as_array(W, "W"), as_array(b, "b")
+    require_4d(x, "x", "(N, C, H, W)")
+    _filters(W, b)
+    geo = geometry(x.shape, W.shape, stride, pad)
+    dtype = compute_dtype(x=x, W=W, b=b)
+    if x.dtype not in FLOATS:  # integers, bools, float16: the kernels copy float32 or float64
+        x = x.astype(dtype)
+    return x, convert(W, dtype), convert(b, dtype), geo
+
+
+def pool_prepare(x, pool_h, pool_w, stride, pad) -> tuple[np.ndarray, Geometry]:
+    """``x`` checked for max pooling and converted to its float dtype, with the geometry.
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`max_pool_forward`.
+    """
+    x = as_array(x, "x")
+    require_4d(x, "x", "(N, C, H, W)")
+    geo = pool_geometry(x.shape, pool_h, pool_w, stride, pad)
+    return convert(x, compute_dtype(x=x)), geo
+
+
 def conv_forward(
     x: ArrayLike, W: ArrayLike, b: ArrayLike, stride: int = 1, pad: int = 0, out: np.ndarray | None = None
 ) -> np.ndarray:
@@ -284,14 +318,8 @@ def conv_forward(
     TypeError
         Unsupported dtypes, a non-integer ``stride`` or ``pad``, an ``out`` of another dtype.
     """
-    x, W, b = as_array(x, "x"), as_array(W, "W"), as_array(b, "b")
-    require_4d(x, "x", "(N, C, H, W)")
-    _filters(W, b)
-    geo = geometry(x.shape, W.shape, stride, pad)
-    dtype = compute_dtype(x=x, W=W, b=b)
-    W, b = convert(W, dtype), convert(b, dtype)
-    if x.dtype not in FLOATS:  # integers, bools, float16: the kernels copy float32 or float64
-        x = x.astype(dtype)
+    x, W, b, geo = prepare(x, W, b, stride, pad)
+    dtype = W.dtype
     if out is not None:
         check_out(out, geo.out_shape, dtype)
         if not out.flags.c_contiguous:
@@ -415,10 +443,7 @@ def max_pool_forward(
     ValueError, TypeError
         As :func:`pool_geometry`; unsupported dtypes.
     """
-    x = as_array(x, "x")
-    require_4d(x, "x", "(N, C, H, W)")
-    geo = pool_geometry(x.shape, pool_h, pool_w, stride, pad)
-    x = convert(x, compute_dtype(x=x))
+    x, geo = pool_prepare(x, pool_h, pool_w, stride, pad)
     if numpy_backend():
         out, arg = reference.maxpool_forward(x, geo.fh, geo.fw, geo.stride, geo.pad)
         return out, arg.astype(_arg_dtype(geo))

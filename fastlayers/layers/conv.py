@@ -29,12 +29,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..functional import conv as C
-from ..functional._checks import FLOATS, as_array, compute_dtype, convert, numpy_backend, plain, reusable
+from ..functional._checks import as_array, compute_dtype, convert, numpy_backend, plain, reusable
 from .core import Relu, _need_forward
-
-
-def _checked_int(value, name: str, low: int) -> int:
-    return C._int(value, name, low)
 
 
 class Convolution:
@@ -73,8 +69,8 @@ class Convolution:
             raise TypeError(f"W and b must be numpy arrays, got {type(W).__name__} and {type(b).__name__}")
         self.W: np.ndarray = W
         self.b: np.ndarray = b
-        self.stride: int = _checked_int(stride, "stride", 1)
-        self.pad: int = _checked_int(pad, "pad", 0)
+        self.stride: int = C._int(stride, "stride", 1)
+        self.pad: int = C._int(pad, "pad", 0)
         self.x: np.ndarray | None = None
         self.dW: np.ndarray | None = None
         self.db: np.ndarray | None = None
@@ -105,17 +101,6 @@ class Convolution:
         planes = self._ws.xp[:, :, : hp * geo.wp].reshape(geo.n, geo.c, hp, geo.wp)
         return planes[:, :, geo.pad : geo.pad + geo.h, geo.pad : geo.pad + geo.w]
 
-    def _prepare(self, x: ArrayLike):
-        x = as_array(x, "x")
-        C.require_4d(x, "x", "(N, C, H, W)")
-        W, b = as_array(self.W, "W"), as_array(self.b, "b")
-        C._filters(W, b)
-        geo = C.geometry(x.shape, W.shape, self.stride, self.pad)
-        dtype = compute_dtype(x=x, W=W, b=b)
-        if x.dtype not in FLOATS:
-            x = x.astype(dtype)
-        return x, convert(W, dtype), convert(b, dtype), geo, dtype
-
     def forward(self, x: ArrayLike) -> np.ndarray:
         """The convolution of ``x``.
 
@@ -139,7 +124,8 @@ class Convolution:
         return self._forward(x, relu=False)
 
     def _forward(self, x: ArrayLike, relu: bool) -> np.ndarray:
-        x, W, b, geo, dtype = self._prepare(x)
+        x, W, b, geo = C.prepare(x, self.W, self.b, self.stride, self.pad)
+        dtype = W.dtype
         if numpy_backend():
             self._xc = np.array(x, dtype=dtype)  # a private copy: backward sees x as forward did
             out = C.reference.conv_forward(self._xc, W, b, geo.stride, geo.pad)
@@ -234,10 +220,10 @@ class Pooling:
     """
 
     def __init__(self, pool_h: int, pool_w: int, stride: int = 2, pad: int = 0) -> None:
-        self.pool_h: int = _checked_int(pool_h, "pool_h", 1)
-        self.pool_w: int = _checked_int(pool_w, "pool_w", 1)
-        self.stride: int = _checked_int(stride, "stride", 1)
-        self.pad: int = _checked_int(pad, "pad", 0)
+        self.pool_h: int = C._int(pool_h, "pool_h", 1)
+        self.pool_w: int = C._int(pool_w, "pool_w", 1)
+        self.stride: int = C._int(stride, "stride", 1)
+        self.pad: int = C._int(pad, "pad", 0)
         self.x: np.ndarray | None = None
         self._arg: np.ndarray | None = None
         self._geo: Any = None
@@ -271,10 +257,8 @@ class Pooling:
             Unsupported dtypes.
         """
         x = as_array(x, "x")
-        C.require_4d(x, "x", "(N, C, H, W)")
-        geo = C.pool_geometry(x.shape, self.pool_h, self.pool_w, self.stride, self.pad)
-        dtype = compute_dtype(x=x)
-        xc = convert(x, dtype)
+        xc, geo = C.pool_prepare(x, self.pool_h, self.pool_w, self.stride, self.pad)
+        dtype = xc.dtype
         if numpy_backend():
             out, arg = C.reference.maxpool_forward(xc, geo.fh, geo.fw, geo.stride, geo.pad)
             arg = arg.astype(C._arg_dtype(geo))

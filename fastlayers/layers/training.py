@@ -13,10 +13,10 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .. import reference as C_reference
+from .. import reference
 from ..functional import batchnorm as B
 from ..functional import dropout as D
-from ..functional._checks import as_array, compute_dtype, convert, numpy_backend, reusable
+from ..functional._checks import as_array, compute_dtype, numpy_backend, reusable
 
 
 class Dropout:
@@ -102,6 +102,10 @@ class Dropout:
         return self._dx
 
 
+def _batch_mismatch(dout_shape: tuple, xn_shape: tuple, rows_shape: tuple) -> str:
+    return f"dout has shape {dout_shape} but the training forward's batch (xn) has shape {xn_shape}"
+
+
 class BatchNormalization:
     """Batch normalization, the classic form: per feature over the batch, a 4-D input normalised per
     element of C*H*W (``x.reshape(N, -1)``), biased batch variance, epsilon ``10e-7`` (1e-6).
@@ -182,22 +186,20 @@ class BatchNormalization:
             Unsupported dtypes.
         """
         x = as_array(x, "x")
-        x2 = B.as_rows(x)
+        B.as_rows(x)  # a bad x is named before a bad momentum, as the functions do it
         momentum = B.check_momentum(self.momentum)
-        g, b = as_array(self.gamma, "gamma"), as_array(self.beta, "beta")
-        dtype = compute_dtype(x=x, gamma=g, beta=b)
+        x, x2, g, b = B.operands(x, self.gamma, self.beta)
+        dtype = x2.dtype
         n, d = x2.shape
-        g, b = B._feature(g, "gamma", d, x.shape, dtype), B._feature(b, "beta", d, x.shape, dtype)
         if self.running_mean is None:
             self.running_mean, self.running_var = np.zeros(d, dtype), np.zeros(d, dtype)
         rm = B._feature(self.running_mean, "running_mean", d, x.shape, dtype)
         rv = B._feature(self.running_var, "running_var", d, x.shape, dtype)
-        x2 = np.ascontiguousarray(convert(x2, dtype))
         self.input_shape = x.shape
         fast = not numpy_backend()
         if not train_flg:
             if not fast:
-                return C_reference.batchnorm_test(x2, g, b, rm, rv).reshape(x.shape)
+                return reference.batchnorm_test(x2, g, b, rm, rv).reshape(x.shape)
             return B.infer_run(x2, g, b, rm, rv).reshape(x.shape)
         if fast:
             out = reusable(self, "_out", (n, d), dtype)
@@ -206,7 +208,7 @@ class BatchNormalization:
                 x2, g, b, momentum, rm, rv, out, xn
             )
         else:
-            out, self.xn, self.std, m_new, v_new = C_reference.batchnorm_train(x2, g, b, dtype.type(momentum), rm, rv)
+            out, self.xn, self.std, m_new, v_new = reference.batchnorm_train(x2, g, b, dtype.type(momentum), rm, rv)
             self._out, self.running_mean, self.running_var = out, m_new.astype(dtype), v_new.astype(dtype)
         self.batch_size = n
         return self._out.reshape(x.shape)
@@ -230,19 +232,10 @@ class BatchNormalization:
         """
         if self.xn is None:
             raise ValueError("BatchNormalization.backward called before a training forward (train_flg=True)")
-        dout = as_array(dout, "dout")
-        d2 = B.as_rows(dout, "dout")
-        xn = as_array(self.xn, "xn")
-        if xn.shape != d2.shape:
-            raise ValueError(f"dout has shape {dout.shape} but the training forward's batch (xn) has shape {xn.shape}")
-        g, s = as_array(self.gamma, "gamma"), as_array(self.std, "std")
-        dtype = compute_dtype(dout=dout, xn=xn, gamma=g)
-        d = d2.shape[1]
-        g, s = B._feature(g, "gamma", d, dout.shape, dtype), B._feature(s, "std", d, dout.shape, dtype)
-        d2 = np.ascontiguousarray(convert(d2, dtype))
-        xn = np.ascontiguousarray(convert(xn, dtype))
+        dout, d2, xn, g, s = B.backward_operands(dout, self.xn, self.gamma, self.std, _batch_mismatch)
+        dtype = d2.dtype
         if numpy_backend():
-            dx, self.dgamma, self.dbeta = C_reference.batchnorm_backward(d2, xn, g, s)
+            dx, self.dgamma, self.dbeta = reference.batchnorm_backward(d2, xn, g, s)
         else:
             dx, self.dgamma, self.dbeta = B.backward_run(d2, xn, g, s, reusable(self, "_dx", d2.shape, dtype))
         self._dx = dx
