@@ -9,13 +9,15 @@ Layers: :class:`Relu`, :class:`Sigmoid`, :class:`Affine`, :class:`SoftmaxWithLos
 :class:`Nesterov`, :class:`AdaGrad`, :class:`RMSprop`, :class:`Adam`; data in
 :mod:`fastlayers.datasets`. Kernel-level API with ``out=`` buffers: :mod:`fastlayers.functional`;
 NumPy reference path: :mod:`fastlayers.reference`.
+
+Importing fastlayers loads NumPy and fastlayers' own Python, not Numba: Numba and each kernel module
+are loaded at the first call that needs a compiled kernel (:func:`preload` loads them at once, and
+``FASTLAYERS_PRELOAD=1`` does so at import).
 """
 
 from __future__ import annotations
 
-from importlib import metadata as _metadata
-
-import numba as _numba
+import os as _os
 
 from ._backend import (
     float32_compute,
@@ -48,10 +50,20 @@ from .layers import (
 from .nets import DeepConvNet, MultiLayerNet, MultiLayerNetExtend, SimpleConvNet, TwoLayerNet, gradient_check
 from .optim import SGD, AdaGrad, Adam, Momentum, Nesterov, RMSprop
 
-try:  # one source for the version: the package metadata, written from pyproject.toml at install
-    __version__ = _metadata.version("fastlayers")
-except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed
-    __version__ = "0+unknown"
+
+def __getattr__(name: str) -> str:
+    # ``__version__`` on first read: importing importlib.metadata is a large share of the import time
+    if name != "__version__":
+        raise AttributeError(f"module 'fastlayers' has no attribute {name!r}")
+    from importlib import metadata
+
+    global __version__
+    try:  # one source for the version: the package metadata, written from pyproject.toml at install
+        __version__ = metadata.version("fastlayers")
+    except metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+        __version__ = "0+unknown"
+    return __version__
+
 
 __all__ = [
     "SGD",
@@ -94,6 +106,7 @@ __all__ = [
     "set_strict_dtypes",
     "float32_compute",
     "set_float32_compute",
+    "preload",
     "__version__",
 ]
 
@@ -111,13 +124,47 @@ def set_num_threads(n: int) -> None:
     ValueError
         If ``n`` is out of that range.
     """
-    limit = _numba.config.NUMBA_NUM_THREADS
+    limit = _threads.num_threads_limit()
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limit:
         raise ValueError(f"n must be an integer from 1 to {limit} (NUMBA_NUM_THREADS), got {n!r}")
-    _numba.set_num_threads(n)
+    _threads.load_numba().set_num_threads(n)
     _threads.set_serial_only(n == 1)
 
 
 def get_num_threads() -> int:
-    """The number of threads the parallel kernels use in the calling Python thread."""
-    return _numba.get_num_threads()
+    """The number of threads the parallel kernels use in the calling Python thread (before Numba is
+    loaded: the number it will start with)."""
+    if not _threads.numba_loaded():
+        return _threads.num_threads_limit()
+    return _threads.load_numba().get_num_threads()
+
+
+def preload(dtypes: tuple[str, ...] = ("float32", "float64")) -> int:
+    """Load Numba and every kernel's machine code for ``dtypes`` now, instead of at each kernel's
+    first call.
+
+    For a server that prefers to pay at start-up (``FASTLAYERS_PRELOAD=1`` calls this at import,
+    ``FASTLAYERS_PRELOAD=float32`` for one dtype). Kernels found in the kernel cache are loaded from
+    it; those missing are compiled and cached (``python -m fastlayers warmup`` at image-build time
+    fills the cache, so that this only loads).
+
+    Parameters
+    ----------
+    dtypes : tuple of str
+        The dtypes whose kernels are loaded: "float32", "float64" or both.
+
+    Returns
+    -------
+    int
+        The number of kernel variants loaded (each twin, each signature).
+    """
+    from ._kernels import warm
+
+    return warm(dtypes)
+
+
+_PRELOAD = _os.environ.get("FASTLAYERS_PRELOAD", "").strip().lower()
+if _PRELOAD in ("float32", "float64"):
+    preload((_PRELOAD,))
+elif _PRELOAD not in ("", "0"):
+    preload()

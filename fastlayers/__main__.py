@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from . import _gemm
-from ._table import CASES, rows_of_4
+from ._table import CASES
 
 #: Learning rates that train the default two-layer net on digits well, per optimizer.
 DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "adagrad": 0.05, "rmsprop": 0.005, "adam": 0.005}
@@ -260,33 +260,48 @@ def _gemm_line(gemm: dict) -> str:
     return f"{parts}, chosen by {gemm['source']}"
 
 
-def info() -> dict:
-    import numba
+def info(kernels: bool = True) -> dict:
+    """What this process runs on: versions, CPU, backend, threads, BLAS, GEMM choice, cache.
 
-    from . import __version__, get_backend
-    from ._kernels import _numba, _threads, elementwise
+    With ``kernels`` (``info --kernels``; ``bench`` and a Dask worker ask for it) Numba and every
+    kernel module are loaded and one parallel kernel runs, so that the threading layer, the threads in
+    use and the parallel thresholds are known. Without it nothing is loaded: fields that need Numba
+    report what this process has so far (``numba_loaded``; the layer is None until a parallel kernel
+    has run).
+    """
+    from importlib.metadata import version
 
-    probe = np.zeros(16)
-    elementwise.relu_forward.parallel(probe, probe)  # one parallel launch, so that Numba picks its layer
+    from . import __version__, get_backend, get_num_threads
+    from ._kernels import _threads
+
+    extra: dict = {}
+    if kernels:
+        from ._kernels import load_all
+
+        twins = load_all()
+        _numba = sys.modules["fastlayers._kernels._numba"]
+        probe = np.zeros(16)
+        next(k for k in twins if k.name == "relu_forward").parallel(probe, probe)  # Numba picks its layer
+        extra = {"uncached_kernels": _numba.UNCACHED, "parallel_min": {k.name: k.parallel_min for k in twins}}
     return {
         "fastlayers": __version__,
         "cpu": _gemm.cpu_model(),
         "python": platform.python_version(),
         "numpy": np.__version__,
-        "numba": numba.__version__,
+        "numba": version("numba"),
+        "numba_loaded": _threads.numba_loaded(),
         "backend": get_backend(),
         "threading_layer": _threads.threading_layer(),
         "tbb_preloaded": _threads.TBB_PRELOADED,
-        "numba_num_threads": numba.config.NUMBA_NUM_THREADS,
-        "threads_in_use": numba.get_num_threads(),
+        "numba_num_threads": _threads.num_threads_limit(),
+        "threads_in_use": get_num_threads(),
         "cpu_count": os.cpu_count(),
         "blas": blas_info(),
         "gemm_libraries": _gemm.available(),
         "gemm": _gemm.choice(),
-        "cache_enabled": _numba.CACHE_ENABLED,
-        "numba_cache_dir": numba.config.CACHE_DIR or "(next to the sources, else the user cache dir)",
-        "uncached_kernels": _numba.UNCACHED,
-        "parallel_min": {k.name: k.parallel_min for k in _numba.ALL_TWINS},
+        "cache_enabled": os.environ.get("FASTLAYERS_NO_CACHE", "") in ("", "0"),
+        "numba_cache_dir": os.environ.get("NUMBA_CACHE_DIR") or "(next to the sources, else the user cache dir)",
+        **extra,
     }
 
 
@@ -323,42 +338,9 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def warmup(dtypes=("float32", "float64")) -> dict[str, float]:
-    """Compile (or load from the cache) every kernel, serial and parallel, for ``dtypes``.
-
-    Runs every layer of the table of layers (:mod:`fastlayers._table`) forward and backward at a
-    size below every parallel threshold and at one above them all, then what the layers do not
-    reach (softmax, cross-entropy of probabilities, target rows, the optimizers). Returns seconds
-    per dtype. Useful at image-build time, so that the first real call is fast.
-    """
-    from . import functional as F
-    from . import optim
-    from ._kernels import _numba
-
-    above = max(k.parallel_min for k in _numba.ALL_TWINS)  # a size that runs every parallel twin
-    times = {}
-    for name in dtypes:
-        dtype = np.dtype(name)
-        start = time.perf_counter()
-        for n in (4, above):  # one size below every threshold, one above
-            for case in CASES.values():
-                if case.kind in ("layer", "update"):
-                    inputs = case.inputs(case.shape_for(n), dtype, np.random.default_rng(0))
-                    case.run(case.build(inputs), inputs)
-            x = np.ones(rows_of_4(n), dtype)
-            for target in (np.zeros(x.shape[0], np.int64), x):
-                _, y = F.softmax_cross_entropy_forward(x, target)
-                F.softmax_cross_entropy_backward(y, target)
-                F.cross_entropy_error(y, target)
-            F.softmax(x)
-            for opt in (optim.SGD(), optim.Momentum(), optim.AdaGrad(), optim.Adam()):
-                opt.update({"p": x.copy()}, {"p": x})
-        times[name] = time.perf_counter() - start
-    return times
-
-
 def cmd_warmup(args) -> int:
     from ._kernels import _numba
+    from ._table import warmup
 
     start = time.perf_counter()
     times = warmup(args.dtypes)
@@ -415,7 +397,7 @@ def cmd_tune(args) -> int:
 
 
 def cmd_info(args) -> int:
-    data = info()
+    data = info(kernels=args.kernels)
     print(json.dumps(data, indent=2) if args.json else format_info(data))
     return 0
 
@@ -519,6 +501,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p = add("info", "versions, threading layer, threads, BLAS, GEMM choice, cache")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument(
+        "--kernels", action="store_true", help="load Numba and the kernels: threading layer, thresholds, cache misses"
+    )
     p.set_defaults(func=cmd_info)
 
     args = parser.parse_args(argv)

@@ -25,6 +25,7 @@ Each :class:`Case` gives:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -850,3 +851,36 @@ CASES: dict[str, Case] = {
         ),
     )
 }
+
+
+def warmup(dtypes=("float32", "float64")) -> dict[str, float]:
+    """Compile (or load from the cache) every kernel, serial and parallel, for ``dtypes``.
+
+    Runs every layer of the table of layers (:mod:`fastlayers._table`) forward and backward at a
+    size below every parallel threshold and at one above them all, then what the layers do not
+    reach (softmax, cross-entropy of probabilities, target rows, the optimizers). Returns seconds
+    per dtype. Useful at image-build time, so that the first real call is fast.
+    """
+    from . import functional as F
+    from ._kernels import load_all
+
+    above = max(k.parallel_min for k in load_all())  # a size that runs every parallel twin
+    times = {}
+    for name in dtypes:
+        dtype = np.dtype(name)
+        start = time.perf_counter()
+        for n in (4, above):  # one size below every threshold, one above
+            for case in CASES.values():
+                if case.kind in ("layer", "update"):
+                    inputs = case.inputs(case.shape_for(n), dtype, np.random.default_rng(0))
+                    case.run(case.build(inputs), inputs)
+            x = np.ones(rows_of_4(n), dtype)
+            for target in (np.zeros(x.shape[0], np.int64), x):
+                _, y = F.softmax_cross_entropy_forward(x, target)
+                F.softmax_cross_entropy_backward(y, target)
+                F.cross_entropy_error(y, target)
+            F.softmax(x)
+            for opt in (optim.SGD(), optim.Momentum(), optim.AdaGrad(), optim.Adam()):
+                opt.update({"p": x.copy()}, {"p": x})
+        times[name] = time.perf_counter() - start
+    return times

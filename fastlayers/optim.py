@@ -18,9 +18,11 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _backend, reference
-from ._kernels import optim as _optim
+from ._kernels import lazy
 from ._kernels._threads import launch
 from .functional._checks import as_array, compute_dtype, fast_dtype, param_dtype, plain
+
+_optim = lazy("optim")  # imported (with Numba) at the first kernel call
 
 __all__ = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam"]
 
@@ -47,7 +49,7 @@ def _is_real_scalar(value) -> bool:
 
 class _Optimizer:
     _state_names: tuple[str, ...] = ()
-    _kernel = None
+    _kernel: str = ""  # the kernel's name in fastlayers._kernels.optim
     _reference = None
 
     def __init__(self) -> None:
@@ -97,7 +99,7 @@ class _Optimizer:
         if _backend.current() == "numpy":
             type(self)._reference(flat, *state, g, *scalars)
         else:
-            launch(type(self)._kernel, p.size, flat, *state, g, *scalars)
+            launch(getattr(_optim, type(self)._kernel), p.size, flat, *state, g, *scalars)
         if not in_place:
             p[...] = flat.reshape(p.shape)
 
@@ -138,7 +140,7 @@ class SGD(_Optimizer):
         Learning rate, > 0.
     """
 
-    _kernel = _optim.sgd
+    _kernel = "sgd"
     _reference = staticmethod(reference.sgd)
 
     def __init__(self, lr: float = 0.01) -> None:
@@ -159,7 +161,7 @@ class Momentum(_Optimizer):
     """
 
     _state_names = ("v",)
-    _kernel = _optim.momentum
+    _kernel = "momentum"
     _reference = staticmethod(reference.momentum)
 
     def __init__(self, lr: float = 0.01, momentum: float = 0.9) -> None:
@@ -182,7 +184,7 @@ class Nesterov(_Optimizer):
     """
 
     _state_names = ("v",)
-    _kernel = _optim.nesterov
+    _kernel = "nesterov"
     _reference = staticmethod(reference.nesterov)
 
     def __init__(self, lr: float = 0.01, momentum: float = 0.9) -> None:
@@ -206,7 +208,7 @@ class RMSprop(_Optimizer):
     """
 
     _state_names = ("h",)
-    _kernel = _optim.rmsprop
+    _kernel = "rmsprop"
     _reference = staticmethod(reference.rmsprop)
 
     def __init__(self, lr: float = 0.01, decay_rate: float = 0.99) -> None:
@@ -228,7 +230,7 @@ class AdaGrad(_Optimizer):
     """
 
     _state_names = ("h",)
-    _kernel = _optim.adagrad
+    _kernel = "adagrad"
     _reference = staticmethod(reference.adagrad)
 
     def __init__(self, lr: float = 0.01, eps: float = 1e-7) -> None:
@@ -251,7 +253,7 @@ class Adam(_Optimizer):
     """
 
     _state_names = ("m", "v")
-    _kernel = _optim.adam
+    _kernel = "adam"
     _reference = staticmethod(reference.adam)
 
     def __init__(self, lr: float = 0.001, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-7) -> None:

@@ -132,7 +132,7 @@ def test_results_do_not_depend_on_the_thread_count():
     try:
         one = run()
     finally:
-        fl.set_num_threads(fl._numba.config.NUMBA_NUM_THREADS)
+        fl.set_num_threads(fl._kernels._threads.num_threads_limit())
     for a, c in zip(many, one, strict=True):
         np.testing.assert_array_equal(a, c)
 

@@ -112,12 +112,12 @@ def test_gradcheck_command():
 
 @compiled_only
 def test_info_command():
-    res = run("info", "--json")
+    res = run("info", "--json", "--kernels")
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
-    assert data["threading_layer"] in ("tbb", "omp", "workqueue")
+    assert data["threading_layer"] in ("tbb", "omp", "workqueue") and data["numba_loaded"]
     assert data["numba_num_threads"] >= 1 and data["backend"] == "numba"
-    table = run("info")
+    table = run("info", "--kernels")
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
     assert lines[0].split() == ["fastlayers", data["fastlayers"]]

@@ -74,7 +74,7 @@ def test_masks_do_not_depend_on_the_thread_count():
         try:
             out[threads] = F.dropout_forward(x, 0.5, key=(11, 22))[1]
         finally:
-            fl.set_num_threads(fl._numba.config.NUMBA_NUM_THREADS)
+            fl.set_num_threads(fl._kernels._threads.num_threads_limit())
     a, b = out.values()
     np.testing.assert_array_equal(a, b)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastlayers._kernels import _numba, elementwise
+from fastlayers._kernels import _numba, elementwise, load_all
 from fastlayers._kernels import loss as softmax
 from fastlayers._kernels._math import exp_nonpos
 from fastlayers._kernels._numba import row_max, row_sum
@@ -18,7 +18,7 @@ from fastlayers._kernels._numba import row_max, row_sum
 from .conftest import DTYPES, assert_close, compiled_only
 from .kernel_cases import CASES, sizes
 
-ALL_KERNELS = list(_numba.ALL_TWINS)
+ALL_KERNELS = list(load_all())  # every kernel module, imported
 
 
 @pytest.mark.parametrize("twin", ["serial", "parallel"])

@@ -75,7 +75,7 @@ def test_thread_pool_in_process():
 
 @compiled_only
 def test_default_layer_is_tbb():
-    res = run_python(["-m", "fastlayers", "info", "--json"])
+    res = run_python(["-m", "fastlayers", "info", "--json", "--kernels"])
     assert '"threading_layer": "tbb"' in res.stdout, res.stdout + res.stderr
 
 

@@ -11,4 +11,59 @@ gradient), ``loss`` (softmax, cross-entropy loss and gradient), ``optim`` (optim
 ``_math`` (a vectorizable exp), ``_blocks`` (the block pattern of the flat kernels), ``_numba`` (compile
 flags, the twin builder, the cache fallback, and the helpers compiled in a special way), ``_threads``
 (threading layer and launch policy). Every kernel is listed in ``_numba.ALL_TWINS``.
+
+The modules above them reach a kernel module through :func:`lazy`: the module (and Numba with it) is
+imported at its first kernel call, not when fastlayers is imported, and only the kernel modules a
+program calls are ever imported.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+
+class LazyModule:
+    """A kernel module, imported at the first read of one of its names.
+
+    After that read its names are copied into the instance's ``__dict__``, so that every later read
+    is a plain attribute lookup (``__getattr__`` runs only for names not found there).
+    """
+
+    def __init__(self, name: str) -> None:
+        self.__dict__["_module_name"] = f"{__name__}.{name}"
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):  # copy, pickle and introspection probes: never an import
+            raise AttributeError(attr)
+        module = importlib.import_module(self._module_name)
+        self.__dict__.update({k: v for k, v in vars(module).items() if not k.startswith("__")})
+        return getattr(module, attr)
+
+    def __repr__(self) -> str:
+        return f"<lazy kernel module {self._module_name}>"
+
+
+#: every kernel module
+MODULES = ("elementwise", "affine", "loss", "optim", "conv", "dropout", "batchnorm")
+
+
+def load_all() -> list:
+    """Import every kernel module (and Numba); returns ``_numba.ALL_TWINS``, every kernel."""
+    for name in MODULES:
+        importlib.import_module(f"{__name__}.{name}")
+    return importlib.import_module(f"{__name__}._numba").ALL_TWINS
+
+
+def lazy(name: str) -> LazyModule:
+    """The kernel module ``fastlayers._kernels.<name>``, imported at its first use."""
+    return LazyModule(name)
+
+
+def warm(dtypes=("float32", "float64")) -> int:
+    """Load (or compile and cache) every kernel for ``dtypes`` by running the table of layers at a
+    size below and one above every parallel threshold; returns the number of compiled variants."""
+    from .._table import warmup
+
+    warmup(dtypes)
+    return sum(len(getattr(k, twin).signatures) for k in load_all() for twin in ("serial", "parallel"))

@@ -42,13 +42,17 @@ import types as pytypes
 from collections.abc import Callable
 from pathlib import Path
 
-import numba
 import numpy as np
-from llvmlite import ir
-from numba import types
-from numba.core import cgutils
-from numba.core.caching import FunctionCache
-from numba.extending import intrinsic, overload
+
+from ._threads import load_numba
+
+numba = load_numba()  # libtbb first, then Numba (this module is imported at the first kernel call)
+
+from llvmlite import ir  # noqa: E402  (after Numba: it loads llvmlite itself)
+from numba import types  # noqa: E402
+from numba.core import cgutils  # noqa: E402
+from numba.core.caching import FunctionCache  # noqa: E402
+from numba.extending import intrinsic, overload  # noqa: E402
 
 #: Numba versions this module was checked with: (lowest, first unsupported), as in pyproject.toml.
 SUPPORTED: tuple[str, str] = ("0.60", "0.69")

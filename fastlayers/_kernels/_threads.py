@@ -13,6 +13,10 @@
 
 A user's ``NUMBA_THREADING_LAYER`` is respected.
 
+Numba itself is imported by :func:`load_numba` at the first kernel call, not when fastlayers is
+imported (importing Numba and starting its compiler costs most of a second: docs/PERFORMANCE.md,
+"Start-up"); libtbb is loaded just before.
+
 BLAS: fastlayers' matrix products take turns under :data:`BLAS_LOCK` (OpenBLAS calls from several
 Python threads at once collapse, and its thread count is process-wide), while the Numba kernels
 still run concurrently. The measurements behind these choices: docs/PERFORMANCE.md.
@@ -20,13 +24,10 @@ still run concurrently. The measurements behind these choices: docs/PERFORMANCE.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import sys
 import threading
 from pathlib import Path
-
-import numba
 
 _THREAD_SAFE_LAYERS = ("tbb", "omp")
 _layer_checked = False
@@ -48,6 +49,8 @@ def _tbb_candidates() -> list[Path]:
 
 def _preload_tbb() -> str | None:
     """Load pip's libtbb globally so that Numba's tbb threading layer can find it."""
+    import ctypes
+
     for path in _tbb_candidates():
         try:
             ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
@@ -72,21 +75,55 @@ def _after_fork_in_child() -> None:
     _launch_lock = threading.Lock()
 
 
-_configure()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+_numba_lock = threading.Lock()
+_numba_module = None
+
+
+def load_numba():
+    """Numba, imported on first use, with libtbb loaded first (:func:`_configure`). Every module of
+    fastlayers outside the kernels gets Numba from here."""
+    global _numba_module
+    if _numba_module is None:
+        with _numba_lock:
+            if _numba_module is None:
+                _configure()
+                import numba
+
+                _numba_module = numba
+    return _numba_module
+
+
+def numba_loaded() -> bool:
+    """Whether Numba has been imported (by fastlayers or by anyone else in the process)."""
+    return "numba" in sys.modules
+
+
+def num_threads_limit() -> int:
+    """The number of threads Numba starts with (``NUMBA_NUM_THREADS``, default: the CPUs this
+    process may run on), read without importing Numba when it is not loaded yet."""
+    if numba_loaded():
+        return load_numba().config.NUMBA_NUM_THREADS
+    try:
+        return max(1, int(os.environ["NUMBA_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def threading_layer() -> str | None:
     """The threading layer Numba chose, or None before the first parallel launch."""
+    if not numba_loaded():
+        return None
     try:
-        return numba.threading_layer()
+        return load_numba().threading_layer()
     except ValueError:
         return None
 
 
 _local = threading.local()
-_ONE_THREAD = numba.config.NUMBA_NUM_THREADS <= 1
+_ONE_THREAD = num_threads_limit() <= 1
 
 
 def set_serial_only(flag: bool) -> None:

@@ -8,8 +8,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .. import _gemm, reference
-from .._kernels import _threads
-from .._kernels import affine as _affine
+from .._kernels import _threads, lazy
 from .._kernels._threads import launch
 from ._checks import (
     as_array,
@@ -23,6 +22,8 @@ from ._checks import (
     require_2d,
     require_batch,
 )
+
+_affine = lazy("affine")  # imported (with Numba) at the first kernel call
 
 
 def _affine_shapes(x: np.ndarray, W: np.ndarray, b: np.ndarray | None) -> np.ndarray:
@@ -220,10 +221,11 @@ def backward_run(
     return (dx if with_dx else None), dW, db
 
 
-#: the fused kernels of an Affine layer followed by an activation: (forward, backward)
+#: the fused kernels of an Affine layer followed by an activation: (forward, backward), by name in
+#: :mod:`fastlayers._kernels.affine`
 ACTIVATIONS = {
-    "relu": (_affine.bias_relu, _affine.relu_grad_bias),
-    "sigmoid": (_affine.bias_sigmoid, _affine.sigmoid_grad_bias),
+    "relu": ("bias_relu", "relu_grad_bias"),
+    "sigmoid": ("bias_sigmoid", "sigmoid_grad_bias"),
 }
 
 
@@ -234,7 +236,7 @@ def activation_forward_run(x2: np.ndarray, W: np.ndarray, b: np.ndarray, kind: s
     if out is None:
         out = np.empty((x2.shape[0], W.shape[1]), x2.dtype)
     _gemm.matmul(x2, W, out)
-    launch(ACTIVATIONS[kind][0], out.size, out, b)
+    launch(getattr(_affine, ACTIVATIONS[kind][0]), out.size, out, b)
     return out
 
 
@@ -246,5 +248,5 @@ def activation_backward_run(dout: np.ndarray, y: np.ndarray, kind: str, dh, db) 
         dh = np.empty(dout.shape, dout.dtype)
     if db is None:
         db = np.empty(dout.shape[1], dout.dtype)
-    launch(ACTIVATIONS[kind][1], dout.size, dout, y, dh, db)
+    launch(getattr(_affine, ACTIVATIONS[kind][1]), dout.size, dout, y, dh, db)
     return dh, db

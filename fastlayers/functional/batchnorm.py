@@ -16,9 +16,11 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .. import reference
-from .._kernels import batchnorm as _bn
+from .._kernels import lazy
 from .._kernels._threads import launch
 from ._checks import as_array, compute_dtype, convert, numpy_backend
+
+_bn = lazy("batchnorm")  # imported (with Numba) at the first kernel call
 
 EPS = reference.BATCHNORM_EPS
 

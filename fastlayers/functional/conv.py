@@ -20,9 +20,11 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .. import _gemm, reference
-from .._kernels import conv as _conv
+from .._kernels import lazy
 from .._kernels._threads import launch
 from ._checks import FLOATS, as_array, check_out, compute_dtype, convert, numpy_backend
+
+_conv = lazy("conv")  # imported (with Numba) at the first kernel call
 
 #: Bytes of column matrix per chunk of images: large enough for efficient products, small enough
 #: to stay in the processor's caches (measured: docs/PERFORMANCE.md).

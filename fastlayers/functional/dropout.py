@@ -16,9 +16,11 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .. import reference
-from .._kernels import dropout as _dropout
+from .._kernels import lazy
 from .._kernels._threads import launch
 from ._checks import as_array, check_out, compute_dtype, convert, numpy_backend
+
+_dropout = lazy("dropout")  # imported (with Numba) at the first kernel call
 
 
 def check_ratio(ratio) -> float:

@@ -8,7 +8,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .. import reference
-from .._kernels import elementwise as _elem
+from .._kernels import lazy
 from .._kernels._threads import launch
 from ._checks import (
     as_array,
@@ -25,6 +25,8 @@ from ._checks import (
     same_shape,
 )
 
+_elem = lazy("elementwise")  # imported (with Numba) at the first kernel call
+
 
 def _flat(arrays: list[np.ndarray]) -> list[np.ndarray] | None:
     """1-D views of same-shape arrays that all walk memory in one order, or None."""
@@ -35,8 +37,9 @@ def _flat(arrays: list[np.ndarray]) -> list[np.ndarray] | None:
     return None
 
 
-def _fast(kernel, x, y=None, out=None) -> np.ndarray | None:
-    """The common call without the general machinery, or None when the call is not of that kind.
+def _fast(kernel: str, x, y=None, out=None) -> np.ndarray | None:
+    """The common call without the general machinery, or None when the call is not of that kind
+    (``kernel``: the kernel's name in :mod:`fastlayers._kernels.elementwise`).
 
     The common call: ``x`` (and ``y``, of ``x``'s shape) plain float arrays of one dtype on the
     numba backend (:func:`~._checks.fast_dtype`, :func:`~._checks.plain`), and ``out`` absent, or
@@ -56,9 +59,9 @@ def _fast(kernel, x, y=None, out=None) -> np.ndarray | None:
     ):
         return None
     if y is None:
-        launch(kernel, x.size, x.ravel(), out.ravel())
+        launch(getattr(_elem, kernel), x.size, x.ravel(), out.ravel())
     else:
-        launch(kernel, x.size, x.ravel(), y.ravel(), out.ravel())
+        launch(getattr(_elem, kernel), x.size, x.ravel(), y.ravel(), out.ravel())
     return out
 
 
@@ -77,9 +80,9 @@ def layer_call(public, a, y, owner: object, name: str) -> np.ndarray:
     if out is None:
         out = np.empty(a.shape, dtype)
     if y is None:
-        launch(_KERNELS[public], a.size, a.ravel(), out.ravel())
+        launch(getattr(_elem, _KERNELS[public]), a.size, a.ravel(), out.ravel())
     else:
-        launch(_KERNELS[public], a.size, a.ravel(), y.ravel(), out.ravel())
+        launch(getattr(_elem, _KERNELS[public]), a.size, a.ravel(), y.ravel(), out.ravel())
     return out
 
 
@@ -100,7 +103,7 @@ def _elementwise(kernel, ref, inputs: list[np.ndarray], out: np.ndarray | None) 
         if not target.flags.c_contiguous:
             target = np.empty(x.shape, x.dtype)
         views = [a.reshape(-1) for a in (*c_inputs, target)]
-    launch(kernel, x.size, *views)
+    launch(getattr(_elem, kernel), x.size, *views)
     return finish(target, out)
 
 
@@ -145,7 +148,7 @@ def relu_forward(x: ArrayLike, out: np.ndarray | None = None) -> np.ndarray:
     -------
     ndarray of ``x``'s shape, in ``x``'s float dtype.
     """
-    return _unary(_elem.relu_forward, reference.relu_forward, x, out)
+    return _unary("relu_forward", reference.relu_forward, x, out)
 
 
 def relu_backward(dout: ArrayLike, y: ArrayLike, out: np.ndarray | None = None) -> np.ndarray:
@@ -171,7 +174,7 @@ def relu_backward(dout: ArrayLike, y: ArrayLike, out: np.ndarray | None = None) 
     TypeError
         Unsupported dtypes; float operands of different precision in strict mode.
     """
-    return _binary(_elem.relu_backward, reference.relu_backward, dout, y, out, result_from_dout=True)
+    return _binary("relu_backward", reference.relu_backward, dout, y, out, result_from_dout=True)
 
 
 def sigmoid_forward(x: ArrayLike, out: np.ndarray | None = None) -> np.ndarray:
@@ -188,7 +191,7 @@ def sigmoid_forward(x: ArrayLike, out: np.ndarray | None = None) -> np.ndarray:
     -------
     ndarray of ``x``'s shape, in ``x``'s float dtype.
     """
-    return _unary(_elem.sigmoid_forward, reference.sigmoid_forward, x, out)
+    return _unary("sigmoid_forward", reference.sigmoid_forward, x, out)
 
 
 def sigmoid_backward(dout: ArrayLike, y: ArrayLike, out: np.ndarray | None = None) -> np.ndarray:
@@ -214,12 +217,13 @@ def sigmoid_backward(dout: ArrayLike, y: ArrayLike, out: np.ndarray | None = Non
     TypeError
         Unsupported dtypes; float operands of different precision in strict mode.
     """
-    return _binary(_elem.sigmoid_backward, reference.sigmoid_backward, dout, y, out)
+    return _binary("sigmoid_backward", reference.sigmoid_backward, dout, y, out)
 
 
+#: the kernel of each public function, by name (read from the lazy kernel module at the call)
 _KERNELS = {
-    relu_forward: _elem.relu_forward,
-    relu_backward: _elem.relu_backward,
-    sigmoid_forward: _elem.sigmoid_forward,
-    sigmoid_backward: _elem.sigmoid_backward,
+    relu_forward: "relu_forward",
+    relu_backward: "relu_backward",
+    sigmoid_forward: "sigmoid_forward",
+    sigmoid_backward: "sigmoid_backward",
 }

@@ -11,7 +11,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .. import reference
-from .._kernels import loss as _loss
+from .._kernels import lazy
 from .._kernels._threads import launch
 from ._checks import (
     as_array,
@@ -26,6 +26,8 @@ from ._checks import (
     require_scores,
     scalar,
 )
+
+_loss = lazy("loss")  # imported (with Numba) at the first kernel call
 
 
 def _targets(t, x: np.ndarray, name: str = "t", dtype: np.dtype | None = None) -> np.ndarray:
@@ -75,7 +77,11 @@ def _labels_in_range(t: np.ndarray, c: int, name: str) -> np.ndarray:
     if not t.dtype.isnative:  # the compiled copy takes native arrays only
         t = t.astype(t.dtype.newbyteorder("="))
     labels = np.empty(t.shape[0], np.int64)  # a copy even when t is int64 already
-    lo, hi = _loss.copy_label_bounds(t, labels)  # one compiled pass: copy, min and max
+    if numpy_backend():  # the reference path loads no kernel
+        labels[...] = t
+        lo, hi = labels.min(), labels.max()
+    else:
+        lo, hi = _loss.copy_label_bounds(t, labels)  # one compiled pass: copy, min and max
     if lo < 0 or hi >= c:
         if t.dtype.kind == "u":  # uint64 above 2**63 wrapped in the copy: report the caller's values
             lo, hi = int(t.min()), int(t.max())

@@ -22,11 +22,13 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .. import _backend
-from .._kernels.loss import labels_equal as _labels_equal
+from .._kernels import lazy
 from ..functional import affine as A
 from ..functional import elementwise as E
 from ..functional import loss as S
 from ..functional._checks import as_array, compute_dtype, plain, reusable, scalar
+
+_loss_kernels = lazy("loss")
 
 
 def _need_forward(layer: object, value: object) -> None:
@@ -440,7 +442,7 @@ def _same_labels(t, labels: np.ndarray) -> bool:
     flat = t.reshape(-1)
     if not flat.dtype.isnative:
         flat = flat.astype(flat.dtype.newbyteorder("="))
-    return bool(_labels_equal(flat, labels))
+    return bool(_loss_kernels.labels_equal(flat, labels))
 
 
 def _is_one(dout, y) -> bool:
