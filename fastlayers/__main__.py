@@ -386,12 +386,15 @@ def cmd_tune(args) -> int:
     data = _gemm.tune(args.seconds)
     libraries = sorted({name for times in data["seconds"].values() for name in times}, key=_gemm.LIBRARIES.index)
     print(
-        f"{'products of one Affine forward+backward':<40}" + "".join(f"{name:>12}" for name in libraries) + "  chosen"
+        f"{'class/dtype, then its shapes (N x D x M)':<40}" + "".join(f"{name:>12}" for name in libraries) + "  chosen"
     )
     for key, times in data["seconds"].items():
         cells = "".join(f"{times[n] * 1e6:>10.1f}us" if n in times else f"{'-':>12}" for n in libraries)
-        n, d, m = _gemm.TUNE_SHAPES[key.split("/")[0]]
-        print(f"{key + f' ({n}x{d}x{m})':<40}{cells}  {data['choice'][key]}")
+        if key in data["choice"]:
+            print(f"{key:<40}{cells}  {data['choice'][key]}")
+        else:
+            print(f"{'  ' + key.rsplit('/', 1)[1]:<40}{cells}")
+    print("affine shapes: the three products of an Affine forward+backward; forward ones: x @ W alone")
     print(f"choice written to {_gemm.cache_file()} (FASTLAYERS_GEMM=<library> overrides it)")
     return 0
 

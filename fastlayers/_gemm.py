@@ -39,9 +39,14 @@ import numpy as np
 from ._kernels import _threads
 
 LIBRARIES = ("numpy", "mkl", "openblas", "blis")
-#: size classes, by multiply-adds of one product: below 2**24, below 2**30, and above
-CLASSES = ("small", "medium", "large")
-_BOUNDS = (1 << 24, 1 << 30)
+#: size classes, by multiply-adds of one product: below 2**20 (one to a few dozen rows through a
+#: 784x50 layer: a served request), below 2**24, below 2**30, and above
+CLASSES = ("tiny", "small", "medium", "large")
+_BOUNDS = (1 << 20, 1 << 24, 1 << 30)
+#: below this many multiply-adds a product takes no turn under the BLAS lock: the lock's cost is
+#: then a visible share of the call, and a product that small never runs long enough for the
+#: threads of two callers to fight over the cores
+TINY_MAX = 1 << 16
 
 _lock = threading.Lock()  # loading a library
 _loaded: dict[str, Callable | None] = {}
@@ -50,7 +55,10 @@ _loaded: dict[str, Callable | None] = {}
 def size_class(m: int, n: int, k: int) -> str:
     """The size class of an (m, k) @ (k, n) product."""
     work = m * n * k
-    return CLASSES[0] if work < _BOUNDS[0] else CLASSES[1] if work < _BOUNDS[1] else CLASSES[2]
+    for cls, bound in zip(CLASSES, _BOUNDS, strict=False):  # the last class has no bound
+        if work < bound:
+            return cls
+    return CLASSES[-1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,9 +278,11 @@ def reset() -> None:
     """Forget the loaded choice (it is read again at the next product)."""
     _choice.table, _choice.source, _choice.loaded = {}, "default", False
     _fast.clear()
+    _tiny.clear()
 
 
 _fast: dict[tuple[str, np.dtype], Callable] = {}
+_tiny: dict[np.dtype, Callable] = {}  # the tiny class's entries of _fast, by dtype alone
 
 
 def _for(cls: str, dtype: np.dtype) -> Callable:
@@ -283,6 +293,8 @@ def _for(cls: str, dtype: np.dtype) -> Callable:
         name = _choice.table.get(f"{cls}/{dtype.name}", "numpy")
         gemm = library(name) or _numpy_gemm  # a chosen library that has gone: NumPy's
         _fast[(cls, dtype)] = gemm
+        if cls == "tiny":
+            _tiny[dtype] = gemm
     return gemm
 
 
@@ -298,7 +310,15 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
         library's wrapper before any C code runs).
     """
     m, k = a.shape
-    gemm = _for(size_class(m, b.shape[1], k), out.dtype)
+    n = b.shape[1]
+    if m * n * k < TINY_MAX:  # no turn under the lock (see TINY_MAX)
+        gemm = _tiny.get(out.dtype) or _for("tiny", out.dtype)
+        if gemm is _numpy_gemm:
+            np.matmul(a, b, out=out)  # the call the wrapper makes, without the wrapper
+        else:
+            gemm(a, b, out)
+        return out
+    gemm = _for(size_class(m, n, k), out.dtype)
     with _threads.BLAS_LOCK:  # re-entrant: a caller may hold it around several products
         gemm(a, b, out)
     return out
@@ -307,9 +327,15 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # measuring
 # --------------------------------------------------------------------------------------------
-#: the products timed per size class: those of an Affine layer's forward and backward at the
-#: benchmark sizes (N, D, M)
-TUNE_SHAPES = {"small": (100, 784, 50), "medium": (256, 1024, 1000), "large": (1024, 4096, 1024)}
+#: the products timed per size class: those of an Affine layer's forward and backward (N, D, M) at
+#: the benchmark sizes, and for "tiny" the forward product of a served request of 1, 8 and 16 rows
+#: through a 784x50 layer plus the main job's 32x64x50 layer forward and backward
+TUNE_SHAPES: dict[str, list[tuple[int, int, int, str]]] = {
+    "tiny": [(1, 784, 50, "forward"), (8, 784, 50, "forward"), (16, 784, 50, "forward"), (32, 64, 50, "affine")],
+    "small": [(100, 784, 50, "affine")],
+    "medium": [(256, 1024, 1000, "affine")],
+    "large": [(1024, 4096, 1024, "affine")],
+}
 
 
 def affine_products(gemm: Callable, x, W, dout, out, dx, dW) -> None:
@@ -322,42 +348,62 @@ def affine_products(gemm: Callable, x, W, dout, out, dx, dW) -> None:
         gemm(x.T, dout, dW)
 
 
+def _best(run: Callable, args: tuple, seconds: float) -> float:
+    run(*args)  # load, warm the thread pools
+    best, spent, calls = float("inf"), 0.0, 0
+    while spent < seconds or calls < 3:
+        start = time.perf_counter()
+        run(*args)
+        elapsed = time.perf_counter() - start
+        best, spent, calls = min(best, elapsed), spent + elapsed, calls + 1
+    return best
+
+
 def measure(seconds: float = 0.3, classes: tuple[str, ...] = CLASSES, dtypes=("float32", "float64")) -> dict:
-    """Seconds per Affine forward+backward's three products, per library, size class and dtype
-    (the best of several batches, each library timed in blocks of its own)."""
+    """Seconds per library for each size class and dtype, and for each shape timed in the class:
+    ``{"<class>/<dtype>": {library: total}}`` and ``{"<class>/<dtype>/<N>x<D>x<M>": {library:
+    seconds}}``. Each figure is the best of several batches, each library timed in blocks of its own;
+    ``affine`` shapes time the three products of an Affine forward+backward, ``forward`` ones the
+    forward product alone."""
     results: dict[str, dict[str, float]] = {}
     rng = np.random.default_rng(0)
     for cls in classes:
-        n, d, m = TUNE_SHAPES[cls]
         for dtype in dtypes:
-            x = rng.standard_normal((n, d)).astype(dtype)
-            W = rng.standard_normal((d, m)).astype(dtype)
-            dout = rng.standard_normal((n, m)).astype(dtype)
-            out, dx, dW = np.empty((n, m), dtype), np.empty((n, d), dtype), np.empty((d, m), dtype)
             key = f"{cls}/{dtype}"
             results[key] = {}
-            for name in available():
-                gemm = library(name)
-                affine_products(gemm, x, W, dout, out, dx, dW)  # load, warm the thread pools
-                best, spent, calls = float("inf"), 0.0, 0
-                while spent < seconds or calls < 3:
-                    start = time.perf_counter()
-                    affine_products(gemm, x, W, dout, out, dx, dW)
-                    elapsed = time.perf_counter() - start
-                    best, spent, calls = min(best, elapsed), spent + elapsed, calls + 1
-                results[key][name] = best
+            for n, d, m, what in TUNE_SHAPES[cls]:
+                x = rng.standard_normal((n, d)).astype(dtype)
+                W = rng.standard_normal((d, m)).astype(dtype)
+                dout = rng.standard_normal((n, m)).astype(dtype)
+                out, dx, dW = np.empty((n, m), dtype), np.empty((n, d), dtype), np.empty((d, m), dtype)
+                shape_key = f"{key}/{n}x{d}x{m}"
+                results[shape_key] = {}
+                for name in available():
+                    gemm = library(name)
+                    args = (gemm, x, W, dout, out, dx, dW) if what == "affine" else (x, W, out)
+                    best = _best(affine_products if what == "affine" else gemm, args, seconds)
+                    results[shape_key][name] = best
+                    results[key][name] = results[key].get(name, 0.0) + best
     return results
 
 
 def tune(seconds: float = 0.3) -> dict:
     """Measure every installed library (:func:`measure`), keep the fastest per size class and dtype
-    (NumPy's, unless another takes at most 0.97 of its time), write the choice to :func:`cache_file` and use
+    (NumPy's, unless another takes at most 0.97 of its time over the class and is not slower than it
+    at any shape timed in the class), write the choice to :func:`cache_file` and use
     it from now on. Returns what was written."""
     times = measure(seconds)
     table = {}
     for key, by_library in times.items():
-        best = min(by_library, key=by_library.get)
-        table[key] = best if by_library[best] < 0.97 * by_library["numpy"] else "numpy"
+        if key.count("/") != 1:
+            continue  # one shape of a class: judged below, with its class
+        shapes = [v for k, v in times.items() if k.startswith(key + "/")]
+        fast_enough = [
+            name
+            for name, total in by_library.items()
+            if total < 0.97 * by_library["numpy"] and all(s[name] <= s["numpy"] for s in shapes)
+        ]
+        table[key] = min(fast_enough, key=by_library.get) if fast_enough else "numpy"
     data = {"machine": machine_key(), "choice": table, "seconds": times}
     path = cache_file()
     path.parent.mkdir(parents=True, exist_ok=True)

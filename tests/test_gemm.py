@@ -88,7 +88,13 @@ def test_affine_layer_is_the_same_whichever_library(name, forced):
 def test_tune_writes_a_choice_that_is_used(tmp_path, monkeypatch):
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("FASTLAYERS_GEMM", raising=False)
-    monkeypatch.setattr(_gemm, "TUNE_SHAPES", {"small": (8, 16, 4), "medium": (16, 32, 8), "large": (32, 64, 16)})
+    shapes = {
+        "tiny": [(1, 16, 4, "forward"), (3, 16, 4, "forward"), (4, 8, 4, "affine")],
+        "small": [(8, 16, 4, "affine")],
+        "medium": [(16, 32, 8, "affine")],
+        "large": [(32, 64, 16, "affine")],
+    }
+    monkeypatch.setattr(_gemm, "TUNE_SHAPES", shapes)
     try:
         data = _gemm.tune(seconds=0.001)
         assert _gemm.cache_file() == tmp_path / "fastlayers" / "gemm.json"
@@ -108,7 +114,27 @@ def test_tune_writes_a_choice_that_is_used(tmp_path, monkeypatch):
         _gemm.reset()
 
 
+def test_tune_keeps_numpy_where_another_library_is_slower_at_one_shape(monkeypatch, tmp_path):
+    """A library faster over a class but slower than NumPy at one of its shapes is not chosen."""
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("FASTLAYERS_GEMM", raising=False)
+    times = {
+        "tiny/float32": {"numpy": 10.0, "mkl": 8.0},
+        "tiny/float32/1x784x50": {"numpy": 1.0, "mkl": 1.5},
+        "tiny/float32/16x784x50": {"numpy": 9.0, "mkl": 6.5},
+        "small/float32": {"numpy": 10.0, "mkl": 8.0},
+        "small/float32/100x784x50": {"numpy": 10.0, "mkl": 8.0},
+    }
+    monkeypatch.setattr(_gemm, "measure", lambda seconds: times)
+    try:
+        assert _gemm.tune()["choice"] == {"tiny/float32": "numpy", "small/float32": "mkl"}
+    finally:
+        _gemm.reset()
+
+
 def test_size_classes():
+    assert _gemm.size_class(1, 50, 784) == "tiny" and _gemm.size_class(16, 50, 784) == "tiny"
+    assert _gemm.size_class(32, 50, 64) == "tiny"
     assert _gemm.size_class(100, 50, 784) == "small"
     assert _gemm.size_class(256, 1000, 1024) == "medium"
     assert _gemm.size_class(1024, 1024, 4096) == "large"

@@ -26,7 +26,7 @@ from .._kernels import lazy
 from ..functional import affine as A
 from ..functional import elementwise as E
 from ..functional import loss as S
-from ..functional._checks import as_array, compute_dtype, plain, reusable, scalar
+from ..functional._checks import REUSE_MIN_BYTES, affine_dtype, as_array, compute_dtype, plain, reusable, scalar
 
 _loss_kernels = lazy("loss")
 
@@ -264,6 +264,13 @@ class Affine:
             raise ValueError(f"x must be at least 1-D (N, ...), got shape {x.shape}")
         x2 = x if x.ndim == 2 or x.shape[0] == 0 else x.reshape(x.shape[0], -1)
         W, b = self.W, self.b
+        if affine_dtype(x2, W, b) is not None:  # the common call, with the fewest checks
+            shape = (x2.shape[0], W.shape[1])
+            big = shape[0] * shape[1] * x2.itemsize >= REUSE_MIN_BYTES
+            self._out = A.forward_run(x2, W, b, reusable(self, "_out", shape, x2.dtype) if big else None)
+            self.original_x_shape = x.shape
+            self.x = x2
+            return self._out
         plain = A.plain_affine(x2, W, b)
         if not plain and type(W) is np.ndarray and type(b) is np.ndarray:
             # float32 images with float64 weights (the book's mix): x in the dtype NumPy computes in,
@@ -469,9 +476,11 @@ def fused_forward(affine: Affine, activation: _Activation, x) -> np.ndarray | No
         return None
     x2 = x if x.ndim == 2 else x.reshape(x.shape[0], -1)
     W, b = affine.W, affine.b
-    if not (A.plain_affine(x2, W, b) and b.ndim == 1):
+    dtype = affine_dtype(x2, W, b)
+    if dtype is None:
         return None
-    out = reusable(activation, "out", (x2.shape[0], W.shape[1]), x2.dtype)
+    shape = (x2.shape[0], W.shape[1])
+    out = reusable(activation, "out", shape, dtype) if shape[0] * shape[1] * dtype.itemsize >= REUSE_MIN_BYTES else None
     activation.out = A.activation_forward_run(x2, W, b, kind, out)
     affine.x, affine.original_x_shape = x2, x.shape
     return activation.out
