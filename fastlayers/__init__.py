@@ -128,7 +128,6 @@ def set_num_threads(n: int) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limit:
         raise ValueError(f"n must be an integer from 1 to {limit} (NUMBA_NUM_THREADS), got {n!r}")
     _threads.load_numba().set_num_threads(n)
-    _threads.set_serial_only(n == 1)
 
 
 def get_num_threads() -> int:

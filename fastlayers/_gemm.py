@@ -43,10 +43,11 @@ LIBRARIES = ("numpy", "mkl", "openblas", "blis")
 #: 784x50 layer: a served request), below 2**24, below 2**30, and above
 CLASSES = ("tiny", "small", "medium", "large")
 _BOUNDS = (1 << 20, 1 << 24, 1 << 30)
-#: below this many multiply-adds a product takes no turn under the BLAS lock: the lock's cost is
-#: then a visible share of the call, and a product that small never runs long enough for the
-#: threads of two callers to fight over the cores
-TINY_MAX = 1 << 16
+#: below this many multiply-adds (a 784x50 layer up to ~100 rows) a product takes no turn under the
+#: BLAS lock: the lock's cost is a visible share of such a call, and request threads that queue on
+#: it lose throughput (tools/serving.py: one shared net on 8 threads kept 0.57 of one thread's rows/s
+#: at batch 100 without the lock, 0.53 with it; 0.95 against 0.46 at batch 8; docs/PERFORMANCE.md)
+LOCK_MIN = 1 << 22
 
 _lock = threading.Lock()  # loading a library
 _loaded: dict[str, Callable | None] = {}
@@ -311,7 +312,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     """
     m, k = a.shape
     n = b.shape[1]
-    if m * n * k < TINY_MAX:  # no turn under the lock (see TINY_MAX)
+    if m * n * k < LOCK_MIN:  # no turn under the lock (see LOCK_MIN)
         gemm = _tiny.get(out.dtype) or _for("tiny", out.dtype)
         if gemm is _numpy_gemm:
             np.matmul(a, b, out=out)  # the call the wrapper makes, without the wrapper

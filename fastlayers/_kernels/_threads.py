@@ -122,32 +122,18 @@ def threading_layer() -> str | None:
         return None
 
 
-_local = threading.local()
-_ONE_THREAD = num_threads_limit() <= 1
-
-
-def set_serial_only(flag: bool) -> None:
-    """Run only serial twins in the calling Python thread (set by ``fastlayers.set_num_threads(1)``)."""
-    _local.serial_only = flag
-
-
-def _parallel_allowed() -> bool:
-    if _forked_child and threading_layer() == "omp":
-        return False  # libgomp kills a forked child that opens a parallel region
-    # a thread-local flag, not numba.get_num_threads(), which is slow (docs/PERFORMANCE.md)
-    return not getattr(_local, "serial_only", _ONE_THREAD)
-
-
 def launch(kernel, size: int, *args):
     """Run ``kernel`` (a :class:`~fastlayers._kernels._numba.Twins`) on ``args``.
 
-    The serial twin runs below the kernel's ``parallel_min`` elements, with one thread, or in a
-    forked child on the ``omp`` layer; otherwise the parallel twin runs, under a lock when the
-    threading layer is not thread-safe. Returns what the kernel returns.
+    The serial twin runs below the kernel's ``parallel_min`` elements (it keeps the GIL: such a call
+    is short), and in a forked child on the ``omp`` layer; otherwise the parallel twin runs (it
+    releases the GIL), under a lock when the threading layer is not thread-safe. With one thread
+    (``fastlayers.set_num_threads(1)``, ``NUMBA_NUM_THREADS=1``) the parallel twin runs on that one
+    thread, so that a long call still lets other Python threads run. Returns what the kernel returns.
     """
     global _layer_checked, _layer_safe
-    if size < kernel.parallel_min or not _parallel_allowed():
-        return kernel.serial(*args)
+    if size < kernel.parallel_min or (_forked_child and threading_layer() == "omp"):
+        return kernel.serial(*args)  # libgomp kills a forked child that opens a parallel region
     if _layer_checked and _layer_safe:
         return kernel.parallel(*args)
     with _launch_lock:
