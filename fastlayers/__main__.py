@@ -169,6 +169,8 @@ def _plot(history, path: str) -> None:
 
 
 def cmd_train(args) -> int:
+    if args.scheduler:
+        return _train_on_dask(args)
     start = time.perf_counter()
     data = _load(args)
     (x_train, _), (x_test, _) = data
@@ -205,6 +207,26 @@ def cmd_train(args) -> int:
     if args.plot:
         _plot(main, args.plot)
     return 0
+
+
+def _train_on_dask(args) -> int:
+    """``train --scheduler``: the same net and optimizer, trained by ``fastlayers.dask.fit``."""
+    if args.compare or args.backend != "numba":
+        raise SystemExit("error: --scheduler trains on the numba backend; leave out --compare and --backend")
+    try:
+        from . import dask as fl_dask
+    except ImportError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    from .train import OPTIMIZERS, build_net
+
+    data = _load(args)
+    (x_train, t_train), (x_test, t_test) = data
+    n_classes = int(max(t_train.max(), t_test.max())) + 1
+    size = x_train.shape[1:] if args.net == "convnet" else x_train.shape[1]
+    net = build_net(args.net, size, args.hidden, n_classes, args.activation, x_train.dtype, args.seed,
+                    args.dropout, args.batchnorm)  # fmt: skip
+    optimizer = OPTIMIZERS[args.optimizer](args.lr if args.lr is not None else DEFAULT_LR[args.optimizer])
+    return fl_dask.cli_train(args, data, net, optimizer)
 
 
 def cmd_gradcheck(args) -> int:
@@ -400,6 +422,15 @@ def cmd_tune(args) -> int:
 
 
 def cmd_info(args) -> int:
+    if args.scheduler:
+        from .dask import cli_info
+
+        workers = cli_info(args.scheduler)
+        if args.json:
+            print(json.dumps(workers, indent=2))
+        for address, data in ({} if args.json else workers).items():
+            print(f"== worker {address}\n{format_info(data)}")
+        return 0
     data = info(kernels=args.kernels)
     print(json.dumps(data, indent=2) if args.json else format_info(data))
     return 0
@@ -466,6 +497,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare", action="store_true", help="train on both backends and report the speed-up")
     p.add_argument("--plot", metavar="FILE.png", help="write loss and accuracy curves")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--scheduler",
+        metavar="local:N|tcp://HOST:PORT",
+        help="train data-parallel on Dask: a new local cluster of N workers, or an existing scheduler",
+    )
     p.set_defaults(func=cmd_train)
 
     p = add("gradcheck", "compare backprop with numerical gradients on small nets")
@@ -507,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--kernels", action="store_true", help="load Numba and the kernels: threading layer, thresholds, cache misses"
     )
+    p.add_argument("--scheduler", metavar="local:N|tcp://HOST:PORT", help="report every worker of a Dask cluster")
     p.set_defaults(func=cmd_info)
 
     args = parser.parse_args(argv)
