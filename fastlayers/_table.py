@@ -263,6 +263,41 @@ def _stack_torch(torch, a: Inputs):
 
 
 # --------------------------------------------------------------------------------------------
+# inference of the two-layer net at served batch sizes (the per-call floor)
+# --------------------------------------------------------------------------------------------
+def _predict_build(a: Inputs):
+    return _step_build(a)[0]
+
+
+def _predict_calls(net, a: Inputs) -> tuple:
+    x = a["x"]
+    predict = net.predict
+    return (lambda: predict(x)), (lambda: ()), (lambda: predict(x))
+
+
+def _predict_numpy(a: Inputs) -> tuple:
+    return (np.maximum(a["x"] @ a["W1"] + a["b1"], 0) @ a["W2"] + a["b2"],)
+
+
+def _predict_torch(torch, a: Inputs):
+    d, h = a["W1"].shape
+    dtype = torch.from_numpy(a["x"][:0]).dtype
+    model = torch.nn.Sequential(torch.nn.Linear(d, h), torch.nn.ReLU(), torch.nn.Linear(h, a["W2"].shape[1])).to(dtype)
+    with torch.no_grad():
+        model[0].weight.copy_(torch.from_numpy(a["W1"].T.copy()))
+        model[0].bias.copy_(torch.from_numpy(a["b1"]))
+        model[2].weight.copy_(torch.from_numpy(a["W2"].T.copy()))
+        model[2].bias.copy_(torch.from_numpy(a["b2"]))
+    x = torch.from_numpy(a["x"])
+
+    def predict():
+        with torch.inference_mode():
+            return model(x).numpy()
+
+    return predict, (lambda: ()), predict
+
+
+# --------------------------------------------------------------------------------------------
 # one SGD training step of the two-layer net: forward, backward, update
 # --------------------------------------------------------------------------------------------
 STEP_LR = 0.1
@@ -727,6 +762,19 @@ CASES: dict[str, Case] = {
             numpy=_stack_numpy,
             torch=_stack_torch,
             sizes=[(100, 784, 50, 10)],
+            shape_for=lambda n: (max(1, n // 4), 4, 4, 3),
+            limit="",
+            kind="net",
+        ),
+        Case(
+            name="predict",
+            title="Predict",
+            inputs=_stack_inputs,
+            build=_predict_build,
+            calls=_predict_calls,
+            numpy=_predict_numpy,
+            torch=_predict_torch,
+            sizes=[(1, 784, 50, 10), (8, 784, 50, 10), (100, 784, 50, 10)],
             shape_for=lambda n: (max(1, n // 4), 4, 4, 3),
             limit="",
             kind="net",

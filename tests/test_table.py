@@ -21,6 +21,7 @@ TOLERANCE = {
     "softmax_loss": "row",
     "affine": "sum",
     "two_layer": "sum",
+    "predict": "sum",
     "step": "sum",
     "conv": "sum",
     "conv_first": "sum",
