@@ -900,14 +900,23 @@ def reference_fit(net, optimizer, X: np.ndarray, t: np.ndarray, row_chunks: Sequ
 # Clusters
 # ---------------------------------------------------------------------------------------------
 
-#: The thread variables set in each worker before it starts (its nanny's ``pre-spawn-environ``).
+#: The thread variables set in each worker before it starts.
 THREAD_VARIABLES = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+#: Those the nanny sets in its own process before spawning the worker (``pre-spawn-environ``:
+#: BLAS libraries read them when NumPy loads, before any Dask code runs in the worker).
+#: ``NUMBA_NUM_THREADS`` goes through ``distributed.nanny.environ`` instead, set in the worker
+#: process before it runs anything (Numba is imported by the first task): the nanny's process is
+#: the caller's, where Numba re-reads ``NUMBA_NUM_THREADS`` at each compilation and raises when it
+#: differs from the thread count it launched with.
+PRE_SPAWN_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def local_cluster(n_workers: int = 2, threads_per_worker: int = 1, **kwargs: Any) -> LocalCluster:
     """A ``distributed.LocalCluster`` of worker processes on 127.0.0.1 whose Numba and BLAS threads
-    follow ``threads_per_worker`` (set through ``distributed.nanny.pre-spawn-environ``, so that
-    they are in place before the worker imports Numba, and after a restart too).
+    follow ``threads_per_worker``, in place before the worker imports NumPy or Numba, and after a
+    restart too (:data:`PRE_SPAWN_VARIABLES` through ``distributed.nanny.pre-spawn-environ``,
+    ``NUMBA_NUM_THREADS`` through ``distributed.nanny.environ``, so that the caller's own Numba
+    never sees it change).
 
     Parameters
     ----------
@@ -930,14 +939,24 @@ def local_cluster(n_workers: int = 2, threads_per_worker: int = 1, **kwargs: Any
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
-    environ.update({name: str(threads_per_worker) for name in THREAD_VARIABLES})
+    environ.update({name: str(threads_per_worker) for name in PRE_SPAWN_VARIABLES})
+    in_worker = dict(dask.config.get("distributed.nanny.environ", {}) or {})
+    in_worker["NUMBA_NUM_THREADS"] = str(threads_per_worker)
     # no dashboard, and its HTTP server (health, metrics) on a free port rather than 8787
     kwargs.setdefault("dashboard_address", "127.0.0.1:0")
     kwargs.setdefault("scheduler_kwargs", {"dashboard": False})
     kwargs.setdefault("silence_logs", 40)
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-        return distributed.LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
-                                        host="127.0.0.1", **kwargs)  # fmt: skip
+    before = {name: os.environ.get(name) for name in PRE_SPAWN_VARIABLES}
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ, "distributed.nanny.environ": in_worker}):
+            return distributed.LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
+                                            processes=True, host="127.0.0.1", **kwargs)  # fmt: skip
+    finally:  # the nanny wrote them into this process (again at each worker restart): undo that here
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 #: What the import check evaluates on each worker (builtins only, so that it runs there even

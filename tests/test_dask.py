@@ -179,6 +179,27 @@ def client():
         cluster.close(timeout=30)
 
 
+#: the caller's NUMBA_NUM_THREADS before any cluster was made
+CALLER_NUMBA_THREADS = os.environ.get("NUMBA_NUM_THREADS")
+CALLER_THREAD_VARIABLES = {name: os.environ.get(name) for name in fd.THREAD_VARIABLES}
+
+
+@pytest.mark.slow
+def test_cluster_leaves_the_callers_numba_alone(client):
+    """The nanny writes its pre-spawn variables into the caller's environment; NUMBA_NUM_THREADS
+    is not among them (Numba re-reads it at each compilation and raises when it changed), so the
+    caller still compiles kernels after making clusters of any thread count."""
+    two = fd.local_cluster(1, 2)
+    try:
+        assert os.environ.get("NUMBA_NUM_THREADS") == CALLER_NUMBA_THREADS
+        assert {name: os.environ.get(name) for name in fd.THREAD_VARIABLES} == CALLER_THREAD_VARIABLES
+        for dtype in (np.float32, np.float64):  # new signatures: compiled or loaded now
+            x = np.random.default_rng(0).standard_normal((700, 700)).astype(dtype)
+            np.testing.assert_array_equal(fl.relu(x), np.maximum(x, 0))
+    finally:
+        two.close(timeout=30)
+
+
 @pytest.mark.slow
 def test_cluster_predict_equals_in_process_and_ships_the_net_once_per_worker(client):
     net = fl.MultiLayerNet(20, [300, 50], 10, seed=0)  # about 150 kB of parameters
