@@ -18,7 +18,9 @@ are loaded at the first call that needs a compiled kernel (:func:`preload` loads
 from __future__ import annotations
 
 import os as _os
+from typing import TYPE_CHECKING
 
+from . import _lazy
 from ._backend import (
     float32_compute,
     get_backend,
@@ -33,25 +35,33 @@ from .datasets import load_digits, load_mnist
 from .functional import cross_entropy_error, softmax
 from .functional import relu_forward as relu
 from .functional import sigmoid_forward as sigmoid
-from .functional.conv import col2im, im2col
 from .gradient import numerical_gradient
-from .layers import (
-    AddLayer,
-    Affine,
-    BatchNormalization,
-    Convolution,
-    Dropout,
-    MulLayer,
-    Pooling,
-    Relu,
-    Sigmoid,
-    SoftmaxWithLoss,
-)
-from .nets import DeepConvNet, MultiLayerNet, MultiLayerNetExtend, SimpleConvNet, TwoLayerNet, gradient_check
+from .layers import AddLayer, Affine, MulLayer, Relu, Sigmoid, SoftmaxWithLoss
+from .nets import MultiLayerNet, MultiLayerNetExtend, TwoLayerNet, gradient_check
 from .optim import SGD, AdaGrad, Adam, Momentum, Nesterov, RMSprop
 
+if TYPE_CHECKING:  # what the lazy names are, for type checkers
+    from .functional.conv import col2im, im2col
+    from .layers.conv import Convolution, Pooling
+    from .layers.training import BatchNormalization, Dropout
+    from .nets.conv import DeepConvNet, SimpleConvNet
 
-def __getattr__(name: str) -> str:
+#: names imported at their first read (start-up: a program pays only for the families it uses)
+_LAZY = {
+    **dict.fromkeys(["Convolution", "Pooling", "Dropout", "BatchNormalization"], ".layers"),
+    **dict.fromkeys(["SimpleConvNet", "DeepConvNet"], ".nets"),
+    **dict.fromkeys(["im2col", "col2im"], ".functional"),
+}
+_lazy_getattr, _lazy_dir = _lazy.attributes(__name__, _LAZY)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(_lazy_dir()) | {"__version__"})
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        return _lazy_getattr(name)
     # ``__version__`` on first read: importing importlib.metadata is a large share of the import time
     if name != "__version__":
         raise AttributeError(f"module 'fastlayers' has no attribute {name!r}")

@@ -32,9 +32,22 @@ LOADED = (
 
 
 def test_import_loads_no_numba():
-    found = python("import fastlayers; extra = {'version': fastlayers.__version__};" + LOADED)
+    found = python(
+        "import sys, fastlayers; extra = {'version': fastlayers.__version__, 'families': sorted(m for m in"
+        " sys.modules if m.endswith(('.conv', '.training', '.batchnorm', '.dropout')))};" + LOADED
+    )
     assert found["numba"] is False and found["llvmlite"] is False and found["kernels"] == []
-    assert found["version"]
+    assert found["version"] and found["families"] == []  # the chapter 6-7 families load at first use
+
+
+def test_lazy_names_are_the_real_ones():
+    found = python(
+        "import fastlayers as fl; from fastlayers.layers.conv import Convolution;"
+        " from fastlayers.nets import SimpleConvNet; from fastlayers.functional import dropout_forward;"
+        " extra = {'same': fl.Convolution is Convolution and fl.SimpleConvNet is SimpleConvNet"
+        " and fl.functional.dropout_forward is dropout_forward, 'listed': 'Dropout' in dir(fl)};" + LOADED
+    )
+    assert found["same"] and found["listed"]
 
 
 def test_reference_backend_and_argument_checks_work_without_numba():

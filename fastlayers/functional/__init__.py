@@ -28,12 +28,29 @@ is computed through a temporary. (Affine's buffers that overlap an input are ref
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from .. import _lazy
 from .affine import affine_backward, affine_forward
-from .batchnorm import batch_norm_backward, batch_norm_test, batch_norm_train
-from .conv import col2im, conv_backward, conv_forward, im2col, max_pool_backward, max_pool_forward
-from .dropout import dropout_backward, dropout_forward, dropout_scale
 from .elementwise import relu_backward, relu_forward, sigmoid_backward, sigmoid_forward
 from .loss import cross_entropy_error, softmax, softmax_cross_entropy_backward, softmax_cross_entropy_forward
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers
+    from .batchnorm import batch_norm_backward, batch_norm_test, batch_norm_train
+    from .conv import col2im, conv_backward, conv_forward, im2col, max_pool_backward, max_pool_forward
+    from .dropout import dropout_backward, dropout_forward, dropout_scale
+
+# the chapter 6-7 families are imported at their first use
+__getattr__, __dir__ = _lazy.attributes(
+    __name__,
+    {
+        **dict.fromkeys(["batch_norm_backward", "batch_norm_test", "batch_norm_train"], ".batchnorm"),
+        **dict.fromkeys(
+            ["col2im", "conv_backward", "conv_forward", "im2col", "max_pool_backward", "max_pool_forward"], ".conv"
+        ),
+        **dict.fromkeys(["dropout_backward", "dropout_forward", "dropout_scale"], ".dropout"),
+    },
+)
 
 __all__ = [
     "relu_forward",

@@ -12,9 +12,23 @@ family, mirroring :mod:`fastlayers.functional` and :mod:`fastlayers._kernels`:
 
 from __future__ import annotations
 
-from .conv import Convolution, Pooling, conv_relu_backward, conv_relu_forward
+from typing import TYPE_CHECKING
+
+from .. import _lazy
 from .core import AddLayer, Affine, MulLayer, Relu, Sigmoid, SoftmaxWithLoss, fused_backward, fused_forward
-from .training import BatchNormalization, Dropout
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers
+    from .conv import Convolution, Pooling, conv_relu_backward, conv_relu_forward
+    from .training import BatchNormalization, Dropout
+
+# the chapter 6-7 families are imported at their first use
+__getattr__, __dir__ = _lazy.attributes(
+    __name__,
+    {
+        **dict.fromkeys(["Convolution", "Pooling", "conv_relu_backward", "conv_relu_forward"], ".conv"),
+        **dict.fromkeys(["BatchNormalization", "Dropout"], ".training"),
+    },
+)
 
 __all__ = [
     "AddLayer",

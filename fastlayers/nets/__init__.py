@@ -9,8 +9,18 @@ How every net walks its layers (the fused passes, the skipped input gradient): :
 
 from __future__ import annotations
 
-from .conv import DeepConvNet, SimpleConvNet, load_param_file
+from typing import TYPE_CHECKING
+
+from .. import _lazy
 from .dense import MultiLayerNet, MultiLayerNetExtend, TwoLayerNet, gradient_check
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers
+    from .conv import DeepConvNet, SimpleConvNet, load_param_file
+
+# the convolutional nets are imported at their first use
+__getattr__, __dir__ = _lazy.attributes(
+    __name__, dict.fromkeys(["DeepConvNet", "SimpleConvNet", "load_param_file"], ".conv")
+)
 
 __all__ = [
     "TwoLayerNet",

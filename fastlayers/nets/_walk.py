@@ -5,22 +5,30 @@ own calls would leave it in."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
-from ..layers import (
-    Affine,
-    BatchNormalization,
-    Convolution,
-    Dropout,
-    Relu,
-    conv_relu_backward,
-    conv_relu_forward,
-    fused_backward,
-    fused_forward,
-)
+from ..layers.core import Affine, Relu, fused_backward, fused_forward
 
-#: layers whose forward takes the training flag
-_WITH_FLAG = (Dropout, BatchNormalization)
+# The convolution and training families are imported only by programs that use them (start-up):
+# a net can hold one of their layers only once its module is loaded, so the walk looks them up in
+# sys.modules instead of importing them.
+_CONV = "fastlayers.layers.conv"
+_TRAINING = "fastlayers.layers.training"
+
+
+def _takes_flag(layer) -> bool:
+    """Whether ``layer``'s forward takes the training flag (Dropout, BatchNormalization)."""
+    training = sys.modules.get(_TRAINING)
+    return training is not None and isinstance(layer, (training.Dropout, training.BatchNormalization))
+
+
+def _conv_then_relu(first, second):
+    """The convolution module when ``first`` is a Convolution and ``second`` a Relu, else None."""
+    conv = sys.modules.get(_CONV)
+    if conv is not None and type(first) is conv.Convolution and type(second) is Relu:
+        return conv
+    return None
 
 
 def forward(layers: Sequence, x, train_flg: bool = False):
@@ -35,10 +43,12 @@ def forward(layers: Sequence, x, train_flg: bool = False):
                 if fused is not None:
                     x, i = fused, i + 2
                     continue
-            elif type(layer) is Convolution and type(after) is Relu:
-                x, i = conv_relu_forward(layer, after, x), i + 2
-                continue
-        x = layer.forward(x, train_flg) if isinstance(layer, _WITH_FLAG) else layer.forward(x)
+            else:
+                conv = _conv_then_relu(layer, after)
+                if conv is not None:
+                    x, i = conv.conv_relu_forward(layer, after, x), i + 2
+                    continue
+        x = layer.forward(x, train_flg) if _takes_flag(layer) else layer.forward(x)
         i += 1
     return x
 
@@ -56,10 +66,13 @@ def backward(layers: Sequence, dout) -> None:
             if fused is not False:
                 dout, i = fused, i - 2
                 continue
-        elif type(before) is Convolution and type(layer) is Relu:
-            dout, i = conv_relu_backward(before, layer, dout, with_dx), i - 2
-            continue
-        if i == 0 and isinstance(layer, (Affine, Convolution)):
+        else:
+            conv = _conv_then_relu(before, layer)
+            if conv is not None:
+                dout, i = conv.conv_relu_backward(before, layer, dout, with_dx), i - 2
+                continue
+        conv = sys.modules.get(_CONV)
+        if i == 0 and (isinstance(layer, Affine) or (conv is not None and isinstance(layer, conv.Convolution))):
             layer._backward(dout, with_dx=False)
         else:
             dout = layer.backward(dout)

@@ -9,9 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from ..functional.dropout import check_ratio
 from ..gradient import numerical_gradient
-from ..layers import Affine, BatchNormalization, Dropout, Relu, Sigmoid, SoftmaxWithLoss
+from ..layers.core import Affine, Relu, Sigmoid, SoftmaxWithLoss
 from . import _walk
 
 __all__ = ["TwoLayerNet", "MultiLayerNet", "MultiLayerNetExtend", "gradient_check"]
@@ -330,6 +329,9 @@ class MultiLayerNetExtend(MultiLayerNet):
     ) -> None:
         super().__init__(input_size, hidden_size_list, output_size, activation, weight_init_std,
                          weight_decay_lambda, dtype=dtype, seed=seed)  # fmt: skip
+        from ..functional.dropout import check_ratio
+        from ..layers.training import BatchNormalization, Dropout
+
         ratio = check_ratio(dropout_ration)
         self.input_size, self.output_size = int(input_size), int(output_size)
         self.use_dropout, self.use_batchnorm = bool(use_dropout), bool(use_batchnorm)

@@ -71,3 +71,11 @@ def scalars() -> float:
     price = mul.forward(add.forward(100, 150), 1.1)
     d_sum, d_tax = mul.backward(1)
     return float(price + d_sum + d_tax)
+
+
+def lazy_families_keep_their_types() -> float:
+    """Names imported at first use are typed as the classes they are."""
+    conv = fl.Convolution(np.ones((2, 1, 3, 3)), np.zeros(2))
+    y: np.ndarray = conv.forward(np.ones((1, 1, 5, 5)))
+    drop: fl.Dropout = fl.Dropout(0.5)
+    return float(y.sum()) + float(drop.dropout_ratio)
