@@ -1,4 +1,4 @@
-"""Command line: ``python -m fastlayers {train, gradcheck, bench, tune, warmup, info}``."""
+"""Command line: ``python -m fastlayers {train, predict, gradcheck, bench, tune, warmup, info}``."""
 
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ def _compile_notice(args) -> None:
         )
 
 
-def _train_once(args, backend: str, data, progress, quiet: bool = False):
+def _train_once(args, backend: str, data, progress, quiet: bool = False, keep: dict | None = None):
     from .train import OPTIMIZERS, build_net, fit
 
     (x_train, t_train), (x_test, t_test) = data
@@ -133,6 +133,8 @@ def _train_once(args, backend: str, data, progress, quiet: bool = False):
                     args.dropout, args.batchnorm)  # fmt: skip
     lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
     optimizer = OPTIMIZERS[args.optimizer](lr)
+    if keep is not None:
+        keep["net"] = net
 
     def report(s):
         if not quiet:
@@ -186,8 +188,13 @@ def cmd_train(args) -> int:
     _compile_notice(args)
     backends = ["numba", "numpy"] if args.compare else [args.backend]
     histories = {}
+    kept: dict = {}
     for backend in backends:
-        histories[backend] = _train_once(args, backend, data, _progress_factory(not args.no_progress))
+        keep = kept if backend == backends[0] else None
+        histories[backend] = _train_once(args, backend, data, _progress_factory(not args.no_progress), keep=keep)
+    if args.save:
+        kept["net"].save_params(args.save)
+        print(f"parameters written to {args.save} (python -m fastlayers predict --params {args.save} ...)")
     main = histories[backends[0]]
     last = main.epochs[-1]
     print(
@@ -281,7 +288,60 @@ def _train_on_dask(args) -> int:
     net = build_net(args.net, size, args.hidden, n_classes, args.activation, x_train.dtype, args.seed,
                     args.dropout, args.batchnorm)  # fmt: skip
     optimizer = OPTIMIZERS[args.optimizer](args.lr if args.lr is not None else DEFAULT_LR[args.optimizer])
-    return fl_dask.cli_train(args, data, net, optimizer)
+    code = fl_dask.cli_train(args, data, net, optimizer)
+    if code == 0 and args.save:
+        net.save_params(args.save)
+        print(f"parameters written to {args.save}")
+    return code
+
+
+def cmd_predict(args) -> int:
+    """``predict``: the net of these options with the parameters of ``--params``, on the test split
+    (in process, or on a Dask cluster with ``--scheduler``): its accuracy, and its predicted classes
+    written to ``--out`` when given."""
+    from .train import build_net
+
+    data = _load(args)
+    (x_train, t_train), (x_test, t_test) = data
+    n_classes = int(max(t_train.max(), t_test.max())) + 1
+    size = x_test.shape[1:] if args.net == "convnet" else x_test.shape[1]
+    net = build_net(args.net, size, args.hidden, n_classes, args.activation, x_test.dtype, args.seed,
+                    args.dropout, args.batchnorm)  # fmt: skip
+    try:
+        net.load_params(args.params)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"error: {exc} (give predict the --net/--hidden/--dataset options used to train)") from None
+    start = time.perf_counter()
+    if args.scheduler:
+        try:
+            from . import dask as fl_dask
+        except ImportError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        import dask.array as da
+
+        try:
+            client, cluster = fl_dask.connect(args.scheduler)
+        except (OSError, ValueError, TypeError, RuntimeError) as exc:
+            raise SystemExit(f"error: {exc}") from None
+        try:
+            X = da.from_array(x_test, chunks=(max(1, len(x_test) // 8),) + x_test.shape[1:])
+            scores = fl_dask.predict(net, X).compute()
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+        where = f"on {args.scheduler}"
+    else:
+        scores = net.predict(x_test)
+        where = "in process"
+    seconds = time.perf_counter() - start
+    labels = scores.argmax(axis=1)
+    accuracy = float(np.mean(labels == t_test))
+    print(f"predict: {len(x_test)} test rows {where} in {seconds:.3f} s; accuracy {accuracy:.4f}")
+    if args.out:
+        np.save(args.out, labels)
+        print(f"predicted classes written to {args.out}")
+    return 0
 
 
 def cmd_gradcheck(args) -> int:
@@ -513,12 +573,15 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=_Help,
     )
     parser.add_argument("--version", action="version", version=f"fastlayers {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,gradcheck,bench,tune,warmup,info}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{train,predict,gradcheck,bench,tune,warmup,info}"
+    )
 
     def add(name: str, help: str):
         return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".", formatter_class=_Help)
 
     p = add("train", "train a network and report accuracy and speed")
+    train_actions = p._actions
     p.add_argument(
         "--dataset", choices=["digits", "mnist"], default="digits", help="scikit-learn's 8x8 digits, or IDX files"
     )
@@ -557,7 +620,17 @@ def main(argv: list[str] | None = None) -> int:
         metavar="local:N|tcp://HOST:PORT",
         help="train data-parallel on Dask: a new local cluster of N workers, or an existing scheduler",
     )
+    p.add_argument("--save", metavar="FILE.pkl", help="write the trained parameters (for predict)")
     p.set_defaults(func=cmd_train)
+
+    p = add("predict", "load trained parameters and predict the test split (in process or on Dask)")
+    p.add_argument("--params", required=True, metavar="FILE.pkl", help="parameters written by train --save")
+    p.add_argument("--out", metavar="FILE.npy", help="write the predicted classes")
+    for action in train_actions:
+        if action.dest in ("dataset", "data_dir", "net", "hidden", "activation", "dropout", "batchnorm", "seed",
+                           "dtype", "scheduler"):  # fmt: skip
+            p._add_action(action)
+    p.set_defaults(func=cmd_predict)
 
     p = add("gradcheck", "compare backprop with numerical gradients on small nets")
     p.add_argument("--seed", type=int, default=0, help="seed of the nets and the batch")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from fastlayers.__main__ import main
@@ -190,3 +192,21 @@ def test_bench_reports_each_row(capsys):
     assert main(["bench", "--sizes", "small", "--layers", "relu", "sigmoid"]) == 0
     err = capsys.readouterr().err
     assert "bench: row 1/2: relu 100x50" in err and "bench: row 2/2: sigmoid 100x50" in err
+
+
+@pytest.mark.parametrize("net", [["--net", "two"], ["--net", "multi", "--hidden", "40,30"], ["--net", "convnet"]])
+def test_train_save_then_predict(tmp_path, net):
+    """``train --save`` writes the parameters; ``predict --params`` with the same net options rebuilds
+    the net and gets the test accuracy train reported; ``--out`` holds the predicted classes."""
+    params, out = tmp_path / "params.pkl", tmp_path / "classes.npy"
+    res = run("train", "--epochs", "2", "--no-progress", "--save", str(params), *net)
+    assert res.returncode == 0, res.stderr
+    trained = float(re.search(r"done: test accuracy ([0-9.]+)", res.stdout).group(1))
+    res = run("predict", "--params", str(params), "--out", str(out), *net)
+    assert res.returncode == 0, res.stderr
+    assert float(re.search(r"accuracy ([0-9.]+)", res.stdout).group(1)) == pytest.approx(trained, abs=1e-4)
+    classes = np.load(out)
+    assert classes.dtype.kind == "i" and classes.ndim == 1 and classes.min() >= 0 and classes.max() <= 9
+    # other net options than at training: a clear error, not a traceback
+    res = run("predict", "--params", str(params), "--net", "multi", "--hidden", "7")
+    assert res.returncode != 0 and "error:" in res.stderr and "Traceback" not in res.stderr

@@ -343,12 +343,20 @@ def test_worker_that_cannot_import_fastlayers_is_named(client):
 
 
 @pytest.mark.slow
-def test_cli_train_on_a_local_cluster_and_a_bad_address():
+def test_cli_train_on_a_local_cluster_and_a_bad_address(tmp_path):
+    params = tmp_path / "params.pkl"
     cmd = [sys.executable, "-m", "fastlayers", "train", "--scheduler", "local:2", "--epochs", "2", "--no-progress"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    res = subprocess.run([*cmd, "--save", str(params)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "dask: local:2, 2 workers" in res.stdout and "[dask] epoch   2" in res.stdout
-    assert float(res.stdout.split("done: test accuracy ")[1].split(",")[0]) > 0.85
+    accuracy = float(res.stdout.split("done: test accuracy ")[1].split(",")[0])
+    assert accuracy > 0.85
+    # predict with the saved parameters, on a cluster and in process: the same accuracy
+    predict = [sys.executable, "-m", "fastlayers", "predict", "--params", str(params)]
+    for where in (["--scheduler", "local:2"], []):
+        res = subprocess.run([*predict, *where], capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        assert float(res.stdout.split("accuracy ")[1].split()[0]) == pytest.approx(accuracy, abs=1e-4)
     cmd[5] = "tcp://127.0.0.1:9"
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode != 0 and "could not reach the Dask scheduler at tcp://127.0.0.1:9" in res.stderr

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import pickle
 from collections import OrderedDict
 from collections.abc import Sequence
+from os import PathLike
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
@@ -58,6 +60,44 @@ class _Net:
 
     def _penalty(self) -> float:
         return 0.0
+
+    def save_params(self, file_name: str | PathLike = "params.pkl") -> None:
+        """Write ``params`` as the classic convnets do: a pickled dict of arrays.
+
+        Parameters
+        ----------
+        file_name : str or path, default "params.pkl"
+        """
+        with open(file_name, "wb") as f:
+            pickle.dump(dict(self.params), f)
+
+    def load_params(self, file_name: str | PathLike = "params.pkl") -> None:
+        """Read a parameter file (:meth:`save_params`) into the net: each array is copied into
+        ``params[key]``, which the layers hold, converted to its dtype. A file from a net with batch
+        normalization holds ``gamma``/``beta`` but not the running statistics.
+
+        Parameters
+        ----------
+        file_name : str or path, default "params.pkl"
+
+        Raises
+        ------
+        ValueError
+            A key the net does not have, a missing key, or an array of another shape than the net's.
+        pickle.UnpicklingError
+            A file that holds anything but arrays.
+        """
+        from .conv import load_param_file
+
+        data = load_param_file(file_name)
+        if set(data) != set(self.params):
+            raise ValueError(f"{file_name} holds {sorted(data)} but this net has {sorted(self.params)}")
+        for key, value in data.items():
+            if value.shape != self.params[key].shape:
+                want = self.params[key].shape
+                raise ValueError(f"{file_name} has {key} of shape {value.shape} but this net's {key} has shape {want}")
+        for key, value in data.items():
+            np.copyto(self.params[key], value, casting="unsafe")
 
     def loss(self, x: ArrayLike, t: ArrayLike) -> np.floating:
         """Mean softmax cross-entropy of the batch (plus the weight decay term, if any).
