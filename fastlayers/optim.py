@@ -20,7 +20,17 @@ from numpy.typing import ArrayLike
 from . import _backend, reference
 from ._kernels import lazy
 from ._kernels._threads import launch
-from .functional._checks import as_array, compute_dtype, fast_dtype, param_dtype, plain
+from .functional._checks import (
+    F32,
+    F64,
+    _context_backend,
+    _context_float32,
+    as_array,
+    compute_dtype,
+    fast_dtype,
+    param_dtype,
+    plain,
+)
 
 _optim = lazy("optim")  # imported (with Numba) at the first kernel call
 
@@ -103,6 +113,50 @@ class _Optimizer:
         if not in_place:
             p[...] = flat.reshape(p.shape)
 
+    def _update_common(self, params, grads) -> bool:
+        """:meth:`update` for the common call, with the fewest checks; False, having done nothing,
+        for any other. The common call: a dict of plain, writeable, C-contiguous float arrays that
+        the rule updates in their own dtype, each with a gradient in ``grads`` of its shape and dtype
+        that is itself or owns memory apart from it, on the numba backend. Every pair is checked
+        before any is updated (as the general path does)."""
+        if type(params) is not dict or (_context_backend() or _backend._default) != "numba":
+            return False
+        pairs = []
+        for key, p in params.items():
+            g = grads.get(key) if type(grads) is dict else None
+            if type(p) is not np.ndarray or type(g) is not np.ndarray:
+                return False
+            dtype = p.dtype
+            if dtype is F64:
+                flag = _context_float32()
+                if _backend._float32_default if flag is None else flag:
+                    return False
+            elif dtype is not F32:
+                return False
+            flags = p.flags
+            if (
+                g.dtype is not dtype
+                or g.shape != p.shape
+                or not (flags.c_contiguous and flags.writeable and g.flags.c_contiguous)
+                or not (g is p or (g.base is None and p.base is None))  # overlap impossible
+            ):
+                return False
+            pairs.append((key, p, g, dtype))
+        kernel = getattr(_optim, type(self)._kernel)
+        names = self._state_names
+        step = self._step_scalars()
+        typed = {}
+        for key, p, g, dtype in pairs:
+            scalars = typed.get(dtype)
+            if scalars is None:
+                scalars = typed[dtype] = tuple(dtype.type(v) for v in step)
+            state = self._state_for(key, p, dtype) if names else ()
+            if p.size < kernel.parallel_min:  # launch's first test, inline
+                kernel.serial(p.reshape(-1), *state, g.reshape(-1), *scalars)
+            else:
+                launch(kernel, p.size, p.reshape(-1), *state, g.reshape(-1), *scalars)
+        return True
+
     def update(self, params: dict[str, np.ndarray], grads: Mapping[str, ArrayLike]) -> None:
         """Update every array of ``params`` in place from the same-named entry of ``grads``.
 
@@ -122,6 +176,8 @@ class _Optimizer:
         ValueError, TypeError
             A gradient of another shape or dtype than its parameter; a read-only parameter.
         """
+        if self._update_common(params, grads):
+            return
         scalars = self._step_scalars()
         numbers = {k: v for k, v in params.items() if _is_real_scalar(v)}
         arrays = {k: np.array(v, np.float64) if k in numbers else v for k, v in params.items()}

@@ -272,35 +272,6 @@ def fast_dtype(a) -> np.dtype | None:
     return None
 
 
-def affine_dtype(x2, W, b) -> np.dtype | None:
-    """The dtype of an Affine forward that may take the fast path, else None: ``x2`` (N, D) with
-    N >= 1, ``W`` (D, M) and ``b`` (M,), plain arrays of one dtype (as :func:`fast_dtype` and
-    :func:`plain` would find them, read inline: this gate runs on every layer call of a net)."""
-    if type(x2) is not np.ndarray or type(W) is not np.ndarray or type(b) is not np.ndarray:
-        return None
-    dtype = x2.dtype
-    if dtype is F64:
-        flag = _context_float32()
-        if _backend._float32_default if flag is None else flag:
-            return None
-    elif dtype is not F32:
-        return None
-    if (
-        W.dtype is not dtype
-        or b.dtype is not dtype
-        or x2.ndim != 2
-        or W.ndim != 2
-        or b.ndim != 1
-        or (_context_backend() or _backend._default) != "numba"
-        or not (x2.flags.c_contiguous and W.flags.c_contiguous and b.flags.c_contiguous)
-    ):
-        return None
-    n, d = x2.shape
-    if n == 0 or d != W.shape[0] or b.shape[0] != W.shape[1]:
-        return None
-    return dtype
-
-
 def plain(a, dtype: np.dtype) -> bool:
     """True when ``a`` is a plain array of ``dtype``: an ndarray (no subclass), of exactly that
     native dtype, C-contiguous. The kernels can take such an array as it is."""

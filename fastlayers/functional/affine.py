@@ -7,10 +7,15 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .. import _gemm, reference
+from .. import _backend, _gemm, reference
 from .._kernels import _threads, lazy
 from .._kernels._threads import launch
 from ._checks import (
+    F32,
+    F64,
+    REUSE_MIN_BYTES,
+    _context_backend,
+    _context_float32,
     as_array,
     check_out,
     compute_dtype,
@@ -21,6 +26,7 @@ from ._checks import (
     plain,
     require_2d,
     require_batch,
+    reusable,
 )
 
 _affine = lazy("affine")  # imported (with Numba) at the first kernel call
@@ -216,12 +222,22 @@ def backward_run(
         dW = np.empty(W.shape, dtype)
     if db is None:
         db = np.empty((m,), dtype)
-    with _threads.BLAS_LOCK:  # both products in one turn
+    if n * m * W.shape[0] < _gemm.LOCK_MIN and _gemm._tiny.get(dtype) is _gemm._numpy_gemm:
+        # small products: no turn under the lock, and np.matmul without _gemm.matmul's call
         if with_dx:
-            _gemm.matmul(dout, W.T, dx.reshape(n, -1))
-        _gemm.matmul(x2.T, dout, dW)
+            np.matmul(dout, W.T, out=dx.reshape(n, -1))
+        np.matmul(x2.T, dout, out=dW)
+    else:
+        with _threads.BLAS_LOCK:  # both products in one turn
+            if with_dx:
+                _gemm.matmul(dout, W.T, dx.reshape(n, -1))
+            _gemm.matmul(x2.T, dout, dW)
     if with_db:
-        launch(_affine.bias_grad, dout.size, dout, db)
+        kernel = _affine.bias_grad
+        if dout.size < kernel.parallel_min:  # launch's first test, inline
+            kernel.serial(dout, db)
+        else:
+            launch(kernel, dout.size, dout, db)
     return (dx if with_dx else None), dW, db
 
 
@@ -233,18 +249,50 @@ ACTIVATIONS = {
 }
 
 
-def activation_forward_run(x2: np.ndarray, W: np.ndarray, b: np.ndarray, kind: str, out) -> np.ndarray:
-    """``activation(x2 @ W + b)`` for plain operands of one dtype (see :func:`plain_affine`): the
-    product, then the bias add and the activation in one pass over it. ``out`` is None or a buffer
-    from :func:`~._checks.reusable` of the result's shape and dtype."""
+#: the bias kernel that follows the product, by the activation after the layer (None: none)
+BIAS_KERNELS = {None: "bias_add", "relu": "bias_relu", "sigmoid": "bias_sigmoid"}
+
+
+def dense_run(x2, W, b, kind: str | None, owner: object, name: str) -> np.ndarray | None:
+    """``activation(x2 @ W + b)`` for the common call of an Affine layer (followed by the activation
+    ``kind``, "relu", "sigmoid" or None), or None, having done nothing, for any other call.
+
+    The common call: ``x2`` (N, D) with N >= 1, ``W`` (D, M) and ``b`` (M,), plain arrays (exact
+    ndarrays, C-contiguous) of one float dtype that the rule computes in as it is, on the numba
+    backend. The gate is written inline (it runs on every layer call of a net, and is the per-call
+    floor of a small batch); the result goes into ``owner.<name>`` when :func:`~._checks.reusable`
+    allows it (results of at least ``REUSE_MIN_BYTES``), else into a new array. The product, then
+    the bias add and the activation in one pass over it."""
+    if type(x2) is not np.ndarray or type(W) is not np.ndarray or type(b) is not np.ndarray:
+        return None
+    dtype = x2.dtype
+    if dtype is F64:
+        flag = _context_float32()
+        if _backend._float32_default if flag is None else flag:
+            return None
+    elif dtype is not F32:
+        return None
+    if W.dtype is not dtype or b.dtype is not dtype or x2.ndim != 2 or W.ndim != 2 or b.ndim != 1:
+        return None
+    n, d = x2.shape
+    m = W.shape[1]
+    if n == 0 or W.shape[0] != d or b.shape[0] != m or (_context_backend() or _backend._default) != "numba":
+        return None
+    if not (x2.flags.c_contiguous and W.flags.c_contiguous and b.flags.c_contiguous):
+        return None
+    size = n * m
+    out = reusable(owner, name, (n, m), dtype) if size * dtype.itemsize >= REUSE_MIN_BYTES else None
     if out is None:
-        out = np.empty((x2.shape[0], W.shape[1]), x2.dtype)
-    _gemm.matmul(x2, W, out)
-    kernel = getattr(_affine, ACTIVATIONS[kind][0])
-    if out.size < kernel.parallel_min:  # launch's first test, inline: this runs on every layer call
+        out = np.empty((n, m), dtype)
+    if size * d < _gemm.LOCK_MIN and _gemm._tiny.get(dtype) is _gemm._numpy_gemm:
+        np.matmul(x2, W, out=out)  # what _gemm.matmul does for such a product, without the call
+    else:
+        _gemm.matmul(x2, W, out)
+    kernel = getattr(_affine, BIAS_KERNELS[kind])
+    if size < kernel.parallel_min:  # launch's first test, inline
         kernel.serial(out, b)
     else:
-        launch(kernel, out.size, out, b)
+        launch(kernel, size, out, b)
     return out
 
 
@@ -256,5 +304,9 @@ def activation_backward_run(dout: np.ndarray, y: np.ndarray, kind: str, dh, db) 
         dh = np.empty(dout.shape, dout.dtype)
     if db is None:
         db = np.empty(dout.shape[1], dout.dtype)
-    launch(getattr(_affine, ACTIVATIONS[kind][1]), dout.size, dout, y, dh, db)
+    kernel = getattr(_affine, ACTIVATIONS[kind][1])
+    if dout.size < kernel.parallel_min:  # launch's first test, inline
+        kernel.serial(dout, y, dh, db)
+    else:
+        launch(kernel, dout.size, dout, y, dh, db)
     return dh, db

@@ -26,7 +26,7 @@ from .._kernels import lazy
 from ..functional import affine as A
 from ..functional import elementwise as E
 from ..functional import loss as S
-from ..functional._checks import REUSE_MIN_BYTES, affine_dtype, as_array, compute_dtype, plain, reusable, scalar
+from ..functional._checks import REUSE_MIN_BYTES, as_array, compute_dtype, plain, reusable, scalar
 
 _loss_kernels = lazy("loss")
 
@@ -264,13 +264,12 @@ class Affine:
             raise ValueError(f"x must be at least 1-D (N, ...), got shape {x.shape}")
         x2 = x if x.ndim == 2 or x.shape[0] == 0 else x.reshape(x.shape[0], -1)
         W, b = self.W, self.b
-        if affine_dtype(x2, W, b) is not None:  # the common call, with the fewest checks
-            shape = (x2.shape[0], W.shape[1])
-            big = shape[0] * shape[1] * x2.itemsize >= REUSE_MIN_BYTES
-            self._out = A.forward_run(x2, W, b, reusable(self, "_out", shape, x2.dtype) if big else None)
+        out = A.dense_run(x2, W, b, None, self, "_out")  # the common call, with the fewest checks
+        if out is not None:
+            self._out = out
             self.original_x_shape = x.shape
             self.x = x2
-            return self._out
+            return out
         plain = A.plain_affine(x2, W, b)
         if not plain and type(W) is np.ndarray and type(b) is np.ndarray:
             # float32 images with float64 weights (the book's mix): x in the dtype NumPy computes in,
@@ -325,9 +324,10 @@ class Affine:
         x2, W = self.x, self.W
         if A.plain_affine(x2, W, dout) and dout.ndim == 2:
             dtype = x2.dtype
-            dx = reusable(self, "_dx", x2.shape, dtype) if with_dx else None
-            dW = reusable(self, "dW", W.shape, dtype)
-            db = reusable(self, "db", (W.shape[1],), dtype)
+            small = REUSE_MIN_BYTES // dtype.itemsize  # smaller results are never reused: skip the gate
+            dx = reusable(self, "_dx", x2.shape, dtype) if with_dx and x2.size >= small else None
+            dW = reusable(self, "dW", W.shape, dtype) if W.size >= small else None
+            db = reusable(self, "db", (W.shape[1],), dtype) if W.shape[1] >= small else None
             dx, self.dW, self.db = A.backward_run(dout, x2, x2, W, dx, dW, db, with_dx)
             if with_dx:
                 self._dx = dx
@@ -475,15 +475,13 @@ def fused_forward(affine: Affine, activation: _Activation, x) -> np.ndarray | No
     if kind is None or type(x) is not np.ndarray or x.ndim < 2:
         return None
     x2 = x if x.ndim == 2 else x.reshape(x.shape[0], -1)
-    W, b = affine.W, affine.b
-    dtype = affine_dtype(x2, W, b)
-    if dtype is None:
+    out = A.dense_run(x2, affine.W, affine.b, kind, activation, "out")
+    if out is None:
         return None
-    shape = (x2.shape[0], W.shape[1])
-    out = reusable(activation, "out", shape, dtype) if shape[0] * shape[1] * dtype.itemsize >= REUSE_MIN_BYTES else None
-    activation.out = A.activation_forward_run(x2, W, b, kind, out)
-    affine.x, affine.original_x_shape = x2, x.shape
-    return activation.out
+    activation.out = out
+    affine.x = x2
+    affine.original_x_shape = x.shape
+    return out
 
 
 def fused_backward(affine: Affine, activation: _Activation, dout, with_dx: bool) -> np.ndarray | None | bool:
@@ -506,12 +504,13 @@ def fused_backward(affine: Affine, activation: _Activation, dout, with_dx: bool)
         and dout.ndim == 2
     ):
         return False
-    dh = reusable(activation, "_dx", y.shape, dtype)
-    db = reusable(affine, "db", (y.shape[1],), dtype)
+    small = REUSE_MIN_BYTES // dtype.itemsize  # smaller results are never reused: skip the gate
+    dh = reusable(activation, "_dx", y.shape, dtype) if y.size >= small else None
+    db = reusable(affine, "db", (y.shape[1],), dtype) if y.shape[1] >= small else None
     dh, db = A.activation_backward_run(dout, y, kind, dh, db)
     activation._dx = dh
-    dx = reusable(affine, "_dx", x2.shape, dtype) if with_dx else None
-    dW = reusable(affine, "dW", W.shape, dtype)
+    dx = reusable(affine, "_dx", x2.shape, dtype) if with_dx and x2.size >= small else None
+    dW = reusable(affine, "dW", W.shape, dtype) if W.size >= small else None
     dx, affine.dW, affine.db = A.backward_run(dh, x2, x2, W, dx, dW, db, with_dx, with_db=False)
     if not with_dx:
         return None
