@@ -96,3 +96,31 @@ def test_preload_at_import(value, loaded):
     found = python("import fastlayers;" + LOADED, FASTLAYERS_PRELOAD=value)
     assert found["numba"] is loaded
     assert found["kernels"] == (sorted(KERNEL_MODULES) if loaded else [])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_small_predict_waits_for_no_numba_and_equals_the_kernels_bit_for_bit(dtype):
+    """A one-to-few-row predict before any kernel is loaded runs the bias add and ReLU as NumPy
+    ufuncs (no Numba start-up); after preload the kernels give the same bits, NaN and -0.0 included.
+    A larger batch loads the kernels."""
+    code = (
+        "import sys, numpy as np, fastlayers as fl\n"
+        f"dt = np.{dtype}\n"
+        "net = fl.MultiLayerNet(30, [40, 20], 5, dtype=dt, seed=3)\n"
+        "rng = np.random.default_rng(0)\n"
+        "xs = [rng.standard_normal((n, 30)).astype(dt) for n in (1, 3, 8)]\n"
+        "xs[1][0, 4] = np.nan\n"
+        "net.params['b1'][:3] = -0.0; xs[2][:, :] = 0.0\n"
+        "before = [net.predict(x).tobytes() for x in xs]\n"
+        "small_loaded = 'numba' in sys.modules\n"
+        "fl.preload((np.dtype(dt).name,))\n"
+        "after = [net.predict(x).tobytes() for x in xs]\n"
+        "extra = {'small_loaded': small_loaded, 'same': before == after}\n" + LOADED
+    )
+    found = python(code)
+    assert found["small_loaded"] is False and found["same"] is True
+    found = python(
+        f"import numpy as np, fastlayers as fl; fl.TwoLayerNet(30, 50, 5, dtype=np.{dtype})"
+        f".predict(np.ones((200, 30), np.{dtype}));" + LOADED
+    )
+    assert found["numba"] is True and "affine" in found["kernels"]

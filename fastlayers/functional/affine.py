@@ -251,6 +251,11 @@ ACTIVATIONS = {
 
 #: the bias kernel that follows the product, by the activation after the layer (None: none)
 BIAS_KERNELS = {None: "bias_add", "relu": "bias_relu", "sigmoid": "bias_sigmoid"}
+#: Up to this many result elements, a bias add (and ReLU) whose kernel module is not loaded yet runs
+#: as NumPy ufuncs instead, which give the same values (their twins are exact: ``tests/kernel_cases``),
+#: so that a process answering small requests never waits for Numba's start-up (docs/PERFORMANCE.md,
+#: "Start-up"); ``fastlayers.preload()`` or any larger call loads the kernels.
+UFUNC_MAX = 1 << 12
 
 
 def dense_run(x2, W, b, kind: str | None, owner: object, name: str) -> np.ndarray | None:
@@ -288,7 +293,15 @@ def dense_run(x2, W, b, kind: str | None, owner: object, name: str) -> np.ndarra
         np.matmul(x2, W, out=out)  # what _gemm.matmul does for such a product, without the call
     else:
         _gemm.matmul(x2, W, out)
-    kernel = getattr(_affine, BIAS_KERNELS[kind])
+    name = BIAS_KERNELS[kind]
+    kernel = _affine.__dict__.get(name)  # None until the kernel module is loaded
+    if kernel is None and size <= UFUNC_MAX and kind != "sigmoid":
+        np.add(out, b, out=out)
+        if kind == "relu":
+            np.maximum(out, 0, out=out)  # NaN stays NaN, as in the kernel
+        return out
+    if kernel is None:
+        kernel = getattr(_affine, name)
     if size < kernel.parallel_min:  # launch's first test, inline
         kernel.serial(out, b)
     else:
