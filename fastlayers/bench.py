@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-import numba
 import numpy as np
 
 from . import _gemm
@@ -224,9 +223,12 @@ def run(
 ) -> list[Row]:
     """All benchmark rows for ``dtype``; ``sizes`` is "all" or "small" (the classic sizes only).
     ``report(done, total, layer, shape)`` is called before each row (progress for people)."""
+    from . import get_num_threads, preload
+
+    preload((dtype,))  # the steady state of a process: every kernel loaded (small calls use them)
     torch = _torch()
     if torch is not None:
-        torch.set_num_threads(numba.get_num_threads())  # the same threads for both libraries
+        torch.set_num_threads(get_num_threads())  # the same threads for both libraries
     todo = [
         (layer, shape)
         for layer, shapes in SIZES.items()

@@ -305,7 +305,7 @@ def _scores(net, X, proba: bool, name: str) -> da.Array:
     X = _whole_rows(_check_rows(X, "X", 2))
     client = _default_client()
     if client is not None:
-        check_workers(client)
+        _check_new_workers(client)
     token = uuid.uuid4().hex
     box = _Shipped(_slim(net), token)
     width, dtype = _probe(box, X)
@@ -666,7 +666,7 @@ def gradient(net, X: da.Array, t: da.Array, client: Client | None = None, *, spl
     _check_net(net)
     client = _resolve_client(client)
     if client is not None:
-        check_workers(client)
+        _check_new_workers(client)
     X, t = _prepare_data(X, t, client)
     token = uuid.uuid4().hex
     box = _Shipped(_slim(net), token)
@@ -807,7 +807,7 @@ def fit(
     _check_targets(X0, t)
     shares, steps = batch_plan(X0.chunks[0], batch_size)
     if client is not None:
-        check_workers(client)
+        _check_new_workers(client)
     token = uuid.uuid4().hex
     box = _Shipped(_slim(net), token)
     _probe(box, X0)
@@ -991,6 +991,20 @@ def check_workers(client: Client, timeout: float = 30.0) -> dict[str, str]:
         raise RuntimeError(f"{len(bad)} of {len(answers)} Dask workers cannot import fastlayers.dask ({lines}); "
                            f'install it there: {_INSTALL}')  # fmt: skip
     return answers
+
+
+#: per client, the worker addresses :func:`check_workers` found able to import fastlayers
+_checked: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _check_new_workers(client: Client) -> None:
+    """:func:`check_workers` when the client sees a worker not checked yet (a new or restarted
+    worker has a new address): a round trip to every worker, once per worker, not once per call."""
+    workers = set(client.scheduler_info().get("workers", {}))
+    seen = _checked.get(client)
+    if workers and seen is not None and workers <= seen:
+        return
+    _checked[client] = set(check_workers(client)) | (seen or set())
 
 
 def connect(scheduler: str, timeout: float = 10.0) -> tuple[Client, LocalCluster | None]:
