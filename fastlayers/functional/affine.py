@@ -260,14 +260,16 @@ UFUNC_MAX = 1 << 12
 
 def dense_run(x2, W, b, kind: str | None, owner: object, name: str) -> np.ndarray | None:
     """``activation(x2 @ W + b)`` for the common call of an Affine layer (followed by the activation
-    ``kind``, "relu", "sigmoid" or None), or None, having done nothing, for any other call.
+    ``kind``, "relu", "sigmoid" or None), or None, having done nothing visible, for any other call.
 
-    The common call: ``x2`` (N, D) with N >= 1, ``W`` (D, M) and ``b`` (M,), plain arrays (exact
-    ndarrays, C-contiguous) of one float dtype that the rule computes in as it is, on the numba
-    backend. The gate is written inline (it runs on every layer call of a net, and is the per-call
-    floor of a small batch); the result goes into ``owner.<name>`` when :func:`~._checks.reusable`
-    allows it (results of at least ``REUSE_MIN_BYTES``), else into a new array. The product, then
-    the bias add and the activation in one pass over it."""
+    ``x2`` is 2-D (the callers reshape). The common call: ``x2`` (N, D) with N >= 1, ``W`` (D, M)
+    and ``b`` (M,), exact ndarrays of one float dtype that the rule computes in as it is, ``b``
+    C-contiguous, on the numba backend. The gate is written inline and checks only what the product
+    does not (it runs on every layer call of a net: the per-call floor of a small batch): the
+    product itself raises for operands that do not fit, and the call then returns None, so that the
+    general path reports it. The result goes into ``owner.<name>`` when :func:`~._checks.reusable`
+    allows it (results of at least ``REUSE_MIN_BYTES``), else into a new array. The product, then the
+    bias add and the activation in one pass over it."""
     if type(x2) is not np.ndarray or type(W) is not np.ndarray or type(b) is not np.ndarray:
         return None
     dtype = x2.dtype
@@ -277,28 +279,35 @@ def dense_run(x2, W, b, kind: str | None, owner: object, name: str) -> np.ndarra
             return None
     elif dtype is not F32:
         return None
-    if W.dtype is not dtype or b.dtype is not dtype or x2.ndim != 2 or W.ndim != 2 or b.ndim != 1:
+    if (
+        W.dtype is not dtype
+        or b.dtype is not dtype
+        or W.ndim != 2
+        or b.ndim != 1
+        or (_context_backend() or _backend._default) != "numba"
+    ):
         return None
-    n, d = x2.shape
+    n = x2.shape[0]
     m = W.shape[1]
-    if n == 0 or W.shape[0] != d or b.shape[0] != m or (_context_backend() or _backend._default) != "numba":
-        return None
-    if not (x2.flags.c_contiguous and W.flags.c_contiguous and b.flags.c_contiguous):
+    if n == 0 or b.shape[0] != m or not b.flags.c_contiguous:  # b is all the kernel reads besides out
         return None
     size = n * m
     out = reusable(owner, name, (n, m), dtype) if size * dtype.itemsize >= REUSE_MIN_BYTES else None
     if out is None:
         out = np.empty((n, m), dtype)
-    if size * d < _gemm.LOCK_MIN and _gemm._tiny.get(dtype) is _gemm._numpy_gemm:
-        np.matmul(x2, W, out=out)  # what _gemm.matmul does for such a product, without the call
-    else:
-        _gemm.matmul(x2, W, out)
+    try:
+        if size * W.shape[0] < _gemm.LOCK_MIN and _gemm._tiny.get(dtype) is _gemm._numpy_gemm:
+            np.matmul(x2, W, out=out)  # what _gemm.matmul does for such a product, without the call
+        else:
+            _gemm.matmul(x2, W, out)
+    except (ValueError, TypeError):  # x2 and W do not fit: the general path says how
+        return None
     name = BIAS_KERNELS[kind]
     kernel = _affine.__dict__.get(name)  # None until the kernel module is loaded
     if kernel is None and size <= UFUNC_MAX and kind != "sigmoid":
         np.add(out, b, out=out)
         if kind == "relu":
-            np.maximum(out, 0, out=out)  # NaN stays NaN, as in the kernel
+            np.maximum(out, 0, out=out)  # NaN stays NaN and -0.0 becomes 0.0, as in the kernel
         return out
     if kernel is None:
         kernel = getattr(_affine, name)

@@ -11,6 +11,7 @@ from .. import reference
 from .._kernels import lazy
 from .._kernels._threads import launch
 from ._checks import (
+    REUSE_MIN_BYTES,
     as_array,
     as_arrays,
     check_out,
@@ -74,15 +75,23 @@ def layer_call(public, a, y, owner: object, name: str) -> np.ndarray:
     fresh array otherwise; anything else goes through ``public`` with its conversions and checks.
     """
     dtype = fast_dtype(a)
-    if dtype is None or (y is not None and not (plain(y, dtype) and y.shape == a.shape)):
+    if dtype is None or (y is not None and not (type(y) is np.ndarray and y.dtype is dtype and y.shape == a.shape
+                                                and y.flags.c_contiguous)):  # fmt: skip
         return public(a) if y is None else public(a, y)
-    out = reusable(owner, name, a.shape, dtype)
+    size = a.size
+    out = reusable(owner, name, a.shape, dtype) if size * dtype.itemsize >= REUSE_MIN_BYTES else None
     if out is None:
         out = np.empty(a.shape, dtype)
-    if y is None:
-        launch(getattr(_elem, _KERNELS[public]), a.size, a.ravel(), out.ravel())
+    kernel = getattr(_elem, _KERNELS[public])
+    if size < kernel.parallel_min:  # launch's first test, inline: this runs on every layer call
+        if y is None:
+            kernel.serial(a.reshape(-1), out.reshape(-1))
+        else:
+            kernel.serial(a.reshape(-1), y.reshape(-1), out.reshape(-1))
+    elif y is None:
+        launch(kernel, size, a.reshape(-1), out.reshape(-1))
     else:
-        launch(getattr(_elem, _KERNELS[public]), a.size, a.ravel(), y.ravel(), out.ravel())
+        launch(kernel, size, a.reshape(-1), y.reshape(-1), out.reshape(-1))
     return out
 
 

@@ -466,19 +466,34 @@ def _is_one(dout, y) -> bool:
 _FUSED = {Relu: "relu", Sigmoid: "sigmoid"}
 
 
-def fused_forward(affine: Affine, activation: _Activation, x) -> np.ndarray | None:
+def fused_forward(affine: Affine, activation: _Activation | None, x) -> np.ndarray | None:
     """``activation.forward(affine.forward(x))`` with the bias add and the activation in one pass
     over the product, leaving both layers in the state the two calls would (``affine.x``,
-    ``original_x_shape``, ``activation.out``); None, having done nothing, when the call is not the
-    common one (plain arrays of one dtype, see :func:`fastlayers.functional.affine.plain_affine`)."""
-    kind = _FUSED.get(type(activation))
-    if kind is None or type(x) is not np.ndarray or x.ndim < 2:
+    ``original_x_shape``, ``activation.out``); with ``activation`` None, ``affine.forward(x)``
+    (``affine._out`` too). None, having done nothing, when the call is not the common one (see
+    :func:`fastlayers.functional.affine.dense_run`)."""
+    if activation is None:
+        kind = None
+    else:
+        kind = _FUSED.get(type(activation))
+        if kind is None:
+            return None
+    if type(x) is not np.ndarray:
         return None
-    x2 = x if x.ndim == 2 else x.reshape(x.shape[0], -1)
-    out = A.dense_run(x2, affine.W, affine.b, kind, activation, "out")
-    if out is None:
+    ndim = x.ndim
+    if ndim < 2:
         return None
-    activation.out = out
+    x2 = x if ndim == 2 else x.reshape(x.shape[0], -1)
+    if activation is None:
+        out = A.dense_run(x2, affine.W, affine.b, None, affine, "_out")
+        if out is None:
+            return None
+        affine._out = out
+    else:
+        out = A.dense_run(x2, affine.W, affine.b, kind, activation, "out")
+        if out is None:
+            return None
+        activation.out = out
     affine.x = x2
     affine.original_x_shape = x.shape
     return out

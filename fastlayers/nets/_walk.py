@@ -8,12 +8,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from ..layers.core import Affine, Relu, fused_backward, fused_forward
+from ..layers.core import Affine, Relu, Sigmoid, fused_backward, fused_forward
 
 # The convolution and training families are imported only by programs that use them (start-up):
 # a net can hold one of their layers only once its module is loaded, so the walk looks them up in
 # sys.modules instead of importing them.
 _CONV = "fastlayers.layers.conv"
+_ACTIVATIONS = (Relu, Sigmoid)  # those fused_forward runs with the Affine layer before them
 _TRAINING = "fastlayers.layers.training"
 
 
@@ -37,17 +38,17 @@ def forward(layers: Sequence, x, train_flg: bool = False):
     while i < n:
         layer = layers[i]
         after = layers[i + 1] if i + 1 < n else None
-        if after is not None:
-            if isinstance(layer, Affine):
-                fused = fused_forward(layer, after, x)  # None when the call is not the common one
-                if fused is not None:
-                    x, i = fused, i + 2
-                    continue
-            else:
-                conv = _conv_then_relu(layer, after)
-                if conv is not None:
-                    x, i = conv.conv_relu_forward(layer, after, x), i + 2
-                    continue
+        paired = after if type(after) in _ACTIVATIONS else None  # an activation to fuse with
+        if isinstance(layer, Affine) and (paired is not None or type(layer) is Affine):
+            fused = fused_forward(layer, paired, x)  # None when the call is not the common one
+            if fused is not None:
+                x, i = fused, i + (1 if paired is None else 2)
+                continue
+        elif paired is not None:
+            conv = _conv_then_relu(layer, paired)
+            if conv is not None:
+                x, i = conv.conv_relu_forward(layer, paired, x), i + 2
+                continue
         x = layer.forward(x, train_flg) if _takes_flag(layer) else layer.forward(x)
         i += 1
     return x
