@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
-import platform
 import statistics
 import time
 
@@ -26,14 +25,9 @@ import numpy as np
 
 
 def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    from fastlayers._gemm import cpu_model
+
+    return cpu_model()
 
 
 def median_time(fn, repeat: int) -> float:

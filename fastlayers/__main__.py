@@ -123,14 +123,22 @@ def _compile_notice(args) -> None:
         )
 
 
-def _train_once(args, backend: str, data, progress, quiet: bool = False, keep: dict | None = None):
-    from .train import OPTIMIZERS, build_net, fit
+def _build(args, data):
+    """The net the options describe, for ``data`` (as ``_load`` returns it)."""
+    from .train import build_net
 
     (x_train, t_train), (x_test, t_test) = data
     n_classes = int(max(t_train.max(), t_test.max())) + 1
     size = x_train.shape[1:] if args.net == "convnet" else x_train.shape[1]
-    net = build_net(args.net, size, args.hidden, n_classes, args.activation, x_train.dtype, args.seed,
-                    args.dropout, args.batchnorm)  # fmt: skip
+    return build_net(args.net, size, args.hidden, n_classes, args.activation, x_train.dtype, args.seed,
+                     args.dropout, args.batchnorm)  # fmt: skip
+
+
+def _train_once(args, backend: str, data, progress, quiet: bool = False, keep: dict | None = None):
+    from .train import OPTIMIZERS, fit
+
+    (x_train, t_train), (x_test, t_test) = data
+    net = _build(args, data)
     lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
     optimizer = OPTIMIZERS[args.optimizer](lr)
     if keep is not None:
@@ -253,15 +261,9 @@ def _compare_steps(args, x_train: np.ndarray, t_train: np.ndarray) -> None:
 
 def _median_call(call, blocks: int = 7, seconds: float = 0.05) -> float:
     """Median seconds per call of ``call`` over ``blocks`` blocks of about ``seconds`` each."""
-    call()
-    calls = 1
-    while True:
-        start = time.perf_counter()
-        for _ in range(calls):
-            call()
-        if time.perf_counter() - start >= seconds / 4:
-            break
-        calls *= 2
+    from .bench import _batch_size
+
+    calls = _batch_size(call, seconds)
     per_call = []
     for _ in range(blocks):
         start = time.perf_counter()
@@ -279,14 +281,10 @@ def _train_on_dask(args) -> int:
         from . import dask as fl_dask
     except ImportError as exc:
         raise SystemExit(f"error: {exc}") from None
-    from .train import OPTIMIZERS, build_net
+    from .train import OPTIMIZERS
 
     data = _load(args)
-    (x_train, t_train), (x_test, t_test) = data
-    n_classes = int(max(t_train.max(), t_test.max())) + 1
-    size = x_train.shape[1:] if args.net == "convnet" else x_train.shape[1]
-    net = build_net(args.net, size, args.hidden, n_classes, args.activation, x_train.dtype, args.seed,
-                    args.dropout, args.batchnorm)  # fmt: skip
+    net = _build(args, data)
     optimizer = OPTIMIZERS[args.optimizer](args.lr if args.lr is not None else DEFAULT_LR[args.optimizer])
     code = fl_dask.cli_train(args, data, net, optimizer)
     if code == 0 and args.save:
@@ -299,14 +297,9 @@ def cmd_predict(args) -> int:
     """``predict``: the net of these options with the parameters of ``--params``, on the test split
     (in process, or on a Dask cluster with ``--scheduler``): its accuracy, and its predicted classes
     written to ``--out`` when given."""
-    from .train import build_net
-
     data = _load(args)
-    (x_train, t_train), (x_test, t_test) = data
-    n_classes = int(max(t_train.max(), t_test.max())) + 1
-    size = x_test.shape[1:] if args.net == "convnet" else x_test.shape[1]
-    net = build_net(args.net, size, args.hidden, n_classes, args.activation, x_test.dtype, args.seed,
-                    args.dropout, args.batchnorm)  # fmt: skip
+    (_, _), (x_test, t_test) = data
+    net = _build(args, data)
     try:
         net.load_params(args.params)
     except (OSError, ValueError) as exc:

@@ -16,7 +16,6 @@ the two agree), and ``load_params`` refuses files that hold anything but a dict 
 from __future__ import annotations
 
 import operator
-import pickle
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from os import PathLike
@@ -27,6 +26,7 @@ from numpy.typing import ArrayLike, DTypeLike
 from ..gradient import numerical_gradient
 from ..layers import Affine, Convolution, Dropout, Pooling, Relu, SoftmaxWithLoss
 from . import _walk
+from ._params import SavesParams, load_param_file
 from .dense import _float_dtype, _size
 
 __all__ = ["SimpleConvNet", "DeepConvNet", "load_param_file"]
@@ -82,47 +82,7 @@ def _after_pool(size: int, name: str) -> int:
     return (size - 2) // 2 + 1
 
 
-class _SafeUnpickler(pickle.Unpickler):
-    """Unpickles NumPy arrays, their dtypes and plain containers, nothing else (a pickle can run
-    any code on load; a parameter file needs none)."""
-
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("collections", "OrderedDict"),
-        ("_codecs", "encode"),  # how protocol 2 writes the bytes of an array
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in self._ALLOWED or (module.startswith("numpy") and name.endswith("DType")):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"a parameter file holds arrays only; refusing {module}.{name}")
-
-
-def load_param_file(file_name: str | PathLike) -> dict[str, np.ndarray]:
-    """The dict of arrays in a classic parameter file (a pickled dict of NumPy arrays).
-
-    Raises
-    ------
-    pickle.UnpicklingError
-        The file holds anything but arrays and plain containers.
-    ValueError
-        It is not a dict of arrays keyed by strings.
-    """
-    with open(file_name, "rb") as f:
-        data = _SafeUnpickler(f).load()
-    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, np.ndarray) for k, v in data.items()):
-        raise ValueError(f"{file_name} does not hold a dict of arrays keyed by name")
-    return data
-
-
-class _ConvNet:
+class _ConvNet(SavesParams):
     """What the two convolutional nets share."""
 
     params: dict[str, np.ndarray]
@@ -225,16 +185,6 @@ class _ConvNet:
         dict keyed like ``params``.
         """
         return {key: numerical_gradient(lambda _: self.loss(x, t), p) for key, p in self.params.items()}
-
-    def save_params(self, file_name: str | PathLike = "params.pkl") -> None:
-        """Write ``params`` as the classic code does: a pickled dict of arrays.
-
-        Parameters
-        ----------
-        file_name : str or path, default "params.pkl"
-        """
-        with open(file_name, "wb") as f:
-            pickle.dump(dict(self.params), f)
 
     def load_params(self, file_name: str | PathLike = "params.pkl") -> None:
         """Read a classic parameter file into the net: each array replaces ``params[key]`` and the

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import pickle
 from collections import OrderedDict
 from collections.abc import Sequence
 from os import PathLike
@@ -14,6 +13,7 @@ from numpy.typing import ArrayLike, DTypeLike
 from ..gradient import numerical_gradient
 from ..layers.core import Affine, Relu, Sigmoid, SoftmaxWithLoss
 from . import _walk
+from ._params import SavesParams, load_param_file
 
 __all__ = ["TwoLayerNet", "MultiLayerNet", "MultiLayerNetExtend", "gradient_check"]
 
@@ -33,7 +33,7 @@ def _float_dtype(dtype) -> np.dtype:
     return dt
 
 
-class _Net:
+class _Net(SavesParams):
     """What the two classic networks share: forward through ``layers``, loss, accuracy, gradients."""
 
     params: dict
@@ -61,16 +61,6 @@ class _Net:
     def _penalty(self) -> float:
         return 0.0
 
-    def save_params(self, file_name: str | PathLike = "params.pkl") -> None:
-        """Write ``params`` as the classic convnets do: a pickled dict of arrays.
-
-        Parameters
-        ----------
-        file_name : str or path, default "params.pkl"
-        """
-        with open(file_name, "wb") as f:
-            pickle.dump(dict(self.params), f)
-
     def load_params(self, file_name: str | PathLike = "params.pkl") -> None:
         """Read a parameter file (:meth:`save_params`) into the net: each array is copied into
         ``params[key]``, which the layers hold, converted to its dtype. A file from a net with batch
@@ -87,8 +77,6 @@ class _Net:
         pickle.UnpicklingError
             A file that holds anything but arrays.
         """
-        from .conv import load_param_file
-
         data = load_param_file(file_name)
         if set(data) != set(self.params):
             raise ValueError(f"{file_name} holds {sorted(data)} but this net has {sorted(self.params)}")
