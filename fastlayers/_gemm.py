@@ -280,10 +280,15 @@ def reset() -> None:
     _choice.table, _choice.source, _choice.loaded = {}, "default", False
     _fast.clear()
     _tiny.clear()
+    DIRECT.clear()
 
 
 _fast: dict[tuple[str, np.dtype], Callable] = {}
 _tiny: dict[np.dtype, Callable] = {}  # the tiny class's entries of _fast, by dtype alone
+#: dtype -> True when NumPy's BLAS serves that dtype's tiny class, so that a product below
+#: :data:`LOCK_MIN` is a plain ``np.matmul`` (:func:`matmul` does exactly that). Filled at the first
+#: product of each dtype; the fused layer passes read it to skip :func:`matmul`'s own call.
+DIRECT: dict[np.dtype, bool] = {}
 
 
 def _for(cls: str, dtype: np.dtype) -> Callable:
@@ -296,6 +301,7 @@ def _for(cls: str, dtype: np.dtype) -> Callable:
         _fast[(cls, dtype)] = gemm
         if cls == "tiny":
             _tiny[dtype] = gemm
+            DIRECT[dtype] = gemm is _numpy_gemm
     return gemm
 
 
@@ -313,11 +319,10 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     m, k = a.shape
     n = b.shape[1]
     if m * n * k < LOCK_MIN:  # no turn under the lock (see LOCK_MIN)
-        gemm = _tiny.get(out.dtype) or _for("tiny", out.dtype)
-        if gemm is _numpy_gemm:
+        if DIRECT.get(out.dtype):
             np.matmul(a, b, out=out)  # the call the wrapper makes, without the wrapper
         else:
-            gemm(a, b, out)
+            (_tiny.get(out.dtype) or _for("tiny", out.dtype))(a, b, out)
         return out
     gemm = _for(size_class(m, n, k), out.dtype)
     with _threads.BLAS_LOCK:  # re-entrant: a caller may hold it around several products

@@ -20,17 +20,7 @@ from numpy.typing import ArrayLike
 from . import _backend, reference
 from ._kernels import lazy
 from ._kernels._threads import launch
-from .functional._checks import (
-    F32,
-    F64,
-    _context_backend,
-    _context_float32,
-    as_array,
-    compute_dtype,
-    fast_dtype,
-    param_dtype,
-    plain,
-)
+from .functional._checks import as_array, compute_dtype, fast_dtype, param_dtype, plain
 
 _optim = lazy("optim")  # imported (with Numba) at the first kernel call
 
@@ -119,25 +109,17 @@ class _Optimizer:
         the rule updates in their own dtype, each with a gradient in ``grads`` of its shape and dtype
         that is itself or owns memory apart from it, on the numba backend. Every pair is checked
         before any is updated (as the general path does)."""
-        if type(params) is not dict or (_context_backend() or _backend._default) != "numba":
+        if type(params) is not dict or type(grads) is not dict:
             return False
         pairs = []
         for key, p in params.items():
-            g = grads.get(key) if type(grads) is dict else None
-            if type(p) is not np.ndarray or type(g) is not np.ndarray:
-                return False
-            dtype = p.dtype
-            if dtype is F64:
-                flag = _context_float32()
-                if _backend._float32_default if flag is None else flag:
-                    return False
-            elif dtype is not F32:
-                return False
-            flags = p.flags
+            g = grads.get(key)
+            dtype = fast_dtype(p)  # a plain array the rule updates in its own dtype, numba backend
             if (
-                g.dtype is not dtype
+                dtype is None
+                or not plain(g, dtype)
                 or g.shape != p.shape
-                or not (flags.c_contiguous and flags.writeable and g.flags.c_contiguous)
+                or not p.flags.writeable
                 or not (g is p or (g.base is None and p.base is None))  # overlap impossible
             ):
                 return False
@@ -151,10 +133,7 @@ class _Optimizer:
             if scalars is None:
                 scalars = typed[dtype] = tuple(dtype.type(v) for v in step)
             state = self._state_for(key, p, dtype) if names else ()
-            if p.size < kernel.parallel_min:  # launch's first test, inline
-                kernel.serial(p.reshape(-1), *state, g.reshape(-1), *scalars)
-            else:
-                launch(kernel, p.size, p.reshape(-1), *state, g.reshape(-1), *scalars)
+            launch(kernel, p.size, p.reshape(-1), *state, g.reshape(-1), *scalars)
         return True
 
     def update(self, params: dict[str, np.ndarray], grads: Mapping[str, ArrayLike]) -> None:

@@ -7,15 +7,11 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .. import _backend, _gemm, reference
+from .. import _gemm, reference
 from .._kernels import _threads, lazy
 from .._kernels._threads import launch
 from ._checks import (
-    F32,
-    F64,
     REUSE_MIN_BYTES,
-    _context_backend,
-    _context_float32,
     as_array,
     check_out,
     compute_dtype,
@@ -124,11 +120,7 @@ def forward_run(x2: np.ndarray, W: np.ndarray, b: np.ndarray, out: np.ndarray | 
     if out is None:
         out = np.empty((x2.shape[0], W.shape[1]), x2.dtype)
     _gemm.matmul(x2, W, out)
-    kernel = _affine.bias_add
-    if out.size < kernel.parallel_min:  # launch's first test, inline: this runs on every layer call
-        kernel.serial(out, b)
-    else:
-        launch(kernel, out.size, out, b)
+    launch(_affine.bias_add, out.size, out, b)
     return out
 
 
@@ -222,7 +214,7 @@ def backward_run(
         dW = np.empty(W.shape, dtype)
     if db is None:
         db = np.empty((m,), dtype)
-    if n * m * W.shape[0] < _gemm.LOCK_MIN and _gemm._tiny.get(dtype) is _gemm._numpy_gemm:
+    if n * m * W.shape[0] < _gemm.LOCK_MIN and _gemm.DIRECT.get(dtype):
         # small products: no turn under the lock, and np.matmul without _gemm.matmul's call
         if with_dx:
             np.matmul(dout, W.T, out=dx.reshape(n, -1))
@@ -233,11 +225,7 @@ def backward_run(
                 _gemm.matmul(dout, W.T, dx.reshape(n, -1))
             _gemm.matmul(x2.T, dout, dW)
     if with_db:
-        kernel = _affine.bias_grad
-        if dout.size < kernel.parallel_min:  # launch's first test, inline
-            kernel.serial(dout, db)
-        else:
-            launch(kernel, dout.size, dout, db)
+        launch(_affine.bias_grad, dout.size, dout, db)
     return (dx if with_dx else None), dW, db
 
 
@@ -263,29 +251,18 @@ def dense_run(x2, W, b, kind: str | None, owner: object, name: str) -> np.ndarra
     ``kind``, "relu", "sigmoid" or None), or None, having done nothing visible, for any other call.
 
     ``x2`` is 2-D (the callers reshape). The common call: ``x2`` (N, D) with N >= 1, ``W`` (D, M)
-    and ``b`` (M,), exact ndarrays of one float dtype that the rule computes in as it is, ``b``
-    C-contiguous, on the numba backend. The gate is written inline and checks only what the product
-    does not (it runs on every layer call of a net: the per-call floor of a small batch): the
-    product itself raises for operands that do not fit, and the call then returns None, so that the
-    general path reports it. The result goes into ``owner.<name>`` when :func:`~._checks.reusable`
-    allows it (results of at least ``REUSE_MIN_BYTES``), else into a new array. The product, then the
-    bias add and the activation in one pass over it."""
-    if type(x2) is not np.ndarray or type(W) is not np.ndarray or type(b) is not np.ndarray:
+    and ``b`` (M,), exact ndarrays of one float dtype that the rule computes in as it is, ``x2`` and
+    ``b`` C-contiguous, on the numba backend (:func:`~._checks.fast_dtype`). The gate is written
+    inline and checks only what the product does not (it runs on every layer call of a net: the
+    per-call floor of a small batch): the product itself raises for operands that do not fit, and
+    the call then returns None, so that the general path reports it. The result goes into
+    ``owner.<name>`` when :func:`~._checks.reusable` allows it (results of at least
+    ``REUSE_MIN_BYTES``), else into a new array. The product, then the bias add and the activation
+    in one pass over it."""
+    dtype = fast_dtype(x2)  # a plain array the rule computes in as it is, numba backend
+    if dtype is None or type(W) is not np.ndarray or type(b) is not np.ndarray:
         return None
-    dtype = x2.dtype
-    if dtype is F64:
-        flag = _context_float32()
-        if _backend._float32_default if flag is None else flag:
-            return None
-    elif dtype is not F32:
-        return None
-    if (
-        W.dtype is not dtype
-        or b.dtype is not dtype
-        or W.ndim != 2
-        or b.ndim != 1
-        or (_context_backend() or _backend._default) != "numba"
-    ):
+    if W.dtype is not dtype or b.dtype is not dtype or W.ndim != 2 or b.ndim != 1:
         return None
     n = x2.shape[0]
     m = W.shape[1]
@@ -296,7 +273,7 @@ def dense_run(x2, W, b, kind: str | None, owner: object, name: str) -> np.ndarra
     if out is None:
         out = np.empty((n, m), dtype)
     try:
-        if size * W.shape[0] < _gemm.LOCK_MIN and _gemm._tiny.get(dtype) is _gemm._numpy_gemm:
+        if size * W.shape[0] < _gemm.LOCK_MIN and _gemm.DIRECT.get(dtype):
             np.matmul(x2, W, out=out)  # what _gemm.matmul does for such a product, without the call
         else:
             _gemm.matmul(x2, W, out)
@@ -309,12 +286,7 @@ def dense_run(x2, W, b, kind: str | None, owner: object, name: str) -> np.ndarra
         if kind == "relu":
             np.maximum(out, 0, out=out)  # NaN stays NaN and -0.0 becomes 0.0, as in the kernel
         return out
-    if kernel is None:
-        kernel = getattr(_affine, name)
-    if size < kernel.parallel_min:  # launch's first test, inline
-        kernel.serial(out, b)
-    else:
-        launch(kernel, size, out, b)
+    launch(kernel or getattr(_affine, name), size, out, b)
     return out
 
 
@@ -326,9 +298,5 @@ def activation_backward_run(dout: np.ndarray, y: np.ndarray, kind: str, dh, db) 
         dh = np.empty(dout.shape, dout.dtype)
     if db is None:
         db = np.empty(dout.shape[1], dout.dtype)
-    kernel = getattr(_affine, ACTIVATIONS[kind][1])
-    if dout.size < kernel.parallel_min:  # launch's first test, inline
-        kernel.serial(dout, y, dh, db)
-    else:
-        launch(kernel, dout.size, dout, y, dh, db)
+    launch(getattr(_affine, ACTIVATIONS[kind][1]), dout.size, dout, y, dh, db)
     return dh, db

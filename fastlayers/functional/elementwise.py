@@ -83,12 +83,7 @@ def layer_call(public, a, y, owner: object, name: str) -> np.ndarray:
     if out is None:
         out = np.empty(a.shape, dtype)
     kernel = getattr(_elem, _KERNELS[public])
-    if size < kernel.parallel_min:  # launch's first test, inline: this runs on every layer call
-        if y is None:
-            kernel.serial(a.reshape(-1), out.reshape(-1))
-        else:
-            kernel.serial(a.reshape(-1), y.reshape(-1), out.reshape(-1))
-    elif y is None:
+    if y is None:
         launch(kernel, size, a.reshape(-1), out.reshape(-1))
     else:
         launch(kernel, size, a.reshape(-1), y.reshape(-1), out.reshape(-1))
