@@ -262,14 +262,11 @@ class Affine:
         x = as_array(x, "x")
         if x.ndim == 0:
             raise ValueError(f"x must be at least 1-D (N, ...), got shape {x.shape}")
+        out = fused_forward(self, None, x)  # the common call, with the fewest checks
+        if out is not None:
+            return out
         x2 = x if x.ndim == 2 or x.shape[0] == 0 else x.reshape(x.shape[0], -1)
         W, b = self.W, self.b
-        out = A.dense_run(x2, W, b, None, self, "_out")  # the common call, with the fewest checks
-        if out is not None:
-            self._out = out
-            self.original_x_shape = x.shape
-            self.x = x2
-            return out
         plain = A.plain_affine(x2, W, b)
         if not plain and type(W) is np.ndarray and type(b) is np.ndarray:
             # float32 images with float64 weights (the book's mix): x in the dtype NumPy computes in,
@@ -481,19 +478,17 @@ def fused_forward(affine: Affine, activation: _Activation | None, x) -> np.ndarr
     if type(x) is not np.ndarray:
         return None
     ndim = x.ndim
-    if ndim < 2:
+    if ndim == 2:
+        x2 = x
+    elif ndim > 2 and x.shape[0] != 0:
+        x2 = x.reshape(x.shape[0], -1)
+    else:  # 0-d, 1-D, or an empty batch of images: the general path
         return None
-    x2 = x if ndim == 2 else x.reshape(x.shape[0], -1)
-    if activation is None:
-        out = A.dense_run(x2, affine.W, affine.b, None, affine, "_out")
-        if out is None:
-            return None
-        affine._out = out
-    else:
-        out = A.dense_run(x2, affine.W, affine.b, kind, activation, "out")
-        if out is None:
-            return None
-        activation.out = out
+    owner, name = (affine, "_out") if activation is None else (activation, "out")
+    out = A.dense_run(x2, affine.W, affine.b, kind, owner, name)
+    if out is None:
+        return None
+    setattr(owner, name, out)
     affine.x = x2
     affine.original_x_shape = x.shape
     return out
