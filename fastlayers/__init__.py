@@ -167,9 +167,11 @@ def preload(dtypes: tuple[str, ...] = ("float32", "float64")) -> int:
     int
         The number of kernel variants loaded (each twin, each signature).
     """
-    from ._kernels import warm
+    from ._kernels import load_all
+    from ._table import warmup
 
-    return warm(dtypes)
+    warmup(dtypes)  # every layer of the table, below and above every parallel threshold
+    return sum(len(getattr(k, twin).signatures) for k in load_all() for twin in ("serial", "parallel"))
 
 
 _PRELOAD = _os.environ.get("FASTLAYERS_PRELOAD", "").strip().lower()

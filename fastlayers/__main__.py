@@ -401,7 +401,7 @@ def info(kernels: bool = True) -> dict:
     """
     from importlib.metadata import version
 
-    from . import __version__, get_backend, get_num_threads
+    from . import __version__, _kernels, get_backend, get_num_threads
     from ._kernels import _threads
 
     extra: dict = {}
@@ -429,7 +429,7 @@ def info(kernels: bool = True) -> dict:
         "blas": blas_info(),
         "gemm_libraries": _gemm.available(),
         "gemm": _gemm.choice(),
-        "cache_enabled": os.environ.get("FASTLAYERS_NO_CACHE", "") in ("", "0"),
+        "cache_enabled": _kernels.CACHE_ENABLED,
         "numba_cache_dir": os.environ.get("NUMBA_CACHE_DIR") or "(next to the sources, else the user cache dir)",
         **extra,
     }

@@ -20,7 +20,11 @@ program calls are ever imported.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
+
+#: False when ``FASTLAYERS_NO_CACHE=1``: kernels are compiled without Numba's cache (``_numba.jit``)
+CACHE_ENABLED: bool = os.environ.get("FASTLAYERS_NO_CACHE", "") in ("", "0")
 
 
 class LazyModule:
@@ -58,12 +62,3 @@ def load_all() -> list:
 def lazy(name: str) -> LazyModule:
     """The kernel module ``fastlayers._kernels.<name>``, imported at its first use."""
     return LazyModule(name)
-
-
-def warm(dtypes=("float32", "float64")) -> int:
-    """Load (or compile and cache) every kernel for ``dtypes`` by running the table of layers at a
-    size below and one above every parallel threshold; returns the number of compiled variants."""
-    from .._table import warmup
-
-    warmup(dtypes)
-    return sum(len(getattr(k, twin).signatures) for k in load_all() for twin in ("serial", "parallel"))

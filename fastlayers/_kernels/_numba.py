@@ -64,7 +64,7 @@ SUPPORTED: tuple[str, str] = ("0.60", "0.69")
 DISABLED: bool = bool(numba.config.DISABLE_JIT)
 
 FLAGS: dict = {"error_model": "numpy", "fastmath": {"contract"}, "nogil": True}
-CACHE_ENABLED: bool = os.environ.get("FASTLAYERS_NO_CACHE", "") in ("", "0")
+from . import CACHE_ENABLED  # noqa: E402, F401  (parsed where fastlayers can read it without Numba)
 
 
 def _tag() -> str:
