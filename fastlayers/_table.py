@@ -594,10 +594,10 @@ def _update_calls(opt, a: Inputs) -> tuple:
 def _nesterov_numpy(a: Inputs) -> tuple:
     p, g = a["p"].copy(), a["g"]
     v = np.zeros_like(p)
-    v *= 0.9
-    v -= 0.01 * g
     p += 0.9 * 0.9 * v
     p -= (1 + 0.9) * 0.01 * g
+    v *= 0.9
+    v -= 0.01 * g
     return (p,)
 
 

@@ -209,8 +209,11 @@ class Momentum(_Optimizer):
 
 
 class Nesterov(_Optimizer):
-    """Nesterov's accelerated gradient, the classic form: ``v = momentum * v - lr * g``, then
-    ``p += momentum * momentum * v`` and ``p -= (1 + momentum) * lr * g``.
+    """Nesterov's accelerated gradient as the classic code has it now: the parameters move first,
+    with the velocity as it was (``p += momentum * momentum * v``, ``p -= (1 + momentum) * lr * g``),
+    then the velocity is updated (``v = momentum * v - lr * g``), the order of the classic code's fix
+    "Fix Nesterov update function". Earlier fastlayers followed the older revision, which updates the
+    velocity first: every step's result differs from that one's (see the CHANGELOG).
 
     Parameters
     ----------

@@ -99,10 +99,10 @@ def momentum(p: np.ndarray, v: np.ndarray, g: np.ndarray, lr, mu) -> None:
 
 
 def nesterov(p: np.ndarray, v: np.ndarray, g: np.ndarray, lr, mu, mu2, step) -> None:
+    p += mu2 * v  # the parameters move with the velocity as it was, then the velocity is updated
+    p -= step * g
     v *= mu
     v -= lr * g
-    p += mu2 * v
-    p -= step * g
 
 
 def rmsprop(p: np.ndarray, h: np.ndarray, g: np.ndarray, lr, decay, keep, eps) -> None:

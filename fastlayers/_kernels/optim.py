@@ -51,9 +51,9 @@ def _adam_block(p, m, v, g, lr_t, beta1, beta2, eps):
 def _nesterov_block(p, v, g, lr, mu, mu2, step):
     for i in range(p.shape[0]):
         gi = g[i]
-        vi = mu * v[i] - lr * gi
-        v[i] = vi
+        vi = v[i]
         p[i] = (p[i] + mu2 * vi) - step * gi
+        v[i] = mu * vi - lr * gi
 
 
 @helper
@@ -103,8 +103,8 @@ def adam(p, m, v, g, lr_t, beta1, beta2, eps):
 
 @twins(MEMORY_BOUND_MIN)
 def nesterov(p, v, g, lr, mu, mu2, step):
-    """v = mu * v - lr * g; p = (p + mu2 * v) - step * g, with ``mu2`` = mu * mu and ``step`` =
-    (1 + mu) * lr (the classic Nesterov update)"""
+    """p = (p + mu2 * v) - step * g with the velocity as it was, then v = mu * v - lr * g; ``mu2`` =
+    mu * mu and ``step`` = (1 + mu) * lr (the classic code's current Nesterov update)"""
     n = p.shape[0]
     for blk in prange(nblocks(n)):
         lo, hi = bounds(blk, n)
