@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import platform
+import signal
 import sys
 import time
 
 import numpy as np
 
 from . import _gemm
+from ._files import atomic_write
 from ._table import CASES
 
 #: Learning rates that train the default two-layer net on digits well, per optimizer.
@@ -58,11 +61,120 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _check_train_args(parser: argparse.ArgumentParser, args) -> None:
+#: the options that describe a training run: a checkpoint keeps them, and ``--resume`` takes them
+#: from it (given again, they must agree); ``--epochs`` may be raised, ``--checkpoint-every`` changed
+RUN_OPTIONS = ("dataset", "data_dir", "net", "hidden", "activation", "optimizer", "dropout", "batchnorm", "lr",
+               "batch_size", "seed", "dtype", "backend")  # fmt: skip
+
+
+def _given_options(parser: argparse.ArgumentParser, sub: argparse.ArgumentParser, argv) -> set[str]:
+    """The ``train`` options given on the command line (not left at their defaults): ``argv`` parsed
+    again with every default of ``sub`` replaced by a marker."""
+    marker = object()
+    saved = [(action, action.default) for action in sub._actions]
+    try:
+        for action, _ in saved:
+            action.default = marker
+        again = parser.parse_args(argv)
+    finally:
+        for action, default in saved:
+            action.default = default
+    return {dest for dest, value in vars(again).items() if value is not marker}
+
+
+def _option_text(dest: str, value) -> str:
+    flag = "--" + dest.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else f"no {flag}"
+    if value is None:
+        return f"{flag} left at its default"
+    if isinstance(value, list):
+        value = ",".join(map(str, value))
+    return f"{flag} {value}"
+
+
+def _run_options(args) -> dict:
+    """The run's options as plain values (what a checkpoint keeps)."""
+    out = {dest: getattr(args, dest) for dest in RUN_OPTIONS}
+    out["data_dir"] = None if args.data_dir is None else os.path.abspath(args.data_dir)
+    out["epochs"] = args.epochs
+    out["checkpoint_every"] = args.checkpoint_every
+    return out
+
+
+def _apply_resume(parser: argparse.ArgumentParser, args, given: set[str]) -> None:
+    """``--resume FILE``: the run's options from the checkpoint, after checking that the options given
+    again agree with them; ``args.resume`` becomes the loaded checkpoint."""
+    from .checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        ckpt = load_checkpoint(args.resume)
+    except CheckpointError as exc:
+        parser.error(f"--resume {exc}")
+    saved = ckpt.options
+    if not all(dest in saved for dest in RUN_OPTIONS):
+        parser.error(
+            f"--resume {args.resume}: this checkpoint was not written by the command line (it keeps no run "
+            "options); continue it from code with fastlayers.train.fit(..., resume=...)"
+        )
+    mine = _run_options(args)
+    differ = [
+        f"{_option_text(dest, mine[dest])} (the checkpoint has {_option_text(dest, saved[dest])})"
+        for dest in RUN_OPTIONS
+        if dest in given and mine[dest] != saved[dest]
+    ]
+    if differ:
+        parser.error(f"--resume {args.resume}: options that contradict the checkpoint: {'; '.join(differ)}")
+    for dest in RUN_OPTIONS:
+        setattr(args, dest, saved[dest])
+    done = ckpt.epochs_done
+    if "epochs" in given:
+        if args.epochs < done:
+            parser.error(f"--epochs {args.epochs}: the checkpoint {args.resume} has already finished {done} epochs")
+    else:
+        args.epochs = max(saved["epochs"], done)
+    if "checkpoint_every" not in given:
+        args.checkpoint_every = saved.get("checkpoint_every")
+    if args.checkpoint is None:
+        args.checkpoint = args.resume  # carry on checkpointing into the same file
+    args.resume = ckpt
+
+
+def _check_writable_file(parser: argparse.ArgumentParser, flag: str, path: str | None) -> None:
+    from ._files import check_writable
+
+    if path is not None:
+        problem = check_writable(path, flag)
+        if problem:
+            parser.error(problem)
+
+
+def _check_train_args(parser: argparse.ArgumentParser, args, given: set[str] | None = None) -> None:
     """Every mistake on the command line, found before any data is loaded or any epoch run."""
+    if args.compare and (args.checkpoint or args.resume):
+        parser.error("--checkpoint and --resume train one backend: leave out --compare")
+    if args.scheduler and (args.checkpoint or args.resume or args.checkpoint_every):
+        parser.error("--checkpoint, --checkpoint-every and --resume train in this process: leave out --scheduler")
+    if args.checkpoint_every is not None and not (args.checkpoint or args.resume):
+        parser.error("--checkpoint-every needs --checkpoint FILE (or --resume FILE)")
+    if args.resume:
+        _apply_resume(parser, args, given or set())
+    _check_writable_file(parser, "--save", args.save)
+    _check_writable_file(parser, "--checkpoint", args.checkpoint)
+    resumed = args.resume.path if args.resume else None
+    if args.checkpoint and os.path.exists(args.checkpoint) and args.checkpoint != resumed:
+        from .checkpoint import CheckpointError, load_checkpoint
+
+        try:
+            load_checkpoint(args.checkpoint)
+        except CheckpointError:
+            parser.error(
+                f"--checkpoint {args.checkpoint}: the file exists and is not a fastlayers checkpoint; "
+                "refusing to overwrite it"
+            )
     if (args.dropout or args.batchnorm) and args.net != "multi":
         parser.error(f"--dropout and --batchnorm go with --net multi, not --net {args.net}")
-    if args.net in ("two", "convnet") and len(args.hidden) != 1:
+    if args.net in ("two", "convnet", "deep") and len(args.hidden) != 1:
         parser.error(
             f"--net {args.net} has one hidden layer, got --hidden {','.join(map(str, args.hidden))} (use --net multi)"
         )
@@ -85,7 +197,7 @@ def _load(args):
     from .datasets import load_digits, load_mnist
 
     dtype = np.dtype(args.dtype)
-    flatten = args.net != "convnet"  # the convnet takes images (N, 1, H, W)
+    flatten = args.net not in ("convnet", "deep")  # the convnets take images (N, 1, H, W)
     if args.dataset == "digits":
         return load_digits(seed=args.seed, dtype=dtype, flatten=flatten)
     if args.data_dir is None:
@@ -129,7 +241,7 @@ def _build(args, data):
 
     (x_train, t_train), (x_test, t_test) = data
     n_classes = int(max(t_train.max(), t_test.max())) + 1
-    size = x_train.shape[1:] if args.net == "convnet" else x_train.shape[1]
+    size = x_train.shape[1:] if args.net in ("convnet", "deep") else x_train.shape[1]
     return build_net(args.net, size, args.hidden, n_classes, args.activation, x_train.dtype, args.seed,
                      args.dropout, args.batchnorm)  # fmt: skip
 
@@ -143,6 +255,8 @@ def _train_once(args, backend: str, data, progress, quiet: bool = False, keep: d
     optimizer = OPTIMIZERS[args.optimizer](lr)
     if keep is not None:
         keep["net"] = net
+    if not args.resume:
+        np.random.seed(args.seed)  # noqa: NPY002 - the dropout layers draw their keys from the global generator
 
     def report(s):
         if not quiet:
@@ -153,7 +267,8 @@ def _train_once(args, backend: str, data, progress, quiet: bool = False, keep: d
             )
 
     return fit(net, optimizer, (x_train, t_train), (x_test, t_test), args.epochs, args.batch_size, args.seed,
-               backend=backend, progress=progress, on_epoch=report)  # fmt: skip
+               backend=backend, progress=progress, on_epoch=report, checkpoint=args.checkpoint,
+               checkpoint_every=args.checkpoint_every, resume=args.resume, options=_run_options(args))  # fmt: skip
 
 
 def _plot(history, path: str) -> None:
@@ -173,7 +288,7 @@ def _plot(history, path: str) -> None:
     ax2.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
     ax2.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda fh: fig.savefig(fh, dpi=100, format=os.path.splitext(path)[1][1:].lower()))
     plt.close(fig)
     print(f"plot written to {path}")
 
@@ -181,6 +296,26 @@ def _plot(history, path: str) -> None:
 def cmd_train(args) -> int:
     if args.scheduler:
         return _train_on_dask(args)
+    from .train import Interrupted
+
+    try:
+        return _train(args)
+    except Interrupted as stop:
+        name = signal.Signals(stop.signum).name
+        where = f"at epoch {stop.epoch}, step {stop.step}"
+        if stop.checkpoint:
+            print(f"interrupted by {name} {where}: checkpoint written to {stop.checkpoint}; continue with: "
+                  f"python -m fastlayers train --resume {stop.checkpoint}", file=sys.stderr, flush=True)  # fmt: skip
+        else:
+            print(f"interrupted by {name} {where}: nothing saved (give --checkpoint FILE to be able to resume)",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        return 128 + stop.signum
+    except KeyboardInterrupt:  # before training started, or a second Ctrl-C
+        print("interrupted (SIGINT): stopped; files already written are complete", file=sys.stderr, flush=True)
+        return 130
+
+
+def _train(args) -> int:
     start = time.perf_counter()
     data = _load(args)
     (x_train, _), (x_test, _) = data
@@ -193,6 +328,15 @@ def cmd_train(args) -> int:
         + f"; optimizer: {args.optimizer}; "
         f"batch {args.batch_size}, {args.epochs} epochs, seed {args.seed}"
     )
+    if args.resume:
+        pos = args.resume.position
+        print(
+            f"resuming {args.resume.path}: {args.resume.epochs_done} epochs done, epoch {pos['epoch']} at step "
+            f"{pos['step']}" + (f"; checkpoints to {args.checkpoint}" if args.checkpoint else "")
+        )
+    elif args.checkpoint:
+        every = f" and every {args.checkpoint_every} steps" if args.checkpoint_every else ""
+        print(f"checkpoints to {args.checkpoint} at the end of every epoch{every}")
     _compile_notice(args)
     backends = ["numba", "numpy"] if args.compare else [args.backend]
     histories = {}
@@ -302,8 +446,18 @@ def cmd_predict(args) -> int:
     net = _build(args, data)
     try:
         net.load_params(args.params)
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"error: {exc} (give predict the --net/--hidden/--dataset options used to train)") from None
+    except FileNotFoundError:
+        args.parser.error(f"--params {args.params}: no such file")
+    except IsADirectoryError:
+        args.parser.error(f"--params {args.params}: is a folder, not a parameter file")
+    except ValueError as exc:  # parameters of another net
+        args.parser.error(f"--params {exc} (give predict the --net/--hidden/--dataset options used to train)")
+    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, IndexError, TypeError) as exc:
+        # what unpickling a damaged or foreign file raises
+        why = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+        args.parser.error(
+            f"--params {args.params}: not a readable parameter file (damaged or of another format: {why})"
+        )
     start = time.perf_counter()
     if args.scheduler:
         try:
@@ -332,7 +486,7 @@ def cmd_predict(args) -> int:
     accuracy = float(np.mean(labels == t_test))
     print(f"predict: {len(x_test)} test rows {where} in {seconds:.3f} s; accuracy {accuracy:.4f}")
     if args.out:
-        np.save(args.out, labels)
+        atomic_write(args.out, lambda fh: np.save(fh, labels))
         print(f"predicted classes written to {args.out}")
     return 0
 
@@ -456,8 +610,7 @@ def cmd_bench(args) -> int:
         if args.json == "-":
             print(text)
         else:
-            with open(args.json, "w") as fh:
-                fh.write(text + "\n")
+            atomic_write(args.json, lambda fh: fh.write((text + "\n").encode()))
             print(f"JSON written to {args.json}")
     if args.json != "-":
         print(bench.format_table(rows))
@@ -544,6 +697,14 @@ def cmd_info(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser whose errors are one line on stderr (``prog: error: message``) and exit 2,
+    without the usage block (``--help`` shows it)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 class _Help(argparse.HelpFormatter):
     """Help that shows each option's default (argparse's ArgumentDefaultsHelpFormatter shows it only
     for options with a help text, and shows None and False too)."""
@@ -560,7 +721,7 @@ class _Help(argparse.HelpFormatter):
 def main(argv: list[str] | None = None) -> int:
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m fastlayers",
         description="fastlayers: the classic Deep Learning from Scratch layers on parallel Numba kernels.",
         formatter_class=_Help,
@@ -580,7 +741,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--data-dir", help="directory with MNIST-format IDX files (MNIST or Fashion-MNIST)")
     p.add_argument(
-        "--net", choices=["two", "multi", "convnet"], default="two", help="TwoLayerNet, MultiLayerNet or SimpleConvNet"
+        "--net",
+        choices=["two", "multi", "convnet", "deep"],
+        default="two",
+        help="TwoLayerNet, MultiLayerNet, SimpleConvNet or DeepConvNet (the book's chapter 8 net)",
     )
     p.add_argument("--hidden", type=_hidden, default="50", help="hidden sizes, e.g. 50 or 100,50")
     p.add_argument("--activation", choices=["relu", "sigmoid"], default="relu", help="hidden activation (multi)")
@@ -602,7 +766,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--batch-size", type=_positive_int, default=32, help="examples per step")
     p.add_argument("--epochs", type=_positive_int, default=30, help="passes over the training set")
-    p.add_argument("--seed", type=int, default=0, help="seed of the weights, the split and the batches")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the weights, the split, the batches and the dropout masks"
+    )
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="dtype of data and weights")
     p.add_argument("--backend", choices=["numba", "numpy"], default="numba", help="compiled kernels or NumPy")
     p.add_argument("--compare", action="store_true", help="train on both backends and report the speed-up")
@@ -614,6 +780,20 @@ def main(argv: list[str] | None = None) -> int:
         help="train data-parallel on Dask: a new local cluster of N workers, or an existing scheduler",
     )
     p.add_argument("--save", metavar="FILE.pkl", help="write the trained parameters (for predict)")
+    p.add_argument(
+        "--checkpoint",
+        metavar="FILE.npz",
+        help="write a checkpoint (parameters, optimizer, random states, position, history) at the end of every "
+        "epoch and on Ctrl-C or SIGTERM, atomically",
+    )
+    p.add_argument(
+        "--checkpoint-every", type=_positive_int, metavar="STEPS", help="also write the checkpoint every STEPS steps"
+    )
+    p.add_argument(
+        "--resume",
+        metavar="FILE.npz",
+        help="continue the run of a checkpoint (its options; --epochs may be raised); checkpoints go on to it",
+    )
     p.set_defaults(func=cmd_train)
 
     p = add("predict", "load trained parameters and predict the test split (in process or on Dask)")
@@ -623,7 +803,7 @@ def main(argv: list[str] | None = None) -> int:
         if action.dest in ("dataset", "data_dir", "net", "hidden", "activation", "dropout", "batchnorm", "seed",
                            "dtype", "scheduler"):  # fmt: skip
             p._add_action(action)
-    p.set_defaults(func=cmd_predict)
+    p.set_defaults(func=cmd_predict, parser=p)
 
     p = add("gradcheck", "compare backprop with numerical gradients on small nets")
     p.add_argument("--seed", type=int, default=0, help="seed of the nets and the batch")
@@ -669,7 +849,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.func is cmd_train:
-        _check_train_args(sub.choices["train"], args)
+        given = _given_options(parser, sub.choices["train"], argv) if args.resume else set()
+        _check_train_args(sub.choices["train"], args, given)
     return args.func(args)
 
 

@@ -413,6 +413,9 @@ def tune(seconds: float = 0.3) -> dict:
     data = {"machine": machine_key(), "choice": table, "seconds": times}
     path = cache_file()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    text = (json.dumps(data, indent=2) + "\n").encode()
+    from ._files import atomic_write
+
+    atomic_write(path, lambda fh: fh.write(text))
     reset()
     return data

@@ -49,11 +49,77 @@ def _is_real_scalar(value) -> bool:
 
 class _Optimizer:
     _state_names: tuple[str, ...] = ()
+    _hyper: tuple[str, ...] = ("lr",)  # the constructor's arguments, kept as attributes of those names
     _kernel: str = ""  # the kernel's name in fastlayers._kernels.optim
     _reference = None
 
     def __init__(self) -> None:
         self.state: dict[str, dict[str, np.ndarray]] = {}
+
+    def _steps_taken(self) -> int:
+        return 0
+
+    def _set_steps_taken(self, steps: int) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        """Everything :meth:`update` depends on, as plain data (copies), for saving and restoring.
+
+        Returns
+        -------
+        dict
+            ``{"optimizer": class name, "hyper": {argument: float}, "step": int, "state": {parameter
+            key: {name: 1-D ndarray}}}``. ``hyper`` holds the constructor's arguments (``lr``,
+            ``momentum``, ...); ``step`` the updates taken (Adam's bias correction, ``iter``; 0 for the
+            others); ``state`` each parameter's moments (``v`` for Momentum and Nesterov, ``h`` for
+            AdaGrad and RMSprop, ``m`` and ``v`` for Adam; none for SGD), flat, in the dtype the
+            updates compute in. This form is stable: a later version reads what an earlier one wrote.
+        """
+        return {
+            "optimizer": type(self).__name__,
+            "hyper": {name: float(getattr(self, name)) for name in self._hyper},
+            "step": self._steps_taken(),
+            "state": {key: {name: a.copy() for name, a in st.items()} for key, st in self.state.items()},
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore what :meth:`state_dict` returned: the hyper-parameters, the step count and the
+        moments (copied). The next :meth:`update` then does what this optimizer's would have done.
+
+        Raises
+        ------
+        TypeError
+            ``state`` is of another optimizer class, or a moment is not a float ndarray.
+        ValueError
+            A missing entry, a hyper-parameter out of its range, a negative step count, moments of a
+            parameter that are not 1-D arrays of one size and dtype, or another set of moment names.
+        """
+        try:
+            name, hyper, step, moments = state["optimizer"], state["hyper"], state["step"], state["state"]
+        except (KeyError, TypeError):
+            raise ValueError("state must be a dict with 'optimizer', 'hyper', 'step' and 'state'") from None
+        if name != type(self).__name__:
+            raise TypeError(f"state is of a {name} optimizer, not {type(self).__name__}")
+        if set(hyper) != set(self._hyper):
+            raise ValueError(f"state['hyper'] must have {sorted(self._hyper)}, got {sorted(hyper)}")
+        checked = type(self)(**{k: hyper[k] for k in self._hyper})  # each value checked as by the constructor
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise ValueError(f"state['step'] must be an integer >= 0, got {step!r}")
+        restored = {}
+        for key, st in dict(moments).items():
+            if set(st) != set(self._state_names):
+                raise ValueError(f"state['state'][{key!r}] must have {list(self._state_names)}, got {sorted(st)}")
+            arrays = list(st.values())
+            for a in arrays:
+                if not isinstance(a, np.ndarray) or a.dtype.kind != "f" or a.dtype.itemsize not in (4, 8):
+                    raise TypeError(f"state['state'][{key!r}] must hold float32 or float64 arrays, got {_kind(a)}")
+            if any(a.ndim != 1 or a.shape != arrays[0].shape or a.dtype != arrays[0].dtype for a in arrays):
+                raise ValueError(f"state['state'][{key!r}] must hold 1-D arrays of one size and dtype")
+            restored[key] = {n: np.array(st[n], order="C", copy=True) for n in self._state_names}
+        for k in self._hyper:
+            setattr(self, k, getattr(checked, k))
+        self._set_steps_taken(int(step))
+        self.state = restored
 
     def _pairs(self, params: dict, grads: dict):
         """Validated (key, param, grad, dtype) quadruples; ``dtype`` is what the update computes in."""
@@ -196,6 +262,7 @@ class Momentum(_Optimizer):
     """
 
     _state_names = ("v",)
+    _hyper = ("lr", "momentum")
     _kernel = "momentum"
     _reference = staticmethod(reference.momentum)
 
@@ -222,6 +289,7 @@ class Nesterov(_Optimizer):
     """
 
     _state_names = ("v",)
+    _hyper = ("lr", "momentum")
     _kernel = "nesterov"
     _reference = staticmethod(reference.nesterov)
 
@@ -246,6 +314,7 @@ class RMSprop(_Optimizer):
     """
 
     _state_names = ("h",)
+    _hyper = ("lr", "decay_rate")
     _kernel = "rmsprop"
     _reference = staticmethod(reference.rmsprop)
 
@@ -268,6 +337,7 @@ class AdaGrad(_Optimizer):
     """
 
     _state_names = ("h",)
+    _hyper = ("lr", "eps")
     _kernel = "adagrad"
     _reference = staticmethod(reference.adagrad)
 
@@ -291,6 +361,7 @@ class Adam(_Optimizer):
     """
 
     _state_names = ("m", "v")
+    _hyper = ("lr", "beta1", "beta2", "eps")
     _kernel = "adam"
     _reference = staticmethod(reference.adam)
 
@@ -301,6 +372,12 @@ class Adam(_Optimizer):
         self.beta2 = _fraction(beta2, "beta2")
         self.eps = _positive(eps, "eps")
         self.iter = 0
+
+    def _steps_taken(self) -> int:
+        return self.iter
+
+    def _set_steps_taken(self, steps: int) -> None:
+        self.iter = steps
 
     def _step_scalars(self) -> tuple:
         self.iter += 1

@@ -9,6 +9,8 @@ from os import PathLike
 
 import numpy as np
 
+from .._files import atomic_write
+
 
 class _SafeUnpickler(pickle.Unpickler):
     """Unpickles NumPy arrays, their dtypes and plain containers, nothing else (a pickle can run
@@ -51,9 +53,10 @@ def load_param_file(file_name: str | PathLike) -> dict[str, np.ndarray]:
 
 
 def save_param_file(params: Mapping[str, np.ndarray], file_name: str | PathLike) -> None:
-    """Write ``params`` as the classic code does: a pickled dict of arrays."""
-    with open(file_name, "wb") as f:
-        pickle.dump(dict(params), f)
+    """Write ``params`` as the classic code does (a pickled dict of arrays), atomically: a process
+    killed during the save leaves the old file or the new one (:func:`fastlayers._files.atomic_write`)."""
+    data = pickle.dumps(dict(params))
+    atomic_write(file_name, lambda fh: fh.write(data))
 
 
 class SavesParams:
@@ -62,7 +65,9 @@ class SavesParams:
     params: dict
 
     def save_params(self, file_name: str | PathLike = "params.pkl") -> None:
-        """Write ``params`` as the classic code does: a pickled dict of arrays.
+        """Write ``params`` as the classic code does: a pickled dict of arrays. The write is atomic:
+        a temporary file in the same folder, flushed and fsynced, then renamed over ``file_name``, so
+        a crash or a full disk during the save leaves the previous file intact.
 
         Parameters
         ----------
