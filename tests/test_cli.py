@@ -74,6 +74,15 @@ def test_train_convnet_reaches_097_with_the_defaults(capsys):
         (["--hidden", "0"], "argument --hidden: --hidden sizes must be positive, got '0'"),
         (["--hidden", "100,50"], "--net two has one hidden layer, got --hidden 100,50 (use --net multi)"),
         (["--net", "convnet", "--hidden", "100,50"], "--net convnet has one hidden layer, got --hidden 100,50"),
+        (["--net", "deep", "--hidden", "100,50"], "--net deep has one hidden layer, got --hidden 100,50"),
+        (["--save", "/nonexistent/p.pkl"], "--save /nonexistent/p.pkl: the folder /nonexistent does not exist"),
+        (["--checkpoint", "/nonexistent/ck.npz"], "--checkpoint /nonexistent/ck.npz: the folder /nonexistent does"),
+        (["--checkpoint", "/"], "--checkpoint /: is a folder, not a file"),
+        (["--checkpoint", "ck.npz", "--checkpoint-every", "0"], "argument --checkpoint-every: must be >= 1, got 0"),
+        (["--checkpoint-every", "5"], "--checkpoint-every needs --checkpoint FILE (or --resume FILE)"),
+        (["--resume", "/nonexistent/ck.npz"], "--resume /nonexistent/ck.npz: no such file"),
+        (["--checkpoint", "ck.npz", "--compare"], "--checkpoint and --resume train one backend: leave out --compare"),
+        (["--checkpoint", "ck.npz", "--scheduler", "local:2"], "train in this process: leave out --scheduler"),
         (["--plot", "/nonexistent/x.png"], "--plot /nonexistent/x.png: the folder /nonexistent does not exist"),
         (["--plot", "curves.txt"], "the file name must end in .png, .pdf or .svg"),
         (["--batch-size", "x"], "argument --batch-size: expected a positive integer, got 'x'"),
@@ -85,7 +94,7 @@ def test_train_convnet_reaches_097_with_the_defaults(capsys):
     ],
 )
 def test_train_mistakes_are_one_line_errors_before_any_work(args, message, capsys):
-    """Exit 2 with argparse's usage and one error line, no traceback, before any data is loaded."""
+    """Exit 2 with one error line, no traceback, before any data is loaded."""
     with pytest.raises(SystemExit) as exc:
         main(["train", *args])
     assert exc.value.code == 2
@@ -93,6 +102,94 @@ def test_train_mistakes_are_one_line_errors_before_any_work(args, message, capsy
     last = err.err.strip().splitlines()[-1]
     assert last.startswith("python -m fastlayers train: error: ") and message in last, err.err
     assert "Traceback" not in err.err and err.out == ""  # nothing ran: no "data:" line
+
+
+def _train_error(capsys, *args) -> str:
+    """The one line a mistaken ``train`` prints, after checking exit 2 and that nothing ran."""
+    with pytest.raises(SystemExit) as exc:
+        main(["train", *args])
+    assert exc.value.code == 2
+    err = capsys.readouterr()
+    assert "Traceback" not in err.err and err.out == ""
+    lines = err.err.strip().splitlines()
+    assert len(lines) == 1, err.err
+    return lines[0]
+
+
+def test_resume_mistakes_are_one_line_errors_and_write_nothing(tmp_path, capsys, monkeypatch):
+    """--resume of a damaged, truncated or foreign file, or with options that contradict the
+    checkpoint, or fewer epochs than it finished: one line, exit 2, and the file is left as it was."""
+    monkeypatch.chdir(tmp_path)
+    ck = tmp_path / "ck.npz"
+    assert main(["train", "--epochs", "2", "--no-progress", "--checkpoint", str(ck), "--lr", "0.01"]) == 0
+    capsys.readouterr()
+    good = ck.read_bytes()
+    line = _train_error(capsys, "--resume", str(ck), "--lr", "0.02", "--net", "multi", "--optimizer", "adam")
+    assert line.endswith(
+        f"--resume {ck}: options that contradict the checkpoint: --net multi (the checkpoint has --net two); "
+        "--lr 0.02 (the checkpoint has --lr 0.01)"
+    )
+    line = _train_error(capsys, "--resume", str(ck), "--epochs", "1")
+    assert line.endswith(f"--epochs 1: the checkpoint {ck} has already finished 2 epochs")
+    assert ck.read_bytes() == good
+    for name, content in [("truncated.npz", good[: len(good) // 3]), ("text.npz", b"not a checkpoint")]:
+        bad = tmp_path / name
+        bad.write_bytes(content)
+        line = _train_error(capsys, "--resume", str(bad))
+        assert f"--resume {bad} is not a readable fastlayers checkpoint" in line
+        assert bad.read_bytes() == content  # never overwritten by the failed attempt
+    np.savez(tmp_path / "foreign.npz", x=np.zeros(2))
+    assert "without fastlayers' metadata" in _train_error(capsys, "--resume", str(tmp_path / "foreign.npz"))
+    (tmp_path / "notes.txt").write_text("mine")
+    line = _train_error(capsys, "--checkpoint", str(tmp_path / "notes.txt"))
+    assert "exists and is not a fastlayers checkpoint; refusing to overwrite it" in line
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert sorted(os.listdir(tmp_path)) == ["ck.npz", "foreign.npz", "notes.txt", "text.npz", "truncated.npz"]
+
+
+def test_resume_takes_the_options_from_the_checkpoint_and_may_train_longer(tmp_path, capsys):
+    """--resume alone brings back every run option; options given again that agree are fine;
+    --epochs may be raised; the result equals the longer run from the start."""
+    ck, a, b = tmp_path / "ck.npz", tmp_path / "a.pkl", tmp_path / "b.pkl"
+    opts = ["--net", "multi", "--hidden", "20,10", "--dropout", "0.1", "--optimizer", "nesterov", "--dtype", "float64",
+            "--batch-size", "50", "--seed", "3", "--no-progress"]  # fmt: skip
+    assert main(["train", *opts, "--epochs", "2", "--checkpoint", str(ck)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(ck), "--epochs", "4", "--net", "multi", "--save", str(a)]) == 0
+    out = capsys.readouterr().out
+    assert "resuming" in out and "2 epochs done" in out and "epoch   3" in out and "epoch   1 " not in out
+    assert main(["train", *opts, "--epochs", "4", "--save", str(b)]) == 0
+    from fastlayers.nets._params import load_param_file
+
+    want, got = load_param_file(b), load_param_file(a)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_train_deep_net_on_digits_save_and_predict(tmp_path):
+    """--net deep: the chapter 8 net sized to the 8x8 digits (planes 8 -> 4 -> 3 -> 1), trained,
+    saved, and reloaded by predict."""
+    params = tmp_path / "deep.pkl"
+    res = run("train", "--net", "deep", "--epochs", "3", "--no-progress", "--save", str(params))
+    assert res.returncode == 0, res.stderr
+    trained = float(re.search(r"done: test accuracy ([0-9.]+)", res.stdout).group(1))
+    assert trained > 0.5
+    res = run("predict", "--params", str(params), "--net", "deep")
+    assert res.returncode == 0, res.stderr
+    assert float(re.search(r"accuracy ([0-9.]+)", res.stdout).group(1)) == pytest.approx(trained, abs=1e-4)
+
+
+def test_predict_with_a_damaged_parameter_file_is_one_line(tmp_path):
+    bad = tmp_path / "p.pkl"
+    bad.write_bytes(b"\x80\x04\x95garbage")
+    res = run("predict", "--params", str(bad))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == [
+        f"python -m fastlayers predict: error: --params {bad}: not a readable parameter file (damaged or of another "
+        f"format: {res.stderr.split('format: ', 1)[1].strip()}"
+    ]
+    res = run("predict", "--params", str(tmp_path / "missing.pkl"))
+    assert res.returncode == 2 and res.stderr.strip().endswith("missing.pkl: no such file")
 
 
 def test_version_and_help_show_defaults():
