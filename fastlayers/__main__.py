@@ -112,6 +112,13 @@ def _apply_resume(parser: argparse.ArgumentParser, args, given: set[str]) -> Non
     except CheckpointError as exc:
         parser.error(f"--resume {exc}")
     saved = ckpt.options
+    dask_run = ckpt.meta["run"].get("trainer") == "fastlayers.dask.fit"
+    if dask_run != bool(args.scheduler):
+        parser.error(
+            f"--resume {args.resume}: a checkpoint of a Dask run continues on Dask: give --scheduler"
+            if dask_run
+            else f"--resume {args.resume}: an in-process run continues in process: leave out --scheduler"
+        )
     if not all(dest in saved for dest in RUN_OPTIONS):
         parser.error(
             f"--resume {args.resume}: this checkpoint was not written by the command line (it keeps no run "
@@ -153,8 +160,8 @@ def _check_train_args(parser: argparse.ArgumentParser, args, given: set[str] | N
     """Every mistake on the command line, found before any data is loaded or any epoch run."""
     if args.compare and (args.checkpoint or args.resume):
         parser.error("--checkpoint and --resume train one backend: leave out --compare")
-    if args.scheduler and (args.checkpoint or args.resume or args.checkpoint_every):
-        parser.error("--checkpoint, --checkpoint-every and --resume train in this process: leave out --scheduler")
+    if args.scheduler and args.checkpoint_every:
+        parser.error("--checkpoint-every: on Dask (--scheduler) an epoch is one graph; checkpoints come at its end")
     if args.checkpoint_every is not None and not (args.checkpoint or args.resume):
         parser.error("--checkpoint-every needs --checkpoint FILE (or --resume FILE)")
     if args.resume:
@@ -294,12 +301,14 @@ def _plot(history, path: str) -> None:
 
 
 def cmd_train(args) -> int:
-    if args.scheduler:
-        return _train_on_dask(args)
+    from .checkpoint import CheckpointError
     from .train import Interrupted
 
     try:
-        return _train(args)
+        return _train_on_dask(args) if args.scheduler else _train(args)
+    except CheckpointError as exc:  # a checkpoint that does not fit the run (most are caught before)
+        print(f"python -m fastlayers train: error: {exc}", file=sys.stderr, flush=True)
+        return 2
     except Interrupted as stop:
         name = signal.Signals(stop.signum).name
         where = f"at epoch {stop.epoch}, step {stop.step}"
@@ -430,7 +439,9 @@ def _train_on_dask(args) -> int:
     data = _load(args)
     net = _build(args, data)
     optimizer = OPTIMIZERS[args.optimizer](args.lr if args.lr is not None else DEFAULT_LR[args.optimizer])
-    code = fl_dask.cli_train(args, data, net, optimizer)
+    if args.resume:
+        print(f"resuming {args.resume.path}: {args.resume.epochs_done} epochs done; checkpoints to {args.checkpoint}")
+    code = fl_dask.cli_train(args, data, net, optimizer, options=_run_options(args))
     if code == 0 and args.save:
         net.save_params(args.save)
         print(f"parameters written to {args.save}")

@@ -25,6 +25,7 @@ thread works on its own copy of the net (the layers keep state between calls).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import sys
@@ -70,6 +71,9 @@ __all__ = [
 ]
 
 _INSTALL = 'pip install "fastlayers[dask]"'
+
+from . import checkpoint as _ckpt  # noqa: E402 - after the check that Dask is installed
+from . import train as _train  # noqa: E402
 
 
 def _distributed():
@@ -716,6 +720,50 @@ class DaskHistory:
         return sum(e.seconds for e in self.epochs)
 
 
+def _fit_snapshot(net, optimizer, run: dict, done: int, history: DaskHistory, options: dict | None) -> tuple:
+    """The checkpoint of :func:`fit` after ``done`` epochs, packed."""
+    opt = optimizer.state_dict()
+    shapes = {k: [list(a.shape), a.dtype.str] for k, a in net.params.items()}
+    meta = {
+        "net": {"class": type(net).__name__, "params": shapes},
+        "optimizer": {"optimizer": opt["optimizer"], "hyper": opt["hyper"], "step": opt["step"]},
+        "run": run,
+        "options": options or {},
+        "position": {"epoch": done + 1, "step": 0, "global_step": done * history.steps_per_epoch, "losses": [],
+                     "seconds": 0.0},
+        "batch_rng": {},
+        "np_random": {},
+        "history": [dataclasses.asdict(e) for e in history.epochs],
+        "step_losses": list(history.step_losses),
+    }  # fmt: skip
+    return _ckpt.pack(meta, {**_ckpt.net_state(net), **_ckpt.optimizer_arrays(opt)})
+
+
+def _resume_fit(resume, net, optimizer, run: dict, epochs: int, history: DaskHistory) -> int:
+    """Restore a :func:`fit` run from its checkpoint; the number of epochs it finished."""
+    ckpt = resume if isinstance(resume, _ckpt.Checkpoint) else _ckpt.load_checkpoint(resume)
+    meta, where = ckpt.meta, ckpt.path
+    if meta["run"].get("trainer") != run["trainer"]:
+        raise _ckpt.CheckpointError(f"{where} was not written by fastlayers.dask.fit: resume it with what wrote it")
+    if meta["net"]["class"] != type(net).__name__:
+        raise _ckpt.CheckpointError(f"{where} is of a {meta['net']['class']}, not of this {type(net).__name__}")
+    for key in ("batch_size", "seed", "mode", "local_steps", "row_chunks"):
+        if meta["run"].get(key) != run[key]:
+            theirs = meta["run"].get(key)
+            raise _ckpt.CheckpointError(f"{where} was written with {key} {theirs}, this run has {run[key]}")
+    done = ckpt.epochs_done
+    if epochs < done:
+        raise ValueError(f"epochs={epochs} is fewer than the {done} epochs {where} has finished")
+    try:
+        optimizer.load_state_dict(_ckpt.optimizer_state(meta, ckpt.arrays))
+    except (TypeError, ValueError) as exc:
+        raise _ckpt.CheckpointError(f"{where}: {exc}") from None
+    _ckpt.restore_net(net, ckpt.arrays, where)
+    history.epochs.extend(EpochRecord(**e) for e in meta["history"])
+    history.step_losses.extend(meta.get("step_losses", []))
+    return done
+
+
 def fit(
     net,
     optimizer,
@@ -731,6 +779,10 @@ def fit(
     split_every: int = 8,
     timeout: float | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    resume: str | os.PathLike | Any = None,
+    options: dict | None = None,
+    handle_signals: bool = True,
 ) -> DaskHistory:
     """Data-parallel training of ``net`` with ``optimizer`` on the row blocks of ``X``, ``t``.
 
@@ -774,6 +826,21 @@ def fit(
         Seconds to wait for each epoch on a client (``TimeoutError`` past it).
     on_epoch : callable, optional
         Called with each :class:`EpochRecord`, after ``net`` and ``optimizer`` were updated.
+    checkpoint : str or path, optional
+        Write a checkpoint (:mod:`fastlayers.checkpoint`, atomically) in this (the coordinating)
+        process at the end of every epoch and when a signal stops the run: the parameters, the
+        optimizer's state, the position and the history. The batches need no random state: they are a
+        function of ``seed``, the epoch, the step and the block.
+    resume : str, path or fastlayers.checkpoint.Checkpoint, optional
+        Continue the run a checkpoint of this function holds (same net and optimizer classes, the same
+        ``batch_size``, ``seed``, ``mode``, ``local_steps`` and row chunks); ``epochs`` is the epoch to
+        end with. The result equals the run never interrupted, as Dask computes it.
+    options : dict, optional
+        Plain (JSON) values kept in the checkpoint.
+    handle_signals : bool, default True
+        In the main thread, a SIGINT or SIGTERM stops the run when the epoch in flight is done (an
+        epoch is one graph): the checkpoint is written, then :class:`fastlayers.train.Interrupted`
+        is raised. A second signal raises ``KeyboardInterrupt`` at once (that epoch is lost).
 
     Returns
     -------
@@ -788,6 +855,10 @@ def fit(
         batch normalization; ``mode``, ``epochs``, ``local_steps`` or ``split_every`` out of range.
     RuntimeError
         A worker cannot import fastlayers (named).
+    fastlayers.checkpoint.CheckpointError
+        ``resume`` is not a readable checkpoint of this function, net, optimizer and run.
+    fastlayers.train.Interrupted
+        A signal stopped the run.
     """
     _check_net(net)
     if getattr(net, "use_batchnorm", False):
@@ -823,41 +894,53 @@ def fit(
         if m > 0
     ]
     history = DaskHistory(token=token, mode=mode, shares=shares, steps_per_epoch=steps)
+    run = {"trainer": "fastlayers.dask.fit", "batch_size": int(batch_size), "seed": int(seed), "mode": mode,
+           "local_steps": int(local_steps), "row_chunks": [int(n) for n in X0.chunks[0]]}  # fmt: skip
+    done = 0
+    if resume is not None:
+        done = _resume_fit(resume, net, optimizer, run, epochs, history)
+    path = None if checkpoint is None else os.fspath(checkpoint)
+    signals = _train._Signals(handle_signals)
     state = ({k: np.array(v) for k, v in net.params.items()}, copy.deepcopy(optimizer), ())
-    for epoch in range(epochs):
-        start = time.perf_counter()
-        name = f"fastlayers-{token}-e{epoch}"
-        node = dask.delayed(state, name=f"{name}-state", traverse=False)
-        if mode == "sync":
-            for step in range(steps):
-                parts = [
-                    dask.delayed(_block_grad, pure=False)(net_key, node, xb, tb, seed, epoch, step, b, m,
-                                                          m / batch_size, dask_key_name=f"{name}-s{step}-grad-{b}")
-                    for b, xb, tb, _, m in blocks
-                ]  # fmt: skip
-                parts = _tree(parts, _add, f"{name}-s{step}", split_every)
-                node = dask.delayed(_apply, pure=False)(node, *parts, dask_key_name=f"{name}-s{step}-state")
-        else:
-            for first in range(0, steps, local_steps):
-                k = min(local_steps, steps - first)
-                parts = [
-                    dask.delayed(_local_round, pure=False)(net_key, node, xb, tb, seed, epoch, first, k, b, m,
-                                                           m / batch_size, dask_key_name=f"{name}-r{first}-local-{b}")
-                    for b, xb, tb, _, m in blocks
-                ]  # fmt: skip
-                parts = _tree(parts, _add_local, f"{name}-r{first}", split_every)
-                node = dask.delayed(_average, pure=False)(node, *parts, dask_key_name=f"{name}-r{first}-state")
-        state = _compute(node, client, timeout)
-        params, new_optimizer, losses = state
-        state = (params, new_optimizer, ())
-        _load_params(net, params)
-        optimizer.__dict__.update(copy.deepcopy(new_optimizer).__dict__)
-        seconds = time.perf_counter() - start
-        record = EpochRecord(epoch + 1, float(np.mean(losses)), steps, seconds, steps * batch_size / seconds)
-        history.epochs.append(record)
-        history.step_losses.extend(losses)
-        if on_epoch is not None:
-            on_epoch(record)
+    with signals:
+        for epoch in range(done, epochs):
+            start = time.perf_counter()
+            name = f"fastlayers-{token}-e{epoch}"
+            node = dask.delayed(state, name=f"{name}-state", traverse=False)
+            if mode == "sync":
+                for step in range(steps):
+                    parts = [
+                        dask.delayed(_block_grad, pure=False)(net_key, node, xb, tb, seed, epoch, step, b, m,
+                                                              m / batch_size, dask_key_name=f"{name}-s{step}-grad-{b}")
+                        for b, xb, tb, _, m in blocks
+                    ]  # fmt: skip
+                    parts = _tree(parts, _add, f"{name}-s{step}", split_every)
+                    node = dask.delayed(_apply, pure=False)(node, *parts, dask_key_name=f"{name}-s{step}-state")
+            else:
+                for s0 in range(0, steps, local_steps):
+                    k = min(local_steps, steps - s0)
+                    parts = [
+                        dask.delayed(_local_round, pure=False)(net_key, node, xb, tb, seed, epoch, s0, k, b, m,
+                                                               m / batch_size, dask_key_name=f"{name}-r{s0}-local-{b}")
+                        for b, xb, tb, _, m in blocks
+                    ]  # fmt: skip
+                    parts = _tree(parts, _add_local, f"{name}-r{s0}", split_every)
+                    node = dask.delayed(_average, pure=False)(node, *parts, dask_key_name=f"{name}-r{s0}-state")
+            state = _compute(node, client, timeout)
+            params, new_optimizer, losses = state
+            state = (params, new_optimizer, ())
+            _load_params(net, params)
+            optimizer.__dict__.update(copy.deepcopy(new_optimizer).__dict__)
+            seconds = time.perf_counter() - start
+            record = EpochRecord(epoch + 1, float(np.mean(losses)), steps, seconds, steps * batch_size / seconds)
+            history.epochs.append(record)
+            history.step_losses.extend(losses)
+            if path is not None:
+                _ckpt.write_packed(path, *_fit_snapshot(net, optimizer, run, epoch + 1, history, options))
+            if on_epoch is not None:
+                on_epoch(record)
+            if signals.signum is not None:
+                raise _train.Interrupted(signals.signum, path, epoch + 2, 0)
     return history
 
 
@@ -1092,8 +1175,9 @@ def worker_info(client: Client) -> dict[str, dict]:
 # ---------------------------------------------------------------------------------------------
 
 
-def cli_train(args, data, net, optimizer) -> int:
-    """``train --scheduler``: ``fit`` on a cluster, one row block per worker; accuracies measured here."""
+def cli_train(args, data, net, optimizer, options: dict | None = None) -> int:
+    """``train --scheduler``: ``fit`` on a cluster, one row block per worker; accuracies measured here;
+    ``--checkpoint``/``--resume`` as ``fit``'s ``checkpoint``/``resume`` (``options``: the run's)."""
     (x_train, t_train), (x_test, t_test) = data
     try:
         client, cluster = connect(args.scheduler)
@@ -1117,7 +1201,8 @@ def cli_train(args, data, net, optimizer) -> int:
         batch = max(args.batch_size, X.numblocks[0])
         # the data travel once, inside the persisted graph (recomputable), whatever their size
         with dask.config.set({"distributed.admin.large-graph-warning-threshold": "64GiB"}):
-            history = fit(net, optimizer, X, t, args.epochs, batch, client, seed=args.seed, on_epoch=report)
+            history = fit(net, optimizer, X, t, args.epochs, batch, client, seed=args.seed, on_epoch=report,
+                          checkpoint=args.checkpoint, resume=args.resume or None, options=options)  # fmt: skip
         print(
             f"done: test accuracy {net.accuracy(x_test, t_test):.4f}, train accuracy "
             f"{net.accuracy(x_train, t_train):.4f}; training {history.train_seconds:.2f} s on {n_workers} workers"

@@ -216,6 +216,8 @@ def _resume(ckpt: Checkpoint, net, optimizer, rng, run: dict, epochs: int) -> tu
     """Restore a run from ``ckpt`` into ``net``, ``optimizer``, ``rng`` and NumPy's global generator."""
     meta, arrays = ckpt.meta, ckpt.arrays
     where = ckpt.path
+    if meta["run"].get("trainer", "fastlayers.train.fit") != run["trainer"]:
+        raise CheckpointError(f"{where} was written by {meta['run']['trainer']}: resume it with that")
     if meta["net"]["class"] != type(net).__name__:
         raise CheckpointError(f"{where} is of a {meta['net']['class']}, not of this {type(net).__name__}")
     for key in ("batch_size", "n_train"):
@@ -322,7 +324,8 @@ def fit(
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     rng = np.random.default_rng(seed)
     history = History(backend=backend)
-    run = {"epochs": epochs, "batch_size": batch_size, "seed": seed, "backend": backend, "n_train": n}
+    run = {"trainer": "fastlayers.train.fit", "epochs": epochs, "batch_size": batch_size, "seed": seed,
+           "backend": backend, "n_train": n}  # fmt: skip
     pos = _Position()
     if resume is not None:
         ckpt = resume if isinstance(resume, Checkpoint) else load_checkpoint(resume)

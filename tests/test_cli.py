@@ -82,7 +82,7 @@ def test_train_convnet_reaches_097_with_the_defaults(capsys):
         (["--checkpoint-every", "5"], "--checkpoint-every needs --checkpoint FILE (or --resume FILE)"),
         (["--resume", "/nonexistent/ck.npz"], "--resume /nonexistent/ck.npz: no such file"),
         (["--checkpoint", "ck.npz", "--compare"], "--checkpoint and --resume train one backend: leave out --compare"),
-        (["--checkpoint", "ck.npz", "--scheduler", "local:2"], "train in this process: leave out --scheduler"),
+        (["--checkpoint", "ck.npz", "--checkpoint-every", "3", "--scheduler", "local:2"], "an epoch is one graph"),
         (["--plot", "/nonexistent/x.png"], "--plot /nonexistent/x.png: the folder /nonexistent does not exist"),
         (["--plot", "curves.txt"], "the file name must end in .png, .pdf or .svg"),
         (["--batch-size", "x"], "argument --batch-size: expected a positive integer, got 'x'"),

@@ -360,3 +360,73 @@ def test_cli_train_on_a_local_cluster_and_a_bad_address(tmp_path):
     cmd[5] = "tcp://127.0.0.1:9"
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode != 0 and "could not reach the Dask scheduler at tcp://127.0.0.1:9" in res.stderr
+
+
+def test_fit_resumed_from_a_checkpoint_equals_the_uninterrupted_run(tmp_path):
+    """fd.fit with checkpoint= for 2 epochs, then resume= to 4: the parameters, optimizer state and
+    losses of 4 epochs in one go, bit for bit (the batches are a function of seed, epoch, step and
+    block; the tree reduction adds in a fixed order). Mismatched runs are refused."""
+    from fastlayers.checkpoint import CheckpointError, load_checkpoint
+
+    x, t = _data()
+    X, T = da.from_array(x, chunks=200), da.from_array(t, chunks=200)
+    for mode in ("sync", "local"):
+        ref_net, ref_opt = fl.MultiLayerNet(12, [10], 4, seed=0), fl.Adam(0.01)
+        ref = fd.fit(ref_net, ref_opt, X, T, epochs=4, batch_size=30, seed=5, mode=mode, local_steps=3)
+        ck = tmp_path / f"{mode}.npz"
+        net, opt = fl.MultiLayerNet(12, [10], 4, seed=0), fl.Adam(0.01)
+        fd.fit(net, opt, X, T, epochs=2, batch_size=30, seed=5, mode=mode, local_steps=3, checkpoint=ck)
+        assert load_checkpoint(ck).epochs_done == 2
+        net2, opt2 = fl.MultiLayerNet(12, [10], 4, seed=1), fl.Adam(0.5)
+        hist = fd.fit(net2, opt2, X, T, epochs=4, batch_size=30, seed=5, mode=mode, local_steps=3, resume=ck,
+                      checkpoint=ck)  # fmt: skip
+        assert [e.epoch for e in hist.epochs] == [1, 2, 3, 4]
+        assert hist.step_losses == ref.step_losses
+        for key in ref_net.params:
+            np.testing.assert_array_equal(net2.params[key], ref_net.params[key])
+        assert opt2.iter == ref_opt.iter and opt2.lr == 0.01
+        assert load_checkpoint(ck).epochs_done == 4
+    with pytest.raises(CheckpointError, match="written with seed 5, this run has 6"):
+        fd.fit(fl.MultiLayerNet(12, [10], 4), fl.Adam(), X, T, epochs=5, batch_size=30, seed=6, mode="local",
+               local_steps=3, resume=ck)  # fmt: skip
+    with pytest.raises(CheckpointError, match="row_chunks"):
+        X2, T2 = da.from_array(x, chunks=300), da.from_array(t, chunks=300)
+        fd.fit(fl.MultiLayerNet(12, [10], 4), fl.Adam(), X2, T2, epochs=5, batch_size=30, seed=5, mode="local",
+               local_steps=3, resume=ck)  # fmt: skip
+    from fastlayers.train import fit
+
+    with pytest.raises(CheckpointError, match="was written by fastlayers.dask.fit: resume it with that"):
+        fit(fl.MultiLayerNet(12, [10], 4), fl.Adam(), (x, t), (x, t), 5, 30, 5, resume=ck)
+
+
+@pytest.mark.slow
+def test_cli_dask_run_interrupted_and_resumed(tmp_path):
+    """train --scheduler local:2 --checkpoint: SIGTERM to the coordinating process after its first
+    checkpoint stops it when the epoch in flight is done, with the checkpoint and one line (exit 143);
+    --resume on a new local cluster of 2 workers ends where the uninterrupted run ends."""
+    import signal
+
+    base = [sys.executable, "-m", "fastlayers", "train", "--scheduler", "local:2", "--epochs", "4", "--no-progress"]
+    ref, final, ck = tmp_path / "ref.pkl", tmp_path / "final.pkl", tmp_path / "ck.npz"
+    res = subprocess.run([*base, "--save", str(ref)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    proc = subprocess.Popen([*base, "--checkpoint", str(ck)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + WAIT
+        while not ck.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=WAIT)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and "interrupted by SIGTERM" in err and f"--resume {ck}" in err
+    res = subprocess.run([sys.executable, "-m", "fastlayers", "train", "--resume", str(ck), "--scheduler", "local:2",
+                          "--save", str(final)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    want, got = pickle.loads(ref.read_bytes()), pickle.loads(final.read_bytes())
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key])
+    res = subprocess.run([sys.executable, "-m", "fastlayers", "train", "--resume", str(ck)], capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 2 and "a checkpoint of a Dask run continues on Dask: give --scheduler" in res.stderr
