@@ -5,7 +5,7 @@ A checkpoint is a NumPy ``.npz`` archive of two uint8 members, read with ``allow
 killed during the write leaves the previous checkpoint): ``meta``, UTF-8 JSON, and ``data``, the
 bytes of every array one after the other, as ``meta["arrays"]`` lays them out (name, dtype, shape,
 offset; numeric dtypes only). One member for all the arrays keeps a checkpoint's cost in the training
-loop to a copy of the state (at the CLI's defaults an epoch takes about 2.5 ms). The arrays:
+loop to little more than a copy of the state (docs/PERFORMANCE.md). The arrays:
 
 - ``param/<key>``: the net's parameters (``net.params``);
 - ``layer/<i>/running_mean``, ``layer/<i>/running_var``: the running statistics of the net's
@@ -51,15 +51,23 @@ __all__ = ["FORMAT", "VERSION", "Checkpoint", "CheckpointError", "load_checkpoin
 
 class CheckpointError(ValueError):
     """A file that is not a readable fastlayers checkpoint (missing, damaged, truncated, another
-    format), or one that does not fit the net or optimizer it is restored into. The message is one
-    line naming the file."""
+    format), or one that does not fit the net or optimizer it is restored into.
+
+    Parameters
+    ----------
+    message : str
+        One line naming the file and what is wrong.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
 
 
 @dataclass
 class Checkpoint:
-    """A checkpoint as read from its file.
+    """A checkpoint as read from its file (:func:`load_checkpoint`).
 
-    Attributes
+    Parameters
     ----------
     path : str
     meta : dict
@@ -94,10 +102,19 @@ def _layers(net) -> list:
     return list(layers.values()) if isinstance(layers, dict) else list(layers)
 
 
-def net_state(net) -> dict[str, np.ndarray]:
+def net_state(net: Any) -> dict[str, np.ndarray]:
     """Copies of everything a net's training changes: its parameters (``param/<key>``) and the
     running statistics of its batch normalization layers (``layer/<i>/running_mean`` and
-    ``running_var``, where the layer has them)."""
+    ``running_var``, where the layer has them).
+
+    Parameters
+    ----------
+    net : a fastlayers net (``params`` and ``layers``)
+
+    Returns
+    -------
+    dict of str to ndarray
+    """
     out = {f"param/{k}": np.array(v, copy=True) for k, v in net.params.items()}
     for i, layer in enumerate(_layers(net)):
         for name in ("running_mean", "running_var"):
@@ -107,9 +124,17 @@ def net_state(net) -> dict[str, np.ndarray]:
     return out
 
 
-def restore_net(net, arrays: dict, source: str = "the checkpoint") -> None:
+def restore_net(net: Any, arrays: dict, source: str = "the checkpoint") -> None:
     """Copy ``arrays`` (as :func:`net_state` returns them) into ``net``: each parameter into its
-    array in place (the layers hold those arrays), each running statistic onto its layer.
+    array in place (the layers hold those arrays), each running statistic onto its layer. Everything
+    is checked before anything is copied.
+
+    Parameters
+    ----------
+    net : a fastlayers net
+    arrays : dict of str to ndarray
+    source : str
+        What the arrays come from, for the messages.
 
     Raises
     ------
@@ -199,6 +224,14 @@ def _unpack(path: str, meta: dict, data: np.ndarray) -> dict[str, np.ndarray]:
 
 def load_checkpoint(path: str | PathLike) -> Checkpoint:
     """Read and check a checkpoint; no code in the file is run (``allow_pickle=False``).
+
+    Parameters
+    ----------
+    path : str or path
+
+    Returns
+    -------
+    Checkpoint
 
     Raises
     ------

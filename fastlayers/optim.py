@@ -86,6 +86,12 @@ class _Optimizer:
         """Restore what :meth:`state_dict` returned: the hyper-parameters, the step count and the
         moments (copied). The next :meth:`update` then does what this optimizer's would have done.
 
+        Parameters
+        ----------
+        state : mapping
+            A :meth:`state_dict` of an optimizer of this class (its plain part may have gone through
+            JSON).
+
         Raises
         ------
         TypeError

@@ -153,10 +153,10 @@ class _Signals:
 
 class _Checkpoints:
     """Writes a run's checkpoints to one file, in the training thread (a background writer was
-    measured to save little: its GIL hand-offs cost the loop about as much as the write).
+    measured to save little: docs/PERFORMANCE.md).
 
-    A write takes about 1 ms (the copy, the archive, the fsync and the rename), which is half of an
-    epoch of the CLI's default run (digits, 2.5 ms). So an epoch-end checkpoint is written only when
+    A write (the copy, the archive, the fsync and the rename) can take longer than a whole epoch of
+    a small run (the CLI's default on the digits). So an epoch-end checkpoint is written only when
     the time since the last write is at least ``1 / BUDGET`` times that write's duration, which keeps
     checkpointing within ``BUDGET`` of the training time; every epoch's is written as soon as an epoch
     takes longer than that (any MNIST-size run). Forced writes (the last epoch, ``checkpoint_every``

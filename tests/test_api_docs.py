@@ -12,14 +12,16 @@ from pathlib import Path
 import pytest
 
 import fastlayers as fl
-from fastlayers import datasets, functional
+from fastlayers import checkpoint, datasets, functional
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _public() -> dict[str, object]:
     found: dict[str, object] = {}
-    for mod, names in ((fl, fl.__all__), (functional, functional.__all__), (datasets, datasets.__all__)):
+    modules = ((fl, fl.__all__), (functional, functional.__all__), (datasets, datasets.__all__),
+               (checkpoint, checkpoint.__all__))  # fmt: skip
+    for mod, names in modules:
         for name in names:
             if name.startswith("__"):
                 continue
