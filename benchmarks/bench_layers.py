@@ -36,7 +36,7 @@ def _suite(case):
 
 
 for _case in CASES.values():
-    if _case.kind in ("layer", "step", "update"):
+    if _case.kind in ("layer", "forward", "step", "update"):
         globals()[_case.title] = _suite(_case)
 
 

@@ -626,8 +626,11 @@ def cmd_bench(args) -> int:
     if args.json != "-":
         print(bench.format_table(rows))
         print(
-            "times: medians of n batches, forward+backward through each API (step: gradient and SGD update);"
-            " fl range: fastlayers' fastest and slowest batch; fl/x below 1: fastlayers is faster"
+            "times: medians of n batches, forward+backward through each API (step rows: gradient and update;"
+            " conv_forward: the forward pass alone); fl range: fastlayers' fastest and slowest batch; fl/x below 1:"
+            " fastlayers is faster; GEMM rate: the products' FLOPs at the large-product rate of this run"
+            f" ({rows[0].gemm_gflops if rows and rows[0].gemm_gflops else 0:.0f} GFLOP/s when measured), %GEMM:"
+            " the achieved share of it"
         )
     return 0
 

@@ -16,9 +16,12 @@ Each :class:`Case` gives:
 - ``sizes``: shapes to time, the classic one first; ``shape_for(n)``: a shape of about ``n``
   elements (to reach a kernel's parallel threshold);
 - ``limit``: the hardware yardstick, ``"copy"`` (with ``bytes_moved(inputs)``, what the layer reads
-  and writes) or ``"3 GEMMs"``; ``kind``: ``"layer"``, ``"net"`` (a stack of layers), ``"step"``
-  (a training step: gradient and optimizer update) or ``"update"`` (one optimizer update of one
-  parameter array: ``forward``, ``backward`` and both are that update);
+  and writes), ``"3 GEMMs"``, or ``"GEMM rate"`` (with ``flops(inputs)``, the floating-point
+  operations of the products the call does: the time they take at the rate NumPy's BLAS reaches on
+  a large product, measured in the same run); ``kind``: ``"layer"``, ``"forward"`` (a layer's
+  forward pass alone: ``forward``, ``backward`` and both are that pass), ``"net"`` (a stack of
+  layers), ``"step"`` (a training step: gradient and optimizer update) or ``"update"`` (one
+  optimizer update of one parameter array: ``forward``, ``backward`` and both are that update);
 - ``random``: the layer draws random numbers (dropout): its results are checked against its own
   mask, not against ``numpy``'s, which draws its own.
 """
@@ -52,12 +55,13 @@ class Case:
     bytes_moved: Callable[[Inputs], int] | None = None
     kind: str = "layer"
     random: bool = False
+    flops: Callable[[Inputs], int] | None = None
 
     def run(self, layer: object, inputs: Inputs) -> tuple:
-        """Forward then backward; the results of both, flattened into one tuple (an ``update``
-        entry: the one update's result)."""
+        """Forward then backward; the results of both, flattened into one tuple (an ``update`` or
+        ``forward`` entry: the one call's result)."""
         forward, backward, _ = self.calls(layer, inputs)
-        if self.kind == "update":
+        if self.kind in ("update", "forward"):
             return (forward(),)
         out = forward()
         grads = backward()
@@ -455,6 +459,35 @@ def _conv_shape_for(n: int) -> tuple:
     return (max(1, n // 64), 1, 8, 8, 2, 3, 3, 1)
 
 
+def _conv_flops(a: Inputs, products: int = 1) -> int:
+    """Floating-point operations of ``products`` convolution-sized products (forward: 1; the
+    weight gradient and the input gradient: one more each): 2 * N * FN * OH * OW * C * FH * FW."""
+    return products * 2 * a["dout"].size * (a["W"].size // a["W"].shape[0])
+
+
+def _conv_forward_calls(layer, a: Inputs) -> tuple:
+    def forward():
+        return layer.forward(a["x"])
+
+    return forward, forward, forward
+
+
+def _conv_forward_numpy(a: Inputs) -> tuple:
+    return _conv_numpy(a)[:1]
+
+
+def _conv_forward_torch(torch, a: Inputs):
+    W, b = (torch.from_numpy(a[k]) for k in ("W", "b"))
+    x = torch.from_numpy(a["x"])
+    pad = _conv_pad(a)
+
+    def forward():
+        with torch.no_grad():
+            return torch.nn.functional.conv2d(x, W, b, 1, pad)
+
+    return forward, forward, forward
+
+
 # --------------------------------------------------------------------------------------------
 # Pooling 2x2, stride 2: (N, C, H, W)
 # --------------------------------------------------------------------------------------------
@@ -699,6 +732,112 @@ def _convnet_torch(torch, a: Inputs):
     return forward, step, step
 
 
+def _net_flops(net, x_shape: tuple) -> int:
+    """Floating-point operations of the products of one training step of a convnet on a batch of
+    ``x_shape``: each Convolution and Affine layer's forward product, its weight gradient and (but
+    for the first layer, whose input gradient nobody needs) its input gradient."""
+    from .layers.conv import Convolution
+
+    x = np.zeros((1, *x_shape[1:]), net.params["W1"].dtype)
+    total, first = 0, True
+    for layer in net._layer_list():
+        y = layer.forward(x, False) if type(layer).__name__ == "Dropout" else layer.forward(x)
+        if isinstance(layer, Convolution):
+            per_image = 2 * y.size * (layer.W.size // layer.W.shape[0])
+        elif isinstance(layer, layers.Affine):
+            per_image = 2 * layer.W.size
+        else:
+            per_image = 0
+        if per_image:
+            total += per_image * (2 if first else 3)
+            first = False
+        x = y
+    return total * x_shape[0]
+
+
+# --------------------------------------------------------------------------------------------
+# one Adam training step of DeepConvNet (the book's chapter 8 net, dropout on): (N, C, H, W)
+# --------------------------------------------------------------------------------------------
+def _deep_build(a: Inputs):
+    c, h, w = a["x"].shape[1:]
+    net = nets.DeepConvNet(input_dim=(c, h, w), dtype=a["dtype"].dtype, seed=0)
+    return net, optim.Adam(CONV_STEP_LR)
+
+
+def _deep_calls(built, a: Inputs) -> tuple:
+    """The step with the dropout masks' generator seeded first (NumPy's global one), so that the
+    numba and numpy backends draw the same masks and can be compared."""
+    net, opt = built
+    x, t = a["x"], a["t"]
+
+    def forward():
+        np.random.seed(0)  # noqa: NPY002 - the dropout keys' generator
+        return net.loss(x, t)  # in training mode: dropout on, as the classic DeepConvNet.loss
+
+    def step():
+        np.random.seed(0)  # noqa: NPY002
+        opt.update(net.params, net.gradient(x, t))
+
+    def backward():
+        """The step; its gradients are what the two backends are compared on (Adam's first step
+        is about ``lr * sign(g)``, which magnifies rounding where a gradient is near zero)."""
+        np.random.seed(0)  # noqa: NPY002
+        grads = net.gradient(x, t)
+        opt.update(net.params, grads)
+        return tuple(grads[k] for k in sorted(grads))
+
+    return forward, backward, step
+
+
+def _deep_numpy(a: Inputs) -> tuple:
+    """The same step on fastlayers' reference path (the book's im2col design in NumPy)."""
+    with use_backend("numpy"):
+        built = _deep_build(a)
+        forward, backward, _ = _deep_calls(built, a)
+        return (forward(), *backward())
+
+
+def _deep_torch(torch, a: Inputs):
+    """DeepConvNet as ``nn.Sequential`` (the same layers, dropout 0.5 in the same two places, the
+    same weights) with ``torch.optim.Adam``."""
+    net = _deep_build(a)[0]
+    p = net.params
+    nn = torch.nn
+    dtype = torch.from_numpy(a["x"][:0]).dtype
+    convs = [net.layers[i] for i in net._PARAM_INDEX[:6]]
+    mods: list = []
+    for i, conv in enumerate(convs):
+        fn, c, fh, fw = conv.W.shape
+        mods += [nn.Conv2d(c, fn, (fh, fw), conv.stride, conv.pad), nn.ReLU()]
+        if i % 2 == 1:
+            mods.append(nn.MaxPool2d(2, 2))
+    mods += [nn.Flatten(), nn.Linear(*p["W7"].shape), nn.ReLU(), nn.Dropout(0.5), nn.Linear(*p["W8"].shape),
+             nn.Dropout(0.5)]  # fmt: skip
+    model = nn.Sequential(*mods).to(dtype)
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        for i, m in enumerate(m for m in model if isinstance(m, nn.Conv2d)):
+            m.weight.copy_(torch.from_numpy(p[f"W{i + 1}"]))
+            m.bias.copy_(torch.from_numpy(p[f"b{i + 1}"]))
+        for i, m in enumerate(linears):
+            m.weight.copy_(torch.from_numpy(p[f"W{i + 7}"].T.copy()))
+            m.bias.copy_(torch.from_numpy(p[f"b{i + 7}"]))
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=CONV_STEP_LR)
+    loss_fn = nn.CrossEntropyLoss()
+    x, t = torch.from_numpy(a["x"]), torch.from_numpy(a["t"])
+
+    def forward():
+        return loss_fn(model(x), t)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        forward().backward()
+        opt.step()
+
+    return forward, step, step
+
+
 CASES: dict[str, Case] = {
     case.name: case
     for case in (
@@ -802,7 +941,22 @@ CASES: dict[str, Case] = {
             torch=_conv_torch,
             sizes=_CONV_SIZES,
             shape_for=_conv_shape_for,
-            limit="",
+            limit="GEMM rate",
+            flops=lambda a: _conv_flops(a, 3),
+        ),
+        Case(
+            name="conv_forward",
+            title="ConvolutionForward",
+            inputs=_conv_inputs,
+            build=_conv_build,
+            calls=_conv_forward_calls,
+            numpy=_conv_forward_numpy,
+            torch=_conv_forward_torch,
+            sizes=_CONV_SIZES,
+            shape_for=_conv_shape_for,
+            limit="GEMM rate",
+            kind="forward",
+            flops=_conv_flops,
         ),
         Case(
             name="conv_first",
@@ -814,7 +968,8 @@ CASES: dict[str, Case] = {
             torch=lambda torch, a: _conv_torch(torch, a, with_dx=False),
             sizes=_CONV_SIZES[:1],
             shape_for=_conv_shape_for,
-            limit="",
+            limit="GEMM rate",
+            flops=lambda a: _conv_flops(a, 2),
         ),
         Case(
             name="pool",
@@ -894,8 +1049,23 @@ CASES: dict[str, Case] = {
             torch=_convnet_torch,
             sizes=[(100, 1, 28, 28)],
             shape_for=lambda n: (max(1, n // 64), 1, 8, 8),
-            limit="",
+            limit="GEMM rate",
             kind="step",
+            flops=lambda a: _net_flops(_convnet_build(a)[0], a["x"].shape),
+        ),
+        Case(
+            name="deep_convnet_step",
+            title="DeepConvNetTrainingStep",
+            inputs=_convnet_inputs,
+            build=_deep_build,
+            calls=_deep_calls,
+            numpy=_deep_numpy,
+            torch=_deep_torch,
+            sizes=[(100, 1, 28, 28)],
+            shape_for=lambda n: (max(1, n // 64), 1, 8, 8),
+            limit="GEMM rate",
+            kind="step",
+            flops=lambda a: _net_flops(_deep_build(a)[0], a["x"].shape),
         ),
     )
 }

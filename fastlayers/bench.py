@@ -12,7 +12,10 @@ batches timed:
   step also ``torch.compile`` of the model, where it compiles;
 - the hardware limit: for memory-bound layers a parallel copy (the ``copy`` kernel, into a
   preallocated buffer) of the same number of bytes the layer reads and writes, giving achieved and
-  copy GB/s; for Affine the time of its three matrix products alone (preallocated).
+  copy GB/s; for Affine the time of its three matrix products alone (preallocated); for the
+  convolutions and the convnets' steps the time their products' floating-point operations take at
+  the rate NumPy's BLAS reaches on a large product (:func:`gemm_rate`, measured in the same run),
+  giving the achieved GFLOP/s and its fraction of that rate (the roofline of a compute-bound call).
 
 fastlayers, its reference, NumPy and the limit are timed round-robin, batch by batch, so that they
 see the same load on a shared machine; PyTorch's entries are timed in blocks of their own, which
@@ -61,6 +64,29 @@ class Row:
     spread_us: dict[str, list[float]] = field(default_factory=dict)
     #: batches timed per entry
     samples: int = 0
+    gflops: float | None = None  # achieved: the products' floating-point operations / fastlayers' time
+    gemm_gflops: float | None = None  # the large-product rate of this run, in the same dtype
+    peak_fraction: float | None = None  # gflops / gemm_gflops
+
+
+#: the product timed for the large-GEMM rate: n x n by n x n
+GEMM_RATE_N = 1536
+
+
+def gemm_rate(dtype, n: int = GEMM_RATE_N, repeats: int = 7) -> float:
+    """FLOP/s of NumPy's BLAS on an ``n`` x ``n`` by ``n`` x ``n`` product in ``dtype`` (``2 n**3``
+    operations), the median of ``repeats`` calls after one warm-up call: the machine's practical
+    compute limit for the dtype, measured in the run that uses it."""
+    rng = np.random.default_rng(0)
+    a, b = rng.random((n, n)).astype(dtype), rng.random((n, n)).astype(dtype)
+    out = np.empty((n, n), dtype)
+    np.matmul(a, b, out=out)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.matmul(a, b, out=out)
+        times.append(time.perf_counter() - start)
+    return 2.0 * n**3 / statistics.median(times)
 
 
 def _batch_size(fn: Callable[[], object], min_batch: float) -> int:
@@ -154,9 +180,10 @@ def _gemms_fn(a: dict) -> Callable[[], object]:
     return lambda: _gemm.affine_products(numpy_gemm, x, W, dout, out, dx, dW)
 
 
-def bench_case(case: Case, shape: tuple, dtype, torch, torch_compile: bool = True) -> Row:
+def bench_case(case: Case, shape: tuple, dtype, torch, torch_compile: bool = True, rate: float | None = None) -> Row:
     """One row: ``case`` (an entry of the table of layers) at ``shape``, through the classic API on
-    both backends, against idiomatic NumPy, PyTorch (when given) and the hardware limit."""
+    both backends, against idiomatic NumPy, PyTorch (when given) and the hardware limit (for a
+    ``"GEMM rate"`` limit: ``rate``, FLOP/s, measured by :func:`gemm_rate` when not given)."""
     inputs = case.inputs(shape, np.dtype(dtype), np.random.default_rng(0))
     entries: dict[str, tuple[Callable[[], object], str | None]] = {}
     for name, backend in (("fast", "numba"), ("ref", "numpy")):
@@ -175,7 +202,16 @@ def bench_case(case: Case, shape: tuple, dtype, torch, torch_compile: bool = Tru
             compiled = step_torch_compile(torch, inputs)
             if compiled is not None:
                 entries["torch_compile"] = (compiled[2], None)
-    return _row(case.name, shape, dtype, interleaved_samples(entries), case.limit, nbytes)
+    row = _row(case.name, shape, dtype, interleaved_samples(entries), case.limit, nbytes)
+    if case.limit == "GEMM rate":
+        rate = rate or gemm_rate(dtype)
+        flops = case.flops(inputs)
+        row.limit_us = flops / rate * 1e6
+        row.vs_limit = row.fastlayers_us / row.limit_us
+        row.gflops = flops / row.fastlayers_us / 1e3
+        row.gemm_gflops = rate / 1e9
+        row.peak_fraction = row.gflops / row.gemm_gflops
+    return row
 
 
 def _row(layer, shape, dtype, samples: dict[str, list[float]], limit, nbytes) -> Row:
@@ -235,11 +271,13 @@ def run(
         if not layers_wanted or layer in layers_wanted
         for shape in (shapes[:1] if sizes == "small" else shapes)
     ]
+    # the large-product rate, measured once in this run before the rows that are judged against it
+    rate = gemm_rate(dtype) if any(CASES[layer].limit == "GEMM rate" for layer, _ in todo) else None
     rows = []
     for done, (layer, shape) in enumerate(todo):
         if report is not None:
             report(done, len(todo), layer, shape)
-        rows.append(bench_case(CASES[layer], shape, dtype, torch, torch_compile))
+        rows.append(bench_case(CASES[layer], shape, dtype, torch, torch_compile, rate))
     return rows
 
 
@@ -278,10 +316,12 @@ def format_table(rows: list[Row]) -> str:
         ("fl/torch", 8, lambda r: _ratio(r.vs_torch)),
         ("compiled", 10, lambda r: _time(r.torch_compile_us)),
         ("fl/comp", 7, lambda r: _ratio(r.vs_torch_compile)),
-        ("limit", 7, lambda r: r.limit or "-"),
+        ("limit", 9, lambda r: r.limit or "-"),
         ("limit us", 10, lambda r: _time(r.limit_us)),
         ("fl/limit", 8, lambda r: _ratio(r.vs_limit)),
         ("GB/s", 6, lambda r: "-" if r.gbps is None else f"{r.gbps:.1f}"),
+        ("GFLOP/s", 7, lambda r: "-" if r.gflops is None else f"{r.gflops:.1f}"),
+        ("%GEMM", 5, lambda r: "-" if r.peak_fraction is None else f"{100 * r.peak_fraction:.0f}%"),
         ("n", 3, lambda r: str(r.samples)),
     ]
 

@@ -283,6 +283,32 @@ def test_progress_is_honest_in_a_piped_log(tmp_path):
     assert second.returncode == 0 and "compiling" not in second.stdout
 
 
+def test_bench_roofline_of_the_convolutions_and_the_deep_convnet_step():
+    """The convolution rows and the convnets' steps are judged against the large-product rate measured
+    in the same run: achieved GFLOP/s, its share of that rate, and the time the products' FLOPs take
+    at it; the FLOPs are those of the products (DeepConvNet's counted here by hand)."""
+    from fastlayers import _table, bench
+
+    rate = bench.gemm_rate("float32", n=256, repeats=3)
+    assert rate > 1e8
+    inputs = _table.CASES["deep_convnet_step"].inputs((2, 1, 28, 28), np.dtype(np.float32), np.random.default_rng(0))
+    per_image = [  # (output values, multiply-adds per value) of each product layer, forward
+        (16 * 28 * 28, 1 * 9), (16 * 28 * 28, 16 * 9), (32 * 14 * 14, 16 * 9), (32 * 16 * 16, 32 * 9),
+        (64 * 8 * 8, 32 * 9), (64 * 8 * 8, 64 * 9), (50, 64 * 4 * 4), (10, 50),
+    ]  # fmt: skip
+    want = 2 * 2 * sum(v * k * (2 if i == 0 else 3) for i, (v, k) in enumerate(per_image))
+    assert _table.CASES["deep_convnet_step"].flops(inputs) == want
+    case = _table.CASES["conv_forward"]
+    shape = (3, 2, 9, 8, 4, 3, 2, 1)
+    row = bench.bench_case(case, shape, np.float32, None, rate=rate)
+    flops = 2 * 3 * 4 * 9 * 9 * (2 * 3 * 2)  # N * FN * OH * OW * (C * FH * FW), OW = 8 + 2 - 2 + 1
+    assert row.limit == "GEMM rate" and row.gemm_gflops == pytest.approx(rate / 1e9)
+    assert row.limit_us == pytest.approx(flops / rate * 1e6)
+    assert row.gflops == pytest.approx(flops / row.fastlayers_us / 1e3)
+    assert row.peak_fraction == pytest.approx(row.gflops / row.gemm_gflops)
+    assert "GFLOP/s" in bench.format_table([row]) and "%GEMM" in bench.format_table([row])
+
+
 def test_bench_reports_each_row(capsys):
     from fastlayers.__main__ import main
 

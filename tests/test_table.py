@@ -25,6 +25,8 @@ TOLERANCE = {
     "step": "sum",
     "conv": "sum",
     "conv_first": "sum",
+    "conv_forward": "sum",
+    "deep_convnet_step": "sum",
     "pool": "exact",
     "dropout": "exact",
     "convnet_step": "sum",
