@@ -18,6 +18,11 @@ Usage::
 
     python tools/book.py BOOK_DIR --time ch05/train_neuralnet.py --repeat 3
     python tools/book.py BOOK_DIR --run ch05/gradient_check.py
+    python tools/book.py BOOK_DIR --time ch08/train_deepnet.py --repeat 1 --replace "epochs=20=epochs=2"
+
+``--replace OLD=NEW`` (the first ``=`` that leaves both sides in the script splits them; repeatable)
+edits the timed script the same way in both copies, to shorten a long run; the tool prints what it
+changed.
 
 Scripts run with ``MPLBACKEND=Agg`` (``plt.show()`` does nothing) and the caller's Python.
 """
@@ -64,6 +69,27 @@ def digits_as_mnist() -> dict:
     }
 
 
+def _split_replacement(text: str, script: str) -> tuple[str, str]:
+    """``OLD=NEW`` split at the ``=`` whose left side occurs in ``script``'s text."""
+    for i, ch in enumerate(text):
+        if ch == "=" and text[:i] and text[:i] in script:
+            return text[:i], text[i + 1 :]
+    raise SystemExit(f"--replace {text!r}: no prefix before an '=' occurs in the script")
+
+
+def edit(trees: dict[str, Path], script: str, replacements: list[str]) -> None:
+    """Apply each ``OLD=NEW`` of ``replacements`` to ``script`` in every copy (each OLD must occur)."""
+    for tree in trees.values():
+        path = Path(tree) / script
+        text = path.read_text(encoding="utf-8")
+        for r in replacements:
+            old, new = _split_replacement(r, text)
+            text = text.replace(old, new)
+        path.write_text(text, encoding="utf-8")
+    for r in replacements:
+        print(f"{script}: replaced {r!r} in both copies")
+
+
 def prepare(book_dir: Path, work: Path) -> dict[str, Path]:
     """Two copies of the book under ``work``: ``{"book": ..., "fastlayers": ...}``."""
     book_dir = Path(book_dir)
@@ -106,8 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", metavar="SCRIPT", help="run SCRIPT in both copies and print its output")
     parser.add_argument("--time", metavar="SCRIPT", help="time SCRIPT in both copies, alternating")
     parser.add_argument("--repeat", type=int, default=3, help="runs per copy for --time")
+    parser.add_argument("--replace", action="append", default=[], metavar="OLD=NEW",
+                        help="edit the --time/--run script in both copies (e.g. to shorten a run)")  # fmt: skip
     args = parser.parse_args(argv)
     trees = prepare(args.book_dir, args.work)
+    if args.replace:
+        edit(trees, args.time or args.run, args.replace)
     if args.run:
         for name, tree in trees.items():
             out, sec = run(tree, args.run)
