@@ -18,11 +18,10 @@ Usage::
 
     python tools/book.py BOOK_DIR --time ch05/train_neuralnet.py --repeat 3
     python tools/book.py BOOK_DIR --run ch05/gradient_check.py
-    python tools/book.py BOOK_DIR --time ch08/train_deepnet.py --repeat 1 --replace "epochs=20=epochs=2"
+    python tools/book.py BOOK_DIR --time ch08/train_deepnet.py --repeat 1 --replace epochs=20 epochs=2
 
-``--replace OLD=NEW`` (the first ``=`` that leaves both sides in the script splits them; repeatable)
-edits the timed script the same way in both copies, to shorten a long run; the tool prints what it
-changed.
+``--replace OLD NEW`` (repeatable) edits the timed script the same way in both copies, to shorten a
+long run; the tool prints what it changed.
 
 Scripts run with ``MPLBACKEND=Agg`` (``plt.show()`` does nothing) and the caller's Python.
 """
@@ -69,25 +68,18 @@ def digits_as_mnist() -> dict:
     }
 
 
-def _split_replacement(text: str, script: str) -> tuple[str, str]:
-    """``OLD=NEW`` split at the ``=`` whose left side occurs in ``script``'s text."""
-    for i, ch in enumerate(text):
-        if ch == "=" and text[:i] and text[:i] in script:
-            return text[:i], text[i + 1 :]
-    raise SystemExit(f"--replace {text!r}: no prefix before an '=' occurs in the script")
-
-
-def edit(trees: dict[str, Path], script: str, replacements: list[str]) -> None:
-    """Apply each ``OLD=NEW`` of ``replacements`` to ``script`` in every copy (each OLD must occur)."""
+def edit(trees: dict[str, Path], script: str, replacements: list[list[str]]) -> None:
+    """Apply each ``(OLD, NEW)`` of ``replacements`` to ``script`` in every copy (each OLD must occur)."""
     for tree in trees.values():
         path = Path(tree) / script
         text = path.read_text(encoding="utf-8")
-        for r in replacements:
-            old, new = _split_replacement(r, text)
+        for old, new in replacements:
+            if old not in text:
+                raise SystemExit(f"--replace {old!r}: not in {script}")
             text = text.replace(old, new)
         path.write_text(text, encoding="utf-8")
-    for r in replacements:
-        print(f"{script}: replaced {r!r} in both copies")
+    for old, new in replacements:
+        print(f"{script}: {old!r} replaced by {new!r} in both copies")
 
 
 def prepare(book_dir: Path, work: Path) -> dict[str, Path]:
@@ -132,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", metavar="SCRIPT", help="run SCRIPT in both copies and print its output")
     parser.add_argument("--time", metavar="SCRIPT", help="time SCRIPT in both copies, alternating")
     parser.add_argument("--repeat", type=int, default=3, help="runs per copy for --time")
-    parser.add_argument("--replace", action="append", default=[], metavar="OLD=NEW",
+    parser.add_argument("--replace", action="append", default=[], nargs=2, metavar=("OLD", "NEW"),
                         help="edit the --time/--run script in both copies (e.g. to shorten a run)")  # fmt: skip
     args = parser.parse_args(argv)
     trees = prepare(args.book_dir, args.work)
