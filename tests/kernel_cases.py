@@ -38,6 +38,19 @@ CONV_SHAPES = [
     (2, 3, 6, 7, 3, 1, 1, 1, 2),
     (5, 3, 61, 47, 4, 3, 2, 1, 1),
 ]
+#: the direct convolution (stride 1): (N, C, H, W, FN, FH, FW, pad, FC): batch 1, C = 1 and 3, odd
+#: sizes, padding 0-2, non-square filters, every tile (FC = 8, 6, 4, 12), FN not a multiple of FC,
+#: planes smaller than a tile, and two past the parallel threshold (DeepConvNet's 3x3 shapes)
+DIRECT_SHAPES = [
+    (1, 1, 5, 5, 1, 5, 5, 0, 8),
+    (2, 3, 9, 8, 4, 3, 2, 0, 6),
+    (1, 3, 11, 9, 5, 3, 3, 2, 4),
+    (3, 1, 7, 10, 2, 2, 3, 2, 12),
+    (2, 3, 6, 7, 3, 1, 1, 2, 6),
+    (5, 3, 61, 47, 13, 3, 2, 1, 8),
+    (3, 16, 28, 28, 16, 3, 3, 1, 8),
+    (2, 32, 7, 7, 30, 3, 3, 1, 6),
+]
 #: pooling kernels: (N, C, H, W, pool_h, pool_w, stride, pad)
 POOL_SHAPES = [
     (1, 1, 2, 2, 2, 2, 2, 0),
@@ -270,6 +283,47 @@ def _make_col2im(dtype, spec, rng):
     return [dcol, g.fh, g.fw, g.stride, g.wp, g.oh, g.ow, g.r, g.pad, n0, dxp, np.zeros((g.n, g.c, g.h, g.w), dtype)]
 
 
+def _conv_direct(xp, koff, wr, b, wp, relu, tile, out):
+    n, c, lx = xp.shape
+    nblk, k, fc = wr.shape
+    fn, oh, ow = out.shape[1:]
+    span = (24 // fc) * (64 // xp.itemsize)
+    total = oh * wp
+    last = ((total - 1) // span) * span  # the start of each task's last tile, left in ``tile``
+    xf = xp.reshape(n, c * lx)
+    q = (np.arange(oh)[:, None] * wp + np.arange(ow)[None, :]).reshape(-1)
+    for i in range(n):
+        terms = xf[i][koff[:, None] + q[None, :]]  # (K, OH*OW): the input under each filter term
+        for blk in range(nblk):
+            f0, count = blk * fc, min(fc, fn - blk * fc)
+            v = (wr[blk, :, :count].T @ terms + b[f0 : f0 + count, None]).reshape(count, oh, ow)
+            out[i, f0 : f0 + count] = reference.relu_forward(v) if relu else v
+            seen = xf[i][koff[:, None] + (last + np.arange(span))[None, :]]
+            tile[i * nblk + blk, : fc * span] = (wr[blk].T @ seen).reshape(-1)
+
+
+def _make_direct(dtype, spec, rng):
+    n, c, h, w, fn, fh, fw, pad, fc = spec
+    g = _geo((n, c, h, w, fn, fh, fw, 1, pad))
+    span = (24 // fc) * (64 // np.dtype(dtype).itemsize)
+    lx = g.lx + span
+    # values everywhere, NaN where no stored output may look: past the padded plane, and in the
+    # filters' channels past FN (computed in the tiles, never stored)
+    xp = (3 * rng.standard_normal((n, c, lx))).astype(dtype)
+    xp[:, :, (g.h + 2 * pad) * g.wp :] = np.nan
+    nblk = -(-fn // fc)
+    wr = rng.standard_normal((nblk, g.k, fc)).astype(dtype)
+    flat = wr.transpose(0, 2, 1)  # (nblk, fc, K) view
+    for f in range(fn, nblk * fc):
+        flat[f // fc, f % fc] = np.nan
+    koff = (
+        np.arange(c)[:, None, None] * lx + np.arange(fh)[None, :, None] * g.wp + np.arange(fw)[None, None, :]
+    ).reshape(-1)
+    b = rng.standard_normal(fn).astype(dtype)
+    tile = np.full((n * nblk, fc * span), np.nan, dtype)
+    return [xp, koff.astype(np.int64), wr, b, g.wp, fc in (6, 12), tile, np.full(g.out_shape, np.nan, dtype)]
+
+
 def _pool_geo(spec):
     from fastlayers.functional.conv import pool_geometry
 
@@ -422,6 +476,7 @@ CASES: dict[str, Case] = {
     "conv_output": _conv_case(_conv_output, _make_output),
     "conv_dout": _conv_case(_conv_dout, _make_dout, "sum", n=lambda spec: spec[0] * spec[2] * spec[3]),
     "conv_col2im": _conv_case(_conv_col2im, _make_col2im),
+    "conv_direct": Case(_conv_direct, _make_direct, "sum", shapes=DIRECT_SHAPES, n=lambda s: s[1] * s[5] * s[6]),
     "maxpool_forward": Case(_maxpool_forward, _make_pool_forward, "exact", shapes=POOL_SHAPES),
     "maxpool_backward": Case(
         _maxpool_backward, _make_pool_backward, "sum", shapes=POOL_SHAPES, n=lambda s: s[4] * s[5]

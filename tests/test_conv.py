@@ -399,3 +399,45 @@ def test_backward_sees_the_input_as_forward_did(backend):
         np.testing.assert_array_equal(layer.col, col)
     np.testing.assert_array_equal(dx, dx_want)
     np.testing.assert_array_equal(layer.dW, dW_want)
+
+
+#: stride-1 shapes for each register tile of the direct kernel: (N, C, H, W, FN, FH, FW, pad), FC
+DIRECT = [
+    ((3, 16, 28, 28, 16, 3, 3, 1), 8),  # DeepConvNet's first layers
+    ((2, 32, 7, 7, 64, 3, 3, 1), 6),  # its last ones
+    ((2, 1, 28, 28, 30, 5, 5, 0), 6),  # SimpleConvNet's
+    ((1, 3, 11, 9, 5, 3, 3, 2), 6),
+    ((2, 2, 3, 2, 25, 2, 2, 1), 12),
+    ((1, 3, 30, 29, 4, 3, 1, 1), 4),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("spec", "fc"), DIRECT, ids=str)
+def test_direct_convolution_every_tile(spec, fc, dtype):
+    """Stride 1 runs the direct kernel (each of its tiles here); bias and ReLU fused as the nets ask,
+    any layout of the input."""
+    n, c, h, w, fn, fh, fw, pad = spec
+    x, W, b, _, _ = _data((n, c, h, w, fn, fh, fw, 1, pad), dtype)
+    geo = C.geometry(x.shape, W.shape, 1, pad)
+    itemsize = np.dtype(dtype).itemsize
+    assert C.direct_plan(geo, itemsize)[0] == fc
+    want = _conv_loops(x, W, b, 1, pad).astype(dtype)
+    k = W[0].size
+    for kind in LAYOUTS:
+        assert_close(F.conv_forward(layout(x, kind), W, b, 1, pad), want, "sum", n=k)
+    out = C.forward_run(x, W, b, geo, None, True, C.Workspace())
+    assert_close(out, np.maximum(want, 0), "sum", n=k)
+    assert C.direct_plan(C.geometry(x.shape, W.shape, 2, pad), itemsize) is None  # im2col's
+
+
+def test_direct_convolution_propagates_nan_and_infinity():
+    x, W, b, _, _ = _data((2, 3, 9, 8, 7, 3, 3, 1, 1), np.float32)
+    x[0, 1, 4, 4] = np.nan
+    x[1, 2, 0, 0] = np.inf
+    got = F.conv_forward(x, W, b, 1, 1)
+    want = R.conv_forward(x, W, b, 1, 1)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+    finite = np.isfinite(want)
+    assert_close(got[finite], want[finite], "sum", n=27)

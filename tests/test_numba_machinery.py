@@ -78,3 +78,33 @@ def test_bitcasts_python_bodies_match_compiled():
     assert casts(a, b) == (_numba.f64_to_bits(a), _numba.bits_to_f64(_numba.f64_to_bits(a)), _numba.f32_to_bits(b))
     assert _numba.bits_to_f64(_numba.f64_to_bits(a)) == a
     assert _numba.bits_to_f32(_numba.f32_to_bits(b)) == b
+
+
+@compiled_only
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tile", [(8, 3), (6, 4), (4, 6), (12, 2)])
+def test_conv_tile_python_body_matches_compiled(tile, dtype):
+    """The direct convolution's register tile: its Python body (no JIT) against the compiled one
+    (FMAs there: within rounding), and the bounds its Python body checks."""
+    channels, vectors = tile
+    fn = getattr(_numba, f"conv_tile_{channels}x{vectors}")
+    assert tile in _numba.CONV_TILES
+
+    @njit(error_model="numpy")
+    def compiled(xf, xoff, koff, wf, woff, out):
+        fn(xf, xoff, koff, wf, woff, out)
+
+    rng = np.random.default_rng(1)
+    span = vectors * 64 // np.dtype(dtype).itemsize
+    koff = np.array([0, 3, 40, 41, 90], np.int64)
+    xf = rng.standard_normal(200).astype(dtype)
+    wf = rng.standard_normal(7 + 5 * channels).astype(dtype)
+    got, want = np.full(channels * span + 3, 7, dtype), np.full(channels * span + 3, 7, dtype)
+    compiled(xf, 5, koff, wf, 7, got)
+    fn(xf, 5, koff, wf, 7, want)
+    np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == np.float32 else 1e-13, atol=1e-5)
+    assert (got[-3:] == 7).all()
+    with pytest.raises(IndexError):
+        fn(xf, 200 - 90 - span + 1, koff, wf, 7, want)
+    with pytest.raises(IndexError):
+        fn(xf, 0, koff, wf, 8 + channels * 5 - 1, want)

@@ -1,6 +1,11 @@
 """Convolution and max-pooling kernels on NCHW arrays.
 
-A convolution runs as im2col, one matrix product (:func:`fastlayers._gemm.matmul`, in
+A convolution of stride 1 runs as :func:`conv_pad` then :func:`conv_direct`: a direct convolution
+whose inner loop (``_numba.conv_tile_*``, LLVM code generated in ``_numba``) keeps a tile of output
+channels x pixels in vector registers over the whole reduction, the filters rearranged into blocks
+of the tile's channels, bias and ReLU applied as the tile is written out.
+
+Other strides run as im2col, one matrix product (:func:`fastlayers._gemm.matmul`, in
 :mod:`fastlayers.functional.conv`), and a pass that writes the output; over a batch it works in
 chunks of images so that the column matrix of a chunk stays small. The kernels here are the passes
 around the product:
@@ -35,10 +40,12 @@ from __future__ import annotations
 
 from numba import prange
 
-from ._numba import helper, row_sum, twins, typed
+from ._numba import conv_tile_4x6, conv_tile_6x4, conv_tile_8x3, conv_tile_12x2, helper, row_sum, twins, typed
 
 #: Passes over a chunk run in parallel from this many elements written.
 MEMORY_BOUND_MIN = 1 << 16
+#: The direct convolution runs in parallel from this many multiply-adds.
+DIRECT_MIN = 1 << 18
 
 
 @helper
@@ -187,6 +194,67 @@ def conv_col2im(dcol, fh, fw, stride, wp, oh, ow, r, pad, n0, dxp, dx):
         for y in range(h):
             start = (y + pad) * wp + pad
             _copy(dx[n0 + i, ch, y], acc[start : start + w])
+
+
+@twins(DIRECT_MIN)
+def conv_direct(xp, koff, wr, b, wp, relu, tile, out):
+    """The direct convolution, stride 1: out[i, f, y, xo] = the sum over k = (c, ky, kx), in that
+    order, of W[f, c, ky, kx] * xp[i, c, (y + ky)*wp + xo + kx] (one FMA per term in compiled code),
+    plus b[f], through ReLU when ``relu``.
+
+    ``xp``: the padded batch (N, C, Lx) of :func:`conv_pad`; ``koff``: (K,) int64, koff[k] = c*Lx +
+    ky*wp + kx; ``wr``: (nblk, K, FC), the filters in blocks of FC output channels, wr[blk, k, j] =
+    W[blk*FC + j, k] (0 past FN), FC one of ``_numba.CONV_TILES`` (8, 6, 4, 12; with another it
+    returns at once), whose S = (24 // FC) vectors of 64 bytes are the pixels of a tile; ``tile``: (N*nblk,
+    >= FC*S) scratch; ``out``: (N, FN, OH, OW).
+
+    Output pixels are walked as ``q = y*wp + xo`` (rows as wide as the padded input's, like im2col's
+    ``r = wp``), S at a time: the tile at ``q`` reads xp[i, c, q + ky*wp + kx + p] for p < S, inside
+    the plane when ``Lx >= ceil(OH*wp / S)*S + (FH - 1)*wp + FW - 1`` (the caller pads the planes
+    that long). Columns ``xo >= OW`` and pixels past OH*wp are computed and never stored."""
+    n, c, lx = xp.shape
+    nblk, k, fc = wr.shape
+    fn, oh, ow = out.shape[1], out.shape[2], out.shape[3]
+    span = (24 // fc) * (64 // xp.itemsize)  # the tile's pixels: its vectors times the lanes
+    total = oh * wp
+    xf = xp.reshape(n * c * lx)
+    wf = wr.reshape(nblk * k * fc)
+    of = out.reshape(out.size)
+    zero = typed(0, out)
+    if fc != 8 and fc != 6 and fc != 4 and fc != 12:
+        return
+    for t in prange(n * nblk):
+        i = t // nblk
+        blk = t % nblk
+        f0 = blk * fc
+        acc = tile[t]
+        woff = blk * k * fc
+        for start in range(0, total, span):
+            xoff = i * c * lx + start
+            if fc == 8:
+                conv_tile_8x3(xf, xoff, koff, wf, woff, acc)
+            elif fc == 6:
+                conv_tile_6x4(xf, xoff, koff, wf, woff, acc)
+            elif fc == 4:
+                conv_tile_4x6(xf, xoff, koff, wf, woff, acc)
+            elif fc == 12:
+                conv_tile_12x2(xf, xoff, koff, wf, woff, acc)
+            stop = min(total, start + span)
+            for j in range(min(fc, fn - f0)):  # flat indices: slice views cost ~12 ns each
+                bias = b[f0 + j]
+                plane = (i * fn + f0 + j) * oh * ow
+                for y in range(start // wp, (stop - 1) // wp + 1):
+                    lo = max(start, y * wp) - y * wp
+                    hi = min(stop - y * wp, ow)
+                    dst = plane + y * ow
+                    src = j * span + y * wp - start
+                    if relu:
+                        for m in range(lo, hi):
+                            v = acc[src + m] + bias
+                            of[dst + m] = zero if v <= zero else v
+                    else:
+                        for m in range(lo, hi):
+                            of[dst + m] = acc[src + m] + bias
 
 
 @helper

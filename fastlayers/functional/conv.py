@@ -2,13 +2,15 @@
 functions around :mod:`fastlayers._kernels.conv` and the matrix products, and the run steps the
 ``Convolution`` and ``Pooling`` layers call with scratch memory they own (:class:`Workspace`).
 
-How a convolution runs (the numba backend): the batch is padded once into a scratch array, then
-processed in chunks of images (:data:`CHUNK_BYTES` of column matrix each): im2col of the chunk, one
-matrix product with ``W.reshape(FN, -1)``, and one pass writing the NCHW output with the bias (and,
-in the nets, ReLU). The backward pass walks the chunks in reverse order (the last chunk's column
-matrix is still there from the forward pass), and per chunk lays out ``dout``, adds its sums to
-``db``, multiplies for ``dW`` and, when asked, for the column gradient, which is added back into
-``dx``. Details of the layouts: :mod:`fastlayers._kernels.conv`.
+How a convolution runs (the numba backend): the batch is padded once into a scratch array. With
+stride 1 the direct kernel (:func:`fastlayers._kernels.conv.conv_direct`) computes the output from
+it in one pass, bias and ReLU included (:func:`direct_plan` picks its register tile). Other strides
+process it in chunks of images (:data:`CHUNK_BYTES` of column matrix each): im2col of the chunk,
+one matrix product with ``W.reshape(FN, -1)``, and one pass writing the NCHW output with the bias
+(and, in the nets, ReLU). The backward pass walks the chunks in reverse order (the last chunk's
+column matrix is still there from an im2col forward pass), and per chunk lays out ``dout``, adds
+its sums to ``db``, multiplies for ``dW`` and, when asked, for the column gradient, which is added
+back into ``dx``. Details of the layouts: :mod:`fastlayers._kernels.conv`.
 """
 
 from __future__ import annotations
@@ -167,17 +169,70 @@ def _chunks(geo: Geometry, itemsize: int) -> list[tuple[int, int]]:
     return [(n0, min(geo.n, n0 + step) - n0) for n0 in range(0, geo.n, step)]
 
 
+#: The register tiles of the direct kernel, (output channels, vectors of pixels), in the order
+#: preferred on a tie (``_kernels._numba.CONV_TILES``; numbers here so that this module needs no Numba).
+DIRECT_TILES = ((8, 3), (6, 4), (4, 6), (12, 2))
+
+
+def direct_plan(geo: Geometry, itemsize: int) -> tuple[int, int] | None:
+    """(output channels, pixels) of the direct kernel's tile for this convolution, or None when it
+    takes the im2col path (stride > 1). The tile is the one that computes the fewest padded terms:
+    output channels rounded up to the tile's, pixels ``OH * wp`` rounded up to its span (measured:
+    docs/PERFORMANCE.md)."""
+    if geo.stride != 1:
+        return None
+    lanes = 64 // itemsize
+    total = geo.oh * geo.wp
+    best = None
+    for fc, vectors in DIRECT_TILES:
+        span = vectors * lanes
+        cost = -(-total // span) * span * (-(-geo.fn // fc) * fc)
+        if best is None or cost < best[0]:
+            best = (cost, fc, span)
+    return best[1], best[2]
+
+
+def _direct(xp, W, b, geo: Geometry, plan: tuple[int, int], out, relu: bool, ws: Workspace) -> None:
+    """The direct kernel on the padded batch ``xp``: the filters rearranged into blocks of the
+    tile's output channels, the offsets of the K terms, and the tiles' scratch, all private."""
+    fc, span = plan
+    dtype = W.dtype
+    nblk = -(-geo.fn // fc)
+    lx = xp.shape[2]
+    koff = ws.flat("koff", (geo.c, geo.fh, geo.fw), np.dtype(np.int64))
+    koff[...] = (
+        np.arange(geo.c)[:, None, None] * lx
+        + np.arange(geo.fh)[None, :, None] * geo.wp
+        + np.arange(geo.fw)[None, None, :]
+    )
+    wide = ws.flat("wide", (nblk * fc, geo.k), dtype)
+    wide[: geo.fn] = W.reshape(geo.fn, geo.k)
+    wide[geo.fn :] = 0
+    wr = ws.flat("wr", (nblk, geo.k, fc), dtype)
+    wr[...] = wide.reshape(nblk, fc, geo.k).transpose(0, 2, 1)
+    tile = ws.flat("tile", (geo.n * nblk, fc * span), dtype)
+    macs = geo.n * geo.fn * geo.oh * geo.ow * geo.k
+    launch(_conv.conv_direct, macs, xp, koff.reshape(geo.k), wr, b, geo.wp, relu, tile, out)
+
+
 def forward_run(x, W: np.ndarray, b: np.ndarray, geo: Geometry, out, relu: bool, ws: Workspace) -> np.ndarray:
     """The convolution of ``x`` (any real dtype; converted as it is padded) with ``W`` and ``b`` (of
-    the compute dtype), through ReLU with ``relu``, into ``out`` (None: allocated)."""
+    the compute dtype), through ReLU with ``relu``, into ``out`` (None: allocated). Stride 1 runs
+    the direct kernel (its planes padded ``span`` elements longer: its last tile reads that far);
+    other strides im2col in chunks and a product."""
     dtype = W.dtype
     if out is None:
         out = np.empty(geo.out_shape, dtype)
+    plan = direct_plan(geo, dtype.itemsize)
+    lx = geo.lx + (plan[1] if plan else 0)
     xp = ws.xp
-    if xp is None or xp.shape != (geo.n, geo.c, geo.lx) or xp.dtype != dtype:
-        xp = np.empty((geo.n, geo.c, geo.lx), dtype)
+    if xp is None or xp.shape != (geo.n, geo.c, lx) or xp.dtype != dtype:
+        xp = np.empty((geo.n, geo.c, lx), dtype)
     launch(_conv.conv_pad, xp.size, x, 0, geo.pad, xp)
     ws.xp, ws.geo, ws.col_chunk = xp, geo, -1
+    if plan is not None:
+        _direct(xp, W, b, geo, plan, out, relu, ws)
+        return out
     W2 = W.reshape(geo.fn, geo.k)
     for n0, nb in _chunks(geo, dtype.itemsize):
         col = ws.flat("col", (geo.k, nb * geo.seg), dtype)
