@@ -39,7 +39,7 @@ CONV_SHAPES = [
     (5, 3, 61, 47, 4, 3, 2, 1, 1),
 ]
 #: the direct convolution (stride 1): (N, C, H, W, FN, FH, FW, pad, FC): batch 1, C = 1 and 3, odd
-#: sizes, padding 0-2, non-square filters, every tile (FC = 8, 6, 4, 12), FN not a multiple of FC,
+#: sizes, padding 0-2, non-square filters, every tile (FC = 8, 6, 4, 12, 3, 2, 1), FN not a multiple of FC,
 #: planes smaller than a tile, and two past the parallel threshold (DeepConvNet's 3x3 shapes)
 DIRECT_SHAPES = [
     (1, 1, 5, 5, 1, 5, 5, 0, 8),
@@ -50,6 +50,9 @@ DIRECT_SHAPES = [
     (5, 3, 61, 47, 13, 3, 2, 1, 8),
     (3, 16, 28, 28, 16, 3, 3, 1, 8),
     (2, 32, 7, 7, 30, 3, 3, 1, 6),
+    (2, 3, 8, 9, 5, 3, 3, 1, 3),
+    (1, 2, 9, 7, 3, 2, 2, 0, 2),
+    (3, 4, 12, 11, 1, 3, 3, 1, 1),
 ]
 #: pooling kernels: (N, C, H, W, pool_h, pool_w, stride, pad)
 POOL_SHAPES = [
@@ -324,6 +327,78 @@ def _make_direct(dtype, spec, rng):
     return [xp, koff.astype(np.int64), wr, b, g.wp, fc in (6, 12), tile, np.full(g.out_shape, np.nan, dtype)]
 
 
+def _direct_geo(spec):
+    n, c, h, w, fn, fh, fw, pad, fc = spec
+    g = _geo((n, c, h, w, fn, fh, fw, 1, pad))
+    return g, fh - 1 - pad, fw - 1 - pad
+
+
+def _conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db):
+    n, fn, oh, ow = dout.shape
+    d = reference.relu_backward(dout, y) if relu else dout
+    rows = np.zeros((n, fn, g.shape[2]), g.dtype)
+    rows[:, :, : oh * wp].reshape(n, fn, oh, wp)[..., :ow] = d
+    g[:, :fn] = rows
+    if padded:
+        wd = ow + 2 * qw
+        planes = np.zeros(dpad.shape, dpad.dtype)
+        planes[:, :, : (oh + 2 * qh) * wd].reshape(n, fn, oh + 2 * qh, wd)[:, :, qh : qh + oh, qw : qw + ow] = d
+        dpad[...] = planes
+    db[...] = 0
+    for i in range(n):
+        db += rows[i].sum(axis=1)
+
+
+def _make_dout_direct(dtype, spec, rng):
+    g, qh, qw = _direct_geo(spec)
+    padded = min(qh, qw) >= 0
+    lanes = 64 // np.dtype(dtype).itemsize
+    lg = -(-g.oh * g.wp // lanes) * lanes
+    fnp = -(-g.fn // 4) * 4
+    dout = (3 * rng.standard_normal(g.out_shape)).astype(dtype)
+    y = (3 * rng.standard_normal(g.out_shape)).astype(dtype)
+    ld = (g.oh + 2 * qh) * (g.ow + 2 * qw) + 3 if padded else 1
+    dpad = np.full((g.n if padded else 0, g.fn, ld), np.nan, dtype)
+    rows = np.full((g.n, fnp, lg), np.nan, dtype)
+    return [dout, y, spec[-1] in (6, 12), g.wp, qh, qw, padded, rows, dpad, rng.standard_normal(g.fn).astype(dtype)]
+
+
+def _conv_dw_direct(g, xp, koff, nvec, acc, dw):
+    n, fnp, _ = g.shape
+    lanes = 64 // xp.itemsize
+    span = nvec * lanes
+    fn, k = dw.shape
+    xf = xp.reshape(n, -1)
+    kb = koff.shape[0]
+    for t in range(-(-fn // 4) * kb):
+        fb, tb = divmod(t, kb)
+        rows = g[:, fb * 4 : fb * 4 + 4, :span].reshape(n, 4, nvec, lanes)
+        terms = xf[:, koff[tb][:, None] + np.arange(span)[None, :]].reshape(n, 6, nvec, lanes)
+        lanes_sum = np.einsum("ifvl,itvl->ftl", rows, terms)  # (4, 6, lanes)
+        acc[t, : 24 * lanes] = lanes_sum.reshape(-1)
+        for f in range(fb * 4, min(fn, fb * 4 + 4)):
+            for term in range(tb * 6, min(k, tb * 6 + 6)):
+                dw[f, term] = lanes_sum[f - fb * 4, term - tb * 6].sum()
+
+
+def _make_dw_direct(dtype, spec, rng):
+    g, _, _ = _direct_geo(spec)
+    lanes = 64 // np.dtype(dtype).itemsize
+    nvec = -(-g.oh * g.wp // lanes)
+    fnp = -(-g.fn // 4) * 4
+    lx = g.lx + 2 * lanes
+    xp = (3 * rng.standard_normal((g.n, g.c, lx))).astype(dtype)
+    rows = (3 * rng.standard_normal((g.n, fnp, nvec * lanes))).astype(dtype)
+    kb = -(-g.k // 6)
+    koff = np.zeros(kb * 6, np.int64)
+    koff[: g.k] = (
+        np.arange(g.c)[:, None, None] * lx + np.arange(g.fh)[None, :, None] * g.wp + np.arange(g.fw)[None, None, :]
+    ).reshape(-1)
+    acc = np.full(((fnp // 4) * kb, 24 * lanes + 5), np.nan, dtype)
+    acc[:, 24 * lanes :] = 0  # past the tile: untouched
+    return [rows, xp, koff.reshape(kb, 6), nvec, acc, np.full((g.fn, g.k), np.nan, dtype)]
+
+
 def _pool_geo(spec):
     from fastlayers.functional.conv import pool_geometry
 
@@ -477,6 +552,16 @@ CASES: dict[str, Case] = {
     "conv_dout": _conv_case(_conv_dout, _make_dout, "sum", n=lambda spec: spec[0] * spec[2] * spec[3]),
     "conv_col2im": _conv_case(_conv_col2im, _make_col2im),
     "conv_direct": Case(_conv_direct, _make_direct, "sum", shapes=DIRECT_SHAPES, n=lambda s: s[1] * s[5] * s[6]),
+    "conv_dout_direct": Case(
+        _conv_dout_direct, _make_dout_direct, "sum", shapes=DIRECT_SHAPES, n=lambda s: s[0] * s[2] * s[3]
+    ),
+    "conv_dw_direct": Case(
+        _conv_dw_direct,
+        _make_dw_direct,
+        "sum",
+        shapes=DIRECT_SHAPES,
+        n=lambda s: s[0] * (s[2] + 2 * s[7]) * (s[3] + 2 * s[7]),
+    ),
     "maxpool_forward": Case(_maxpool_forward, _make_pool_forward, "exact", shapes=POOL_SHAPES),
     "maxpool_backward": Case(
         _maxpool_backward, _make_pool_backward, "sum", shapes=POOL_SHAPES, n=lambda s: s[4] * s[5]

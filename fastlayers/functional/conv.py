@@ -171,7 +171,20 @@ def _chunks(geo: Geometry, itemsize: int) -> list[tuple[int, int]]:
 
 #: The register tiles of the direct kernel, (output channels, vectors of pixels), in the order
 #: preferred on a tie (``_kernels._numba.CONV_TILES``; numbers here so that this module needs no Numba).
-DIRECT_TILES = ((8, 3), (6, 4), (4, 6), (12, 2))
+DIRECT_TILES = ((8, 3), (6, 4), (4, 6), (12, 2), (3, 8), (2, 12), (1, 24))
+
+
+def _tile(fn: int, total: int, itemsize: int) -> tuple[int, int]:
+    """(output channels, pixels) of the direct kernel's tile that computes the fewest padded terms
+    for ``fn`` output channels over ``total`` pixels (the first of :data:`DIRECT_TILES` on a tie)."""
+    lanes = 64 // itemsize
+    best = None
+    for fc, vectors in DIRECT_TILES:
+        span = vectors * lanes
+        cost = -(-total // span) * span * (-(-fn // fc) * fc)
+        if best is None or cost < best[0]:
+            best = (cost, fc, span)
+    return best[1], best[2]
 
 
 def direct_plan(geo: Geometry, itemsize: int) -> tuple[int, int] | None:
@@ -181,38 +194,82 @@ def direct_plan(geo: Geometry, itemsize: int) -> tuple[int, int] | None:
     docs/PERFORMANCE.md)."""
     if geo.stride != 1:
         return None
-    lanes = 64 // itemsize
-    total = geo.oh * geo.wp
-    best = None
-    for fc, vectors in DIRECT_TILES:
-        span = vectors * lanes
-        cost = -(-total // span) * span * (-(-geo.fn // fc) * fc)
-        if best is None or cost < best[0]:
-            best = (cost, fc, span)
-    return best[1], best[2]
+    return _tile(geo.fn, geo.oh * geo.wp, itemsize)
+
+
+def _offsets(ws: Workspace, name: str, c: int, fh: int, fw: int, lx: int, wp: int, rows: int = 0) -> np.ndarray:
+    """The term offsets c*lx + ky*wp + kx of the K = c*fh*fw terms, int64, private; with ``rows``,
+    in rows of that many, the last row filled with 0."""
+    k = c * fh * fw
+    size = -(-k // rows) * rows if rows else k
+    koff = ws.flat(name, (size,), np.dtype(np.int64))
+    koff[:k] = (
+        np.arange(c)[:, None, None] * lx + np.arange(fh)[None, :, None] * wp + np.arange(fw)[None, None, :]
+    ).reshape(k)
+    koff[k:] = 0
+    return koff.reshape(-1, rows) if rows else koff
+
+
+def _blocks(ws: Workspace, name: str, W2: np.ndarray, fc: int) -> np.ndarray:
+    """``W2`` (FN, K) as private blocks (nblk, K, fc) of ``fc`` output channels, 0 past FN."""
+    fn, k = W2.shape
+    nblk = -(-fn // fc)
+    wide = ws.flat(name + "_wide", (nblk * fc, k), W2.dtype)
+    wide[:fn] = W2
+    wide[fn:] = 0
+    wr = ws.flat(name, (nblk, k, fc), W2.dtype)
+    wr[...] = wide.reshape(nblk, fc, k).transpose(0, 2, 1)
+    return wr
 
 
 def _direct(xp, W, b, geo: Geometry, plan: tuple[int, int], out, relu: bool, ws: Workspace) -> None:
     """The direct kernel on the padded batch ``xp``: the filters rearranged into blocks of the
     tile's output channels, the offsets of the K terms, and the tiles' scratch, all private."""
     fc, span = plan
-    dtype = W.dtype
-    nblk = -(-geo.fn // fc)
-    lx = xp.shape[2]
-    koff = ws.flat("koff", (geo.c, geo.fh, geo.fw), np.dtype(np.int64))
-    koff[...] = (
-        np.arange(geo.c)[:, None, None] * lx
-        + np.arange(geo.fh)[None, :, None] * geo.wp
-        + np.arange(geo.fw)[None, None, :]
-    )
-    wide = ws.flat("wide", (nblk * fc, geo.k), dtype)
-    wide[: geo.fn] = W.reshape(geo.fn, geo.k)
-    wide[geo.fn :] = 0
-    wr = ws.flat("wr", (nblk, geo.k, fc), dtype)
-    wr[...] = wide.reshape(nblk, fc, geo.k).transpose(0, 2, 1)
-    tile = ws.flat("tile", (geo.n * nblk, fc * span), dtype)
+    koff = _offsets(ws, "koff", geo.c, geo.fh, geo.fw, xp.shape[2], geo.wp)
+    wr = _blocks(ws, "wr", W.reshape(geo.fn, geo.k), fc)
+    tile = ws.flat("tile", (geo.n * wr.shape[0], fc * span), W.dtype)
     macs = geo.n * geo.fn * geo.oh * geo.ow * geo.k
-    launch(_conv.conv_direct, macs, xp, koff.reshape(geo.k), wr, b, geo.wp, relu, tile, out)
+    launch(_conv.conv_direct, macs, xp, koff, wr, b, geo.wp, relu, tile, out)
+
+
+def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu: bool, dx, dW, db) -> bool:
+    """The backward pass of a direct forward without products: the upstream gradient laid out once
+    (:func:`~fastlayers._kernels.conv.conv_dout_direct`), the filter gradient by
+    :func:`~fastlayers._kernels.conv.conv_dw_direct`, the input gradient as a direct convolution of
+    the gradient padded by FH-1-pad, FW-1-pad with the filters flipped and transposed. False (nothing
+    done) when the forward was not direct, or the input gradient is asked and pad > FH-1 or FW-1."""
+    geo = ws.geo
+    dtype = W.dtype
+    plan = direct_plan(geo, dtype.itemsize)
+    qh, qw = geo.fh - 1 - geo.pad, geo.fw - 1 - geo.pad
+    if plan is None or ws.xp.shape[2] != geo.lx + plan[1] or (with_dx and min(qh, qw) < 0):
+        return False
+    lanes = 64 // dtype.itemsize
+    nvec = -(-geo.oh * geo.wp // lanes)
+    fnp = -(-geo.fn // 4) * 4
+    g = ws.flat("g", (geo.n, fnp, nvec * lanes), dtype)
+    g[:, geo.fn :] = 0
+    hd, wd = geo.oh + 2 * max(qh, 0), geo.ow + 2 * max(qw, 0)
+    if with_dx:
+        fc, span = _tile(geo.c, geo.h * wd, dtype.itemsize)
+        dpad = ws.flat("dpad", (geo.n, geo.fn, hd * wd + geo.fw + span), dtype)
+    else:
+        dpad = ws.flat("dpad", (0, geo.fn, 1), dtype)
+    launch(_conv.conv_dout_direct, dout.size, dout, y, relu, geo.wp, qh, qw, with_dx, g, dpad, db)
+    koff = _offsets(ws, "koff_dw", geo.c, geo.fh, geo.fw, ws.xp.shape[2], geo.wp, rows=6)
+    acc = ws.flat("acc_dw", ((fnp // 4) * koff.shape[0], 24 * lanes), dtype)
+    macs = geo.n * geo.fn * geo.oh * geo.ow * geo.k
+    launch(_conv.conv_dw_direct, macs, g, ws.xp, koff, nvec, acc, dW.reshape(geo.fn, geo.k))
+    if with_dx:
+        flipped = W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(geo.c, geo.fn * geo.fh * geo.fw)
+        wr = _blocks(ws, "wr_dx", flipped, fc)
+        koff = _offsets(ws, "koff_dx", geo.fn, geo.fh, geo.fw, dpad.shape[2], wd)
+        tile = ws.flat("tile_dx", (geo.n * wr.shape[0], fc * span), dtype)
+        zeros = ws.flat("zeros", (geo.c,), dtype)
+        zeros[...] = 0
+        launch(_conv.conv_direct, macs, dpad, koff, wr, zeros, wd, False, tile, dx)
+    return True
 
 
 def forward_run(x, W: np.ndarray, b: np.ndarray, geo: Geometry, out, relu: bool, ws: Workspace) -> np.ndarray:
@@ -271,6 +328,8 @@ def backward_run(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu: boo
         dx = np.empty((geo.n, geo.c, geo.h, geo.w), dtype)
     partial = None
     y = dout if y is None else y
+    if _direct_backward(dout, y, W, ws, with_dx, relu, dx, dW, db):
+        return (dx if with_dx else None), dW, db
     for index, (n0, nb) in enumerate(reversed(_chunks(geo, dtype.itemsize))):
         col = ws.flat("col", (geo.k, nb * geo.seg), dtype)
         dflat = ws.flat("tmp", (geo.fn, nb * geo.seg), dtype)
