@@ -175,11 +175,19 @@ DIRECT_TILES = ((8, 3), (6, 4), (4, 6), (12, 2), (3, 8), (2, 12), (1, 24))
 
 
 def _tile(fn: int, total: int, itemsize: int) -> tuple[int, int]:
-    """(output channels, pixels) of the direct kernel's tile that computes the fewest padded terms
-    for ``fn`` output channels over ``total`` pixels (the first of :data:`DIRECT_TILES` on a tie)."""
+    """(output channels, pixels) of the direct kernel's tile for ``fn`` output channels over
+    ``total`` pixels: for fn <= 3 the tile of that many channels; otherwise, of the tiles of 4 to 12
+    channels, the one that computes the fewest padded terms (the first on a tie). The tiles of 1-3
+    channels load a vector of input per 3 FMAs or fewer: measured 3-7x slower than the others
+    wherever those waste no more than a few channels (docs/PERFORMANCE.md)."""
     lanes = 64 // itemsize
+    if fn <= 3:
+        fc = fn
+        return fc, (24 // fc) * lanes
     best = None
     for fc, vectors in DIRECT_TILES:
+        if fc < 4:
+            continue
         span = vectors * lanes
         cost = -(-total // span) * span * (-(-fn // fc) * fc)
         if best is None or cost < best[0]:
