@@ -101,16 +101,19 @@ def conv_pad(x, n0, pad, xp):
     nb, c, lx = xp.shape
     h, w = x.shape[2], x.shape[3]
     wp = w + 2 * pad
+    xf = xp.reshape(xp.size)  # flat, unsigned indices: no view per row (see conv_dout_direct)
     for r in prange(nb * c):
         i = r // c
         ch = r % c
-        dst = xp[i, ch]
-        _zero(dst[: pad * wp + pad])
+        base = r * lx
+        _zero_at(xf, base, base + pad * wp + pad)
         for y in range(h):
-            start = (y + pad) * wp + pad
-            _copy(dst[start : start + w], x[n0 + i, ch, y])
-            _zero(dst[start + w : start + w + 2 * pad])
-        _zero(dst[(h + pad) * wp + pad : lx])
+            start = base + (y + pad) * wp + pad
+            dst = u64(start)
+            for j in range(u64(w)):
+                xf[dst + j] = x[n0 + i, ch, y, j]
+            _zero_at(xf, start + w, start + w + 2 * pad)
+        _zero_at(xf, base + (h + pad) * wp + pad, base + lx)
 
 
 @twins(MEMORY_BOUND_MIN)
