@@ -178,7 +178,7 @@ def _tile(fn: int, total: int, itemsize: int) -> tuple[int, int]:
     """(output channels, pixels) of the direct kernel's tile for ``fn`` output channels over
     ``total`` pixels: for fn <= 3 the tile of that many channels; otherwise, of the tiles of 4 to 12
     channels, the one that computes the fewest padded terms (the first on a tie). The tiles of 1-3
-    channels load a vector of input per 3 FMAs or fewer: measured 3-7x slower than the others
+    channels load a vector of input per 3 FMAs or fewer: measured much slower than the others
     wherever those waste no more than a few channels (docs/PERFORMANCE.md)."""
     lanes = 64 // itemsize
     if fn <= 3:
