@@ -499,7 +499,8 @@ def conv_backward(
     if numpy_backend():
         return reference.conv_backward(dout, convert(x, dtype), W, geo.stride, geo.pad)
     ws = Workspace()
-    ws.xp = np.empty((geo.n, geo.c, geo.lx), dtype)
+    plan = direct_plan(geo, dtype.itemsize)  # padded as a direct forward pads: the direct backward
+    ws.xp = np.empty((geo.n, geo.c, geo.lx + (plan[1] if plan else 0)), dtype)
     launch(_conv.conv_pad, ws.xp.size, x, 0, geo.pad, ws.xp)
     ws.geo = geo
     return backward_run(np.ascontiguousarray(dout), None, W, ws, True, False)
