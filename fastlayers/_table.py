@@ -1092,6 +1092,10 @@ def warmup(dtypes=("float32", "float64")) -> dict[str, float]:
                 if case.kind in ("layer", "update"):
                     inputs = case.inputs(case.shape_for(n), dtype, np.random.default_rng(0))
                     case.run(case.build(inputs), inputs)
+            # the table's convolutions have stride 1 (the direct kernels): stride 2 runs im2col's
+            a = _conv_inputs(_conv_shape_for(n), dtype, np.random.default_rng(0))
+            strided = layers.Convolution(a["W"], a["b"], 2, 1)
+            strided.backward(np.ones_like(strided.forward(a["x"])))
             x = np.ones(rows_of_4(n), dtype)
             for target in (np.zeros(x.shape[0], np.int64), x):
                 _, y = F.softmax_cross_entropy_forward(x, target)

@@ -38,6 +38,22 @@ CONV_SHAPES = [
     (2, 3, 6, 7, 3, 1, 1, 1, 2),
     (5, 3, 61, 47, 4, 3, 2, 1, 1),
 ]
+#: the direct convolution (stride 1): (N, C, H, W, FN, FH, FW, pad, FC): batch 1, C = 1 and 3, odd
+#: sizes, padding 0-2, non-square filters, every tile (FC = 8, 6, 4, 12, 3, 2, 1), FN not a multiple of FC,
+#: planes smaller than a tile, and two past the parallel threshold (DeepConvNet's 3x3 shapes)
+DIRECT_SHAPES = [
+    (1, 1, 5, 5, 1, 5, 5, 0, 8),
+    (2, 3, 9, 8, 4, 3, 2, 0, 6),
+    (1, 3, 11, 9, 5, 3, 3, 2, 4),
+    (3, 1, 7, 10, 2, 2, 3, 2, 12),
+    (2, 3, 6, 7, 3, 1, 1, 2, 6),
+    (5, 3, 61, 47, 13, 3, 2, 1, 8),
+    (3, 16, 28, 28, 16, 3, 3, 1, 8),
+    (2, 32, 7, 7, 30, 3, 3, 1, 6),
+    (2, 3, 8, 9, 5, 3, 3, 1, 3),
+    (1, 2, 9, 7, 3, 2, 2, 0, 2),
+    (3, 4, 12, 11, 1, 3, 3, 1, 1),
+]
 #: pooling kernels: (N, C, H, W, pool_h, pool_w, stride, pad)
 POOL_SHAPES = [
     (1, 1, 2, 2, 2, 2, 2, 0),
@@ -270,6 +286,119 @@ def _make_col2im(dtype, spec, rng):
     return [dcol, g.fh, g.fw, g.stride, g.wp, g.oh, g.ow, g.r, g.pad, n0, dxp, np.zeros((g.n, g.c, g.h, g.w), dtype)]
 
 
+def _conv_direct(xp, koff, wr, b, wp, relu, tile, out):
+    n, c, lx = xp.shape
+    nblk, k, fc = wr.shape
+    fn, oh, ow = out.shape[1:]
+    span = (24 // fc) * (64 // xp.itemsize)
+    total = oh * wp
+    last = ((total - 1) // span) * span  # the start of each task's last tile, left in ``tile``
+    xf = xp.reshape(n, c * lx)
+    q = (np.arange(oh)[:, None] * wp + np.arange(ow)[None, :]).reshape(-1)
+    for i in range(n):
+        terms = xf[i][koff[:, None] + q[None, :]]  # (K, OH*OW): the input under each filter term
+        for blk in range(nblk):
+            f0, count = blk * fc, min(fc, fn - blk * fc)
+            v = (wr[blk, :, :count].T @ terms + b[f0 : f0 + count, None]).reshape(count, oh, ow)
+            out[i, f0 : f0 + count] = reference.relu_forward(v) if relu else v
+            seen = xf[i][koff[:, None] + (last + np.arange(span))[None, :]]
+            tile[i * nblk + blk, : fc * span] = (wr[blk].T @ seen).reshape(-1)
+
+
+def _make_direct(dtype, spec, rng):
+    n, c, h, w, fn, fh, fw, pad, fc = spec
+    g = _geo((n, c, h, w, fn, fh, fw, 1, pad))
+    span = (24 // fc) * (64 // np.dtype(dtype).itemsize)
+    lx = g.lx + span
+    # values everywhere, NaN where no stored output may look: past the padded plane, and in the
+    # filters' channels past FN (computed in the tiles, never stored)
+    xp = (3 * rng.standard_normal((n, c, lx))).astype(dtype)
+    xp[:, :, (g.h + 2 * pad) * g.wp :] = np.nan
+    nblk = -(-fn // fc)
+    wr = rng.standard_normal((nblk, g.k, fc)).astype(dtype)
+    flat = wr.transpose(0, 2, 1)  # (nblk, fc, K) view
+    for f in range(fn, nblk * fc):
+        flat[f // fc, f % fc] = np.nan
+    koff = (
+        np.arange(c)[:, None, None] * lx + np.arange(fh)[None, :, None] * g.wp + np.arange(fw)[None, None, :]
+    ).reshape(-1)
+    b = rng.standard_normal(fn).astype(dtype)
+    tile = np.full((n * nblk, fc * span), np.nan, dtype)
+    return [xp, koff.astype(np.int64), wr, b, g.wp, fc in (6, 12), tile, np.full(g.out_shape, np.nan, dtype)]
+
+
+def _direct_geo(spec):
+    n, c, h, w, fn, fh, fw, pad, fc = spec
+    g = _geo((n, c, h, w, fn, fh, fw, 1, pad))
+    return g, fh - 1 - pad, fw - 1 - pad
+
+
+def _conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db):
+    n, fn, oh, ow = dout.shape
+    d = reference.relu_backward(dout, y) if relu else dout
+    rows = np.zeros((n, fn, g.shape[2]), g.dtype)
+    rows[:, :, : oh * wp].reshape(n, fn, oh, wp)[..., :ow] = d
+    g[:, :fn] = rows
+    if padded:
+        wd = ow + 2 * qw
+        planes = np.zeros(dpad.shape, dpad.dtype)
+        planes[:, :, : (oh + 2 * qh) * wd].reshape(n, fn, oh + 2 * qh, wd)[:, :, qh : qh + oh, qw : qw + ow] = d
+        dpad[...] = planes
+    db[...] = 0
+    for i in range(n):
+        db += rows[i].sum(axis=1)
+
+
+def _make_dout_direct(dtype, spec, rng):
+    g, qh, qw = _direct_geo(spec)
+    padded = min(qh, qw) >= 0
+    lanes = 64 // np.dtype(dtype).itemsize
+    lg = -(-g.oh * g.wp // lanes) * lanes
+    fnp = -(-g.fn // 4) * 4
+    dout = (3 * rng.standard_normal(g.out_shape)).astype(dtype)
+    y = (3 * rng.standard_normal(g.out_shape)).astype(dtype)
+    ld = (g.oh + 2 * qh) * (g.ow + 2 * qw) + 3 if padded else 1
+    dpad = np.full((g.n if padded else 0, g.fn, ld), np.nan, dtype)
+    rows = np.full((g.n, fnp, lg), np.nan, dtype)
+    return [dout, y, spec[-1] in (6, 12), g.wp, qh, qw, padded, rows, dpad, rng.standard_normal(g.fn).astype(dtype)]
+
+
+def _conv_dw_direct(g, xp, koff, nvec, acc, dw):
+    n, fnp, _ = g.shape
+    lanes = 64 // xp.itemsize
+    span = nvec * lanes
+    fn, k = dw.shape
+    xf = xp.reshape(n, -1)
+    kb = koff.shape[0]
+    for t in range(-(-fn // 4) * kb):
+        fb, tb = divmod(t, kb)
+        rows = g[:, fb * 4 : fb * 4 + 4, :span].reshape(n, 4, nvec, lanes)
+        terms = xf[:, koff[tb][:, None] + np.arange(span)[None, :]].reshape(n, 6, nvec, lanes)
+        lanes_sum = np.einsum("ifvl,itvl->ftl", rows, terms)  # (4, 6, lanes)
+        acc[t, : 24 * lanes] = lanes_sum.reshape(-1)
+        for f in range(fb * 4, min(fn, fb * 4 + 4)):
+            for term in range(tb * 6, min(k, tb * 6 + 6)):
+                dw[f, term] = lanes_sum[f - fb * 4, term - tb * 6].sum()
+
+
+def _make_dw_direct(dtype, spec, rng):
+    g, _, _ = _direct_geo(spec)
+    lanes = 64 // np.dtype(dtype).itemsize
+    nvec = -(-g.oh * g.wp // lanes)
+    fnp = -(-g.fn // 4) * 4
+    lx = g.lx + 2 * lanes
+    xp = (3 * rng.standard_normal((g.n, g.c, lx))).astype(dtype)
+    rows = (3 * rng.standard_normal((g.n, fnp, nvec * lanes))).astype(dtype)
+    kb = -(-g.k // 6)
+    koff = np.zeros(kb * 6, np.int64)
+    koff[: g.k] = (
+        np.arange(g.c)[:, None, None] * lx + np.arange(g.fh)[None, :, None] * g.wp + np.arange(g.fw)[None, None, :]
+    ).reshape(-1)
+    acc = np.full(((fnp // 4) * kb, 24 * lanes + 5), np.nan, dtype)
+    acc[:, 24 * lanes :] = 0  # past the tile: untouched
+    return [rows, xp, koff.reshape(kb, 6), nvec, acc, np.full((g.fn, g.k), np.nan, dtype)]
+
+
 def _pool_geo(spec):
     from fastlayers.functional.conv import pool_geometry
 
@@ -422,6 +551,17 @@ CASES: dict[str, Case] = {
     "conv_output": _conv_case(_conv_output, _make_output),
     "conv_dout": _conv_case(_conv_dout, _make_dout, "sum", n=lambda spec: spec[0] * spec[2] * spec[3]),
     "conv_col2im": _conv_case(_conv_col2im, _make_col2im),
+    "conv_direct": Case(_conv_direct, _make_direct, "sum", shapes=DIRECT_SHAPES, n=lambda s: s[1] * s[5] * s[6]),
+    "conv_dout_direct": Case(
+        _conv_dout_direct, _make_dout_direct, "sum", shapes=DIRECT_SHAPES, n=lambda s: s[0] * s[2] * s[3]
+    ),
+    "conv_dw_direct": Case(
+        _conv_dw_direct,
+        _make_dw_direct,
+        "sum",
+        shapes=DIRECT_SHAPES,
+        n=lambda s: s[0] * (s[2] + 2 * s[7]) * (s[3] + 2 * s[7]),
+    ),
     "maxpool_forward": Case(_maxpool_forward, _make_pool_forward, "exact", shapes=POOL_SHAPES),
     "maxpool_backward": Case(
         _maxpool_backward, _make_pool_backward, "sum", shapes=POOL_SHAPES, n=lambda s: s[4] * s[5]

@@ -399,3 +399,75 @@ def test_backward_sees_the_input_as_forward_did(backend):
         np.testing.assert_array_equal(layer.col, col)
     np.testing.assert_array_equal(dx, dx_want)
     np.testing.assert_array_equal(layer.dW, dW_want)
+
+
+#: stride-1 shapes run by the direct kernel: (N, C, H, W, FN, FH, FW, pad) (the kernel registry
+#: covers each register tile)
+DIRECT = [
+    (3, 16, 28, 28, 16, 3, 3, 1),  # DeepConvNet's first layers
+    (2, 32, 7, 7, 64, 3, 3, 1),  # its last ones
+    (2, 1, 28, 28, 30, 5, 5, 0),  # SimpleConvNet's
+    (1, 3, 11, 9, 5, 3, 3, 2),
+    (2, 2, 3, 2, 25, 2, 2, 1),
+    (1, 3, 30, 29, 4, 3, 1, 1),
+    (2, 5, 9, 8, 2, 3, 2, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("spec", DIRECT, ids=str)
+def test_direct_convolution(spec, dtype):
+    """Stride 1 runs the direct kernel, bias and ReLU fused as the nets ask, any layout of the input;
+    its backward pass runs without products."""
+    n, c, h, w, fn, fh, fw, pad = spec
+    x, W, b, _, _ = _data((n, c, h, w, fn, fh, fw, 1, pad), dtype)
+    geo = C.geometry(x.shape, W.shape, 1, pad)
+    itemsize = np.dtype(dtype).itemsize
+    assert C.direct_plan(geo, itemsize) is not None
+    want = _conv_loops(x, W, b, 1, pad).astype(dtype)
+    k = W[0].size
+    for kind in LAYOUTS:
+        assert_close(F.conv_forward(layout(x, kind), W, b, 1, pad), want, "sum", n=k)
+    ws = C.Workspace()
+    out = C.forward_run(x, W, b, geo, None, True, ws)
+    assert_close(out, np.maximum(want, 0), "sum", n=k)
+    assert C.direct_plan(C.geometry(x.shape, W.shape, 2, pad), itemsize) is None  # im2col's
+    # the backward pass without products, ReLU's mask fused, with and without the input gradient
+    dout = np.random.default_rng(5).standard_normal(out.shape).astype(dtype)
+    masked = np.where(out <= 0, 0, dout).astype(np.float64)
+    rdx, rdW, rdb = R.conv_backward(masked, x.astype(np.float64), W.astype(np.float64), 1, pad)
+    for with_dx in (True, False):
+        dx, dW, db = C.backward_run(dout, out, W, ws, with_dx, True)
+        assert (dx is None) != with_dx
+        if with_dx:
+            assert_close(dx, rdx.astype(dtype), "sum", n=k)
+        assert_close(dW, rdW.astype(dtype), "sum", n=out.size // fn)
+        assert_close(db, rdb.astype(dtype), "sum", n=out.size // fn)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("spec", [(2, 3, 6, 7, 3, 1, 1, 1, 2), (2, 2, 5, 6, 3, 2, 3, 1, 2)], ids=str)
+def test_direct_forward_with_a_pad_wider_than_the_filter(spec, dtype):
+    """pad > FH-1: the input gradient goes through im2col's path, the forward stays direct."""
+    x, W, b, stride, pad = _data(spec, dtype)
+    layer = fl.Convolution(W, b, stride, pad)
+    out = layer.forward(x)
+    dout = np.random.default_rng(1).standard_normal(out.shape).astype(dtype)
+    dx = layer.backward(dout)
+    rdx, rdW, rdb = R.conv_backward(dout.astype(np.float64), x.astype(np.float64), W.astype(np.float64), stride, pad)
+    assert_close(out, _conv_loops(x, W, b, stride, pad).astype(dtype), "sum", n=W[0].size)
+    assert_close(dx, rdx.astype(dtype), "sum", n=W[0].size)
+    assert_close(layer.dW, rdW.astype(dtype), "sum", n=out.size // W.shape[0])
+    assert_close(layer.db, rdb.astype(dtype), "sum", n=out.size // W.shape[0])
+
+
+def test_direct_convolution_propagates_nan_and_infinity():
+    x, W, b, _, _ = _data((2, 3, 9, 8, 7, 3, 3, 1, 1), np.float32)
+    x[0, 1, 4, 4] = np.nan
+    x[1, 2, 0, 0] = np.inf
+    got = F.conv_forward(x, W, b, 1, 1)
+    want = R.conv_forward(x, W, b, 1, 1)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+    finite = np.isfinite(want)
+    assert_close(got[finite], want[finite], "sum", n=27)

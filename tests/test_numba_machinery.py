@@ -78,3 +78,62 @@ def test_bitcasts_python_bodies_match_compiled():
     assert casts(a, b) == (_numba.f64_to_bits(a), _numba.bits_to_f64(_numba.f64_to_bits(a)), _numba.f32_to_bits(b))
     assert _numba.bits_to_f64(_numba.f64_to_bits(a)) == a
     assert _numba.bits_to_f32(_numba.f32_to_bits(b)) == b
+
+
+@compiled_only
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tile", _numba.CONV_TILES)
+def test_conv_tile_python_body_matches_compiled(tile, dtype):
+    """The direct convolution's register tile: its Python body (no JIT) against the compiled one
+    (FMAs there: within rounding), and the bounds its Python body checks."""
+    channels, vectors = tile
+    fn = getattr(_numba, f"conv_tile_{channels}x{vectors}")
+
+    @njit(error_model="numpy")
+    def compiled(xf, xoff, koff, wf, woff, out):
+        fn(xf, xoff, koff, wf, woff, out)
+
+    rng = np.random.default_rng(1)
+    span = vectors * 64 // np.dtype(dtype).itemsize
+    koff = np.array([0, 3, 40, 41, 90], np.int64)
+    xf = rng.standard_normal(100 + span).astype(dtype)
+    wf = rng.standard_normal(7 + 5 * channels).astype(dtype)
+    got, want = np.full(channels * span + 3, 7, dtype), np.full(channels * span + 3, 7, dtype)
+    compiled(xf, 5, koff, wf, 7, got)
+    fn(xf, 5, koff, wf, 7, want)
+    np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == np.float32 else 1e-13, atol=1e-5)
+    assert (got[-3:] == 7).all()
+    with pytest.raises(IndexError):
+        fn(xf, 100 - 90 + 1, koff, wf, 7, want)
+    with pytest.raises(IndexError):
+        fn(xf, 0, koff, wf, 8 + channels * 5 - 1, want)
+
+
+@compiled_only
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv_dw_tile_python_body_matches_compiled(dtype):
+    """The filter gradient's tile: Python body against compiled (within rounding), accumulating
+    into what ``acc`` holds, over images then vectors; the bounds its Python body checks."""
+    fn = _numba.conv_dw_tile_4x6
+    assert _numba.CONV_DW_TILE == (4, 6)
+
+    @njit(error_model="numpy")
+    def compiled(gf, goff, gstride, gimage, xf, xoff, ximage, koff, nvec, nimg, acc):
+        fn(gf, goff, gstride, gimage, xf, xoff, ximage, koff, nvec, nimg, acc)
+
+    rng = np.random.default_rng(2)
+    lanes = 64 // np.dtype(dtype).itemsize
+    koff = np.array([0, 1, 9, 10, 11, 30, 99], np.int64)  # the first 6 are read
+    gf = rng.standard_normal(3 + 2 * 200 + 3 * 40 + 2 * lanes).astype(dtype)
+    xf = rng.standard_normal(5 + 2 * 150 + 30 + 2 * lanes).astype(dtype)
+    start = rng.standard_normal(24 * lanes + 2).astype(dtype)
+    got, want = start.copy(), start.copy()
+    args = (gf, 3, 40, 200, xf, 5, 150, koff, 2, 3)
+    compiled(*args, got)
+    fn(*args, want)
+    np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == np.float32 else 1e-13, atol=1e-4)
+    assert (got[-2:] == start[-2:]).all()
+    with pytest.raises(IndexError):
+        fn(gf, 3, 40, 200, xf, 5, 150, koff, 2, 4, want)  # a fourth image past the gradient rows
+    with pytest.raises(IndexError):
+        fn(gf, 3, 40, 200, xf, 5, 150, koff, 2, 3, want[: 24 * lanes - 1])

@@ -437,3 +437,270 @@ def _row_sum_impl(a):
 @overload(row_max, inline="always")
 def _row_max_impl(a):
     return lambda a: _row_max_llvm(a)
+
+
+# --------------------------------------------------------------------------------------------
+# The register tile of the direct convolution (fastlayers._kernels.conv.conv_direct): ``channels``
+# output channels times ``vectors`` vectors of consecutive output pixels (16 float32 or 8 float64
+# lanes each), accumulated in vector registers over the whole reduction: per term k, ``vectors``
+# unaligned loads of input, ``channels`` broadcast weights, ``channels * vectors`` FMAs.
+# --------------------------------------------------------------------------------------------
+def _tile_python(channels: int, vectors: int) -> Callable:
+    def conv_tile(xf, xoff, koff, wf, woff, tile):
+        span = vectors * (64 // xf.itemsize)
+        nk = koff.shape[0]
+        if nk and (xoff < 0 or koff.min() < 0 or xoff + int(koff.max()) + span > xf.shape[0]):
+            raise IndexError("conv_tile would read xf out of bounds")
+        if woff < 0 or woff + nk * channels > wf.shape[0] or channels * span > tile.shape[0]:
+            raise IndexError("conv_tile would read wf or write tile out of bounds")
+        acc = np.zeros((channels, span), xf.dtype)
+        for k in range(nk):
+            x = xf[xoff + koff[k] : xoff + koff[k] + span]
+            w = wf[woff + k * channels : woff + (k + 1) * channels]
+            acc += w[:, None] * x[None, :]
+        tile[: channels * span] = acc.reshape(-1)
+
+    conv_tile.__name__ = conv_tile.__qualname__ = f"conv_tile_{channels}x{vectors}"
+    return conv_tile
+
+
+def _tile_function(module: ir.Module, fty, intp, channels: int, vectors: int) -> ir.Function:
+    """The tile as its own LLVM function (``noinline``: inlined into a kernel's loops, LLVM spilled
+    the accumulators to the stack), made once per module:
+    f(x, koff, nk, w, tile) with x and w already offset."""
+    size = 4 if isinstance(fty, ir.FloatType) else 8
+    lanes = 64 // size
+    name = f"fastlayers_conv_tile_{channels}x{vectors}_f{size * 8}"
+    if name in module.globals:
+        return module.globals[name]
+    ptr = fty.as_pointer()
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr, intp.as_pointer(), intp, ptr, ptr]), name)
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    for arg in fn.args:
+        if isinstance(arg.type, ir.PointerType):
+            arg.add_attribute("noalias")
+    x, koff, nk, w, tile = fn.args
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    vty = ir.VectorType(fty, lanes)
+    i32 = ir.IntType(32)
+    fma = cgutils.get_or_insert_function(module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{lanes}f{size * 8}")
+    zero = cgutils.get_null_value(vty)
+    accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(vectors)] for _ in range(channels)]
+    with cgutils.for_range(builder, nk) as loop:
+        k = loop.index
+        xbase = builder.gep(x, [builder.load(builder.gep(koff, [k]))])
+        xv = []
+        for v in range(vectors):
+            vptr = builder.bitcast(builder.gep(xbase, [ir.Constant(intp, v * lanes)]), vty.as_pointer())
+            xv.append(builder.load(vptr, align=size))
+        wbase = builder.gep(w, [builder.mul(k, ir.Constant(intp, channels))])
+        for f in range(channels):
+            value = builder.load(builder.gep(wbase, [ir.Constant(intp, f)]))
+            one = builder.insert_element(ir.Constant(vty, ir.Undefined), value, ir.Constant(i32, 0))
+            splat = builder.shuffle_vector(one, ir.Constant(vty, ir.Undefined), _indices([0] * lanes))
+            for v in range(vectors):
+                acc = accs[f][v]
+                builder.store(builder.call(fma, [splat, xv[v], builder.load(acc)]), acc)
+    for f in range(channels):
+        for v in range(vectors):
+            tptr = builder.gep(tile, [ir.Constant(intp, (f * vectors + v) * lanes)])
+            builder.store(builder.load(accs[f][v]), builder.bitcast(tptr, vty.as_pointer()), align=size)
+    builder.ret_void()
+    return fn
+
+
+def _tile_codegen(channels: int, vectors: int):
+    def codegen(context, builder, signature, args):
+        xty, _, kty, wty, _, tty = signature.args
+        xf, xoff, koff, wf, woff, tile = args
+        xa = context.make_array(xty)(context, builder, xf)
+        ka = context.make_array(kty)(context, builder, koff)
+        wa = context.make_array(wty)(context, builder, wf)
+        ta = context.make_array(tty)(context, builder, tile)
+        nk = builder.extract_value(ka.shape, 0)
+        xoff = context.cast(builder, xoff, signature.args[1], types.intp)
+        woff = context.cast(builder, woff, signature.args[4], types.intp)
+        fty = context.get_value_type(xty.dtype)
+        fn = _tile_function(builder.module, fty, nk.type, channels, vectors)
+        builder.call(fn, [builder.gep(xa.data, [xoff]), ka.data, nk, builder.gep(wa.data, [woff]), ta.data])
+        return context.get_dummy_value()
+
+    return codegen
+
+
+def _tile_check(xf, koff, wf, tile) -> bool:
+    return (
+        _check_1d_float(xf)
+        and xf.layout == "C"
+        and wf == xf
+        and tile == xf
+        and isinstance(koff, types.Array)
+        and koff.ndim == 1
+        and koff.layout == "C"
+        and koff.dtype == types.int64
+    )
+
+
+def conv_tile(channels: int, vectors: int) -> Callable:
+    """``conv_tile_CxV(xf, xoff, koff, wf, woff, tile)``: tile[f*S + p] = the sum over k, in order,
+    of wf[woff + k*channels + f] * xf[xoff + koff[k] + p] (one FMA each in compiled code), for
+    f < ``channels`` and p < S = ``vectors`` * (64 // itemsize). 1-D C-contiguous float arrays of one
+    dtype, ``koff`` int64. Compiled code does not check bounds: the caller guarantees them (the Python
+    body checks them)."""
+    python_body = _tile_python(channels, vectors)
+    codegen = _tile_codegen(channels, vectors)
+
+    def typer(typingctx, xf, xoff, koff, wf, woff, tile):
+        if not _tile_check(xf, koff, wf, tile):
+            return None
+        return types.none(xf, xoff, koff, wf, woff, tile), codegen
+
+    tile_llvm = intrinsic(typer)
+
+    @overload(python_body, inline="always")
+    def _impl(xf, xoff, koff, wf, woff, tile):
+        return lambda xf, xoff, koff, wf, woff, tile: tile_llvm(xf, xoff, koff, wf, woff, tile)
+
+    return python_body
+
+
+#: the register tiles of the direct convolution, (output channels, vectors of pixels): 24 accumulators
+#: each, which with the loaded input vectors and one broadcast fit AVX-512's 32 vector registers
+CONV_TILES = ((8, 3), (6, 4), (4, 6), (12, 2), (3, 8), (2, 12), (1, 24))
+conv_tile_8x3 = conv_tile(8, 3)
+conv_tile_6x4 = conv_tile(6, 4)
+conv_tile_4x6 = conv_tile(4, 6)
+conv_tile_12x2 = conv_tile(12, 2)
+conv_tile_3x8 = conv_tile(3, 8)
+conv_tile_2x12 = conv_tile(2, 12)
+conv_tile_1x24 = conv_tile(1, 24)
+
+
+# --------------------------------------------------------------------------------------------
+# The register tile of the direct convolution's filter gradient (conv_dw_direct): ``filters`` rows
+# of the output gradient times ``terms`` filter terms, each accumulator a vector of pixel lanes.
+# --------------------------------------------------------------------------------------------
+def _dw_python(filters: int, terms: int) -> Callable:
+    def conv_dw_tile(gf, goff, gstride, gimage, xf, xoff, ximage, koff, nvec, nimg, acc):
+        lanes = 64 // gf.itemsize
+        span = nvec * lanes
+        last = max(nimg - 1, 0)
+        if min(nvec, nimg, goff, xoff, gstride, gimage, ximage) < 0 or koff.shape[0] < terms or koff[:terms].min() < 0:
+            raise IndexError("conv_dw_tile: negative offsets or too few terms")
+        if nimg and (
+            goff + last * gimage + (filters - 1) * gstride + span > gf.shape[0]
+            or xoff + last * ximage + int(koff[:terms].max()) + span > xf.shape[0]
+        ):
+            raise IndexError("conv_dw_tile would read out of bounds")
+        if acc.shape[0] < filters * terms * lanes:
+            raise IndexError("conv_dw_tile would write acc out of bounds")
+        a = acc[: filters * terms * lanes].reshape(filters, terms, lanes)
+        for i in range(nimg):
+            for v in range(nvec):
+                q = v * lanes
+                for f in range(filters):
+                    at = goff + i * gimage + f * gstride + q
+                    g = gf[at : at + lanes]
+                    for t in range(terms):
+                        at = xoff + i * ximage + koff[t] + q
+                        a[f, t] += g * xf[at : at + lanes]
+
+    conv_dw_tile.__name__ = conv_dw_tile.__qualname__ = f"conv_dw_tile_{filters}x{terms}"
+    return conv_dw_tile
+
+
+def _dw_function(module: ir.Module, fty, intp, filters: int, terms: int) -> ir.Function:
+    """f(g, gstride, gimage, x, ximage, koff, nvec, nimg, acc), g and x already offset; ``noinline``
+    as the forward tile. The accumulators stay in registers over all ``nimg`` images."""
+    size = 4 if isinstance(fty, ir.FloatType) else 8
+    lanes = 64 // size
+    name = f"fastlayers_conv_dw_tile_{filters}x{terms}_f{size * 8}"
+    if name in module.globals:
+        return module.globals[name]
+    ptr = fty.as_pointer()
+    fnty = ir.FunctionType(ir.VoidType(), [ptr, intp, intp, ptr, intp, intp.as_pointer(), intp, intp, ptr])
+    fn = ir.Function(module, fnty, name)
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    g, gstride, gimage, x, ximage, koff, nvec, nimg, acc_ptr = fn.args
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    vty = ir.VectorType(fty, lanes)
+    fma = cgutils.get_or_insert_function(module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{lanes}f{size * 8}")
+
+    def vptr(base, index):
+        return builder.bitcast(builder.gep(base, [index]), vty.as_pointer())
+
+    slots = [[vptr(acc_ptr, ir.Constant(intp, (f * terms + t) * lanes)) for t in range(terms)] for f in range(filters)]
+    accs = [[cgutils.alloca_once_value(builder, builder.load(s, align=size)) for s in row] for row in slots]
+    offsets = [builder.load(builder.gep(koff, [ir.Constant(intp, t)])) for t in range(terms)]
+    with cgutils.for_range(builder, nimg) as image:
+        gimg = builder.gep(g, [builder.mul(image.index, gimage)])
+        ximg = builder.gep(x, [builder.mul(image.index, ximage)])
+        grows = [builder.gep(gimg, [builder.mul(ir.Constant(intp, f), gstride)]) for f in range(filters)]
+        xrows = [builder.gep(ximg, [offset]) for offset in offsets]
+        with cgutils.for_range(builder, nvec) as loop:
+            q = builder.mul(loop.index, ir.Constant(intp, lanes))
+            gv = [builder.load(vptr(row, q), align=size) for row in grows]
+            xv = [builder.load(vptr(row, q), align=size) for row in xrows]
+            for f in range(filters):
+                for t in range(terms):
+                    acc = accs[f][t]
+                    builder.store(builder.call(fma, [gv[f], xv[t], builder.load(acc)]), acc)
+    for f in range(filters):
+        for t in range(terms):
+            builder.store(builder.load(accs[f][t]), slots[f][t], align=size)
+    builder.ret_void()
+    return fn
+
+
+def _dw_codegen(filters: int, terms: int):
+    def codegen(context, builder, signature, args):
+        sig = signature.args
+        gf, goff, gstride, gimage, xf, xoff, ximage, koff, nvec, nimg, acc = args
+        ga = context.make_array(sig[0])(context, builder, gf)
+        xa = context.make_array(sig[4])(context, builder, xf)
+        ka = context.make_array(sig[7])(context, builder, koff)
+        aa = context.make_array(sig[10])(context, builder, acc)
+        goff, gstride, gimage, xoff, ximage, nvec, nimg = (
+            context.cast(builder, args[i], sig[i], types.intp) for i in (1, 2, 3, 5, 6, 8, 9)
+        )
+        fty = context.get_value_type(sig[0].dtype)
+        fn = _dw_function(builder.module, fty, nvec.type, filters, terms)
+        gptr, xptr = builder.gep(ga.data, [goff]), builder.gep(xa.data, [xoff])
+        builder.call(fn, [gptr, gstride, gimage, xptr, ximage, ka.data, nvec, nimg, aa.data])
+        return context.get_dummy_value()
+
+    return codegen
+
+
+def conv_dw_tile(filters: int, terms: int) -> Callable:
+    """``conv_dw_tile_FxT(gf, goff, gstride, gimage, xf, xoff, ximage, koff, nvec, nimg, acc)``: for
+    f < ``filters``, t < ``terms`` and the lanes l of a 64-byte vector, acc[(f*terms + t)*lanes + l]
+    += the sum over images i < ``nimg`` and vectors v < ``nvec``, in that order, of
+    gf[goff + i*gimage + f*gstride + v*lanes + l] * xf[xoff + i*ximage + koff[t] + v*lanes + l] (one
+    FMA each in compiled code). 1-D C-contiguous float arrays of one dtype, ``koff`` int64 (its first
+    ``terms`` entries are read). Compiled code does not check bounds (the Python body does)."""
+    python_body = _dw_python(filters, terms)
+    codegen = _dw_codegen(filters, terms)
+
+    def typer(typingctx, gf, goff, gstride, gimage, xf, xoff, ximage, koff, nvec, nimg, acc):
+        if not _tile_check(gf, koff, xf, acc):
+            return None
+        return types.none(gf, goff, gstride, gimage, xf, xoff, ximage, koff, nvec, nimg, acc), codegen
+
+    dw_llvm = intrinsic(typer)
+
+    @overload(python_body, inline="always")
+    def _impl(gf, goff, gstride, gimage, xf, xoff, ximage, koff, nvec, nimg, acc):
+        def impl(gf, goff, gstride, gimage, xf, xoff, ximage, koff, nvec, nimg, acc):
+            dw_llvm(gf, goff, gstride, gimage, xf, xoff, ximage, koff, nvec, nimg, acc)
+
+        return impl
+
+    return python_body
+
+
+#: the filter gradient's tile: (rows of the output gradient, filter terms), 24 accumulators
+CONV_DW_TILE = (4, 6)
+conv_dw_tile_4x6 = conv_dw_tile(4, 6)

@@ -1,6 +1,11 @@
 """Convolution and max-pooling kernels on NCHW arrays.
 
-A convolution runs as im2col, one matrix product (:func:`fastlayers._gemm.matmul`, in
+A convolution of stride 1 runs as :func:`conv_pad` then :func:`conv_direct`: a direct convolution
+whose inner loop (``_numba.conv_tile_*``, LLVM code generated in ``_numba``) keeps a tile of output
+channels x pixels in vector registers over the whole reduction, the filters rearranged into blocks
+of the tile's channels, bias and ReLU applied as the tile is written out.
+
+Other strides run as im2col, one matrix product (:func:`fastlayers._gemm.matmul`, in
 :mod:`fastlayers.functional.conv`), and a pass that writes the output; over a batch it works in
 chunks of images so that the column matrix of a chunk stays small. The kernels here are the passes
 around the product:
@@ -33,12 +38,33 @@ one task and adds in a fixed order, so results do not depend on the thread count
 
 from __future__ import annotations
 
+import numpy as np
 from numba import prange
 
-from ._numba import helper, row_sum, twins, typed
+from ._numba import (
+    conv_dw_tile_4x6,
+    conv_tile_1x24,
+    conv_tile_2x12,
+    conv_tile_3x8,
+    conv_tile_4x6,
+    conv_tile_6x4,
+    conv_tile_8x3,
+    conv_tile_12x2,
+    helper,
+    row_sum,
+    twins,
+    typed,
+)
+
+u64 = np.uint64
 
 #: Passes over a chunk run in parallel from this many elements written.
 MEMORY_BOUND_MIN = 1 << 16
+#: The direct convolution runs in parallel from this many multiply-adds.
+DIRECT_MIN = 1 << 18
+#: The filter gradient walks images in chunks of about this many elements (gradient rows and input
+#: planes together: 512 KiB in float32, within a core's L2 cache).
+DW_CHUNK_ELEMENTS = 1 << 17
 
 
 @helper
@@ -51,6 +77,14 @@ def _copy(dst, src):
 def _add(dst, src):
     for j in range(dst.shape[0]):
         dst[j] += src[j]
+
+
+@helper
+def _zero_at(flat, start, stop):
+    """flat[start:stop] = 0 (unsigned indices, for vector code), no view made."""
+    zero = typed(0, flat)
+    for j in range(u64(start), u64(stop)):
+        flat[j] = zero
 
 
 @helper
@@ -67,16 +101,19 @@ def conv_pad(x, n0, pad, xp):
     nb, c, lx = xp.shape
     h, w = x.shape[2], x.shape[3]
     wp = w + 2 * pad
+    xf = xp.reshape(xp.size)  # flat, unsigned indices: no view per row (see conv_dout_direct)
     for r in prange(nb * c):
         i = r // c
         ch = r % c
-        dst = xp[i, ch]
-        _zero(dst[: pad * wp + pad])
+        base = r * lx
+        _zero_at(xf, base, base + pad * wp + pad)
         for y in range(h):
-            start = (y + pad) * wp + pad
-            _copy(dst[start : start + w], x[n0 + i, ch, y])
-            _zero(dst[start + w : start + w + 2 * pad])
-        _zero(dst[(h + pad) * wp + pad : lx])
+            start = base + (y + pad) * wp + pad
+            dst = u64(start)
+            for j in range(u64(w)):
+                xf[dst + j] = x[n0 + i, ch, y, j]
+            _zero_at(xf, start + w, start + w + 2 * pad)
+        _zero_at(xf, base + (h + pad) * wp + pad, base + lx)
 
 
 @twins(MEMORY_BOUND_MIN)
@@ -187,6 +224,172 @@ def conv_col2im(dcol, fh, fw, stride, wp, oh, ow, r, pad, n0, dxp, dx):
         for y in range(h):
             start = (y + pad) * wp + pad
             _copy(dx[n0 + i, ch, y], acc[start : start + w])
+
+
+@twins(DIRECT_MIN)
+def conv_direct(xp, koff, wr, b, wp, relu, tile, out):
+    """The direct convolution, stride 1: out[i, f, y, xo] = the sum over k = (c, ky, kx), in that
+    order, of W[f, c, ky, kx] * xp[i, c, (y + ky)*wp + xo + kx] (one FMA per term in compiled code),
+    plus b[f], through ReLU when ``relu``.
+
+    ``xp``: the padded batch (N, C, Lx) of :func:`conv_pad`; ``koff``: (K,) int64, koff[k] = c*Lx +
+    ky*wp + kx; ``wr``: (nblk, K, FC), the filters in blocks of FC output channels, wr[blk, k, j] =
+    W[blk*FC + j, k] (0 past FN), FC one of ``_numba.CONV_TILES`` (8, 6, 4, 12, 3, 2, 1; with another
+    it returns at once), whose S = (24 // FC) vectors of 64 bytes are the pixels of a tile; ``tile``: (N*nblk,
+    >= FC*S) scratch; ``out``: (N, FN, OH, OW).
+
+    Output pixels are walked as ``q = y*wp + xo`` (rows as wide as the padded input's, like im2col's
+    ``r = wp``), S at a time: the tile at ``q`` reads xp[i, c, q + ky*wp + kx + p] for p < S, inside
+    the plane when ``Lx >= ceil(OH*wp / S)*S + (FH - 1)*wp + FW - 1`` (the caller pads the planes
+    that long). Columns ``xo >= OW`` and pixels past OH*wp are computed and never stored."""
+    n, c, lx = xp.shape
+    nblk, k, fc = wr.shape
+    fn, oh, ow = out.shape[1], out.shape[2], out.shape[3]
+    span = (24 // fc) * (64 // xp.itemsize)  # the tile's pixels: its vectors times the lanes
+    total = oh * wp
+    xf = xp.reshape(n * c * lx)
+    wf = wr.reshape(nblk * k * fc)
+    of = out.reshape(out.size)
+    zero = typed(0, out)
+    if fc < 1 or fc > 12 or 24 % fc != 0:
+        return
+    for t in prange(n * nblk):
+        i = t // nblk
+        blk = t % nblk
+        f0 = blk * fc
+        acc = tile[t]
+        woff = blk * k * fc
+        for start in range(0, total, span):
+            xoff = i * c * lx + start
+            if fc == 8:
+                conv_tile_8x3(xf, xoff, koff, wf, woff, acc)
+            elif fc == 6:
+                conv_tile_6x4(xf, xoff, koff, wf, woff, acc)
+            elif fc == 4:
+                conv_tile_4x6(xf, xoff, koff, wf, woff, acc)
+            elif fc == 12:
+                conv_tile_12x2(xf, xoff, koff, wf, woff, acc)
+            elif fc == 3:
+                conv_tile_3x8(xf, xoff, koff, wf, woff, acc)
+            elif fc == 2:
+                conv_tile_2x12(xf, xoff, koff, wf, woff, acc)
+            else:
+                conv_tile_1x24(xf, xoff, koff, wf, woff, acc)
+            stop = min(total, start + span)
+            for j in range(min(fc, fn - f0)):  # flat indices: slice views cost ~12 ns each
+                bias = b[f0 + j]
+                plane = (i * fn + f0 + j) * oh * ow
+                for y in range(start // wp, (stop - 1) // wp + 1):
+                    lo = max(start, y * wp) - y * wp
+                    hi = min(stop - y * wp, ow)
+                    if hi <= lo:
+                        continue
+                    dst = u64(plane + y * ow + lo)  # unsigned: see conv_dout_direct
+                    src = u64(j * span + y * wp - start + lo)
+                    if relu:
+                        for m in range(u64(hi - lo)):
+                            v = acc[src + m] + bias
+                            of[dst + m] = zero if v <= zero else v
+                    else:
+                        for m in range(u64(hi - lo)):
+                            of[dst + m] = acc[src + m] + bias
+
+
+@twins(MEMORY_BOUND_MIN)
+def conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db):
+    """The upstream gradient in the two layouts of the direct backward pass, ReLU's mask applied
+    when ``relu`` (0 where the forward output ``y`` is <= 0), and db[f] = the sum over images, in
+    order, of each image's :func:`~fastlayers._kernels._numba.row_sum` of its plane of ``g``:
+
+    - g[i, f, yy*wp + x] = dout[i, f, yy, x] for x < OW, 0 in the other columns of rows of width
+      ``wp`` and past OH*wp (the filter gradient's layout, the forward's pixel grid);
+    - dpad[i, f]: the plane zero-padded by ``qh`` rows and ``qw`` columns on each side, flattened
+      with row width OW + 2*qw, 0 past it (the input gradient's input); only when ``padded``.
+
+    ``dout``, ``y``: (N, FN, OH, OW), C-contiguous (``y`` unread without ``relu``); ``g``: (N, >= FN, Lg >= OH*wp),
+    rows past FN left alone; ``dpad``: (N, FN, Ld >= (OH + 2*qh)*(OW + 2*qw)) (unread and unwritten
+    without ``padded``); ``db``: (FN,), set."""
+    n, fn, oh, ow = dout.shape
+    fnp, lg, ld = g.shape[1], g.shape[2], dpad.shape[2]
+    wd = ow + 2 * qw
+    zero = typed(0, g)
+    gf = g.reshape(g.size)  # flat indices: a slice view per row costs ~12 ns
+    df = dpad.reshape(dpad.size)
+    of = dout.reshape(dout.size)
+    yf = y.reshape(y.size)
+    for f in prange(fn):
+        total = zero
+        for i in range(n):
+            gp = (i * fnp + f) * lg
+            dp = (i * fn + f) * ld
+            if padded:
+                _zero_at(df, dp, dp + qh * wd + qw)
+            for yy in range(oh):
+                # unsigned indices: a signed one costs a negative-index test that blocks vector code
+                src = u64(((i * fn + f) * oh + yy) * ow)
+                row = u64(gp + yy * wp)
+                if relu:
+                    for x in range(u64(ow)):
+                        gf[row + x] = zero if yf[src + x] <= zero else of[src + x]
+                else:
+                    for x in range(u64(ow)):
+                        gf[row + x] = of[src + x]
+                _zero_at(gf, gp + yy * wp + ow, gp + (yy + 1) * wp)
+                if padded:
+                    start = u64(dp + (yy + qh) * wd + qw)
+                    for x in range(u64(ow)):
+                        df[start + x] = gf[row + x]
+                    _zero_at(df, dp + (yy + qh) * wd + qw + ow, dp + (yy + qh) * wd + qw + ow + 2 * qw)
+            _zero_at(gf, gp + oh * wp, gp + lg)
+            if padded:
+                _zero_at(df, dp + (oh + qh) * wd + qw, dp + ld)
+            total += row_sum(gf[gp : gp + lg])
+        db[f] = total
+
+
+@twins(DIRECT_MIN)
+def conv_dw_direct(g, xp, koff, nvec, acc, dw):
+    """The filter gradient of the direct convolution: dw[f, k] = the sum over images, in order, of
+    the sum over the pixels q < nvec*lanes of g[i, f, q] * xp[i, c, q + ky*wp + kx] (k = (c, ky,
+    kx); one FMA each, lane by lane, in compiled code), the lanes then added by
+    :func:`~fastlayers._kernels._numba.row_sum`.
+
+    Each task (4 filters x 6 terms) keeps its accumulators in ``acc`` across chunks of images
+    (:data:`DW_CHUNK_ELEMENTS`), the images of a chunk in order inside one call of the tile.
+
+    ``g``: (N, FNp, Lg) from :func:`conv_dout_direct`, FNp = FN rounded up to the tile's 4 rows
+    (the extra rows 0), Lg >= nvec*lanes; ``xp``: the forward's padded batch (N, C, Lx), Lx >=
+    nvec*lanes + max(koff); ``koff``: (Kb, 6) int64, the K term offsets c*Lx + ky*wp + kx in rows
+    of the tile's 6 (past K: 0); ``acc``: (ceil(FN/4)*Kb, >= 24*lanes) scratch; ``dw``: (FN, K)."""
+    n, fnp, lg = g.shape
+    c, lx = xp.shape[1], xp.shape[2]
+    kb = koff.shape[0]
+    fn, k = dw.shape
+    lanes = 64 // xp.itemsize
+    gf = g.reshape(n * fnp * lg)
+    xf = xp.reshape(n * c * lx)
+    zero = typed(0, dw)
+    tasks = ((fn + 3) // 4) * kb
+    # images in chunks whose gradient rows and input planes stay in a core's L2 cache together
+    chunk = max(1, DW_CHUNK_ELEMENTS // (fnp * lg + c * lx))
+    for t in prange(tasks):
+        a = acc[t]
+        for j in range(24 * lanes):
+            a[j] = zero
+    for i0 in range(0, n, chunk):
+        nimg = min(chunk, n - i0)
+        for t in prange(tasks):
+            fb = t // kb
+            gstart = (i0 * fnp + fb * 4) * lg
+            conv_dw_tile_4x6(gf, gstart, lg, fnp * lg, xf, i0 * c * lx, c * lx, koff[t % kb], nvec, nimg, acc[t])
+    for t in prange(tasks):
+        fb = t // kb
+        tb = t % kb
+        a = acc[t]
+        for f in range(fb * 4, min(fn, fb * 4 + 4)):
+            for term in range(tb * 6, min(k, tb * 6 + 6)):
+                slot = ((f - fb * 4) * 6 + term - tb * 6) * lanes
+                dw[f, term] = row_sum(a[slot : slot + lanes])
 
 
 @helper

@@ -2,13 +2,15 @@
 functions around :mod:`fastlayers._kernels.conv` and the matrix products, and the run steps the
 ``Convolution`` and ``Pooling`` layers call with scratch memory they own (:class:`Workspace`).
 
-How a convolution runs (the numba backend): the batch is padded once into a scratch array, then
-processed in chunks of images (:data:`CHUNK_BYTES` of column matrix each): im2col of the chunk, one
-matrix product with ``W.reshape(FN, -1)``, and one pass writing the NCHW output with the bias (and,
-in the nets, ReLU). The backward pass walks the chunks in reverse order (the last chunk's column
-matrix is still there from the forward pass), and per chunk lays out ``dout``, adds its sums to
-``db``, multiplies for ``dW`` and, when asked, for the column gradient, which is added back into
-``dx``. Details of the layouts: :mod:`fastlayers._kernels.conv`.
+How a convolution runs (the numba backend): the batch is padded once into a scratch array. With
+stride 1 the direct kernel (:func:`fastlayers._kernels.conv.conv_direct`) computes the output from
+it in one pass, bias and ReLU included (:func:`direct_plan` picks its register tile). Other strides
+process it in chunks of images (:data:`CHUNK_BYTES` of column matrix each): im2col of the chunk,
+one matrix product with ``W.reshape(FN, -1)``, and one pass writing the NCHW output with the bias
+(and, in the nets, ReLU). The backward pass walks the chunks in reverse order (the last chunk's
+column matrix is still there from an im2col forward pass), and per chunk lays out ``dout``, adds
+its sums to ``db``, multiplies for ``dW`` and, when asked, for the column gradient, which is added
+back into ``dx``. Details of the layouts: :mod:`fastlayers._kernels.conv`.
 """
 
 from __future__ import annotations
@@ -167,17 +169,135 @@ def _chunks(geo: Geometry, itemsize: int) -> list[tuple[int, int]]:
     return [(n0, min(geo.n, n0 + step) - n0) for n0 in range(0, geo.n, step)]
 
 
+#: The register tiles of the direct kernel, (output channels, vectors of pixels), in the order
+#: preferred on a tie (``_kernels._numba.CONV_TILES``; numbers here so that this module needs no Numba).
+DIRECT_TILES = ((8, 3), (6, 4), (4, 6), (12, 2), (3, 8), (2, 12), (1, 24))
+
+
+def _tile(fn: int, total: int, itemsize: int) -> tuple[int, int]:
+    """(output channels, pixels) of the direct kernel's tile for ``fn`` output channels over
+    ``total`` pixels: for fn <= 3 the tile of that many channels; otherwise, of the tiles of 4 to 12
+    channels, the one that computes the fewest padded terms (the first on a tie). The tiles of 1-3
+    channels load a vector of input per 3 FMAs or fewer: measured much slower than the others
+    wherever those waste no more than a few channels (docs/PERFORMANCE.md)."""
+    lanes = 64 // itemsize
+    if fn <= 3:
+        fc = fn
+        return fc, (24 // fc) * lanes
+    best = None
+    for fc, vectors in DIRECT_TILES:
+        if fc < 4:
+            continue
+        span = vectors * lanes
+        cost = -(-total // span) * span * (-(-fn // fc) * fc)
+        if best is None or cost < best[0]:
+            best = (cost, fc, span)
+    return best[1], best[2]
+
+
+def direct_plan(geo: Geometry, itemsize: int) -> tuple[int, int] | None:
+    """(output channels, pixels) of the direct kernel's tile for this convolution, or None when it
+    takes the im2col path (stride > 1). The tile is the one that computes the fewest padded terms:
+    output channels rounded up to the tile's, pixels ``OH * wp`` rounded up to its span (measured:
+    docs/PERFORMANCE.md)."""
+    if geo.stride != 1:
+        return None
+    return _tile(geo.fn, geo.oh * geo.wp, itemsize)
+
+
+def _offsets(ws: Workspace, name: str, c: int, fh: int, fw: int, lx: int, wp: int, rows: int = 0) -> np.ndarray:
+    """The term offsets c*lx + ky*wp + kx of the K = c*fh*fw terms, int64, private; with ``rows``,
+    in rows of that many, the last row filled with 0."""
+    k = c * fh * fw
+    size = -(-k // rows) * rows if rows else k
+    koff = ws.flat(name, (size,), np.dtype(np.int64))
+    koff[:k] = (
+        np.arange(c)[:, None, None] * lx + np.arange(fh)[None, :, None] * wp + np.arange(fw)[None, None, :]
+    ).reshape(k)
+    koff[k:] = 0
+    return koff.reshape(-1, rows) if rows else koff
+
+
+def _blocks(ws: Workspace, name: str, W2: np.ndarray, fc: int) -> np.ndarray:
+    """``W2`` (FN, K) as private blocks (nblk, K, fc) of ``fc`` output channels, 0 past FN."""
+    fn, k = W2.shape
+    nblk = -(-fn // fc)
+    wide = ws.flat(name + "_wide", (nblk * fc, k), W2.dtype)
+    wide[:fn] = W2
+    wide[fn:] = 0
+    wr = ws.flat(name, (nblk, k, fc), W2.dtype)
+    wr[...] = wide.reshape(nblk, fc, k).transpose(0, 2, 1)
+    return wr
+
+
+def _direct(xp, W, b, geo: Geometry, plan: tuple[int, int], out, relu: bool, ws: Workspace) -> None:
+    """The direct kernel on the padded batch ``xp``: the filters rearranged into blocks of the
+    tile's output channels, the offsets of the K terms, and the tiles' scratch, all private."""
+    fc, span = plan
+    koff = _offsets(ws, "koff", geo.c, geo.fh, geo.fw, xp.shape[2], geo.wp)
+    wr = _blocks(ws, "wr", W.reshape(geo.fn, geo.k), fc)
+    tile = ws.flat("tile", (geo.n * wr.shape[0], fc * span), W.dtype)
+    macs = geo.n * geo.fn * geo.oh * geo.ow * geo.k
+    launch(_conv.conv_direct, macs, xp, koff, wr, b, geo.wp, relu, tile, out)
+
+
+def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu: bool, dx, dW, db) -> bool:
+    """The backward pass of a direct forward without products: the upstream gradient laid out once
+    (:func:`~fastlayers._kernels.conv.conv_dout_direct`), the filter gradient by
+    :func:`~fastlayers._kernels.conv.conv_dw_direct`, the input gradient as a direct convolution of
+    the gradient padded by FH-1-pad, FW-1-pad with the filters flipped and transposed. False (nothing
+    done) when the forward was not direct, or the input gradient is asked and pad > FH-1 or FW-1."""
+    geo = ws.geo
+    dtype = W.dtype
+    plan = direct_plan(geo, dtype.itemsize)
+    qh, qw = geo.fh - 1 - geo.pad, geo.fw - 1 - geo.pad
+    if plan is None or ws.xp.shape[2] != geo.lx + plan[1] or (with_dx and min(qh, qw) < 0):
+        return False
+    lanes = 64 // dtype.itemsize
+    nvec = -(-geo.oh * geo.wp // lanes)
+    fnp = -(-geo.fn // 4) * 4
+    g = ws.flat("g", (geo.n, fnp, nvec * lanes), dtype)
+    g[:, geo.fn :] = 0
+    hd, wd = geo.oh + 2 * max(qh, 0), geo.ow + 2 * max(qw, 0)
+    if with_dx:
+        fc, span = _tile(geo.c, geo.h * wd, dtype.itemsize)
+        dpad = ws.flat("dpad", (geo.n, geo.fn, hd * wd + geo.fw + span), dtype)
+    else:
+        dpad = ws.flat("dpad", (0, geo.fn, 1), dtype)
+    launch(_conv.conv_dout_direct, dout.size, dout, y, relu, geo.wp, qh, qw, with_dx, g, dpad, db)
+    koff = _offsets(ws, "koff_dw", geo.c, geo.fh, geo.fw, ws.xp.shape[2], geo.wp, rows=6)
+    acc = ws.flat("acc_dw", ((fnp // 4) * koff.shape[0], 24 * lanes), dtype)
+    macs = geo.n * geo.fn * geo.oh * geo.ow * geo.k
+    launch(_conv.conv_dw_direct, macs, g, ws.xp, koff, nvec, acc, dW.reshape(geo.fn, geo.k))
+    if with_dx:
+        flipped = W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(geo.c, geo.fn * geo.fh * geo.fw)
+        wr = _blocks(ws, "wr_dx", flipped, fc)
+        koff = _offsets(ws, "koff_dx", geo.fn, geo.fh, geo.fw, dpad.shape[2], wd)
+        tile = ws.flat("tile_dx", (geo.n * wr.shape[0], fc * span), dtype)
+        zeros = ws.flat("zeros", (geo.c,), dtype)
+        zeros[...] = 0
+        launch(_conv.conv_direct, macs, dpad, koff, wr, zeros, wd, False, tile, dx)
+    return True
+
+
 def forward_run(x, W: np.ndarray, b: np.ndarray, geo: Geometry, out, relu: bool, ws: Workspace) -> np.ndarray:
     """The convolution of ``x`` (any real dtype; converted as it is padded) with ``W`` and ``b`` (of
-    the compute dtype), through ReLU with ``relu``, into ``out`` (None: allocated)."""
+    the compute dtype), through ReLU with ``relu``, into ``out`` (None: allocated). Stride 1 runs
+    the direct kernel (its planes padded ``span`` elements longer: its last tile reads that far);
+    other strides im2col in chunks and a product."""
     dtype = W.dtype
     if out is None:
         out = np.empty(geo.out_shape, dtype)
+    plan = direct_plan(geo, dtype.itemsize)
+    lx = geo.lx + (plan[1] if plan else 0)
     xp = ws.xp
-    if xp is None or xp.shape != (geo.n, geo.c, geo.lx) or xp.dtype != dtype:
-        xp = np.empty((geo.n, geo.c, geo.lx), dtype)
+    if xp is None or xp.shape != (geo.n, geo.c, lx) or xp.dtype != dtype:
+        xp = np.empty((geo.n, geo.c, lx), dtype)
     launch(_conv.conv_pad, xp.size, x, 0, geo.pad, xp)
     ws.xp, ws.geo, ws.col_chunk = xp, geo, -1
+    if plan is not None:
+        _direct(xp, W, b, geo, plan, out, relu, ws)
+        return out
     W2 = W.reshape(geo.fn, geo.k)
     for n0, nb in _chunks(geo, dtype.itemsize):
         col = ws.flat("col", (geo.k, nb * geo.seg), dtype)
@@ -216,6 +336,8 @@ def backward_run(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu: boo
         dx = np.empty((geo.n, geo.c, geo.h, geo.w), dtype)
     partial = None
     y = dout if y is None else y
+    if _direct_backward(dout, y, W, ws, with_dx, relu, dx, dW, db):
+        return (dx if with_dx else None), dW, db
     for index, (n0, nb) in enumerate(reversed(_chunks(geo, dtype.itemsize))):
         col = ws.flat("col", (geo.k, nb * geo.seg), dtype)
         dflat = ws.flat("tmp", (geo.fn, nb * geo.seg), dtype)
@@ -377,7 +499,8 @@ def conv_backward(
     if numpy_backend():
         return reference.conv_backward(dout, convert(x, dtype), W, geo.stride, geo.pad)
     ws = Workspace()
-    ws.xp = np.empty((geo.n, geo.c, geo.lx), dtype)
+    plan = direct_plan(geo, dtype.itemsize)  # padded as a direct forward pads: the direct backward
+    ws.xp = np.empty((geo.n, geo.c, geo.lx + (plan[1] if plan else 0)), dtype)
     launch(_conv.conv_pad, ws.xp.size, x, 0, geo.pad, ws.xp)
     ws.geo = geo
     return backward_run(np.ascontiguousarray(dout), None, W, ws, True, False)
