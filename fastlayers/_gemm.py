@@ -31,7 +31,8 @@ import platform
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,30 @@ LOCK_MIN = 1 << 22
 
 _lock = threading.Lock()  # loading a library
 _loaded: dict[str, Callable | None] = {}
+
+#: Products of at least :data:`LOCK_MIN` and fewer than ``SPLIT_MAX`` multiply-adds that run between
+#: parallel kernels (a convnet's Affine layers, :func:`beside_parallel_kernels`) are split into row
+#: blocks below ``SPLIT_PIECE`` multiply-adds, each of which OpenBLAS computes on the calling thread
+#: alone (below its own threshold for waking its worker threads): woken, those threads keep
+#: spinning after the product and take the cores from the next convolution kernel
+#: (docs/PERFORMANCE.md). Larger products keep BLAS's threads.
+SPLIT_PIECE = 1 << 18
+SPLIT_MAX = 1 << 23
+_beside = threading.local()
+
+
+@contextmanager
+def beside_parallel_kernels() -> Iterator[None]:
+    """In the calling thread only, run the NumPy-BLAS products of :data:`LOCK_MIN` to
+    :data:`SPLIT_MAX` multiply-adds as row blocks that OpenBLAS computes without waking its worker
+    threads. For code whose products sit between parallel Numba kernels (the convnets' steps).
+    Re-entrant; other threads are not affected."""
+    depth = getattr(_beside, "depth", 0)
+    _beside.depth = depth + 1
+    try:
+        yield
+    finally:
+        _beside.depth = depth
 
 
 def size_class(m: int, n: int, k: int) -> str:
@@ -325,6 +350,12 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
             (_tiny.get(out.dtype) or _for("tiny", out.dtype))(a, b, out)
         return out
     gemm = _for(size_class(m, n, k), out.dtype)
+    rows = SPLIT_PIECE // (n * k)  # rows of a block below SPLIT_PIECE multiply-adds (0: none is)
+    if rows and m * n * k < SPLIT_MAX and gemm is _numpy_gemm and getattr(_beside, "depth", 0):
+        with _threads.BLAS_LOCK:
+            for lo in range(0, m, rows):
+                np.matmul(a[lo : lo + rows], b, out=out[lo : lo + rows])
+        return out
     with _threads.BLAS_LOCK:  # re-entrant: a caller may hold it around several products
         gemm(a, b, out)
     return out

@@ -174,3 +174,47 @@ def test_wrong_operands_are_refused_before_any_c_code(name):
     frozen.flags.writeable = False
     with pytest.raises(ValueError, match="read-only"):
         gemm(a, b, frozen)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_products_beside_parallel_kernels_are_split_in_the_calling_thread_only(dtype, monkeypatch):
+    """Under beside_parallel_kernels, a product between LOCK_MIN and SPLIT_MAX multiply-adds runs as
+    row blocks below SPLIT_PIECE (each one OpenBLAS keeps on the calling thread): the same product,
+    within the order-of-additions tolerance, for plain and transposed operands; outside the window,
+    and in other threads, nothing changes."""
+    import threading
+
+    from fastlayers import _gemm
+
+    rng = np.random.default_rng(0)
+    seen = []
+    calls = []
+    real = np.matmul
+
+    def counting(a, b, out=None):
+        calls.append(a.shape[0] * a.shape[1] * b.shape[1])
+        return real(a, b, out=out)
+
+    monkeypatch.setattr(np, "matmul", counting)
+    for m, k, n in [(100, 1024, 50), (1024, 100, 50), (100, 50, 1024), (33, 2000, 70)]:
+        assert _gemm.LOCK_MIN <= m * n * k < _gemm.SPLIT_MAX
+        for a in (rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, m)).astype(dtype).T):
+            b = rng.standard_normal((k, n)).astype(dtype)
+            want = a @ b
+            out = np.full((m, n), np.nan, dtype)
+            calls.clear()
+            _gemm.matmul(a, b, out)
+            assert len(calls) == 1  # outside: one product
+            calls.clear()
+            with _gemm.beside_parallel_kernels():
+                with _gemm.beside_parallel_kernels():  # re-entrant
+                    _gemm.matmul(a, b, out)
+                assert _gemm._beside.depth == 1
+                t = threading.Thread(target=lambda: seen.append(getattr(_gemm._beside, "depth", 0)))
+                t.start()
+                t.join()
+            assert _gemm._beside.depth == 0
+            rows = _gemm.SPLIT_PIECE // (n * k)
+            assert len(calls) == -(-m // rows) > 1 and max(calls) < _gemm.SPLIT_PIECE
+            assert_close(out, want, "sum", n=k)
+    assert seen == [0] * len(seen) and seen

@@ -23,6 +23,7 @@ from os import PathLike
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
+from .. import _gemm
 from ..gradient import numerical_gradient
 from ..layers import Affine, Convolution, Dropout, Pooling, Relu, SoftmaxWithLoss
 from . import _walk
@@ -112,7 +113,8 @@ class _ConvNet(SavesParams):
         -------
         ndarray (N, output_size), in the dtype NumPy's rule gives for ``x`` and the parameters.
         """
-        return _walk.forward(self._layer_list(), x, bool(train_flg))
+        with _gemm.beside_parallel_kernels():  # the Affine layers' products between convolution kernels
+            return _walk.forward(self._layer_list(), x, bool(train_flg))
 
     def loss(self, x: ArrayLike, t: ArrayLike) -> np.floating:
         """Mean softmax cross-entropy of the batch.
@@ -166,7 +168,8 @@ class _ConvNet(SavesParams):
         dict keyed like ``params``.
         """
         self.loss(x, t)
-        _walk.backward(self._layer_list(), self.last_layer.backward(1))
+        with _gemm.beside_parallel_kernels():
+            _walk.backward(self._layer_list(), self.last_layer.backward(1))
         grads = {}
         for i, layer in enumerate(self._param_layers(), start=1):
             grads[f"W{i}"], grads[f"b{i}"] = layer.dW, layer.db
