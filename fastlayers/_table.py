@@ -700,6 +700,24 @@ def _convnet_numpy(a: Inputs) -> tuple:
         return (forward(), *backward())
 
 
+def _torch_adam_step(torch, model, a: Inputs) -> tuple:
+    """(forward, step, step) of ``model`` on ``a``'s images and labels: cross-entropy, then
+    ``torch.optim.Adam`` at :data:`CONV_STEP_LR`."""
+    opt = torch.optim.Adam(model.parameters(), lr=CONV_STEP_LR)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    x, t = torch.from_numpy(a["x"]), torch.from_numpy(a["t"])
+
+    def forward():
+        return loss_fn(model(x), t)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        forward().backward()
+        opt.step()
+
+    return forward, step, step
+
+
 def _convnet_torch(torch, a: Inputs):
     net = _convnet_build(a)[0]
     p = net.params
@@ -717,19 +735,7 @@ def _convnet_torch(torch, a: Inputs):
         model[4].bias.copy_(torch.from_numpy(p["b2"]))
         model[6].weight.copy_(torch.from_numpy(p["W3"].T.copy()))
         model[6].bias.copy_(torch.from_numpy(p["b3"]))
-    opt = torch.optim.Adam(model.parameters(), lr=CONV_STEP_LR)
-    loss_fn = nn.CrossEntropyLoss()
-    x, t = torch.from_numpy(a["x"]), torch.from_numpy(a["t"])
-
-    def forward():
-        return loss_fn(model(x), t)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        forward().backward()
-        opt.step()
-
-    return forward, step, step
+    return _torch_adam_step(torch, model, a)
 
 
 def _net_flops(net, x_shape: tuple) -> int:
@@ -823,19 +829,7 @@ def _deep_torch(torch, a: Inputs):
             m.weight.copy_(torch.from_numpy(p[f"W{i + 7}"].T.copy()))
             m.bias.copy_(torch.from_numpy(p[f"b{i + 7}"]))
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=CONV_STEP_LR)
-    loss_fn = nn.CrossEntropyLoss()
-    x, t = torch.from_numpy(a["x"]), torch.from_numpy(a["t"])
-
-    def forward():
-        return loss_fn(model(x), t)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        forward().backward()
-        opt.step()
-
-    return forward, step, step
+    return _torch_adam_step(torch, model, a)
 
 
 CASES: dict[str, Case] = {

@@ -46,7 +46,17 @@ FORMAT = "fastlayers-checkpoint"
 #: the version of the layout; a reader refuses versions it does not know
 VERSION = 1
 
-__all__ = ["FORMAT", "VERSION", "Checkpoint", "CheckpointError", "load_checkpoint", "net_state", "restore_net"]
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "Checkpoint",
+    "CheckpointError",
+    "load_checkpoint",
+    "net_state",
+    "restore_net",
+    "restore_state",
+    "state_of",
+]
 
 
 class CheckpointError(ValueError):
@@ -188,6 +198,54 @@ def write_packed(path: str | PathLike, meta: dict, data: bytes) -> None:
     np.savez(buffer, meta=np.frombuffer(text, dtype=np.uint8), data=np.frombuffer(data, dtype=np.uint8))
     archive = buffer.getbuffer()
     atomic_write(path, lambda fh: fh.write(archive))
+
+
+def state_of(net: Any, optimizer: Any) -> tuple[dict, dict[str, np.ndarray]]:
+    """The part of a checkpoint that a net and its optimizer give: metadata (``net``: class and
+    parameter shapes and dtypes; ``optimizer``: class, hyper-parameters, step count) and arrays
+    (:func:`net_state`, the optimizer's moments as ``optim/<key>/<name>``).
+
+    Parameters
+    ----------
+    net : a fastlayers net
+    optimizer : a fastlayers optimizer
+
+    Returns
+    -------
+    (dict, dict of str to ndarray)
+    """
+    opt = optimizer.state_dict()
+    shapes = {k: [list(a.shape), a.dtype.str] for k, a in net.params.items()}
+    meta = {
+        "net": {"class": type(net).__name__, "params": shapes},
+        "optimizer": {"optimizer": opt["optimizer"], "hyper": opt["hyper"], "step": opt["step"]},
+    }
+    return meta, {**net_state(net), **optimizer_arrays(opt)}
+
+
+def restore_state(ckpt: Checkpoint, net: Any, optimizer: Any) -> None:
+    """Restore a checkpoint's net and optimizer state (:func:`state_of`) into ``net`` and
+    ``optimizer``, after checking that they are of the checkpoint's classes and shapes.
+
+    Parameters
+    ----------
+    ckpt : Checkpoint
+    net : a fastlayers net
+    optimizer : a fastlayers optimizer
+
+    Raises
+    ------
+    CheckpointError
+        Another net class, another optimizer class or state, other parameter shapes or dtypes.
+    """
+    meta, where = ckpt.meta, ckpt.path
+    if meta["net"]["class"] != type(net).__name__:
+        raise CheckpointError(f"{where} is of a {meta['net']['class']}, not of this {type(net).__name__}")
+    try:
+        optimizer.load_state_dict(optimizer_state(meta, ckpt.arrays))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
+    restore_net(net, ckpt.arrays, where)
 
 
 def write_checkpoint(path: str | PathLike, meta: dict, arrays: dict[str, np.ndarray]) -> None:

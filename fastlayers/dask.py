@@ -722,11 +722,8 @@ class DaskHistory:
 
 def _fit_snapshot(net, optimizer, run: dict, done: int, history: DaskHistory, options: dict | None) -> tuple:
     """The checkpoint of :func:`fit` after ``done`` epochs, packed."""
-    opt = optimizer.state_dict()
-    shapes = {k: [list(a.shape), a.dtype.str] for k, a in net.params.items()}
-    meta = {
-        "net": {"class": type(net).__name__, "params": shapes},
-        "optimizer": {"optimizer": opt["optimizer"], "hyper": opt["hyper"], "step": opt["step"]},
+    meta, arrays = _ckpt.state_of(net, optimizer)
+    meta.update({
         "run": run,
         "options": options or {},
         "position": {"epoch": done + 1, "step": 0, "global_step": done * history.steps_per_epoch, "losses": [],
@@ -735,8 +732,8 @@ def _fit_snapshot(net, optimizer, run: dict, done: int, history: DaskHistory, op
         "np_random": {},
         "history": [dataclasses.asdict(e) for e in history.epochs],
         "step_losses": list(history.step_losses),
-    }  # fmt: skip
-    return _ckpt.pack(meta, {**_ckpt.net_state(net), **_ckpt.optimizer_arrays(opt)})
+    })  # fmt: skip
+    return _ckpt.pack(meta, arrays)
 
 
 def _resume_fit(resume, net, optimizer, run: dict, epochs: int, history: DaskHistory) -> int:
@@ -745,7 +742,7 @@ def _resume_fit(resume, net, optimizer, run: dict, epochs: int, history: DaskHis
     meta, where = ckpt.meta, ckpt.path
     if meta["run"].get("trainer") != run["trainer"]:
         raise _ckpt.CheckpointError(f"{where} was not written by fastlayers.dask.fit: resume it with what wrote it")
-    if meta["net"]["class"] != type(net).__name__:
+    if meta["net"]["class"] != type(net).__name__:  # before the run's fields: the likelier mistake
         raise _ckpt.CheckpointError(f"{where} is of a {meta['net']['class']}, not of this {type(net).__name__}")
     for key in ("batch_size", "seed", "mode", "local_steps", "row_chunks"):
         if meta["run"].get(key) != run[key]:
@@ -754,11 +751,7 @@ def _resume_fit(resume, net, optimizer, run: dict, epochs: int, history: DaskHis
     done = ckpt.epochs_done
     if epochs < done:
         raise ValueError(f"epochs={epochs} is fewer than the {done} epochs {where} has finished")
-    try:
-        optimizer.load_state_dict(_ckpt.optimizer_state(meta, ckpt.arrays))
-    except (TypeError, ValueError) as exc:
-        raise _ckpt.CheckpointError(f"{where}: {exc}") from None
-    _ckpt.restore_net(net, ckpt.arrays, where)
+    _ckpt.restore_state(ckpt, net, optimizer)
     history.epochs.extend(EpochRecord(**e) for e in meta["history"])
     history.step_losses.extend(meta.get("step_losses", []))
     return done

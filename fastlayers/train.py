@@ -13,17 +13,7 @@ from os import PathLike
 import numpy as np
 
 from ._backend import use_backend
-from .checkpoint import (
-    Checkpoint,
-    CheckpointError,
-    load_checkpoint,
-    net_state,
-    optimizer_arrays,
-    optimizer_state,
-    pack,
-    restore_net,
-    write_packed,
-)
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, pack, restore_state, state_of, write_packed
 from .nets import DeepConvNet, MultiLayerNet, MultiLayerNetExtend, SimpleConvNet, TwoLayerNet
 from .optim import SGD, AdaGrad, Adam, Momentum, Nesterov, RMSprop
 
@@ -192,15 +182,12 @@ class _Position:
 def _snapshot(net, optimizer, rng, pos: _Position, history: list[dict], run: dict, options: dict | None):
     """The checkpoint of this moment, packed (:func:`fastlayers.checkpoint.pack`): metadata and a
     copy of the arrays' bytes. ``history``: the finished epochs' stats as dicts."""
-    opt = optimizer.state_dict()
+    meta, arrays = state_of(net, optimizer)
     name, keys, mt_pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002 - the dropout keys' generator
-    arrays = {**net_state(net), **optimizer_arrays(opt), "np_random/keys": keys}
+    arrays["np_random/keys"] = keys
     if pos.order is not None:
         arrays["order"] = pos.order  # never written to: a new array every epoch
-    shapes = {k: [list(a.shape), a.dtype.str] for k, a in net.params.items()}
-    meta = {
-        "net": {"class": type(net).__name__, "params": shapes},
-        "optimizer": {"optimizer": opt["optimizer"], "hyper": opt["hyper"], "step": opt["step"]},
+    meta.update({
         "run": run,
         "options": options or {},
         "position": {"epoch": pos.epoch, "step": pos.step, "global_step": pos.global_step,
@@ -208,7 +195,7 @@ def _snapshot(net, optimizer, rng, pos: _Position, history: list[dict], run: dic
         "batch_rng": rng.bit_generator.state,
         "np_random": {"name": name, "pos": int(mt_pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "history": list(history),
-    }  # fmt: skip
+    })  # fmt: skip
     return pack(meta, arrays)
 
 
@@ -218,7 +205,7 @@ def _resume(ckpt: Checkpoint, net, optimizer, rng, run: dict, epochs: int) -> tu
     where = ckpt.path
     if meta["run"].get("trainer", "fastlayers.train.fit") != run["trainer"]:
         raise CheckpointError(f"{where} was written by {meta['run']['trainer']}: resume it with that")
-    if meta["net"]["class"] != type(net).__name__:
+    if meta["net"]["class"] != type(net).__name__:  # before the run's fields: the likelier mistake
         raise CheckpointError(f"{where} is of a {meta['net']['class']}, not of this {type(net).__name__}")
     for key in ("batch_size", "n_train"):
         if meta["run"].get(key) != run[key]:
@@ -226,11 +213,7 @@ def _resume(ckpt: Checkpoint, net, optimizer, rng, run: dict, epochs: int) -> tu
     done = len(meta["history"])
     if epochs < done:
         raise ValueError(f"epochs={epochs} is fewer than the {done} epochs {where} has finished")
-    try:
-        optimizer.load_state_dict(optimizer_state(meta, arrays))
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{where}: {exc}") from None
-    restore_net(net, arrays, where)
+    restore_state(ckpt, net, optimizer)
     try:
         rng.bit_generator.state = meta["batch_rng"]
         g = meta["np_random"]
