@@ -213,19 +213,28 @@ def _resume(ckpt: Checkpoint, net, optimizer, rng, run: dict, epochs: int) -> tu
     done = len(meta["history"])
     if epochs < done:
         raise ValueError(f"epochs={epochs} is fewer than the {done} epochs {where} has finished")
-    restore_state(ckpt, net, optimizer)
-    try:
-        rng.bit_generator.state = meta["batch_rng"]
-        g = meta["np_random"]
-        np.random.set_state((g["name"], arrays["np_random/keys"], g["pos"], g["has_gauss"], g["cached_gaussian"]))  # noqa: NPY002
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{where}: its random states cannot be restored ({exc})") from None
+    n = run["n_train"]
     p = meta["position"]
     order = arrays.get("order")
-    pos = _Position(p["epoch"], p["step"], p["global_step"], list(p["losses"]), p["seconds"], order)
-    if pos.step and (order is None or order.shape != (run["n_train"],)):
-        raise CheckpointError(f"{where} stops within an epoch but holds no row order for it")
-    return pos, [EpochStats(**e) for e in meta["history"]]
+    try:
+        pos = _Position(int(p["epoch"]), int(p["step"]), int(p["global_step"]), [float(v) for v in p["losses"]],
+                        float(p["seconds"]), order)  # fmt: skip
+        history = [EpochStats(**e) for e in meta["history"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: its position or history is malformed ({exc})") from None
+    if pos.step and (order is None or order.dtype.kind not in "iu" or not np.array_equal(np.sort(order), np.arange(n))):
+        raise CheckpointError(f"{where} stops within an epoch but holds no order of its {n} rows")
+    g = meta["np_random"]
+    legacy = (g.get("name"), arrays.get("np_random/keys"), g.get("pos"), g.get("has_gauss"), g.get("cached_gaussian"))
+    try:  # checked on scratch generators first: nothing is restored from a checkpoint that fails here
+        np.random.default_rng().bit_generator.state = meta["batch_rng"]
+        np.random.RandomState().set_state(legacy)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise CheckpointError(f"{where}: its random states cannot be restored ({exc})") from None
+    restore_state(ckpt, net, optimizer)
+    rng.bit_generator.state = meta["batch_rng"]
+    np.random.set_state(legacy)  # noqa: NPY002 - the dropout keys' generator
+    return pos, history
 
 
 def fit(

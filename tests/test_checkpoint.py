@@ -231,6 +231,43 @@ def test_resume_refuses_another_net_optimizer_or_data(tmp_path):
         fit(net, opt, train, test, 2, 16, 1, checkpoint=path, checkpoint_every=0)
 
 
+def test_a_malformed_checkpoint_restores_nothing(tmp_path):
+    """A checkpoint of the right form whose row order, random state or position is malformed is
+    refused before anything is restored into the net or the optimizer."""
+    path = tmp_path / "ck.npz"
+    net, opt, train, test = _setup("two", np.float32)
+    real = net.gradient
+    calls = 0
+
+    def crashing(x, t):
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise _CrashError
+        return real(x, t)
+
+    net.gradient = crashing
+    with pytest.raises(_CrashError):
+        fit(net, opt, train, test, 2, 16, 1, checkpoint=path, checkpoint_every=2)
+    good = load_checkpoint(path)
+    assert good.position["step"] == 2
+    bad_cases = {
+        "order": (lambda m, a: a.__setitem__("order", np.zeros_like(a["order"])), "holds no order of its 90 rows"),
+        "random": (lambda m, a: a.__setitem__("np_random/keys", a["np_random/keys"][:5]), "random states cannot be"),
+        "position": (lambda m, a: m["position"].pop("global_step"), "position or history is malformed"),
+    }
+    for name, (spoil, message) in bad_cases.items():
+        ckpt = load_checkpoint(path)
+        spoil(ckpt.meta, ckpt.arrays)
+        fresh, fresh_opt, train, test = _setup("two", np.float32)
+        before = {k: v.copy() for k, v in fresh.params.items()}
+        with pytest.raises(CheckpointError, match=message):
+            fit(fresh, fresh_opt, train, test, 2, 16, 1, resume=ckpt)
+        for k in before:
+            np.testing.assert_array_equal(fresh.params[k], before[k], err_msg=name)
+        assert fresh_opt.state == {} and fresh_opt.iter == 0, name
+
+
 def test_a_signal_stops_fit_at_a_step_boundary_with_a_checkpoint(tmp_path):
     """SIGINT (as Ctrl-C) during fit: the step in progress finishes, the checkpoint is written,
     Interrupted (a KeyboardInterrupt) says where; resuming gives the uninterrupted run."""
