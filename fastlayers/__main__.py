@@ -191,11 +191,7 @@ def _check_train_args(parser: argparse.ArgumentParser, args, given: set[str] | N
         if not os.path.isdir(args.data_dir):
             parser.error(f"--data-dir {args.data_dir}: no such directory")
     if args.plot:
-        folder = os.path.dirname(os.path.abspath(args.plot))
-        if not os.path.isdir(folder):
-            parser.error(f"--plot {args.plot}: the folder {folder} does not exist")
-        if not os.access(folder, os.W_OK):
-            parser.error(f"--plot {args.plot}: the folder {folder} is not writable")
+        _check_writable_file(parser, "--plot", args.plot)
         if not args.plot.lower().endswith((".png", ".pdf", ".svg")):
             parser.error(f"--plot {args.plot}: the file name must end in .png, .pdf or .svg")
 

@@ -343,12 +343,17 @@ def _step_torch(torch, a: Inputs, compile: bool = False):
         model[2].weight.copy_(torch.from_numpy(a["W2"].T.copy()))
         model[2].bias.copy_(torch.from_numpy(a["b2"]))
     opt = torch.optim.SGD(model.parameters(), lr=STEP_LR)
+    return _torch_training_step(torch, torch.compile(model) if compile else model, opt, a)
+
+
+def _torch_training_step(torch, model, opt, a: Inputs) -> tuple:
+    """(forward, step, step): the cross-entropy of ``model`` (or its compiled form) on ``a``'s
+    inputs and labels, and one step of ``opt`` on it."""
     loss_fn = torch.nn.CrossEntropyLoss()
     x, t = torch.from_numpy(a["x"]), torch.from_numpy(a["t"])
-    run = torch.compile(model) if compile else model
 
     def forward():
-        return loss_fn(run(x), t)
+        return loss_fn(model(x), t)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -700,24 +705,6 @@ def _convnet_numpy(a: Inputs) -> tuple:
         return (forward(), *backward())
 
 
-def _torch_adam_step(torch, model, a: Inputs) -> tuple:
-    """(forward, step, step) of ``model`` on ``a``'s images and labels: cross-entropy, then
-    ``torch.optim.Adam`` at :data:`CONV_STEP_LR`."""
-    opt = torch.optim.Adam(model.parameters(), lr=CONV_STEP_LR)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    x, t = torch.from_numpy(a["x"]), torch.from_numpy(a["t"])
-
-    def forward():
-        return loss_fn(model(x), t)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        forward().backward()
-        opt.step()
-
-    return forward, step, step
-
-
 def _convnet_torch(torch, a: Inputs):
     net = _convnet_build(a)[0]
     p = net.params
@@ -735,7 +722,7 @@ def _convnet_torch(torch, a: Inputs):
         model[4].bias.copy_(torch.from_numpy(p["b2"]))
         model[6].weight.copy_(torch.from_numpy(p["W3"].T.copy()))
         model[6].bias.copy_(torch.from_numpy(p["b3"]))
-    return _torch_adam_step(torch, model, a)
+    return _torch_training_step(torch, model, torch.optim.Adam(model.parameters(), lr=CONV_STEP_LR), a)
 
 
 def _net_flops(net, x_shape: tuple) -> int:
@@ -829,7 +816,7 @@ def _deep_torch(torch, a: Inputs):
             m.weight.copy_(torch.from_numpy(p[f"W{i + 7}"].T.copy()))
             m.bias.copy_(torch.from_numpy(p[f"b{i + 7}"]))
     model.train()
-    return _torch_adam_step(torch, model, a)
+    return _torch_training_step(torch, model, torch.optim.Adam(model.parameters(), lr=CONV_STEP_LR), a)
 
 
 CASES: dict[str, Case] = {

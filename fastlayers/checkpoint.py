@@ -51,6 +51,7 @@ __all__ = [
     "VERSION",
     "Checkpoint",
     "CheckpointError",
+    "check_run",
     "load_checkpoint",
     "net_state",
     "restore_net",
@@ -221,6 +222,48 @@ def state_of(net: Any, optimizer: Any) -> tuple[dict, dict[str, np.ndarray]]:
         "optimizer": {"optimizer": opt["optimizer"], "hyper": opt["hyper"], "step": opt["step"]},
     }
     return meta, {**net_state(net), **optimizer_arrays(opt)}
+
+
+def check_run(ckpt: Checkpoint, net: Any, run: dict, keys: tuple[str, ...], epochs: int) -> int:
+    """Check that ``ckpt`` continues this run: written by the same trainer (``run["trainer"]``), of
+    ``net``'s class, with the same ``run[key]`` for each of ``keys``, and not past ``epochs``.
+
+    Parameters
+    ----------
+    ckpt : Checkpoint
+    net : a fastlayers net
+    run : dict
+        The run's fields, as its trainer writes them into a checkpoint's ``run``.
+    keys : tuple of str
+        The fields that must agree.
+    epochs : int
+        The epoch the run is to end with.
+
+    Returns
+    -------
+    int
+        The epochs the checkpoint has finished.
+
+    Raises
+    ------
+    CheckpointError
+        Another trainer, net class or field.
+    ValueError
+        ``epochs`` fewer than the checkpoint has finished.
+    """
+    meta, where = ckpt.meta, ckpt.path
+    trainer = meta["run"].get("trainer", "fastlayers.train.fit")  # the first checkpoints named none
+    if trainer != run["trainer"]:
+        raise CheckpointError(f"{where} was written by {trainer}: resume it with that")
+    if meta["net"]["class"] != type(net).__name__:  # before the run's fields: the likelier mistake
+        raise CheckpointError(f"{where} is of a {meta['net']['class']}, not of this {type(net).__name__}")
+    for key in keys:
+        if meta["run"].get(key) != run[key]:
+            raise CheckpointError(f"{where} was written with {key} {meta['run'].get(key)}, this run has {run[key]}")
+    done = ckpt.epochs_done
+    if epochs < done:
+        raise ValueError(f"epochs={epochs} is fewer than the {done} epochs {where} has finished")
+    return done
 
 
 def restore_state(ckpt: Checkpoint, net: Any, optimizer: Any) -> None:

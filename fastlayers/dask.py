@@ -739,18 +739,8 @@ def _fit_snapshot(net, optimizer, run: dict, done: int, history: DaskHistory, op
 def _resume_fit(resume, net, optimizer, run: dict, epochs: int, history: DaskHistory) -> int:
     """Restore a :func:`fit` run from its checkpoint; the number of epochs it finished."""
     ckpt = resume if isinstance(resume, _ckpt.Checkpoint) else _ckpt.load_checkpoint(resume)
-    meta, where = ckpt.meta, ckpt.path
-    if meta["run"].get("trainer") != run["trainer"]:
-        raise _ckpt.CheckpointError(f"{where} was not written by fastlayers.dask.fit: resume it with what wrote it")
-    if meta["net"]["class"] != type(net).__name__:  # before the run's fields: the likelier mistake
-        raise _ckpt.CheckpointError(f"{where} is of a {meta['net']['class']}, not of this {type(net).__name__}")
-    for key in ("batch_size", "seed", "mode", "local_steps", "row_chunks"):
-        if meta["run"].get(key) != run[key]:
-            theirs = meta["run"].get(key)
-            raise _ckpt.CheckpointError(f"{where} was written with {key} {theirs}, this run has {run[key]}")
-    done = ckpt.epochs_done
-    if epochs < done:
-        raise ValueError(f"epochs={epochs} is fewer than the {done} epochs {where} has finished")
+    done = _ckpt.check_run(ckpt, net, run, ("batch_size", "seed", "mode", "local_steps", "row_chunks"), epochs)
+    meta = ckpt.meta
     _ckpt.restore_state(ckpt, net, optimizer)
     history.epochs.extend(EpochRecord(**e) for e in meta["history"])
     history.step_losses.extend(meta.get("step_losses", []))

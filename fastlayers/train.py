@@ -13,7 +13,16 @@ from os import PathLike
 import numpy as np
 
 from ._backend import use_backend
-from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, pack, restore_state, state_of, write_packed
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    check_run,
+    load_checkpoint,
+    pack,
+    restore_state,
+    state_of,
+    write_packed,
+)
 from .nets import DeepConvNet, MultiLayerNet, MultiLayerNetExtend, SimpleConvNet, TwoLayerNet
 from .optim import SGD, AdaGrad, Adam, Momentum, Nesterov, RMSprop
 
@@ -203,16 +212,7 @@ def _resume(ckpt: Checkpoint, net, optimizer, rng, run: dict, epochs: int) -> tu
     """Restore a run from ``ckpt`` into ``net``, ``optimizer``, ``rng`` and NumPy's global generator."""
     meta, arrays = ckpt.meta, ckpt.arrays
     where = ckpt.path
-    if meta["run"].get("trainer", "fastlayers.train.fit") != run["trainer"]:
-        raise CheckpointError(f"{where} was written by {meta['run']['trainer']}: resume it with that")
-    if meta["net"]["class"] != type(net).__name__:  # before the run's fields: the likelier mistake
-        raise CheckpointError(f"{where} is of a {meta['net']['class']}, not of this {type(net).__name__}")
-    for key in ("batch_size", "n_train"):
-        if meta["run"].get(key) != run[key]:
-            raise CheckpointError(f"{where} was written with {key} {meta['run'].get(key)}, this run has {run[key]}")
-    done = len(meta["history"])
-    if epochs < done:
-        raise ValueError(f"epochs={epochs} is fewer than the {done} epochs {where} has finished")
+    check_run(ckpt, net, run, ("batch_size", "n_train"), epochs)
     n = run["n_train"]
     p = meta["position"]
     order = arrays.get("order")

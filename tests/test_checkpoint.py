@@ -140,6 +140,24 @@ class _CrashError(Exception):
     pass
 
 
+def _on_call(net, n: int, action) -> None:
+    """Make ``net.gradient`` run ``action()`` at its ``n``-th call, before that call's work (raising
+    stops the run there; a signal raised and handled lets the step go on)."""
+    real, calls = net.gradient, [0]
+
+    def gradient(x, t):
+        calls[0] += 1
+        if calls[0] == n:
+            action()
+        return real(x, t)
+
+    net.gradient = gradient
+
+
+def _crash():
+    raise _CrashError
+
+
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", list(NETS))
@@ -152,17 +170,7 @@ def test_fit_resumed_within_an_epoch_equals_the_uninterrupted_run(name, dtype, b
     ref_random = np.random.get_state()[1].copy()  # noqa: NPY002
     path = tmp_path / "ck.npz"
     net, opt, train, test = _setup(name, dtype)
-    calls = 0
-    real = net.gradient
-
-    def crashing(x, t):
-        nonlocal calls
-        calls += 1
-        if calls == 11:
-            raise _CrashError
-        return real(x, t)
-
-    net.gradient = crashing
+    _on_call(net, 11, _crash)
     np.random.seed(5)  # noqa: NPY002
     with pytest.raises(_CrashError):
         fit(net, opt, train, test, 2, 16, 1, backend=backend, checkpoint=path, checkpoint_every=4)
@@ -236,17 +244,7 @@ def test_a_malformed_checkpoint_restores_nothing(tmp_path):
     refused before anything is restored into the net or the optimizer."""
     path = tmp_path / "ck.npz"
     net, opt, train, test = _setup("two", np.float32)
-    real = net.gradient
-    calls = 0
-
-    def crashing(x, t):
-        nonlocal calls
-        calls += 1
-        if calls == 3:
-            raise _CrashError
-        return real(x, t)
-
-    net.gradient = crashing
+    _on_call(net, 3, _crash)
     with pytest.raises(_CrashError):
         fit(net, opt, train, test, 2, 16, 1, checkpoint=path, checkpoint_every=2)
     good = load_checkpoint(path)
@@ -274,17 +272,7 @@ def test_a_signal_stops_fit_at_a_step_boundary_with_a_checkpoint(tmp_path):
     ref_net, _, _ = _run("two", np.float64, "numba", 2)
     path = tmp_path / "ck.npz"
     net, opt, train, test = _setup("two", np.float64)
-    real = net.gradient
-    calls = 0
-
-    def signalling(x, t):
-        nonlocal calls
-        calls += 1
-        if calls == 4:
-            signal.raise_signal(signal.SIGINT)  # handled: the step goes on
-        return real(x, t)
-
-    net.gradient = signalling
+    _on_call(net, 4, lambda: signal.raise_signal(signal.SIGINT))  # handled: the step goes on
     np.random.seed(5)  # noqa: NPY002
     before = signal.getsignal(signal.SIGINT)
     with pytest.raises(Interrupted) as info:
