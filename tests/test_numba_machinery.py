@@ -1,5 +1,6 @@
-"""The Numba-specific machinery of ``fastlayers._kernels._numba``: the supported version range, the
-internals it relies on, and the Python bodies of its helpers against their compiled versions."""
+"""The Numba-specific machinery of ``fastlayers._kernels._numba`` and of the loading in
+``_threads.load_numba``: the supported version range, the internals they rely on, and the Python
+bodies of the helpers against their compiled versions."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastlayers._kernels import _math, _numba
+from fastlayers._kernels import _math, _numba, _threads
 
 from .conftest import DTYPES, compiled_only
 
@@ -39,6 +40,50 @@ def test_the_cache_internals_we_subclass_exist():
         assert callable(getattr(FunctionCache, name))
     cache = _numba._TolerantCache(_numba.typed)
     assert isinstance(cache._cache_file._index_path, str)
+
+
+def test_the_loading_guard_has_the_same_supported_range():
+    """``_threads`` decides before importing the kernels whether its guard applies to this Numba."""
+    assert _numba.SUPPORTED is _threads.NUMBA_SUPPORTED
+
+
+def test_numbas_blas_check_is_what_the_loading_guard_defers():
+    """``_threads.load_numba`` replaces ``numba.np.arraymath._HAVE_BLAS`` (set at import by
+    ``_check_blas()``) with an object whose truth value runs that check: right only while Numba
+    reads the name as a truth value and nothing else, as here."""
+    import inspect
+
+    import numba.np.arraymath as arraymath
+
+    assert callable(arraymath._check_blas)
+    uses = re.findall(r"^.*\b_HAVE_BLAS\b.*$", inspect.getsource(arraymath), re.M)
+    assert [u.strip() for u in uses] == ["_HAVE_BLAS = _check_blas()", "if not _HAVE_BLAS:"]
+    assert isinstance(arraymath._HAVE_BLAS, (bool, _threads._BlasCheckedOnFirstUse))
+
+
+def test_the_hiding_finder_hides_scipy_linalg_from_its_own_thread_only():
+    import threading
+
+    finder = _threads._HideFromThisThread()
+    for name in ("scipy.linalg", "scipy.linalg.cython_blas"):
+        with pytest.raises(ModuleNotFoundError):
+            finder.find_spec(name)
+    for name in ("scipy", "scipy.linalgx", "scipy.special", "numpy.linalg"):
+        assert finder.find_spec(name) is None
+    other = []
+    thread = threading.Thread(target=lambda: other.append(finder.find_spec("scipy.linalg")))
+    thread.start()
+    thread.join()
+    assert other == [None] and finder.hidden == ["scipy.linalg", "scipy.linalg.cython_blas"]
+
+
+def test_the_deferred_blas_check_runs_once_on_first_read():
+    calls = []
+    flag = _threads._BlasCheckedOnFirstUse(lambda: calls.append(1) or True)
+    assert calls == [] and "not checked yet" in repr(flag)
+    assert flag and not (not flag) and calls == [1]
+    assert "True" in repr(flag)
+    assert not _threads._BlasCheckedOnFirstUse(lambda: False)
 
 
 @njit(error_model="numpy")

@@ -124,3 +124,110 @@ def test_small_predict_waits_for_no_numba_and_equals_the_kernels_bit_for_bit(dty
         f".predict(np.ones((200, 30), np.{dtype}));" + LOADED
     )
     assert found["numba"] is True and "affine" in found["kernels"]
+
+
+# Numba's BLAS check: ``numba.np.arraymath`` imports ``scipy.linalg`` at import only to set
+# ``_HAVE_BLAS``; ``_threads.load_numba`` imports that module with ``scipy.linalg`` hidden from its own
+# thread and makes the check run on first use (docs/PERFORMANCE.md, "Start-up").
+FIRST_GRADIENT = (
+    "import sys, numpy as np, fastlayers as fl\n"
+    "net = fl.TwoLayerNet(784, 50, 10, dtype=np.float32, seed=0)\n"
+    "x = np.random.default_rng(0).standard_normal((100, 784)).astype(np.float32)\n"
+    "grads = net.gradient(x, np.arange(100) % 10)\n"
+    "digest = __import__('hashlib').sha256(b''.join(grads[k].tobytes() for k in sorted(grads))).hexdigest()\n"
+    "linalg_after_gradient = 'scipy.linalg' in sys.modules\n"
+)
+USER_NJIT = (
+    "from numba import njit\n"
+    "a = np.arange(6.0).reshape(2, 3)\n"
+    "dot = njit(lambda a, b: np.dot(a, b))(a, a.T).tolist()\n"
+    "corr = njit(lambda a, b: np.correlate(a, b))(np.arange(5.0), np.arange(3.0)).tolist()\n"
+    "import numba.np.arraymath as am\n"
+    "extra = {'digest': digest, 'linalg_after_gradient': linalg_after_gradient, 'dot': dot, 'corr': corr,"
+    " 'have_blas': bool(am._HAVE_BLAS), 'linalg_at_end': 'scipy.linalg' in sys.modules}\n"
+)
+# scipy as if it were not installed: a finder that refuses it, before anything imports it
+NO_SCIPY = (
+    "import sys\n"
+    "class NoScipy:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name == 'scipy' or name.startswith('scipy.'):\n"
+    "            raise ModuleNotFoundError(name, name=name)\n"
+    "sys.meta_path.insert(0, NoScipy())\n"
+)
+
+
+def test_first_kernel_call_does_not_import_scipy_linalg_and_a_users_njit_still_has_blas():
+    """The first gradient loads Numba without ``scipy.linalg``; afterwards a user's own jitted
+    ``np.dot`` compiles (importing ``scipy.linalg`` then) and Numba's ``_HAVE_BLAS`` reads True."""
+    found = python(FIRST_GRADIENT + USER_NJIT + LOADED)
+    assert found["numba"] is True and found["linalg_after_gradient"] is False
+    assert found["dot"] == [[5.0, 14.0], [14.0, 50.0]] and found["corr"] == [5.0, 8.0, 11.0]
+    if os.environ.get("NUMBA_DISABLE_JIT", "0") in ("", "0"):
+        assert found["have_blas"] is True and found["linalg_at_end"] is True
+
+
+def test_scipy_linalg_imported_first_is_left_alone_and_results_are_unchanged():
+    """A program that imported ``scipy.linalg`` itself gets Numba's own check (nothing hidden), and the
+    same gradient bit for bit as a program that did not."""
+    plain = python(FIRST_GRADIENT + USER_NJIT + LOADED)
+    found = python(
+        "import scipy.linalg\n"
+        + FIRST_GRADIENT
+        + USER_NJIT
+        + "import numba.np.arraymath as am\nextra['exact_bool'] = am._HAVE_BLAS is True\n"
+        + LOADED
+    )
+    assert found["digest"] == plain["digest"]
+    assert found["dot"] == plain["dot"] and found["corr"] == plain["corr"]
+    if os.environ.get("NUMBA_DISABLE_JIT", "0") in ("", "0"):
+        assert found["exact_bool"] is True  # Numba's own value, not the deferred check
+
+
+def test_without_scipy_the_kernels_and_numbas_fallbacks_work():
+    """Without SciPy the first gradient gives the same result, ``_HAVE_BLAS`` reads False (Numba's
+    own answer) and Numba's non-BLAS paths (``np.correlate``) still compile."""
+    plain = python(FIRST_GRADIENT + USER_NJIT + LOADED)
+    code = (
+        NO_SCIPY
+        + FIRST_GRADIENT
+        + "from numba import njit\n"
+        + "corr = njit(lambda a, b: np.correlate(a, b))(np.arange(5.0), np.arange(3.0)).tolist()\n"
+        + "import numba.np.arraymath as am\n"
+        + "extra = {'digest': digest, 'corr': corr, 'have_blas': bool(am._HAVE_BLAS),"
+        + " 'scipy': 'scipy' in sys.modules}\n"
+        + LOADED
+    )
+    found = python(code)
+    assert found["scipy"] is False and found["digest"] == plain["digest"]
+    assert found["corr"] == [5.0, 8.0, 11.0] and found["have_blas"] is False
+
+
+def test_scipy_linalg_is_hidden_from_the_loading_thread_only():
+    """While one thread loads Numba, another thread's ``import scipy.linalg`` succeeds."""
+    code = (
+        "import sys, threading, numpy as np\n"
+        "from fastlayers._kernels import _threads\n"
+        "seen = {}\n"
+        "started, release = threading.Event(), threading.Event()\n"
+        "def other():\n"
+        "    if started.wait(60):\n"
+        "        import scipy.linalg\n"
+        "        seen['other'] = hasattr(scipy.linalg, 'solve')\n"
+        "    release.set()\n"
+        "class Probe:  # holds the loading thread inside its hidden import until the other one is done\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'numba.np.arraymath' and not started.is_set():\n"
+        "            seen['loader_hidden'] = any(type(f).__name__ == '_HideFromThisThread' for f in sys.meta_path)\n"
+        "            started.set(); release.wait(60)\n"
+        "t = threading.Thread(target=other); t.start()\n"
+        "sys.meta_path.insert(0, Probe())\n"
+        "_threads.load_numba(); started.set(); t.join(60)\n"
+        "extra = {'other': seen.get('other'), 'loader_hidden': seen.get('loader_hidden'),"
+        " 'finders': [type(f).__name__ for f in sys.meta_path]}\n" + LOADED
+    )
+    found = python(code)
+    assert found["numba"] is True and found["other"] is True
+    assert "_HideFromThisThread" not in found["finders"]  # removed after the import
+    if os.environ.get("NUMBA_DISABLE_JIT", "0") in ("", "0"):
+        assert found["loader_hidden"] is True  # the other thread imported while the guard was in place

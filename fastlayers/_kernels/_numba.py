@@ -3,9 +3,10 @@ builder, the cache fallback, and the low-level helpers the kernels call (``typed
 casts, ``row_sum``/``row_max``). Kernel modules import only from here, ``numba.prange`` and NumPy.
 
 Supported Numba versions: :data:`SUPPORTED` (the range ``pyproject.toml`` requires; a test holds
-the two equal). Two things here use Numba internals and are checked against that range by
+the two equal). Three things use Numba internals and are checked against that range by
 ``tests/test_numba_machinery.py``: the subclass of ``numba.core.caching.FunctionCache`` and the
-LLVM code generation of the intrinsics (``numba.core.cgutils``, llvmlite).
+LLVM code generation of the intrinsics (``numba.core.cgutils``, llvmlite) here, and the deferred
+BLAS check of ``numba.np.arraymath`` in ``_threads.load_numba``.
 
 Every helper that Numba compiles in a special way (an ``overload`` or an ``intrinsic``) is a plain
 Python function with a Python body: the body runs when ``NUMBA_DISABLE_JIT=1`` (the whole kernel
@@ -48,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _threads
 from ._threads import load_numba
 
 numba = load_numba()  # libtbb first, then Numba (this module is imported at the first kernel call)
@@ -59,7 +61,7 @@ from numba.core.caching import FunctionCache  # noqa: E402
 from numba.extending import intrinsic, overload  # noqa: E402
 
 #: Numba versions this module was checked with: (lowest, first unsupported), as in pyproject.toml.
-SUPPORTED: tuple[str, str] = ("0.60", "0.69")
+SUPPORTED: tuple[str, str] = _threads.NUMBA_SUPPORTED
 #: True when ``NUMBA_DISABLE_JIT=1``: every kernel and helper then runs as plain Python.
 DISABLED: bool = bool(numba.config.DISABLE_JIT)
 

@@ -14,8 +14,9 @@
 A user's ``NUMBA_THREADING_LAYER`` is respected.
 
 Numba itself is imported by :func:`load_numba` at the first kernel call, not when fastlayers is
-imported (importing Numba and starting its compiler costs most of a second: docs/PERFORMANCE.md,
-"Start-up"); libtbb is loaded just before.
+imported (importing Numba and starting its compiler costs a few hundred ms: docs/PERFORMANCE.md,
+"Start-up"); libtbb is loaded just before, and ``numba.np.arraymath`` just after, without the
+``scipy.linalg`` import of its BLAS check (:func:`_load_arraymath_without_scipy_linalg`).
 
 BLAS: fastlayers' matrix products take turns under :data:`BLAS_LOCK` (OpenBLAS calls from several
 Python threads at once collapse, and its thread count is process-wide), while the Numba kernels
@@ -80,11 +81,85 @@ if hasattr(os, "register_at_fork"):
 
 _numba_lock = threading.Lock()
 _numba_module = None
+#: Numba versions whose loading :func:`_load_arraymath_without_scipy_linalg` was checked with (the
+#: range ``pyproject.toml`` requires; ``_numba.SUPPORTED`` is this tuple)
+NUMBA_SUPPORTED: tuple[str, str] = ("0.60", "0.69")
+#: the modules Numba's BLAS check imports, hidden from that one import
+_HIDDEN = "scipy.linalg"
+
+
+class _HideFromThisThread:
+    """A ``sys.meta_path`` finder that makes ``scipy.linalg`` (and its submodules) look absent to
+    imports made by one thread; imports by every other thread are left alone (it returns None)."""
+
+    def __init__(self) -> None:
+        self.thread = threading.get_ident()
+        self.hidden: list[str] = []
+
+    def find_spec(self, name, path=None, target=None):
+        if threading.get_ident() == self.thread and (name == _HIDDEN or name.startswith(_HIDDEN + ".")):
+            self.hidden.append(name)
+            raise ModuleNotFoundError(f"{name} hidden while fastlayers loads Numba", name=name)
+        return None
+
+
+class _BlasCheckedOnFirstUse:
+    """Stands for ``numba.np.arraymath._HAVE_BLAS`` (read as ``if not _HAVE_BLAS``): the check Numba
+    runs at import, run at the first read instead, once."""
+
+    def __init__(self, check) -> None:
+        self._check = check
+        self._value: bool | None = None
+
+    def __bool__(self) -> bool:
+        if self._value is None:
+            self._value = bool(self._check())
+        return self._value
+
+    def __repr__(self) -> str:
+        state = "not checked yet" if self._value is None else self._value
+        return f"<_HAVE_BLAS checked on first use: {state}>"
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".")[:2] if part.isdigit())
+
+
+def _load_arraymath_without_scipy_linalg(numba) -> bool:
+    """Import ``numba.np.arraymath`` without the ``scipy.linalg`` import its BLAS check makes.
+
+    At import, that module sets ``_HAVE_BLAS = _check_blas()``, which imports ``scipy.linalg`` (90 ms
+    of the first kernel call when SciPy is installed: docs/PERFORMANCE.md, "Start-up") only to know
+    whether Numba's own ``np.dot``/``np.linalg`` support has a BLAS; no fastlayers kernel uses it. We
+    import the module while ``scipy.linalg`` looks absent to this thread, then replace the False
+    that the check gave with :class:`_BlasCheckedOnFirstUse`, which runs Numba's check when Numba
+    first reads it (compiling a user's ``np.correlate``, say). Numba's ``np.dot`` and ``np.linalg``
+    call ``ensure_blas`` when they compile, which imports ``scipy.linalg`` then, as before.
+
+    Does nothing (returns False) when the module is imported already, when ``scipy.linalg`` is
+    (nothing to save), with ``NUMBA_DISABLE_JIT=1`` (nothing compiles: the module may never be
+    needed), or with a Numba outside :data:`NUMBA_SUPPORTED`. Returns whether it hid the import."""
+    if "numba.np.arraymath" in sys.modules or _HIDDEN in sys.modules or numba.config.DISABLE_JIT:
+        return False
+    low, high = NUMBA_SUPPORTED
+    if not _version(low) <= _version(numba.__version__) < _version(high):
+        return False
+    finder = _HideFromThisThread()
+    # rebinding (not inserting into) sys.meta_path: another thread iterating the old list is undisturbed
+    sys.meta_path = [finder, *sys.meta_path]
+    try:
+        import numba.np.arraymath as arraymath
+    finally:
+        sys.meta_path = [f for f in sys.meta_path if f is not finder]
+    if finder.hidden and arraymath._HAVE_BLAS is False:
+        arraymath._HAVE_BLAS = _BlasCheckedOnFirstUse(arraymath._check_blas)
+    return bool(finder.hidden)
 
 
 def load_numba():
-    """Numba, imported on first use, with libtbb loaded first (:func:`_configure`). Every module of
-    fastlayers outside the kernels gets Numba from here."""
+    """Numba, imported on first use, with libtbb loaded first (:func:`_configure`) and without the
+    import of ``scipy.linalg`` that Numba's BLAS check makes (:func:`_load_arraymath_without_scipy_linalg`).
+    Every module of fastlayers outside the kernels gets Numba from here."""
     global _numba_module
     if _numba_module is None:
         with _numba_lock:
@@ -92,6 +167,7 @@ def load_numba():
                 _configure()
                 import numba
 
+                _load_arraymath_without_scipy_linalg(numba)
                 _numba_module = numba
     return _numba_module
 
