@@ -165,13 +165,15 @@ def preload(dtypes: tuple[str, ...] = ("float32", "float64")) -> int:
     Returns
     -------
     int
-        The number of kernel variants loaded (each twin, each signature).
+        The number of kernel variants loaded (each twin, each signature); 0 with
+        ``NUMBA_DISABLE_JIT=1``, where the kernels are plain Python functions.
     """
     from ._kernels import load_all
     from ._table import warmup
 
     warmup(dtypes)  # every layer of the table, below and above every parallel threshold
-    return sum(len(getattr(k, twin).signatures) for k in load_all() for twin in ("serial", "parallel"))
+    twins = (getattr(k, twin) for k in load_all() for twin in ("serial", "parallel"))
+    return sum(len(getattr(fn, "signatures", ())) for fn in twins)
 
 
 _PRELOAD = _os.environ.get("FASTLAYERS_PRELOAD", "").strip().lower()
