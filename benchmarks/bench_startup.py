@@ -12,6 +12,10 @@ The targets (issue 19) compare with ``timeraw_import_numpy``:
 - ``timeraw_first_predict`` (import, ``TwoLayerNet(784, 50, 10, dtype=float32)``, one ``predict`` of
   one row) at most ``import numpy`` + 150 ms.
 
+Issue 29: ``timeraw_first_gradient`` (the same net, one ``gradient`` of 100 rows: the first kernel
+calls, so Numba's start-up) at most ``timeraw_import_fastlayers`` + 200 ms (not reached yet:
+docs/PERFORMANCE.md, "Start-up and compilation").
+
 ``track_import_maxrss_*`` is the peak resident memory of a child that imports the module and exits
 (its own ``ru_maxrss``, so the interpreter's baseline is included: compare the two).
 """
@@ -29,6 +33,13 @@ import numpy as np
 from fastlayers import TwoLayerNet
 net = TwoLayerNet(784, 50, 10, dtype=np.float32, seed=0)
 net.predict(np.random.default_rng(0).standard_normal((1, 784)).astype(np.float32))
+"""
+FIRST_GRADIENT = """
+import numpy as np
+from fastlayers import TwoLayerNet
+net = TwoLayerNet(784, 50, 10, dtype=np.float32, seed=0)
+x = np.random.default_rng(0).standard_normal((100, 784)).astype(np.float32)
+net.gradient(x, np.arange(100) % 10)
 """
 FIRST_RELU = """
 import numpy as np
@@ -57,7 +68,7 @@ class Startup:
     def setup_cache(self):
         # compiles (or loads) every kernel the statements below use and writes them to Numba's cache;
         # returns None, so the benchmarks take no cache argument
-        _child(FIRST_RELU + FIRST_PREDICT, timeout=600)
+        _child(FIRST_RELU + FIRST_PREDICT + FIRST_GRADIENT, timeout=600)
 
     setup_cache.timeout = 900
 
@@ -72,6 +83,9 @@ class Startup:
 
     def timeraw_first_predict(self):
         return FIRST_PREDICT
+
+    def timeraw_first_gradient(self):
+        return FIRST_GRADIENT
 
     def timeraw_first_relu(self):
         return FIRST_RELU
