@@ -231,3 +231,34 @@ def test_scipy_linalg_is_hidden_from_the_loading_thread_only():
     assert "_HideFromThisThread" not in found["finders"]  # removed after the import
     if os.environ.get("NUMBA_DISABLE_JIT", "0") in ("", "0"):
         assert found["loader_hidden"] is True  # the other thread imported while the guard was in place
+
+
+def test_an_arraymath_that_needs_scipy_linalg_is_imported_again_with_nothing_hidden():
+    """Should ``numba.np.arraymath`` ever need ``scipy.linalg`` outside its BLAS check (simulated
+    here: a loader that imports it first), the guard's import fails and is made again unguarded."""
+    code = (
+        "import sys, importlib.machinery as m\n"
+        "class Needy:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name != 'numba.np.arraymath':\n"
+        "            return None\n"
+        "        spec = m.PathFinder.find_spec(name, path)\n"
+        "        inner = spec.loader\n"
+        "        class Loader(m.SourceFileLoader):\n"
+        "            def exec_module(self, module):\n"
+        "                import scipy.linalg  # noqa\n"
+        "                inner.exec_module(module)\n"
+        "        spec.loader = Loader(inner.name, inner.path)\n"
+        "        return spec\n"
+        "sys.meta_path.insert(0, Needy())\n"
+        + FIRST_GRADIENT
+        + "import numba.np.arraymath as am\n"
+        + "extra = {'digest': digest, 'exact_bool': am._HAVE_BLAS is True,"
+        + " 'finders': [type(f).__name__ for f in sys.meta_path]}\n"
+        + LOADED
+    )
+    plain = python(FIRST_GRADIENT + USER_NJIT + LOADED)
+    found = python(code)
+    assert found["digest"] == plain["digest"] and "_HideFromThisThread" not in found["finders"]
+    if os.environ.get("NUMBA_DISABLE_JIT", "0") in ("", "0"):
+        assert found["exact_bool"] is True  # Numba's own check ran, scipy.linalg visible

@@ -138,7 +138,8 @@ def _load_arraymath_without_scipy_linalg(numba) -> bool:
 
     Does nothing (returns False) when the module is imported already, when ``scipy.linalg`` is
     (nothing to save), with ``NUMBA_DISABLE_JIT=1`` (nothing compiles: the module may never be
-    needed), or with a Numba outside :data:`NUMBA_SUPPORTED`. Returns whether it hid the import."""
+    needed), or with a Numba outside :data:`NUMBA_SUPPORTED`; when the hidden import made the
+    module's import fail, imports it again with nothing hidden. Returns whether it hid the import."""
     if "numba.np.arraymath" in sys.modules or _HIDDEN in sys.modules or numba.config.DISABLE_JIT:
         return False
     low, high = NUMBA_SUPPORTED
@@ -149,8 +150,16 @@ def _load_arraymath_without_scipy_linalg(numba) -> bool:
     sys.meta_path = [finder, *sys.meta_path]
     try:
         import numba.np.arraymath as arraymath
+    except ImportError:
+        if not finder.hidden:
+            raise
+        arraymath = None  # something there needed scipy.linalg after all: import it as Numba does
     finally:
         sys.meta_path = [f for f in sys.meta_path if f is not finder]
+    if arraymath is None:
+        import numba.np.arraymath  # noqa: F401
+
+        return False
     if finder.hidden and arraymath._HAVE_BLAS is False:
         arraymath._HAVE_BLAS = _BlasCheckedOnFirstUse(arraymath._check_blas)
     return bool(finder.hidden)
