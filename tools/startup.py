@@ -12,9 +12,12 @@ memory is the child's maximum resident set (``wait4``'s ``ru_maxrss``). Each lin
 the range (fastest to slowest run), and the median's difference from ``import numpy`` and from
 ``import fastlayers``.
 
-The children inherit this environment: with ``PYTHONDONTWRITEBYTECODE=1`` and no ``__pycache__``
-in a source checkout, every fastlayers module is compiled from source in every run, which an
-installed package does not do (``python -m compileall fastlayers`` first to time that case).
+The children run in the current directory, which ``python -c`` puts first on ``sys.path``: run
+from a checkout's root, they import that checkout's fastlayers whatever ``PYTHONPATH`` says (run
+from elsewhere to time another tree). They inherit this environment: with
+``PYTHONDONTWRITEBYTECODE=1`` and no ``__pycache__`` in a source checkout, every fastlayers module
+is compiled from source in every run, which an installed package does not do (``python -m
+compileall fastlayers`` first to time that case).
 """
 
 from __future__ import annotations
