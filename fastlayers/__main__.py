@@ -228,10 +228,12 @@ def _compile_notice(args) -> None:
     """Say so when the kernels will be compiled (a cold cache) rather than loaded."""
     if args.backend != "numba" and not args.compare:
         return
-    from ._kernels import _numba, affine, loss
+    from ._kernels import _numba, affine, dense, loss
 
-    # kernels every training run calls: the last Affine layer's bias add and the loss
-    if any(_numba.is_cached(k.serial) is False for k in (affine.bias_add, loss.softmax_xent_labels)):
+    # kernels of every training run: the last Affine layer's bias add and the loss when it walks its
+    # layers, the whole-net gradient when a plan serves it (dense nets at small sizes)
+    kernels = (affine.bias_add, loss.softmax_xent_labels, dense.net_gradient)
+    if all(_numba.is_cached(k.serial) is False for k in kernels):
         print(
             "compiling the kernels this run uses (first run with this version: a few seconds; cached afterwards)",
             flush=True,

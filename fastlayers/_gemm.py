@@ -7,7 +7,10 @@ Libraries (each used only when installed; NumPy's BLAS is always there):
   on MKL's TBB threading layer, so that its threads and Numba's tbb kernels share one pool of workers
   instead of spinning against each other;
 - ``openblas``: a newer OpenBLAS from the ``scipy-openblas32`` wheel, through its ``cblas_?gemm``;
-- ``blis``: BLIS through the ``blis`` package.
+- ``blis``: BLIS through the ``blis`` package;
+- ``tiles``: fastlayers' own register tiles (``_kernels/dense.py``: ``matmul``, ``matmul_tn``), always
+  there, compiled with the other kernels; faster than a BLAS call for the small products of the
+  classic nets (docs/PERFORMANCE.md, "Plans").
 
 Which library serves a product is chosen per size class (:func:`size_class`, by the number of
 multiply-adds) and dtype:
@@ -15,7 +18,7 @@ multiply-adds) and dtype:
 1. ``FASTLAYERS_GEMM=<library>`` in the environment uses that library for every product;
 2. otherwise the choice measured by ``python -m fastlayers tune`` (:func:`tune`) on this machine,
    cached in a JSON file beside Numba's kernel cache and keyed by the CPU and the libraries' versions;
-3. otherwise ``numpy``.
+3. otherwise :data:`DEFAULT`: ``tiles`` for the tiny and small classes, ``numpy`` above.
 
 ``python -m fastlayers info`` reports the choice and where it came from. Every library computes the
 same products; results differ only by the rounding of the order of additions inside the product
@@ -37,9 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _kernels
 from ._kernels import _threads
 
-LIBRARIES = ("numpy", "mkl", "openblas", "blis")
+LIBRARIES = ("numpy", "mkl", "openblas", "blis", "tiles")
 #: size classes, by multiply-adds of one product: below 2**20 (one to a few dozen rows through a
 #: 784x50 layer: a served request), below 2**24, below 2**30, and above
 CLASSES = ("tiny", "small", "medium", "large")
@@ -195,7 +199,52 @@ def _load_blis() -> Callable | None:
     return gemm
 
 
-_LOADERS = {"numpy": lambda: _numpy_gemm, "mkl": _load_mkl, "openblas": _load_openblas, "blis": _load_blis}
+_NEED = 0x1 | 0x100  # NumPy's flag bits: C-contiguous, aligned
+_OUT_NEED = _NEED | 0x400  # and writeable
+
+
+def _load_tiles() -> Callable:
+    dense = _kernels.lazy("dense")
+    launch = _threads.launch
+
+    def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+        _check(a, b, out)  # the kernels index by these shapes, unchecked
+        m, k = a.shape
+        n = b.shape[1]
+        if (
+            out.flags.num & _OUT_NEED != _OUT_NEED  # out overlaps neither a nor b: the contract
+            or m * n * k == 0
+            or (m * n * k < LOCK_MIN and "numba" not in sys.modules)  # a small call does not wait for Numba
+        ):
+            np.matmul(a, b, out=out)
+            return
+        if b.flags.num & _NEED != _NEED:
+            bt = b.T
+            if bt.flags.num & _NEED != _NEED:
+                np.matmul(a, b, out=out)
+                return
+            b = np.empty((k, n), out.dtype)
+            launch(dense.transpose, k * n, bt, b)
+        if a.flags.num & _NEED == _NEED:
+            launch(dense.matmul, m * n * k, a, b, out)
+        elif a.T.flags.num & _NEED == _NEED:  # a transposed C array, as x.T in x.T @ dout
+            launch(dense.matmul_tn, m * n * k, a.T, b, out)
+        else:
+            np.matmul(a, b, out=out)
+
+    return gemm
+
+
+_LOADERS = {
+    "numpy": lambda: _numpy_gemm,
+    "mkl": _load_mkl,
+    "openblas": _load_openblas,
+    "blis": _load_blis,
+    "tiles": _load_tiles,
+}
+#: The library of each size class when nothing else was chosen (measured: docs/PERFORMANCE.md,
+#: "Plans"): fastlayers' tiles up to the small class, NumPy's BLAS above.
+DEFAULT = {"tiny": "tiles", "small": "tiles", "medium": "numpy", "large": "numpy"}
 
 
 def library(name: str) -> Callable | None:
@@ -296,7 +345,7 @@ def choice() -> dict[str, object]:
     """The library per size class and dtype, and where the choice came from."""
     if not _choice.loaded:
         _load_choice()
-    table = {f"{c}/{d}": _choice.table.get(f"{c}/{d}", "numpy") for c in CLASSES for d in ("float32", "float64")}
+    table = {f"{c}/{d}": _choice.table.get(f"{c}/{d}", DEFAULT[c]) for c in CLASSES for d in ("float32", "float64")}
     return {"source": _choice.source, "choice": table}
 
 
@@ -321,7 +370,7 @@ def _for(cls: str, dtype: np.dtype) -> Callable:
     if gemm is None:
         if not _choice.loaded:
             _load_choice()
-        name = _choice.table.get(f"{cls}/{dtype.name}", "numpy")
+        name = _choice.table.get(f"{cls}/{dtype.name}", DEFAULT[cls])
         gemm = library(name) or _numpy_gemm  # a chosen library that has gone: NumPy's
         _fast[(cls, dtype)] = gemm
         if cls == "tiny":

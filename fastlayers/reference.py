@@ -259,3 +259,69 @@ def batchnorm_backward(dout: np.ndarray, xn: np.ndarray, gamma, std) -> tuple[np
     dbeta = dout.sum(axis=0)
     dgamma = (dout * xn).sum(axis=0)
     return (gamma / std) * (dout - dbeta / n - xn * (dgamma / n)), dgamma, dbeta
+
+
+# whole-net passes of a small dense net (the kernels of fastlayers._kernels.dense), written with the
+# functions above: ``ins``, ``outs`` ... as in that module's contract
+_NET_ACTIVATIONS = {1: (relu_forward, relu_backward), 2: (sigmoid_forward, sigmoid_backward)}
+
+
+def net_forward(ins: tuple, Ws: tuple, bs: tuple, acts: np.ndarray, outs: tuple) -> None:
+    """outs[l] = act_l(ins[l] @ Ws[l] + bs[l]) for every layer in order (outs[l] is ins[l + 1])."""
+    for layer, W in enumerate(Ws):
+        z = ins[layer] @ W + bs[layer]
+        act = _NET_ACTIVATIONS.get(int(acts[layer]))
+        outs[layer][...] = z if act is None else act[0](z)
+
+
+def _net_labels_ok(t: np.ndarray, scores: np.ndarray) -> bool:
+    return t.shape[0] == scores.shape[0] and bool(np.all((t >= 0) & (t < scores.shape[1])))
+
+
+def net_loss(ins, Ws, bs, acts, outs, t, y, losses) -> float:
+    """The forward pass, y = softmax(scores) and the per-row losses; their float64 sum, or -1.0
+    (nothing written) for a label outside the classes."""
+    if not _net_labels_ok(t, outs[-1]):
+        return -1.0
+    net_forward(ins, Ws, bs, acts, outs)
+    scores = outs[-1]
+    y[...] = softmax(scores)
+    losses[...] = -log_softmax(scores)[np.arange(t.shape[0]), t]
+    return float(np.sum(losses, dtype=np.float64))
+
+
+def net_gradient(ins, Ws, bs, acts, outs, t, y, losses, grads, dins, dWs, dbs, WTs, scale) -> float:
+    """``net_loss``, then the backward pass into ``grads``, ``dins[1:]``, ``dWs``, ``dbs`` (and
+    ``WTs[l] = Ws[l].T`` for l >= 1, the kernel's scratch)."""
+    total = net_loss(ins, Ws, bs, acts, outs, t, y, losses)
+    if total < 0:
+        return total
+    last = len(Ws) - 1
+    onehot = np.zeros_like(y)
+    onehot[np.arange(t.shape[0]), t] = 1
+    grads[last][...] = (y - onehot) * scale
+    for layer in range(last, -1, -1):
+        dz = grads[layer]
+        if layer < last:
+            dz[...] = _NET_ACTIVATIONS[int(acts[layer])][1](dins[layer + 1], outs[layer])
+        dbs[layer][...] = dz.sum(axis=0)
+        dWs[layer][...] = ins[layer].T @ dz
+        if layer > 0:
+            WTs[layer][...] = Ws[layer].T
+            dins[layer][...] = dz @ Ws[layer].T
+    return total
+
+
+def matmul(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
+    """c = a @ b."""
+    c[...] = a @ b
+
+
+def matmul_tn(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
+    """c = a.T @ b."""
+    c[...] = a.T @ b
+
+
+def transpose(a: np.ndarray, out: np.ndarray) -> None:
+    """out = a.T."""
+    out[...] = a.T

@@ -65,6 +65,24 @@ POOL_SHAPES = [
 ]
 
 
+#: whole-net kernels: (N, widths D0..DL, activations after each hidden layer: 1 ReLU, 2 Sigmoid): one
+#: row, one layer, a width of one, column counts around the float32 and float64 tiles (16, 64, 8,
+#: 32 lanes), row counts around the 6-row tile, and the main job's net
+NET_SHAPES = [
+    (1, (3, 2), ()),
+    (7, (13, 9, 5, 4), (1, 2)),
+    (6, (70, 17, 65, 3), (2, 1)),
+    (13, (5, 1, 33, 2), (1, 1)),
+    (32, (64, 50, 10), (1,)),
+    (11, (40, 64, 8, 31, 7), (2, 2, 1)),
+]
+
+
+#: single products (N, K, M): one row, a width of one, sizes around the tiles (6 rows; 16, 64 and 8, 32
+#: columns), and past the parallel threshold
+PRODUCT_SHAPES = [(1, 1, 1), (1, 784, 50), (7, 13, 65), (6, 64, 10), (13, 5, 33), (300, 200, 71)]
+
+
 @dataclass(frozen=True)
 class Case:
     twin: Callable
@@ -545,12 +563,68 @@ def _conv_case(twin, make, tol="exact", n=lambda spec: 1) -> Case:
     return Case(twin, make, tol, shapes=CONV_SHAPES, n=n)
 
 
+def _make_net(dtype, spec, rng, mode="gradient"):
+    """Arguments of a whole-net kernel: the net of ``spec`` with random weights, a batch and labels
+    (``outs[l]`` is ``ins[l + 1]``, ``grads[l]`` is ``dins[l + 1]``, as the plans pass them)."""
+    n, widths, acts = spec
+    dt = np.dtype(dtype)
+    Ws = tuple((_rows((d, m), dt, rng) / np.sqrt(d)).astype(dt) for d, m in zip(widths[:-1], widths[1:], strict=True))
+    bs = tuple(_rows((m,), dt, rng) for m in widths[1:])
+    outs = tuple(np.full((n, m), np.nan, dt) for m in widths[1:])
+    ins = (_rows((n, widths[0]), dt, rng), *outs[:-1])
+    codes = np.array([*acts, 0], np.int64)
+    if mode == "forward":
+        return [ins, Ws, bs, codes, outs]
+    t = rng.integers(0, widths[-1], n)
+    y, losses = np.full((n, widths[-1]), np.nan, dt), np.full(n, np.nan, dt)
+    if mode == "loss":
+        return [ins, Ws, bs, codes, outs, t, y, losses]
+    grads = tuple(np.full((n, m), np.nan, dt) for m in widths[1:])
+    dummy = np.zeros((1, 1), dt)
+    dins = (dummy, *grads[:-1])
+    dWs = tuple(np.full_like(W, np.nan) for W in Ws)
+    dbs = tuple(np.full_like(b, np.nan) for b in bs)
+    WTs = (dummy, *(np.full((W.shape[1], W.shape[0]), np.nan, dt) for W in Ws[1:]))
+    return [ins, Ws, bs, codes, outs, t, y, losses, grads, dins, dWs, dbs, WTs, dt.type(1) / dt.type(n)]
+
+
+def _net_n(spec):
+    return spec[0] + sum(spec[1])  # the terms of the longest sums that reach the weights' gradients
+
+
 CASES: dict[str, Case] = {
     "conv_pad": _conv_case(_conv_pad, _make_pad),
     "conv_im2col": _conv_case(_conv_im2col, _make_im2col),
     "conv_output": _conv_case(_conv_output, _make_output),
     "conv_dout": _conv_case(_conv_dout, _make_dout, "sum", n=lambda spec: spec[0] * spec[2] * spec[3]),
     "conv_col2im": _conv_case(_conv_col2im, _make_col2im),
+    "matmul": Case(
+        reference.matmul,
+        lambda dt, s, rng: [_rows(s[:2], dt, rng), _rows(s[1:], dt, rng), np.full((s[0], s[2]), np.nan, dt)],
+        "sum",
+        shapes=PRODUCT_SHAPES,
+        n=lambda s: s[1],
+    ),
+    "matmul_tn": Case(
+        reference.matmul_tn,
+        lambda dt, s, rng: [_rows(s[:2], dt, rng), _rows((s[0], s[2]), dt, rng), np.full(s[1:], np.nan, dt)],
+        "sum",
+        shapes=PRODUCT_SHAPES,
+        n=lambda s: s[0],
+    ),
+    "transpose": Case(
+        reference.transpose,
+        lambda dt, s, rng: [_rows(s[:2], dt, rng), np.full((s[1], s[0]), np.nan, dt)],
+        "exact",
+        shapes=PRODUCT_SHAPES,
+    ),
+    "net_forward": Case(
+        reference.net_forward, lambda dt, s, rng: _make_net(dt, s, rng, "forward"), "sum", shapes=NET_SHAPES, n=_net_n
+    ),
+    "net_loss": Case(
+        reference.net_loss, lambda dt, s, rng: _make_net(dt, s, rng, "loss"), "sum", shapes=NET_SHAPES, n=_net_n
+    ),
+    "net_gradient": Case(reference.net_gradient, _make_net, "sum", shapes=NET_SHAPES, n=_net_n),
     "conv_direct": Case(_conv_direct, _make_direct, "sum", shapes=DIRECT_SHAPES, n=lambda s: s[1] * s[5] * s[6]),
     "conv_dout_direct": Case(
         _conv_dout_direct, _make_dout_direct, "sum", shapes=DIRECT_SHAPES, n=lambda s: s[0] * s[2] * s[3]

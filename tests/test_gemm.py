@@ -109,7 +109,8 @@ def test_tune_writes_a_choice_that_is_used(tmp_path, monkeypatch):
         _gemm.cache_file().write_text(json.dumps(saved))
         _gemm.reset()
         assert _gemm.choice()["source"] == "default"
-        assert set(_gemm.choice()["choice"].values()) == {"numpy"}
+        want = {f"{c}/{d}": _gemm.DEFAULT[c] for c in _gemm.CLASSES for d in ("float32", "float64")}
+        assert _gemm.choice()["choice"] == want
     finally:
         _gemm.reset()
 
@@ -196,6 +197,11 @@ def test_products_beside_parallel_kernels_are_split_in_the_calling_thread_only(d
         return real(a, b, out=out)
 
     monkeypatch.setattr(np, "matmul", counting)
+    monkeypatch.setenv("FASTLAYERS_GEMM", "numpy")  # the split concerns NumPy's BLAS
+    monkeypatch.setattr(_gemm, "_choice", _gemm._Choice())
+    monkeypatch.setattr(_gemm, "_fast", {})
+    monkeypatch.setattr(_gemm, "_tiny", {})
+    monkeypatch.setattr(_gemm, "DIRECT", {})
     for m, k, n in [(100, 1024, 50), (1024, 100, 50), (100, 50, 1024), (33, 2000, 70)]:
         assert _gemm.LOCK_MIN <= m * n * k < _gemm.SPLIT_MAX
         for a in (rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, m)).astype(dtype).T):

@@ -49,7 +49,7 @@ class LazyModule:
 
 
 #: every kernel module
-MODULES = ("elementwise", "affine", "loss", "optim", "conv", "dropout", "batchnorm")
+MODULES = ("elementwise", "affine", "loss", "optim", "conv", "dropout", "batchnorm", "dense")
 
 
 def load_all() -> list:

@@ -706,3 +706,188 @@ def conv_dw_tile(filters: int, terms: int) -> Callable:
 #: the filter gradient's tile: (rows of the output gradient, filter terms), 24 accumulators
 CONV_DW_TILE = (4, 6)
 conv_dw_tile_4x6 = conv_dw_tile(4, 6)
+
+
+# --------------------------------------------------------------------------------------------
+# The register tile of the small dense products (fastlayers._kernels.dense): ``rows`` rows of the
+# result times up to ``DENSE_VECTORS`` vectors of consecutive columns (16 float32 or 8 float64
+# lanes each), accumulated in vector registers over the whole reduction: per term k, one load of
+# each vector of ``b``'s row k (the last one masked to the columns that exist), ``rows`` broadcast
+# elements of ``a``, ``rows * vectors`` FMAs. Operands are addressed by offsets and strides in
+# elements, so that one tile serves ``a @ b`` and ``a.T @ b``.
+# --------------------------------------------------------------------------------------------
+#: rows and vectors of the largest dense tile: 24 accumulators, which with the loaded vectors of
+#: ``b`` and one broadcast fit AVX-512's 32 vector registers
+DENSE_ROWS = 6
+DENSE_VECTORS = 4
+
+
+def dense_tile(a, aoff, ars, aks, b, boff, bks, nk, c, coff, crs, rows, ncols):
+    """c[coff + r*crs + j] = the sum over k < nk, in order, of a[aoff + r*ars + k*aks] *
+    b[boff + k*bks + j] (one FMA each in compiled code), for r < ``rows`` and j < ``ncols``;
+    ``rows`` from 1 to :data:`DENSE_ROWS`, ``ncols`` from 1 to :data:`DENSE_VECTORS` * (64 //
+    itemsize). ``a``, ``b``, ``c``: C-contiguous float arrays of one dtype, indexed as flat. Compiled
+    code does not check bounds: the caller guarantees them (this Python body checks them)."""
+    lanes = 64 // c.itemsize
+    af, bf, cf = a.reshape(-1), b.reshape(-1), c.reshape(-1)
+    if not (1 <= rows <= DENSE_ROWS and 1 <= ncols <= DENSE_VECTORS * lanes and nk >= 0):
+        raise IndexError("dense_tile: rows or ncols outside the tile")
+    if min(aoff, boff, coff, ars, aks, bks, crs) < 0:
+        raise IndexError("dense_tile: negative offset or stride")
+    if nk and (aoff + (rows - 1) * ars + (nk - 1) * aks >= af.shape[0] or boff + (nk - 1) * bks + ncols > bf.shape[0]):
+        raise IndexError("dense_tile would read a or b out of bounds")
+    if coff + (rows - 1) * crs + ncols > cf.shape[0]:
+        raise IndexError("dense_tile would write c out of bounds")
+    acc = np.zeros((rows, ncols), c.dtype)
+    r_index = aoff + np.arange(rows) * ars
+    for k in range(nk):
+        acc += af[r_index + k * aks][:, None] * bf[boff + k * bks : boff + k * bks + ncols][None, :]
+    for r in range(rows):
+        cf[coff + r * crs : coff + r * crs + ncols] = acc[r]
+
+
+def _masked_names(vty) -> tuple[str, str]:
+    """LLVM's names of the masked vector load and store of ``vty`` (pointer types are mangled into
+    the name; LLVM 15 and later mangle every pointer as ``p0``, older ones by the pointee)."""
+    size = 32 if vty.element == ir.FloatType() else 64
+    suffix = f"v{vty.count}f{size}"
+    pointer = "p0" if str(ir.IntType(8).as_pointer()) == "ptr" else f"p0{suffix}"
+    return f"llvm.masked.load.{suffix}.{pointer}", f"llvm.masked.store.{suffix}.{pointer}"
+
+
+def _dense_function(module: ir.Module, fty, intp, rows: int, vectors: int) -> ir.Function:
+    """The tile of ``rows`` x ``vectors`` as its own LLVM function, made once per module:
+    f(a, ars, aks, b, bks, nk, c, crs, ncols) with a, b, c already offset; the last vector is masked
+    to ``ncols``."""
+    size = 4 if isinstance(fty, ir.FloatType) else 8
+    lanes = 64 // size
+    name = f"fastlayers_dense_tile_{rows}x{vectors}_f{size * 8}"
+    if name in module.globals:
+        return module.globals[name]
+    ptr = fty.as_pointer()
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr, intp, intp, ptr, intp, intp, ptr, intp, intp]), name)
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    a, ars, aks, b, bks, nk, c, crs, ncols = fn.args
+    for arg in (a, b, c):
+        arg.add_attribute("noalias")
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    vty = ir.VectorType(fty, lanes)
+    i1, i32 = ir.IntType(1), ir.IntType(32)
+    mty = ir.VectorType(i1, lanes)
+    fma = cgutils.get_or_insert_function(module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{lanes}f{size * 8}")
+    load_name, store_name = _masked_names(vty)
+    vptr = vty.as_pointer()
+    mload = cgutils.get_or_insert_function(module, ir.FunctionType(vty, [vptr, i32, mty, vty]), load_name)
+    mstore = cgutils.get_or_insert_function(module, ir.FunctionType(ir.VoidType(), [vty, vptr, i32, mty]), store_name)
+    zero = cgutils.get_null_value(vty)
+    # the last vector's lanes that exist: lane + (vectors - 1) * lanes < ncols
+    first = (vectors - 1) * lanes
+    iota = ir.Constant(ir.VectorType(intp, lanes), [ir.Constant(intp, first + i) for i in range(lanes)])
+    one = builder.insert_element(ir.Constant(ir.VectorType(intp, lanes), ir.Undefined), ncols, ir.Constant(i32, 0))
+    limit = builder.shuffle_vector(one, ir.Constant(ir.VectorType(intp, lanes), ir.Undefined), _indices([0] * lanes))
+    mask = builder.icmp_signed("<", iota, limit)
+    align = ir.Constant(i32, size)
+    accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(vectors)] for _ in range(rows)]
+    with cgutils.for_range(builder, nk) as loop:
+        k = loop.index
+        bbase = builder.gep(b, [builder.mul(k, bks)])
+        bv = []
+        for v in range(vectors):
+            p = builder.bitcast(builder.gep(bbase, [ir.Constant(intp, v * lanes)]), vptr)
+            if v < vectors - 1:
+                bv.append(builder.load(p, align=size))
+            else:
+                bv.append(builder.call(mload, [p, align, mask, zero]))
+        abase = builder.gep(a, [builder.mul(k, aks)])
+        for r in range(rows):
+            value = builder.load(builder.gep(abase, [builder.mul(ir.Constant(intp, r), ars)]))
+            single = builder.insert_element(ir.Constant(vty, ir.Undefined), value, ir.Constant(i32, 0))
+            splat = builder.shuffle_vector(single, ir.Constant(vty, ir.Undefined), _indices([0] * lanes))
+            for v in range(vectors):
+                acc = accs[r][v]
+                builder.store(builder.call(fma, [splat, bv[v], builder.load(acc)]), acc)
+    for r in range(rows):
+        cbase = builder.gep(c, [builder.mul(ir.Constant(intp, r), crs)])
+        for v in range(vectors):
+            p = builder.bitcast(builder.gep(cbase, [ir.Constant(intp, v * lanes)]), vptr)
+            if v < vectors - 1:
+                builder.store(builder.load(accs[r][v]), p, align=size)
+            else:
+                builder.call(mstore, [builder.load(accs[r][v]), p, align, mask])
+    builder.ret_void()
+    return fn
+
+
+def _dense_codegen(context, builder, signature, args):
+    aty, bty, cty = signature.args[0], signature.args[4], signature.args[8]
+    a, aoff, ars, aks, b, boff, bks, nk, c, coff, crs, rows, ncols = args
+    intp_t = types.intp
+
+    def idx(i):
+        return context.cast(builder, args[i], signature.args[i], intp_t)
+
+    aoff, ars, aks, boff, bks, nk, coff, crs, rows, ncols = (idx(i) for i in (1, 2, 3, 5, 6, 7, 9, 10, 11, 12))
+    ad = context.make_array(aty)(context, builder, a).data
+    bd = context.make_array(bty)(context, builder, b).data
+    cd = context.make_array(cty)(context, builder, c).data
+    fty = context.get_value_type(cty.dtype)
+    intp = nk.type
+    lanes = 64 // context.get_abi_sizeof(fty)
+    a0, b0, c0 = builder.gep(ad, [aoff]), builder.gep(bd, [boff]), builder.gep(cd, [coff])
+    # vectors = ceil(ncols / lanes); one call per (rows, vectors) pair, chosen by a switch
+    vectors = builder.udiv(builder.add(ncols, ir.Constant(intp, lanes - 1)), ir.Constant(intp, lanes))
+    key = builder.add(builder.mul(rows, ir.Constant(intp, 8)), vectors)
+    done = builder.append_basic_block("dense_tile.done")
+    switch = builder.switch(key, done)
+    for r in range(1, DENSE_ROWS + 1):
+        for v in range(1, DENSE_VECTORS + 1):
+            block = builder.append_basic_block(f"dense_tile.{r}x{v}")
+            switch.add_case(ir.Constant(intp, r * 8 + v), block)
+            with builder.goto_block(block):
+                fn = _dense_function(builder.module, fty, intp, r, v)
+                builder.call(fn, [a0, ars, aks, b0, bks, nk, c0, crs, ncols])
+                builder.branch(done)
+    builder.position_at_end(done)
+    return context.get_dummy_value()
+
+
+def _dense_check(a, b, c, ints) -> bool:
+    return (
+        all(
+            isinstance(x, types.Array) and x.layout == "C" and x.dtype in (types.float32, types.float64)
+            for x in (a, b, c)
+        )
+        and a.dtype == b.dtype == c.dtype
+        and c.mutable
+        and all(isinstance(i, types.Integer) for i in ints)
+    )
+
+
+@intrinsic
+def _dense_tile_llvm(typingctx, a, aoff, ars, aks, b, boff, bks, nk, c, coff, crs, rows, ncols):
+    if not _dense_check(a, b, c, (aoff, ars, aks, boff, bks, nk, coff, crs, rows, ncols)):
+        return None
+    return types.none(a, aoff, ars, aks, b, boff, bks, nk, c, coff, crs, rows, ncols), _dense_codegen
+
+
+@overload(dense_tile, inline="always")
+def _dense_tile_impl(a, aoff, ars, aks, b, boff, bks, nk, c, coff, crs, rows, ncols):
+    return lambda a, aoff, ars, aks, b, boff, bks, nk, c, coff, crs, rows, ncols: _dense_tile_llvm(
+        a, aoff, ars, aks, b, boff, bks, nk, c, coff, crs, rows, ncols
+    )
+
+
+def entry_point(dispatcher, args: tuple) -> Callable:
+    """The machine code of ``dispatcher`` (a twin) for arguments of exactly the Numba types of
+    ``args``, compiled or loaded from the cache now, as a callable that skips Numba's typing of the
+    arguments at each call (docs/PERFORMANCE.md, "Plans").
+
+    Only for callers that check, at every call, that each argument has the type it had here (dtype,
+    dimensions, layout, alignment, writeability, tuple length): the entry point converts whatever it
+    is given as if it had those types. With ``NUMBA_DISABLE_JIT=1``, ``dispatcher`` itself."""
+    if DISABLED:
+        return dispatcher
+    from numba.core.typing.typeof import Purpose, typeof
+
+    return dispatcher.compile(tuple(typeof(a, Purpose.argument) for a in args))

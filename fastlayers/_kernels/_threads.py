@@ -128,8 +128,8 @@ def _version(text: str) -> tuple[int, ...]:
 def _load_arraymath_without_scipy_linalg(numba) -> bool:
     """Import ``numba.np.arraymath`` without the ``scipy.linalg`` import its BLAS check makes.
 
-    At import, that module sets ``_HAVE_BLAS = _check_blas()``, which imports ``scipy.linalg`` (90 ms
-    of the first kernel call when SciPy is installed: docs/PERFORMANCE.md, "Start-up") only to know
+    At import, that module sets ``_HAVE_BLAS = _check_blas()``, which imports ``scipy.linalg`` (a
+    large share of the first kernel call when SciPy is installed: docs/PERFORMANCE.md, "Start-up") only to know
     whether Numba's own ``np.dot``/``np.linalg`` support has a BLAS; no fastlayers kernel uses it. We
     import the module while ``scipy.linalg`` looks absent to this thread, then replace the False
     that the check gave with :class:`_BlasCheckedOnFirstUse`, which runs Numba's check when Numba

@@ -12,7 +12,7 @@ from numpy.typing import ArrayLike, DTypeLike
 
 from ..gradient import numerical_gradient
 from ..layers.core import Affine, Relu, Sigmoid, SoftmaxWithLoss
-from . import _walk
+from . import _plan, _walk
 from ._params import SavesParams, load_param_file
 
 __all__ = ["TwoLayerNet", "MultiLayerNet", "MultiLayerNetExtend", "gradient_check"]
@@ -40,6 +40,13 @@ class _Net(SavesParams):
     layers: OrderedDict
     last_layer: SoftmaxWithLoss
 
+    def __getstate__(self) -> dict:
+        """The net's state for pickle and copy: everything but its plans (their buffers and locks
+        are made again at the first call)."""
+        state = self.__dict__.copy()
+        state.pop("_plans", None)
+        return state
+
     @property
     def lastLayer(self) -> SoftmaxWithLoss:  # noqa: N802 - the classic TwoLayerNet's name
         """The loss layer under the classic ``TwoLayerNet`` name (``last_layer`` in ``MultiLayerNet``)."""
@@ -56,7 +63,8 @@ class _Net(SavesParams):
         -------
         ndarray, shape (N, output_size), in the dtype NumPy's rule gives for ``x`` and the weights.
         """
-        return _walk.forward(list(self.layers.values()), x)
+        out = _plan.predict(self, x)  # small nets: one compiled call
+        return _walk.forward(list(self.layers.values()), x) if out is None else out
 
     def _penalty(self) -> float:
         return 0.0
@@ -96,7 +104,9 @@ class _Net(SavesParams):
         t : array_like
             Integer labels (N,) or one-hot rows (N, output_size).
         """
-        loss = self.last_layer.forward(self.predict(x), t)
+        loss = _plan.loss(self, x, t)
+        if loss is None:
+            loss = self.last_layer.forward(self.predict(x), t)
         penalty = self._penalty()
         return loss + loss.dtype.type(penalty) if penalty else loss
 
@@ -152,8 +162,9 @@ class _Net(SavesParams):
         Affine layer's bias gradient is computed in one pass with the gradient of the activation
         after it; the layers are left in the state their own ``backward`` calls would leave.
         """
-        self.loss(x, t)
-        _walk.backward(list(self.layers.values()), self.last_layer.backward(1))
+        if _plan.gradient(self, x, t) is None:
+            self.loss(x, t)
+            _walk.backward(list(self.layers.values()), self.last_layer.backward(1))
         return self._affine_grads()
 
 
@@ -394,7 +405,8 @@ class MultiLayerNetExtend(MultiLayerNet):
         -------
         ndarray (N, output_size).
         """
-        return _walk.forward(list(self.layers.values()), x, bool(train_flg))
+        out = _plan.predict(self, x)  # None with batch normalization or dropout
+        return _walk.forward(list(self.layers.values()), x, bool(train_flg)) if out is None else out
 
     def loss(self, x: ArrayLike, t: ArrayLike, train_flg: bool = False) -> np.floating:
         """Mean softmax cross-entropy of the batch plus the weight decay term.
@@ -406,7 +418,9 @@ class MultiLayerNetExtend(MultiLayerNet):
             Integer labels (N,) or one-hot rows.
         train_flg : bool, default False
         """
-        loss = self.last_layer.forward(self.predict(x, train_flg), t)
+        loss = _plan.loss(self, x, t)
+        if loss is None:
+            loss = self.last_layer.forward(self.predict(x, train_flg), t)
         penalty = self._penalty()
         return loss + loss.dtype.type(penalty) if penalty else loss
 
@@ -435,8 +449,9 @@ class MultiLayerNetExtend(MultiLayerNet):
         -------
         dict keyed like ``params``: ``W{i}``, ``b{i}`` (plus the decay term), ``gamma{i}``, ``beta{i}``.
         """
-        self.loss(x, t, True)
-        _walk.backward(list(self.layers.values()), self.last_layer.backward(1))
+        if _plan.gradient(self, x, t) is None:
+            self.loss(x, t, True)
+            _walk.backward(list(self.layers.values()), self.last_layer.backward(1))
         grads = self._affine_grads()
         if self.use_batchnorm:
             for idx in range(1, self.hidden_layer_num + 1):

@@ -1,0 +1,285 @@
+"""Plans: a dense net's ``predict``, ``loss`` and ``gradient`` as one compiled call.
+
+A plan is made once per net, input shape and dtype, for nets whose layers are Affine layers with
+ReLU or Sigmoid between them and a SoftmaxWithLoss after them (``TwoLayerNet``, ``MultiLayerNet``,
+``MultiLayerNetExtend`` without batch normalization and dropout), and whose products are small
+(:data:`SMALL_MACS`): there the Python around a dozen layer calls costs more than the arithmetic.
+It calls the kernels of :mod:`fastlayers._kernels.dense`, whose products are register tiles that
+beat a BLAS call at these sizes (docs/PERFORMANCE.md, "Plans").
+
+A plan holds the buffers of the pass (activations, softmax, gradients) and reuses them while nobody
+but the plan and the layers it publishes them to holds them; a buffer someone kept is replaced by a
+new one, as the layers' own calls do (:func:`fastlayers.functional._checks.reusable`).
+
+Every call checks again what the caller may have changed since the last one: the net's layer
+objects, each layer's ``W`` and ``b`` (type, dtype, shape, layout), ``x``, and the labels' array
+(their values are checked inside the kernel). Anything unusual makes the call return None, having
+done nothing, and the net walks its layers (:mod:`._walk`), the general path, which names what is
+wrong. After a call every layer holds what its own calls would have left (``Affine.x``,
+``original_x_shape``, ``dW``, ``db``; ``Relu.out``/``Sigmoid.out``; ``SoftmaxWithLoss.loss``, ``y``
+(read-only) and ``t``), and results equal the layer-by-layer path's up to the order of the additions
+inside the products. A plan runs one call at a time: a thread that finds it busy takes the general
+path.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import numpy as np
+
+from .. import _backend
+from .._kernels import _threads, lazy
+from ..layers.core import Affine, Relu, Sigmoid, SoftmaxWithLoss
+
+_dense = lazy("dense")
+_numba = lazy("_numba")
+
+#: Largest number of multiply-adds of one forward pass that a plan serves (measured against the
+#: layer walk with BLAS products: docs/PERFORMANCE.md, "Plans").
+SMALL_MACS = 1 << 20
+#: Plans kept per net (one per input shape and dtype); the oldest goes first.
+KEEP = 4
+
+_CODES = {Relu: 1, Sigmoid: 2}
+_NEED = 0x1 | 0x100 | 0x400  # NumPy's flag bits: C-contiguous, aligned, writeable
+_REFS = 2  # getrefcount's own argument and the plan's list
+_I64 = np.dtype(np.int64)
+_MODES = ("predict", "loss", "gradient")
+
+
+def _fits(a, dtype: np.dtype, shape: tuple) -> bool:
+    return type(a) is np.ndarray and a.dtype is dtype and a.shape == shape and a.flags.num & _NEED == _NEED
+
+
+class DensePlan:
+    """The buffers, checks and compiled entry points of one net's calls for one input shape and
+    dtype. ``lock`` is held while a call runs."""
+
+    def __init__(self, layers: list, last: SoftmaxWithLoss, shape: tuple, dtype: np.dtype) -> None:
+        self.layers, self.last = layers, last
+        self.shape, self.dtype = shape, dtype
+        self.affines = layers[0::2]
+        self.activations = layers[1::2]
+        n = shape[0]
+        widths = [shape[1]] + [a.W.shape[1] for a in self.affines]
+        self.checks = [(a, a.W.shape, (a.W.shape[1],)) for a in self.affines]
+        self.acts = np.array([_CODES[type(a)] for a in self.activations] + [0], np.int64)
+        self.macs = n * sum(a.W.size for a in self.affines)
+        self.scale = dtype.type(1) / dtype.type(n)
+        L = self.L = len(self.affines)
+        e = np.empty
+        # buffers, in one list: outs (L), dWs (L), dbs (L), y, then the private ones: grads (L),
+        # losses. ``published``: how many layer attributes each public one is handed to
+        self.bufs = (
+            [e((n, m), dtype) for m in widths[1:]]
+            + [e(a.W.shape, dtype) for a in self.affines]
+            + [e(m, dtype) for m in widths[1:]]
+            + [e((n, widths[-1]), dtype)]
+        )
+        # outs[l]: the activation's out and the next Affine's x; the scores: the last Affine's _out;
+        # y is published as a read-only view (``y_view``), which holds one more reference to it
+        self.limits = [_REFS + p for p in [2] * (L - 1) + [1] + [1] * (2 * L) + [1]]
+        self.y_view = self._frozen(self.bufs[-1])
+        self.keys = [(f"W{i}", f"b{i}") for i in range(1, L + 1)]
+        self.grads = tuple(e((n, m), dtype) for m in widths[1:])
+        self.losses = e(n, dtype)
+        dummy = e((1, 1), dtype)  # dins[0] and WTs[0]: never used
+        self.dins = (dummy, *self.grads[:-1])
+        self.WTs = (dummy, *(e((m, d), dtype) for d, m in zip(widths[1:-1], widths[2:], strict=True)))
+        self.entries: dict = {}
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def _frozen(y: np.ndarray) -> np.ndarray:
+        view = y.view()
+        view.flags.writeable = False
+        return view
+
+    def matches(self, layers: list, last) -> bool:
+        return last is self.last and layers == self.layers
+
+    def _weights(self) -> tuple | None:
+        """(Ws, bs) as the layers hold them now, or None when one does not fit the plan."""
+        dt = self.dtype
+        Ws, bs = [], []
+        for a, ws, bsh in self.checks:
+            W, b = a.W, a.b
+            if (
+                type(W) is not np.ndarray
+                or type(b) is not np.ndarray
+                or W.dtype is not dt
+                or b.dtype is not dt
+                or W.shape != ws
+                or b.shape != bsh
+                or W.flags.num & _NEED != _NEED
+                or b.flags.num & _NEED != _NEED
+            ):
+                return None
+            Ws.append(W)
+            bs.append(b)
+        return tuple(Ws), tuple(bs)
+
+    def _call(self, mode: str, args: tuple):
+        """Run ``mode``'s kernel on ``args``: small calls through the serial twin's entry point
+        (its argument types are the plan's, checked above), larger ones through the launcher."""
+        kernel = getattr(_dense, "net_" + ("forward" if mode == "predict" else mode))
+        size = self.macs * (3 if mode == "gradient" else 1)
+        if size >= kernel.parallel_min:
+            return _threads.launch(kernel, size, *args)
+        entry = self.entries.get(mode)
+        if entry is None:
+            entry = self.entries[mode] = _numba.entry_point(kernel.serial, args)
+        return entry(*args)
+
+    def run(self, x, x2, t, mode: str):
+        """The compiled call: ``mode`` "predict" (returns the scores), "loss" (returns the loss) or
+        "gradient" (returns the gradient dict, without weight decay). None when the weights do not
+        fit or a label lies outside the classes (the caller takes the general path)."""
+        weights = self._weights()
+        if weights is None:
+            return None
+        Ws, bs = weights
+        L = self.L
+        bufs, limits = self.bufs, self.limits
+        for i in range(L if mode == "predict" else 3 * L):  # a buffer someone kept is theirs now
+            if sys.getrefcount(bufs[i]) > limits[i]:
+                b = bufs[i]
+                bufs[i] = np.empty(b.shape, b.dtype)
+        outs = tuple(bufs[:L])
+        ins = (x2, *outs[:-1])
+        if mode == "predict":
+            self._call(mode, (ins, Ws, bs, self.acts, outs))
+        else:
+            if sys.getrefcount(self.y_view) > _REFS + 1:  # the view and the loss layer's y
+                bufs[-1] = np.empty_like(bufs[-1])
+                self.y_view = self._frozen(bufs[-1])
+            y = bufs[-1]
+            if mode == "loss":
+                total = self._call(mode, (ins, Ws, bs, self.acts, outs, t, y, self.losses))
+            else:
+                dWs, dbs = tuple(bufs[L : 2 * L]), tuple(bufs[2 * L : 3 * L])
+                args = (ins, Ws, bs, self.acts, outs, t, y, self.losses, self.grads, self.dins, dWs, dbs,
+                        self.WTs, self.scale)  # fmt: skip
+                total = self._call(mode, args)
+            if total < 0:
+                return None
+        affines = self.affines
+        first = affines[0]
+        first.x, first.original_x_shape = x2, x.shape
+        for i in range(1, L):
+            a, h = affines[i], outs[i - 1]
+            a.x, a.original_x_shape = h, h.shape
+            self.activations[i - 1].out = h
+        affines[-1]._out = outs[-1]
+        if mode == "predict":
+            return outs[-1]
+        last = self.last
+        loss = self.dtype.type(total / x2.shape[0])
+        last._fused = None
+        last.loss, last.y, last.t = loss, self.y_view, t
+        if mode == "loss":
+            return loss
+        grads = {}
+        for a, (kw, kb), dW, db in zip(affines, self.keys, dWs, dbs, strict=True):
+            a.dW = grads[kw] = dW
+            a.db = grads[kb] = db
+        return grads
+
+
+class _Unplanned:
+    """What a net's plans remember for layers and an input that no plan serves, so that the next
+    call with the same layers does not examine them again."""
+
+    lock = None
+
+    def __init__(self, layers: list, last) -> None:
+        self.layers, self.last = layers, last
+
+    def matches(self, layers: list, last) -> bool:
+        return last is self.last and layers == self.layers
+
+
+def _make(layers: list, last, shape: tuple, dtype: np.dtype) -> DensePlan | None:
+    """A plan for these layers, or None when they are not a dense stack a plan serves."""
+    if type(last) is not SoftmaxWithLoss or len(layers) % 2 != 1:
+        return None
+    width = shape[1]
+    macs = 0
+    for i, layer in enumerate(layers):
+        if i % 2 == 1:
+            if type(layer) not in _CODES:
+                return None
+            continue
+        if type(layer) is not Affine:
+            return None
+        W = layer.W
+        if type(W) is not np.ndarray or W.ndim != 2 or W.shape[0] != width or not _fits(W, dtype, W.shape):
+            return None
+        if not _fits(layer.b, dtype, (W.shape[1],)):
+            return None
+        width = W.shape[1]
+        macs += shape[0] * W.size
+    if macs > SMALL_MACS:
+        return None
+    return DensePlan(layers, last, shape, dtype)
+
+
+def _call(net, x, t, mode: str):
+    """The plan's answer for ``net`` and ``x`` (and labels ``t``), or None, having done nothing,
+    when no plan serves the call. A prediction before Numba is loaded is left to the walk, which
+    answers small ones without waiting for Numba (ARCHITECTURE.md, "Loading")."""
+    if type(x) is not np.ndarray or (mode == "predict" and "numba" not in sys.modules):
+        return None
+    dtype = x.dtype
+    if x.ndim != 2:
+        if x.ndim < 2 or x.shape[0] == 0:
+            return None
+        x2 = x.reshape(x.shape[0], -1)
+    else:
+        x2 = x
+    if dtype.kind != "f" or x2.flags.num & _NEED != _NEED:
+        return None
+    if mode != "predict" and (
+        type(t) is not np.ndarray or t.dtype is not _I64 or t.shape != x2.shape[:1] or t.flags.num & _NEED != _NEED
+    ):
+        return None
+    plans = net.__dict__.get("_plans")
+    if plans is None:
+        plans = net.__dict__["_plans"] = {}
+    layers = list(net.layers.values())
+    key = (x2.shape, dtype)
+    plan = plans.get(key)
+    if plan is None or not plan.matches(layers, net.last_layer):
+        if dtype.itemsize not in (4, 8) or not dtype.isnative:
+            return None
+        plan = _make(layers, net.last_layer, x2.shape, dtype) or _Unplanned(layers, net.last_layer)
+        if len(plans) >= KEEP:
+            plans.pop(next(iter(plans)))
+        plans[key] = plan
+    lock = plan.lock
+    if lock is None or _backend.current() != "numba" or (dtype.itemsize == 8 and _backend.is_float32()):
+        return None
+    if not lock.acquire(blocking=False):
+        return None
+    try:
+        return plan.run(x, x2, t, mode)
+    finally:
+        lock.release()
+
+
+def predict(net, x):
+    """``net``'s scores for ``x`` by its plan, or None (nothing done) when no plan serves the call."""
+    return _call(net, x, None, "predict")
+
+
+def loss(net, x, t):
+    """``net``'s loss (without weight decay) by its plan, or None."""
+    return _call(net, x, t, "loss")
+
+
+def gradient(net, x, t):
+    """``net``'s gradients (without weight decay) by its plan, leaving every layer as its own
+    backward would; or None."""
+    return _call(net, x, t, "gradient")

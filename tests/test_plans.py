@@ -1,0 +1,262 @@
+"""The dense nets' plans (``fastlayers.nets._plan``): one compiled call for ``predict``, ``loss`` and
+``gradient``, held against the layer-by-layer path on both backends and dtypes, with the nets'
+parameters replaced or mutated between calls, results kept by the caller, bad labels, and threads."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import fastlayers
+from fastlayers import Affine, MultiLayerNet, MultiLayerNetExtend, Relu, Sigmoid, TwoLayerNet
+from fastlayers.nets import _plan
+
+from .conftest import DTYPES, assert_close
+
+RNG = np.random.default_rng(0)
+
+# (net maker, input width): every dense net a plan serves, odd widths
+NETS = {
+    "two": (lambda dt: TwoLayerNet(13, 9, 5, weight_init_std=0.5, dtype=dt, seed=1), 13),
+    "relu3": (lambda dt: MultiLayerNet(17, [33, 8, 65], 3, dtype=dt, seed=2), 17),
+    "sigmoid": (lambda dt: MultiLayerNet(7, [5, 16], 4, activation="sigmoid", dtype=dt, seed=3), 7),
+    "softmax_only": (lambda dt: MultiLayerNet(6, [], 5, dtype=dt, seed=4), 6),
+    "decay": (lambda dt: MultiLayerNet(9, [11], 3, weight_decay_lambda=0.1, dtype=dt, seed=5), 9),
+    "extend_plain": (lambda dt: MultiLayerNetExtend(8, [10, 6], 3, dtype=dt, seed=6), 8),
+}
+
+
+def _batch(width: int, n: int, dtype, classes: int):
+    return RNG.standard_normal((n, width)).astype(dtype), RNG.integers(0, classes, n)
+
+
+@pytest.fixture
+def walk(monkeypatch):
+    """Inside ``with walk():`` no plan serves a call: the layer-by-layer path."""
+
+    class _Walk:
+        def __enter__(self):
+            monkeypatch.setattr(_plan, "_call", lambda *a: None)
+
+        def __exit__(self, *exc):
+            monkeypatch.undo()
+
+    return _Walk
+
+
+def _state(net) -> dict:
+    """Every public attribute the layers hold after a call, copied."""
+    out = {}
+    for name, layer in [*net.layers.items(), ("last", net.last_layer)]:
+        for attr in ("x", "original_x_shape", "dW", "db", "out", "loss", "y", "t"):
+            value = getattr(layer, attr, None)
+            if value is not None:
+                out[f"{name}.{attr}"] = value.copy() if isinstance(value, np.ndarray) else value
+    return out
+
+
+def _compare(a, b, dtype, n=64):
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], np.ndarray) and a[key].dtype.kind == "f":
+            assert_close(a[key], b[key], "sum", n=n)
+        elif isinstance(a[key], np.ndarray):
+            np.testing.assert_array_equal(a[key], b[key])
+        elif isinstance(a[key], np.floating):
+            assert_close(np.asarray(a[key]), np.asarray(b[key]), "sum", n=n)
+        else:
+            assert a[key] == b[key], key
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", sorted(NETS))
+@pytest.mark.parametrize("n", [1, 7, 32])
+def test_plan_equals_the_layer_walk(name, dtype, backend, n, walk):
+    """predict, loss, gradient and accuracy by the plan and by the layer walk: the same results and
+    the same layer attributes, up to the order of the additions inside the products."""
+    make, width = NETS[name]
+    x, t = _batch(width, n, dtype, 3)
+    with fastlayers.use_backend(backend):
+        got_net, want_net = make(dtype), make(dtype)
+        got = {"predict": got_net.predict(x).copy()}
+        got.update({f"predict:{k}": v for k, v in _state(got_net).items()})
+        got["loss"] = got_net.loss(x, t)
+        got["grads"] = {k: v.copy() for k, v in got_net.gradient(x, t).items()}
+        got.update(_state(got_net))
+        got["accuracy"] = got_net.accuracy(x, t)
+        with walk():
+            want = {"predict": want_net.predict(x).copy()}
+            want.update({f"predict:{k}": v for k, v in _state(want_net).items()})
+            want["loss"] = want_net.loss(x, t)
+            want["grads"] = {k: v.copy() for k, v in want_net.gradient(x, t).items()}
+            want.update(_state(want_net))
+            want["accuracy"] = want_net.accuracy(x, t)
+    grads_got, grads_want = got.pop("grads"), want.pop("grads")
+    _compare(got, want, dtype)
+    _compare(grads_got, grads_want, dtype)
+    if backend == "numba":
+        assert any(isinstance(p, _plan.DensePlan) for p in got_net._plans.values())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_main_job_net_is_planned_and_its_softmax_is_bit_identical(dtype, walk):
+    """The main job's net: served by a plan; the loss layer's softmax, loss and gradient from the
+    same scores give the same bits as the plan's."""
+    x, t = _batch(64, 32, dtype, 10)
+    net, ref = TwoLayerNet(64, 50, 10, dtype=dtype, seed=0), TwoLayerNet(64, 50, 10, dtype=dtype, seed=0)
+    grads = net.gradient(x, t)
+    assert isinstance(net._plans[(x.shape, np.dtype(dtype))], _plan.DensePlan)
+    with walk():
+        want = ref.gradient(x, t)
+    _compare({k: v.copy() for k, v in grads.items()}, {k: v.copy() for k, v in want.items()}, dtype)
+    layer = fastlayers.SoftmaxWithLoss()
+    loss = layer.forward(net.layers["Affine2"]._out.copy(), t)
+    assert loss == net.last_layer.loss
+    np.testing.assert_array_equal(net.last_layer.y, layer.y)
+    np.testing.assert_array_equal(net.last_layer.backward(1), layer.backward(1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_parameters_replaced_or_mutated_between_calls_are_seen(dtype, walk):
+    x, t = _batch(13, 7, dtype, 5)
+    make = NETS["two"][0]
+    net, ref = make(dtype), make(dtype)
+    net.gradient(x, t)
+    for change in (
+        lambda n: n.params["W1"].__imul__(dtype(0.5)),  # in place, as the optimizers do
+        lambda n: setattr(n.layers["Affine1"], "W", n.layers["Affine1"].W * dtype(2)),  # a new array
+        lambda n: setattr(n.layers["Affine2"], "b", np.ones(5, dtype)),
+        lambda n: setattr(n.layers["Affine1"], "W", np.asfortranarray(n.layers["Affine1"].W)),  # the walk
+        lambda n: setattr(n.layers["Affine1"], "W", np.ascontiguousarray(n.layers["Affine1"].W)),
+    ):
+        change(net)
+        change(ref)
+        got = {k: v.copy() for k, v in net.gradient(x, t).items()}
+        with walk():
+            want = {k: v.copy() for k, v in ref.gradient(x, t).items()}
+        _compare(got, want, dtype)
+        assert_close(net.predict(x).copy(), ref.predict(x), "sum", n=64)
+
+
+def test_bad_weights_and_labels_get_the_layers_errors():
+    net = TwoLayerNet(13, 9, 5, seed=0)
+    x, t = _batch(13, 4, np.float64, 5)
+    net.gradient(x, t)
+    bad = t.copy()
+    bad[2] = 5
+    with pytest.raises(ValueError, match="label"):
+        net.gradient(x, bad)
+    with pytest.raises(ValueError, match="label"):
+        net.loss(x, -bad)
+    net.layers["Affine2"].W = np.zeros((8, 5))
+    with pytest.raises(ValueError, match="shape"):
+        net.predict(x)
+    net.layers["Affine2"].W = np.zeros((9, 5), np.float32)  # another dtype: NumPy's rule, by the walk
+    assert net.predict(x).dtype == np.float64
+
+
+def test_kept_results_are_never_overwritten():
+    """What a call returned (or left in a layer's attribute) and the caller kept is not written by
+    the next call; what nobody kept is reused."""
+    net = TwoLayerNet(13, 9, 5, seed=0)
+    x1, t1 = _batch(13, 6, np.float64, 5)
+    x2, t2 = _batch(13, 6, np.float64, 5)
+    g1 = net.gradient(x1, t1)
+    copies = {k: v.copy() for k, v in g1.items()}
+    h1, y1, s1 = net.layers["Relu1"].out, net.last_layer.y, net.predict(x1)
+    h1c, y1c, s1c = h1.copy(), y1.copy(), s1.copy()
+    net.gradient(x2, t2)
+    net.predict(x2)
+    for key, value in g1.items():
+        np.testing.assert_array_equal(value, copies[key])
+    np.testing.assert_array_equal(h1, h1c)
+    np.testing.assert_array_equal(y1, y1c)
+    np.testing.assert_array_equal(s1, s1c)
+    assert not net.last_layer.y.flags.writeable
+    # nobody keeps the gradients: the next call writes the same memory
+    first = {k: id(v) for k, v in net.gradient(x1, t1).items()}
+    assert first == {k: id(v) for k, v in net.gradient(x2, t2).items()}
+
+
+def test_layers_replaced_in_the_net_are_seen(walk):
+    x, t = _batch(13, 5, np.float64, 5)
+    make = NETS["two"][0]
+    net, ref = make(np.float64), make(np.float64)
+    net.gradient(x, t)
+    for n in (net, ref):
+        n.layers["Relu1"] = Sigmoid()
+    got = net.loss(x, t)
+    with walk():
+        want = ref.loss(x, t)
+    assert_close(np.asarray(got), np.asarray(want), "sum", n=64)
+    for n in (net, ref):
+        n.layers["Extra"] = Relu()  # no longer Affine/activation pairs: the walk
+    np.testing.assert_array_equal(net.predict(x), ref.predict(x))
+
+
+def test_backward_after_a_planned_gradient_runs_on_what_the_plan_left(walk):
+    x, t = _batch(13, 5, np.float64, 5)
+    net = NETS["two"][0](np.float64)
+    net.gradient(x, t)
+    dout = net.last_layer.backward(1)
+    dh = net.layers["Affine2"].backward(dout)
+    dx = net.layers["Affine1"].backward(net.layers["Relu1"].backward(dh))
+    assert dx.shape == x.shape
+    assert_close(net.layers["Affine1"].dW.copy(), net.gradient(x, t)["W1"].copy(), "sum", n=64)
+
+
+def test_unusual_inputs_take_the_walk(walk):
+    """One-hot targets, int32 labels, a Fortran-ordered or read-only batch, float32 rows with a
+    float64 net, images: the same results as the walk."""
+    net = NETS["two"][0](np.float64)
+    x, t = _batch(13, 6, np.float64, 5)
+    onehot = np.eye(5)[t]
+    ro = x.copy()
+    ro.flags.writeable = False
+    cases = [(x, onehot), (x, t.astype(np.int32)), (np.asfortranarray(x), t), (ro, t), (x.astype(np.float32), t)]
+    for xi, ti in cases:
+        got = net.loss(xi, ti)
+        with walk():
+            want = net.loss(xi, ti)
+        assert_close(np.asarray(got), np.asarray(want), "sum", n=64)
+    images = NETS["two"][0](np.float64)
+    images.layers["Affine1"].W = images.layers["Affine1"].W[:12].copy()
+    xi = RNG.standard_normal((3, 1, 3, 4))
+    got = images.predict(xi).copy()
+    with walk():
+        assert_close(got, images.predict(xi), "sum", n=64)
+    assert images.layers["Affine1"].original_x_shape == xi.shape
+
+
+def test_threads_sharing_one_net_get_right_answers():
+    net = TwoLayerNet(64, 50, 10, dtype=np.float32, seed=0)
+    xs = [_batch(64, 8, np.float32, 10)[0] for _ in range(4)]
+    want = [np.maximum(x @ net.params["W1"] + net.params["b1"], 0) @ net.params["W2"] + net.params["b2"] for x in xs]
+    errors = []
+
+    def work(i):
+        for _ in range(300):
+            got = net.predict(xs[i])
+            if not np.allclose(got, want[i], rtol=1e-4, atol=1e-5):
+                errors.append(i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+
+
+def test_an_affine_subclass_or_a_custom_layer_is_not_planned():
+    class MyAffine(Affine):
+        pass
+
+    net = TwoLayerNet(13, 9, 5, seed=0)
+    net.layers["Affine1"] = MyAffine(net.params["W1"], net.params["b1"])
+    x, _ = _batch(13, 3, np.float64, 5)
+    net.predict(x)
+    assert not any(isinstance(p, _plan.DensePlan) for p in net._plans.values())
