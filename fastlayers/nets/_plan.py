@@ -46,7 +46,8 @@ _CODES = {Relu: 1, Sigmoid: 2}
 _NEED = 0x1 | 0x100 | 0x400  # NumPy's flag bits: C-contiguous, aligned, writeable
 _REFS = 2  # getrefcount's own argument and the plan's list
 _I64 = np.dtype(np.int64)
-_MODES = ("predict", "loss", "gradient")
+_context_backend = _backend._backend_var.get
+_KERNELS = {"predict": "net_forward", "loss": "net_loss", "gradient": "net_gradient"}
 
 
 def _fits(a, dtype: np.dtype, shape: tuple) -> bool:
@@ -124,14 +125,59 @@ class DensePlan:
     def _call(self, mode: str, args: tuple):
         """Run ``mode``'s kernel on ``args``: small calls through the serial twin's entry point
         (its argument types are the plan's, checked above), larger ones through the launcher."""
-        kernel = getattr(_dense, "net_" + ("forward" if mode == "predict" else mode))
+        entry = self.entries.get(mode)
+        if entry is not None:
+            return entry(*args)
+        kernel = getattr(_dense, _KERNELS[mode])
         size = self.macs * (3 if mode == "gradient" else 1)
         if size >= kernel.parallel_min:
             return _threads.launch(kernel, size, *args)
-        entry = self.entries.get(mode)
-        if entry is None:
-            entry = self.entries[mode] = _numba.entry_point(kernel.serial, args)
+        entry = self.entries[mode] = _numba.entry_point(kernel.serial, args)
         return entry(*args)
+
+    def predict(self, x, x2):
+        """The scores of ``x2`` (``x`` as rows) by the compiled forward pass (``run``'s "predict"
+        mode, written out: the call of a served request), or None when the weights do not fit."""
+        dt = self.dtype
+        Ws, bs = [], []
+        for a, ws, bsh in self.checks:
+            W, b = a.W, a.b
+            if (
+                type(W) is not np.ndarray
+                or type(b) is not np.ndarray
+                or W.dtype is not dt
+                or b.dtype is not dt
+                or W.shape != ws
+                or b.shape != bsh
+                or W.flags.num & _NEED != _NEED
+                or b.flags.num & _NEED != _NEED
+            ):
+                return None
+            Ws.append(W)
+            bs.append(b)
+        bufs, limits, L = self.bufs, self.limits, self.L
+        for i in range(L):  # a buffer someone kept is theirs now
+            if sys.getrefcount(bufs[i]) > limits[i]:
+                bufs[i] = np.empty(bufs[i].shape, dt)
+        outs = tuple(bufs[:L])
+        args = ((x2, *outs[:-1]), tuple(Ws), tuple(bs), self.acts, outs)
+        entry = self.entries.get("predict")
+        if entry is None:
+            self._call("predict", args)
+        else:
+            entry(*args)
+        self._publish(x, x2, outs)
+        return outs[-1]
+
+    def _publish(self, x, x2, outs: tuple) -> None:
+        """Leave every layer's attributes as its own forward would."""
+        affines = self.affines
+        first = affines[0]
+        first.x, first.original_x_shape = x2, x.shape
+        for a, act, h in zip(affines[1:], self.activations, outs, strict=False):  # outs[-1]: below
+            a.x, a.original_x_shape = h, h.shape
+            act.out = h
+        affines[-1]._out = outs[-1]
 
     def run(self, x, x2, t, mode: str):
         """The compiled call: ``mode`` "predict" (returns the scores), "loss" (returns the loss) or
@@ -165,16 +211,10 @@ class DensePlan:
                 total = self._call(mode, args)
             if total < 0:
                 return None
-        affines = self.affines
-        first = affines[0]
-        first.x, first.original_x_shape = x2, x.shape
-        for i in range(1, L):
-            a, h = affines[i], outs[i - 1]
-            a.x, a.original_x_shape = h, h.shape
-            self.activations[i - 1].out = h
-        affines[-1]._out = outs[-1]
+        self._publish(x, x2, outs)
         if mode == "predict":
             return outs[-1]
+        affines = self.affines
         last = self.last
         loss = self.dtype.type(total / x2.shape[0])
         last._fused = None
@@ -251,7 +291,7 @@ def _call(net, x, t, mode: str):
     layers = list(net.layers.values())
     key = (x2.shape, dtype)
     plan = plans.get(key)
-    if plan is None or not plan.matches(layers, net.last_layer):
+    if plan is None or plan.last is not net.last_layer or plan.layers != layers:
         if dtype.itemsize not in (4, 8) or not dtype.isnative:
             return None
         plan = _make(layers, net.last_layer, x2.shape, dtype) or _Unplanned(layers, net.last_layer)
@@ -259,12 +299,14 @@ def _call(net, x, t, mode: str):
             plans.pop(next(iter(plans)))
         plans[key] = plan
     lock = plan.lock
-    if lock is None or _backend.current() != "numba" or (dtype.itemsize == 8 and _backend.is_float32()):
+    if lock is None or (_context_backend() or _backend._default) != "numba":  # _backend.current(), inline
+        return None
+    if dtype.itemsize == 8 and _backend.is_float32():
         return None
     if not lock.acquire(blocking=False):
         return None
     try:
-        return plan.run(x, x2, t, mode)
+        return plan.predict(x, x2) if mode == "predict" else plan.run(x, x2, t, mode)
     finally:
         lock.release()
 
