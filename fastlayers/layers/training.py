@@ -44,6 +44,7 @@ class Dropout:
         self.mask: np.ndarray | None = None
         self._out: np.ndarray | None = None
         self._dx: np.ndarray | None = None
+        self._scaled: np.ndarray | None = None  # the latest test-mode result
 
     def forward(self, x: ArrayLike, train_flg: object = True) -> np.ndarray:
         """``x * mask`` with a fresh mask in training (any true ``train_flg``), else
@@ -65,7 +66,11 @@ class Dropout:
         """
         ratio = D.check_ratio(self.dropout_ratio)
         if not train_flg:
-            return D.dropout_scale(x, ratio)
+            out = D.scale_run(x, ratio, self, "_scaled")  # the common call: a plain float array
+            if out is None:
+                return D.dropout_scale(x, ratio)
+            self._scaled = out
+            return out
         x = as_array(x, "x")
         dtype = compute_dtype(x=x)
         if numpy_backend() or not (x.dtype == dtype and x.flags.c_contiguous):
