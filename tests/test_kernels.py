@@ -30,18 +30,32 @@ def test_kernel_equals_its_numpy_twin(name, dtype, twin):
     case = CASES[name]
     for i, size in enumerate(sizes(case)):
         args = case.make(dtype, size, np.random.default_rng(i))
-        mine = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
-        want = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+        mine = [_copy(a) for a in args]
+        want = [_copy(a) for a in args]
         got_value = getattr(_numba_kernel(name), twin)(*mine)
         want_value = case.twin(*want)
         n = size[1] if case.rows else case.n(size)
-        for a, b in zip(mine, want, strict=True):
+        for a, b in zip(_arrays(mine), _arrays(want), strict=True):
             if isinstance(a, np.ndarray) and a.dtype.kind == "f":
                 assert_close(a, b, case.tol, n=n)
             elif isinstance(a, np.ndarray):  # labels: inputs, untouched
                 np.testing.assert_array_equal(a, b)
         if want_value is not None:
             assert_close(dtype(got_value), dtype(want_value), "sum", n=np.size(args[0]))
+
+
+def _copy(a):
+    """A copy of a kernel argument: arrays copied, tuples of arrays (grouped kernels) element-wise."""
+    if isinstance(a, np.ndarray):
+        return a.copy()
+    if isinstance(a, tuple):
+        return tuple(x.copy() for x in a)
+    return a
+
+
+def _arrays(args: list) -> list:
+    """The arguments with tuples of arrays spread out, in order."""
+    return [x for a in args for x in (a if isinstance(a, tuple) else (a,))]
 
 
 def _numba_kernel(name: str):
