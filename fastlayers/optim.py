@@ -201,14 +201,13 @@ class _Optimizer:
         scalars = tuple(dtype.type(v) for v in self._step_scalars())
         name = type(self)._kernel
         group, single = getattr(_optim, name + "_group"), getattr(_optim, name)
-        pad = plan.pad
-        for members, size, flat_p, state in plan.groups:
-            gs = tuple(flats[i] for i in members)
-            if len(gs) < len(pad):
-                gs += pad[: len(pad) - len(gs)]
-            launch(group, size, flat_p, *state, gs, *scalars)
+        flat_p = [p.reshape(-1) for p in plan.params]  # views made now, of the memory the arrays have now
+        for members, size, fill, state in plan.groups:
+            ps = tuple(flat_p[i] for i in members) + fill
+            gs = tuple(flats[i] for i in members) + fill
+            launch(group, size, ps, *state, gs, *scalars)
         for i in plan.singles:
-            launch(single, plan.sizes[i], plan.flat_p[i], *plan.flat_state[i], flats[i], *scalars)
+            launch(single, plan.sizes[i], flat_p[i], *plan.flat_state[i], flats[i], *scalars)
         return True
 
     def update(self, params: dict[str, np.ndarray], grads: Mapping[str, ArrayLike]) -> None:
@@ -247,15 +246,16 @@ class _Plan:
     kernel call. Built at a common update and used again while :meth:`fits` the next call's
     ``params``; the gradients are checked at every call (:meth:`gradients`).
 
-    Memory safety: the kernels read and write only the flat views made here, whose bounds were
-    checked when they were made, and the gradients' flat views checked in :meth:`gradients`. A view
-    keeps its memory alive and NumPy refuses to resize an array that has views, so a view's bounds
-    stay valid whatever the caller does to the arrays; the checks of :meth:`fits` are about
-    meaning (a replaced array, state replaced through ``optimizer.state``, a dtype or layout changed
-    in place, a parameter made read-only), not memory.
+    Memory safety: each call, :meth:`fits` checks every parameter's shape and every state array's
+    length against the plan's sizes, and :meth:`gradients` every gradient's shape; the kernels then
+    get flat views made in that call (parameters, gradients) and the state arrays themselves, so
+    they read the memory the arrays have at that call, of the lengths just checked, even after a
+    resize (``refcheck=False``) between calls. The other checks are about meaning (a replaced
+    array, state replaced through ``optimizer.state``, a dtype or layout changed in place, a
+    parameter made read-only).
     """
 
-    __slots__ = ("keys", "params", "dtype", "owns", "states", "state_arrays", "flat_p", "flat_state",
+    __slots__ = ("keys", "params", "dtype", "owns", "states", "flat_state",
                  "sizes", "shapes", "groups", "singles", "pad")  # fmt: skip
 
     @classmethod
@@ -278,7 +278,6 @@ class _Plan:
         plan.owns = [p.base is None for p in arrays]
         plan.shapes = [p.shape for p in arrays]
         plan.sizes = [p.size for p in arrays]
-        plan.flat_p = [p.reshape(-1) for p in arrays]
         plan.flat_state = None
         plan.states = None
         plan.pad = tuple(np.empty(0, dtype) for _ in range(_optim.GROUP))
@@ -300,9 +299,8 @@ class _Plan:
         for lo in range(0, len(small), width):
             members = tuple(small[lo : lo + width])
             fill = self.pad[: width - len(members)]
-            flat_p = tuple(self.flat_p[i] for i in members) + fill
             state = tuple(tuple(self.flat_state[i][j] for i in members) + fill for j in range(len(names)))
-            self.groups.append((members, sum(self.sizes[i] for i in members), flat_p, state))
+            self.groups.append((members, sum(self.sizes[i] for i in members), fill, state))
 
     def fits(self, opt: _Optimizer, params: dict) -> bool:
         """Whether ``params`` holds the plan's arrays, in its order, as they were (plain, writeable,
@@ -320,12 +318,12 @@ class _Plan:
         if self.states is not None and opt._state_names:
             state = opt.state
             names = opt._state_names
-            for key, st, arrays in zip(self.keys, self.states, self.flat_state, strict=True):
+            for key, size, st, arrays in zip(self.keys, self.sizes, self.states, self.flat_state, strict=True):
                 now = state.get(key)
                 if now is not st:
                     return False
                 for n, a in zip(names, arrays, strict=True):
-                    if now.get(n) is not a:
+                    if now.get(n) is not a or a.shape != (size,):
                         return False
         return True
 

@@ -248,6 +248,10 @@ def test_grouped_update_checks_every_call():
     opt.update(params, {**grads, "b1": np.ones(5, np.float32)})  # the general path: p's dtype kept
     assert all(params[k].dtype == np.float64 for k in params)
     assert not np.array_equal(params["b1"], before["b1"])
+    v = opt.state["b1"]["v"]
+    v.resize(2, refcheck=False)  # the state array shrunk in place, past NumPy's own check
+    opt.update(params, grads)  # a new plan, and a new state of b1's length
+    assert opt.state["b1"]["v"].shape == (5,)
     b2 = params["b2"]
     b2.dtype = np.float32  # in place: 3 float64 become 6 float32
     opt.update(params, {**grads, "b2": np.ones(6, np.float32)})  # the general path again, no stale plan
