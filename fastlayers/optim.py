@@ -55,6 +55,7 @@ class _Optimizer:
 
     def __init__(self) -> None:
         self.state: dict[str, dict[str, np.ndarray]] = {}
+        self._plan: _Plan | None = None  # how the latest common update ran (see _update_common)
 
     def _steps_taken(self) -> int:
         return 0
@@ -177,35 +178,36 @@ class _Optimizer:
 
     def _update_common(self, params, grads) -> bool:
         """:meth:`update` for the common call, with the fewest checks; False, having done nothing,
-        for any other. The common call: a dict of plain, writeable, C-contiguous float arrays that
-        the rule updates in their own dtype, each with a gradient in ``grads`` of its shape and dtype
+        for any other. The common call: a dict of plain, writeable, C-contiguous float arrays of one
+        dtype that the rule updates in it, each with a gradient in ``grads`` of its shape and dtype
         that is itself or owns memory apart from it, on the numba backend. Every pair is checked
-        before any is updated (as the general path does)."""
+        before any is updated (as the general path does).
+
+        The arrays are updated through a :class:`_Plan` (kept from the previous call while the same
+        arrays come in the same order), in groups of ``GROUP`` small arrays per kernel call."""
         if type(params) is not dict or type(grads) is not dict:
             return False
-        pairs = []
-        for key, p in params.items():
-            g = grads.get(key)
-            dtype = fast_dtype(p)  # a plain array the rule updates in its own dtype, numba backend
-            if (
-                dtype is None
-                or not plain(g, dtype)
-                or g.shape != p.shape
-                or not p.flags.writeable
-                or not (g is p or (g.base is None and p.base is None))  # overlap impossible
-            ):
+        plan = self._plan
+        if plan is None or not plan.fits(self, params):
+            plan = self._plan = _Plan.build(params)
+            if plan is None:
                 return False
-            pairs.append((key, p, g, dtype))
-        kernel = getattr(_optim, type(self)._kernel)
-        names = self._state_names
-        step = self._step_scalars()
-        typed = {}
-        for key, p, g, dtype in pairs:
-            scalars = typed.get(dtype)
-            if scalars is None:
-                scalars = typed[dtype] = tuple(dtype.type(v) for v in step)
-            state = self._state_for(key, p, dtype) if names else ()
-            launch(kernel, p.size, p.reshape(-1), *state, g.reshape(-1), *scalars)
+        flats = plan.gradients(grads)
+        if flats is None:
+            return False
+        if plan.flat_state is None:  # the state is bound once the first call's pairs all passed
+            plan.bind(self)
+        dtype = plan.dtype
+        scalars = tuple(dtype.type(v) for v in self._step_scalars())
+        name = type(self)._kernel
+        group, single = getattr(_optim, name + "_group"), getattr(_optim, name)
+        flat_p = [p.reshape(-1) for p in plan.params]  # views made now, of the memory the arrays have now
+        for members, size, fill, state in plan.groups:
+            ps = tuple(flat_p[i] for i in members) + fill
+            gs = tuple(flats[i] for i in members) + fill
+            launch(group, size, ps, *state, gs, *scalars)
+        for i in plan.singles:
+            launch(single, plan.sizes[i], flat_p[i], *plan.flat_state[i], flats[i], *scalars)
         return True
 
     def update(self, params: dict[str, np.ndarray], grads: Mapping[str, ArrayLike]) -> None:
@@ -236,6 +238,108 @@ class _Optimizer:
             self._apply(p, g, dtype, self._state_for(key, p, dtype), scalars)
         for key in numbers:
             params[key] = arrays[key][()]
+
+
+class _Plan:
+    """How an optimizer updates one dict of parameters: the arrays (by identity, in the dict's
+    order), their flat views and those of their state, and the groups of small arrays that share a
+    kernel call. Built at a common update and used again while :meth:`fits` the next call's
+    ``params``; the gradients are checked at every call (:meth:`gradients`).
+
+    Memory safety: each call, :meth:`fits` checks every parameter's shape and every state array's
+    length against the plan's sizes, and :meth:`gradients` every gradient's shape; the kernels then
+    get flat views made in that call (parameters, gradients) and the state arrays themselves, so
+    they read the memory the arrays have at that call, of the lengths just checked, even after a
+    resize (``refcheck=False``) between calls. The other checks are about meaning (a replaced
+    array, state replaced through ``optimizer.state``, a dtype or layout changed in place, a
+    parameter made read-only).
+    """
+
+    __slots__ = ("keys", "params", "dtype", "owns", "states", "flat_state",
+                 "sizes", "shapes", "groups", "singles", "pad")  # fmt: skip
+
+    @classmethod
+    def build(cls, params: dict) -> _Plan | None:
+        """The plan for ``params``, its state not bound yet (:meth:`bind`), or None when the call is
+        not a common one (see :meth:`_Optimizer._update_common`)."""
+        arrays = list(params.values())
+        if not arrays:
+            return None
+        dtype = fast_dtype(arrays[0])  # a plain array the rule updates in its own dtype, numba backend
+        if dtype is None:
+            return None
+        for p in arrays:
+            if not plain(p, dtype) or not p.flags.writeable:
+                return None
+        plan = cls()
+        plan.keys = list(params)
+        plan.params = arrays
+        plan.dtype = dtype
+        plan.owns = [p.base is None for p in arrays]
+        plan.shapes = [p.shape for p in arrays]
+        plan.sizes = [p.size for p in arrays]
+        plan.flat_state = None
+        plan.states = None
+        plan.pad = tuple(np.empty(0, dtype) for _ in range(_optim.GROUP))
+        return plan
+
+    def bind(self, opt: _Optimizer) -> None:
+        """Take (or create) the optimizer's state for each parameter, and make the groups: the
+        arrays below the kernels' parallel threshold, ``GROUP`` per call in the dict's order; larger
+        ones run alone (their own kernel call, parallel)."""
+        names = opt._state_names
+        self.flat_state = [
+            opt._state_for(k, p, self.dtype) if names else [] for k, p in zip(self.keys, self.params, strict=True)
+        ]
+        self.states = [opt.state.get(k) for k in self.keys]
+        width, big = _optim.GROUP, _optim.MEMORY_BOUND_MIN
+        small = [i for i, n in enumerate(self.sizes) if n < big]
+        self.singles = [i for i, n in enumerate(self.sizes) if n >= big]
+        self.groups = []
+        for lo in range(0, len(small), width):
+            members = tuple(small[lo : lo + width])
+            fill = self.pad[: width - len(members)]
+            state = tuple(tuple(self.flat_state[i][j] for i in members) + fill for j in range(len(names)))
+            self.groups.append((members, sum(self.sizes[i] for i in members), fill, state))
+
+    def fits(self, opt: _Optimizer, params: dict) -> bool:
+        """Whether ``params`` holds the plan's arrays, in its order, as they were (plain, writeable,
+        of the plan's dtype and shape), with the optimizer's state still the plan's, on the numba
+        backend."""
+        if len(params) != len(self.params) or fast_dtype(self.params[0]) is not self.dtype:
+            return False
+        dtype = self.dtype
+        for (key, p), mine_key, mine, shape in zip(params.items(), self.keys, self.params, self.shapes, strict=True):
+            if p is not mine or key != mine_key or p.dtype is not dtype or p.shape != shape:
+                return False
+            flags = p.flags
+            if not (flags.c_contiguous and flags.writeable):
+                return False
+        if self.states is not None and opt._state_names:
+            state = opt.state
+            names = opt._state_names
+            for key, size, st, arrays in zip(self.keys, self.sizes, self.states, self.flat_state, strict=True):
+                now = state.get(key)
+                if now is not st:
+                    return False
+                for n, a in zip(names, arrays, strict=True):
+                    if now.get(n) is not a or a.shape != (size,):
+                        return False
+        return True
+
+    def gradients(self, grads: dict) -> list[np.ndarray] | None:
+        """Flat views of the gradients, each checked against its parameter (a plain array of its
+        dtype and shape, that is the parameter itself or owns memory apart from it), or None."""
+        dtype = self.dtype
+        flats = []
+        for key, p, shape, owns in zip(self.keys, self.params, self.shapes, self.owns, strict=True):
+            g = grads.get(key)
+            if type(g) is not np.ndarray or g.dtype is not dtype or g.shape != shape or not g.flags.c_contiguous:
+                return None
+            if g is not p and not (owns and g.base is None):  # overlap impossible
+                return None
+            flats.append(g.reshape(-1))
+        return flats
 
 
 class SGD(_Optimizer):

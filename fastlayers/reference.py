@@ -325,3 +325,33 @@ def matmul_tn(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
 def transpose(a: np.ndarray, out: np.ndarray) -> None:
     """out = a.T."""
     out[...] = a.T
+
+
+# grouped optimizer updates (the kernels' ``*_group``): the update of each array of a group in turn
+def _each(update, arrays: tuple, scalars: tuple) -> None:
+    for group in zip(*arrays, strict=True):
+        update(*group, *scalars)
+
+
+def sgd_group(ps, gs, lr) -> None:
+    _each(sgd, (ps, gs), (lr,))
+
+
+def momentum_group(ps, vs, gs, lr, mu) -> None:
+    _each(momentum, (ps, vs, gs), (lr, mu))
+
+
+def nesterov_group(ps, vs, gs, lr, mu, mu2, step) -> None:
+    _each(nesterov, (ps, vs, gs), (lr, mu, mu2, step))
+
+
+def rmsprop_group(ps, hs, gs, lr, decay, keep, eps) -> None:
+    _each(rmsprop, (ps, hs, gs), (lr, decay, keep, eps))
+
+
+def adagrad_group(ps, hs, gs, lr, eps) -> None:
+    _each(adagrad, (ps, hs, gs), (lr, eps))
+
+
+def adam_group(ps, ms, vs, gs, lr_t, beta1, beta2, eps) -> None:
+    _each(adam, (ps, ms, vs, gs), (lr_t, beta1, beta2, eps))

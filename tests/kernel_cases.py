@@ -559,6 +559,20 @@ def _scalars(dtype, *values):
     return [dtype(v) for v in values]
 
 
+def _groups(n, dtype, rng, k, positive=()):
+    """``k`` tuples of GROUP flat arrays for the grouped optimizer kernels: the i-th arrays of the
+    tuples of one length (n, about n / 3, 1, then zero-length padding); the tuples at the indices
+    in ``positive`` hold non-negative values (squared-gradient state)."""
+    from fastlayers._kernels.optim import GROUP
+
+    lengths = [n, n // 3 + 1, 1] + [0] * (GROUP - 3)
+    out = []
+    for i in range(k):
+        arrays = tuple(_flat(m, dtype, rng, 1, positive=i in positive)[0] for m in lengths)
+        out.append(arrays)
+    return out
+
+
 def _conv_case(twin, make, tol="exact", n=lambda spec: 1) -> Case:
     return Case(twin, make, tol, shapes=CONV_SHAPES, n=n)
 
@@ -779,6 +793,31 @@ CASES: dict[str, Case] = {
         ],
         "row",
     ),  # fmt: skip
+    # the grouped updates: GROUP arrays of different lengths per call, as the plain ones
+    "sgd_group": Case(reference.sgd_group, lambda dt, n, rng: [*_groups(n, dt, rng, 2), dt(0.1)], "row"),
+    "momentum_group": Case(
+        reference.momentum_group, lambda dt, n, rng: [*_groups(n, dt, rng, 3), *_scalars(dt, 0.1, 0.9)], "row"
+    ),
+    "nesterov_group": Case(
+        reference.nesterov_group,
+        lambda dt, n, rng: [*_groups(n, dt, rng, 3), *_scalars(dt, 0.1, 0.9, 0.81, 0.19)],
+        "row",
+    ),
+    "rmsprop_group": Case(
+        reference.rmsprop_group,
+        lambda dt, n, rng: [*_groups(n, dt, rng, 3, positive=(1,)), *_scalars(dt, 0.1, 0.99, 0.01, 1e-7)],
+        "row",
+    ),
+    "adagrad_group": Case(
+        reference.adagrad_group,
+        lambda dt, n, rng: [*_groups(n, dt, rng, 3, positive=(1,)), *_scalars(dt, 0.1, 1e-7)],
+        "row",
+    ),
+    "adam_group": Case(
+        reference.adam_group,
+        lambda dt, n, rng: [*_groups(n, dt, rng, 4, positive=(2,)), *_scalars(dt, 0.01, 0.9, 0.999, 1e-7)],
+        "row",
+    ),
 }
 
 

@@ -186,3 +186,32 @@ def test_backward_checks_what_changed_since_forward():
     layer.std = np.ones(2)
     with pytest.raises(ValueError, match=r"std has shape \(2,\)"):
         layer.backward(np.ones((4, 3)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 100), (100, 100), (128, 300)])
+def test_common_path_equals_the_general_one(shape, dtype):
+    """The layer's common call (plain (N, D) arrays of one dtype) gives what the general path gives
+    for the same operands (a (1, D) gamma and a 4-D input take the general path), and never writes
+    into a result the caller holds."""
+    rng = np.random.default_rng(11)
+    d = shape[1]
+    x, dout = rng.standard_normal(shape).astype(dtype), rng.standard_normal(shape).astype(dtype)
+    gamma, beta = (1 + 0.1 * rng.standard_normal(d)).astype(dtype), (0.1 * rng.standard_normal(d)).astype(dtype)
+    fast, general = fl.BatchNormalization(gamma, beta), fl.BatchNormalization(gamma.reshape(1, d), beta)
+    for step in range(3):
+        a, b = fast.forward(x + step), general.forward(x + step)
+        np.testing.assert_array_equal(a, b)
+        held = a.copy()
+        da, db = fast.backward(dout), general.backward(dout)
+        np.testing.assert_array_equal(da, db)
+        np.testing.assert_array_equal(fast.dgamma, general.dgamma)
+        np.testing.assert_array_equal(fast.running_var, general.running_var)
+        fast.forward(2 * x, train_flg=True)
+        general.forward(2 * x, train_flg=True)
+        np.testing.assert_array_equal(a, held)
+        np.testing.assert_array_equal(fast.forward(x, False), general.forward(x, False))
+    assert fast.running_mean.dtype == dtype and fast.input_shape == shape
+    fast.gamma = np.ones(d + 1, dtype)  # replaced with the wrong size: the general path reports it
+    with pytest.raises(ValueError, match="gamma"):
+        fast.forward(x)

@@ -147,3 +147,24 @@ def test_ratio_changed_after_construction_is_checked():
     layer.dropout_ratio = 2
     with pytest.raises(ValueError, match=r"dropout_ratio must be in \[0, 1\), got 2"):
         layer.forward(np.ones(3))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_test_mode_results_are_recycled_only_when_dropped(dtype):
+    """Test mode (``x * (1 - ratio)``) writes into its previous result when nobody holds it, never
+    into one the caller keeps; non-contiguous and integer input take the general path."""
+    x = np.random.default_rng(2).standard_normal((128, 100)).astype(dtype)
+    layer = fl.Dropout(0.25)
+    first = layer.forward(x, train_flg=False)
+    np.testing.assert_array_equal(first, x * dtype(0.75))
+    kept = first.copy()
+    second = layer.forward(2 * x, train_flg=False)
+    assert second is not first
+    np.testing.assert_array_equal(first, kept)
+    address = second.__array_interface__["data"][0]
+    del second
+    third = layer.forward(x, train_flg=False)
+    assert third.__array_interface__["data"][0] == address
+    np.testing.assert_array_equal(third, x * dtype(0.75))
+    np.testing.assert_array_equal(layer.forward(x.T, train_flg=False), x.T * dtype(0.75))
+    assert layer.forward(np.arange(6).reshape(2, 3), train_flg=False).dtype == np.float64

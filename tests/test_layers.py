@@ -248,3 +248,47 @@ def test_dropped_results_are_recycled(cls):
     frozen.flags.writeable = False
     del frozen, held
     assert layer.forward(x).flags.writeable  # a read-only buffer is never written into
+
+
+@pytest.mark.parametrize("shape", [(1, 784), (3, 784), (100, 784), (2, 1, 28, 28)])
+def test_affine_widens_float32_images_for_float64_weights(shape):
+    """The book's mix (float32 images, float64 W and b) takes the layer's fast path: float64
+    results equal to converting x first, ``x`` kept as the converted (N, D) copy, and a converted
+    copy the caller holds is never written into by the next call."""
+    rng = np.random.default_rng(3)
+    W, b = rng.standard_normal((784, 10)), rng.standard_normal(10)
+    layer, relu = Affine(W, b), Relu()
+    x = rng.random(shape, dtype=np.float32)
+    x2 = x.reshape(shape[0], -1).astype(np.float64)
+    out = layer.forward(x)
+    assert out.dtype == np.float64 and layer.x.dtype == np.float64 and layer.original_x_shape == shape
+    np.testing.assert_array_equal(layer.x, x2)
+    np.testing.assert_array_equal(out, x2 @ W + b)
+    fused = fastlayers.layers.fused_forward(layer, relu, x)  # the nets' pass, the same conversion
+    np.testing.assert_array_equal(fused, np.maximum(x2 @ W + b, 0))
+    held = layer.x
+    x_next = rng.random(shape, dtype=np.float32)
+    layer.forward(x_next)
+    np.testing.assert_array_equal(held, x2)  # the caller's reference: not overwritten
+    np.testing.assert_array_equal(layer.x, x_next.reshape(shape[0], -1))
+    dout = rng.standard_normal((shape[0], 10))
+    dx = layer.backward(dout)
+    np.testing.assert_array_equal(layer.dW, x_next.reshape(shape[0], -1).astype(np.float64).T @ dout)
+    assert dx.shape == shape and dx.dtype == np.float64
+
+
+def test_affine_mixed_precision_outside_the_fast_path():
+    """Strict mode still refuses the mix, the float32 policy computes in float32, and bad shapes
+    are reported by the general path."""
+    rng = np.random.default_rng(4)
+    x = rng.random((4, 6), dtype=np.float32)
+    layer = Affine(rng.standard_normal((6, 3)), np.zeros(3))
+    with fastlayers.strict_dtypes():
+        with pytest.raises(TypeError):
+            layer.forward(x)
+    with fastlayers.float32_compute():
+        assert layer.forward(x).dtype == np.float32
+    with pytest.raises(ValueError, match="features per row"):
+        Affine(np.ones((5, 3)), np.zeros(3)).forward(x)
+    with pytest.raises(ValueError):
+        Affine(np.ones((6, 3)), np.zeros(4)).forward(x)

@@ -176,3 +176,83 @@ def test_extend_modes_and_accuracy():
     for _ in range(100):
         opt.update(net.params, net.gradient(x, t))
     assert net.loss(x, t) < before and net.accuracy(x, t) > 0.8
+
+
+OPTIMIZERS = [
+    (fl.SGD, {"lr": 0.1}),
+    (fl.Momentum, {"lr": 0.1}),
+    (fl.Nesterov, {"lr": 0.1}),
+    (fl.AdaGrad, {"lr": 0.1}),
+    (fl.RMSprop, {"lr": 0.1}),
+    (fl.Adam, {"lr": 0.1}),
+]
+
+
+def _net_params(rng, dtype, sizes=(784, 100, 100, 10)):
+    """A net's parameters (W1, b1, ...), with one array above the kernels' parallel threshold."""
+    params = {}
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=False), 1):
+        params[f"W{i}"] = (0.1 * rng.standard_normal((a, b))).astype(dtype)
+        params[f"b{i}"] = (0.1 * rng.standard_normal(b)).astype(dtype)
+    params["big"] = rng.standard_normal(300_007).astype(dtype)
+    return params
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("cls", "kw"), OPTIMIZERS)
+def test_grouped_updates_equal_the_numpy_backend_step_by_step(cls, kw, dtype):
+    """The common update (arrays in groups per kernel call, its plan kept between calls) gives the
+    NumPy backend's results at every step, also after a parameter is replaced, the state is
+    replaced, the dict changes order, or a gradient is the parameter itself."""
+    rng = np.random.default_rng(7)
+    params = _net_params(rng, dtype)
+    ref_params = {k: v.copy() for k, v in params.items()}
+    ours, ref = cls(**kw), cls(**kw)
+    for step in range(8):
+        grads = {k: rng.standard_normal(v.shape).astype(dtype) for k, v in params.items()}
+        if step == 3:  # a parameter replaced by a new array
+            params["W2"] = params["W2"].copy()
+        if step == 4 and ours.state:  # the state replaced through the public attribute
+            ours.state = {k: {n: a.copy() for n, a in st.items()} for k, st in ours.state.items()}
+            ref.state = {k: {n: a.copy() for n, a in st.items()} for k, st in ref.state.items()}
+        if step == 5:  # another order of the same keys
+            params = dict(reversed(params.items()))
+            ref_params = dict(reversed(ref_params.items()))
+        if step == 6:
+            grads["b1"] = params["b1"]
+        ours.update(params, grads)
+        ref_grads = {k: (ref_params[k] if g is params[k] else g).copy() for k, g in grads.items()}  # g read first
+        with fl.use_backend("numpy"):
+            ref.update(ref_params, ref_grads)
+        for k in params:
+            np.testing.assert_allclose(params[k], ref_params[k], rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
+
+
+def test_grouped_update_checks_every_call():
+    """What the plan keeps is checked again at each call: a read-only parameter, a gradient of
+    another shape or dtype, a missing gradient, a parameter whose dtype was changed in place."""
+    rng = np.random.default_rng(8)
+    params = _net_params(rng, np.float64, sizes=(6, 5, 3))
+    grads = {k: np.ones_like(v) for k, v in params.items()}
+    opt = fl.Momentum(lr=0.1)
+    opt.update(params, grads)
+    params["W1"].flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        opt.update(params, grads)
+    params["W1"].flags.writeable = True
+    with pytest.raises(ValueError, match="shape"):
+        opt.update(params, {**grads, "b2": np.ones(4)})
+    with pytest.raises(KeyError):
+        opt.update(params, {k: g for k, g in grads.items() if k != "W2"})
+    before = {k: v.copy() for k, v in params.items()}
+    opt.update(params, {**grads, "b1": np.ones(5, np.float32)})  # the general path: p's dtype kept
+    assert all(params[k].dtype == np.float64 for k in params)
+    assert not np.array_equal(params["b1"], before["b1"])
+    v = opt.state["b1"]["v"]
+    v.resize(2, refcheck=False)  # the state array shrunk in place, past NumPy's own check
+    opt.update(params, grads)  # a new plan, and a new state of b1's length
+    assert opt.state["b1"]["v"].shape == (5,)
+    b2 = params["b2"]
+    b2.dtype = np.float32  # in place: 3 float64 become 6 float32
+    opt.update(params, {**grads, "b2": np.ones(6, np.float32)})  # the general path again, no stale plan
+    assert b2.dtype == np.float32 and opt.state["b2"]["v"].shape == (6,)

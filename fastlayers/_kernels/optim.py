@@ -118,3 +118,55 @@ def rmsprop(p, h, g, lr, decay, keep, eps):
     for blk in prange(nblocks(n)):
         lo, hi = bounds(blk, n)
         _rmsprop_block(p[lo:hi], h[lo:hi], g[lo:hi], lr, decay, keep, eps)
+
+
+# --------------------------------------------------------------------------------------------
+# grouped updates: GROUP parameters per call, for the many small arrays of a net (one call instead
+# of one per array; docs/PERFORMANCE.md, "Per-layer calls of the book's nets"). Contract: each
+# argument but the scalars is a tuple of GROUP 1-D C-contiguous arrays of one float dtype; the k-th
+# arrays of the tuples have one length (zero-length arrays pad a group); scalars of that dtype.
+# --------------------------------------------------------------------------------------------
+#: Arrays per grouped call: a fixed width, so that one compiled variant per dtype serves every net.
+GROUP = 4
+
+
+@twins(MEMORY_BOUND_MIN)
+def sgd_group(ps, gs, lr):
+    """sgd on each (ps[k], gs[k])"""
+    for k in prange(GROUP):
+        _sgd_block(ps[k], gs[k], lr)
+
+
+@twins(MEMORY_BOUND_MIN)
+def momentum_group(ps, vs, gs, lr, mu):
+    """momentum on each (ps[k], vs[k], gs[k])"""
+    for k in prange(GROUP):
+        _momentum_block(ps[k], vs[k], gs[k], lr, mu)
+
+
+@twins(MEMORY_BOUND_MIN)
+def adagrad_group(ps, hs, gs, lr, eps):
+    """adagrad on each (ps[k], hs[k], gs[k])"""
+    for k in prange(GROUP):
+        _adagrad_block(ps[k], hs[k], gs[k], lr, eps)
+
+
+@twins(MEMORY_BOUND_MIN)
+def adam_group(ps, ms, vs, gs, lr_t, beta1, beta2, eps):
+    """adam on each (ps[k], ms[k], vs[k], gs[k])"""
+    for k in prange(GROUP):
+        _adam_block(ps[k], ms[k], vs[k], gs[k], lr_t, beta1, beta2, eps)
+
+
+@twins(MEMORY_BOUND_MIN)
+def nesterov_group(ps, vs, gs, lr, mu, mu2, step):
+    """nesterov on each (ps[k], vs[k], gs[k])"""
+    for k in prange(GROUP):
+        _nesterov_block(ps[k], vs[k], gs[k], lr, mu, mu2, step)
+
+
+@twins(MEMORY_BOUND_MIN)
+def rmsprop_group(ps, hs, gs, lr, decay, keep, eps):
+    """rmsprop on each (ps[k], hs[k], gs[k])"""
+    for k in prange(GROUP):
+        _rmsprop_block(ps[k], hs[k], gs[k], lr, decay, keep, eps)

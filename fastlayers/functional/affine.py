@@ -7,10 +7,12 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .. import _gemm, reference
+from .. import _backend, _gemm, reference
 from .._kernels import _threads, lazy
 from .._kernels._threads import launch
 from ._checks import (
+    F32,
+    F64,
     REUSE_MIN_BYTES,
     as_array,
     check_out,
@@ -288,6 +290,28 @@ def dense_run(x2, W, b, kind: str | None, owner: object, name: str) -> np.ndarra
         return out
     launch(kernel or getattr(_affine, name), size, out, b)
     return out
+
+
+def widened_rows(x2, W, b, owner: object, name: str) -> np.ndarray | None:
+    """``x2`` converted to float64 for the book's mix (float32 images, float64 ``W`` and ``b``), or
+    None, having done nothing, for any other call.
+
+    The call it takes: ``x2`` a plain float32 (N, D) array with N >= 1, ``W`` (D, M) and ``b`` (M,)
+    plain float64 arrays, outside strict mode and the float32 compute policy (the rule then computes
+    in float64, as ``x @ W + b`` does). The shapes are checked before anything is written. The
+    copy goes into ``owner.<name>`` (the layer's previous converted input) when
+    :func:`~._checks.reusable` allows it, into a new array otherwise; the caller keeps it as the
+    layer's ``x``."""
+    if fast_dtype(x2) is not F32 or fast_dtype(W) is not F64 or not plain(b, F64) or _backend.is_strict():
+        return None
+    n, d = x2.shape
+    if n == 0 or W.ndim != 2 or b.ndim != 1 or W.shape[0] != d or b.shape[0] != W.shape[1]:
+        return None
+    buf = reusable(owner, name, (n, d), F64) if n * d * 8 >= REUSE_MIN_BYTES else None
+    if buf is None:
+        return x2.astype(F64)
+    np.copyto(buf, x2)
+    return buf
 
 
 def activation_backward_run(dout: np.ndarray, y: np.ndarray, kind: str, dh, db) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,16 @@ from numpy.typing import ArrayLike
 from .. import reference
 from .._kernels import lazy
 from .._kernels._threads import launch
-from ._checks import as_array, check_out, compute_dtype, convert, numpy_backend
+from ._checks import (
+    REUSE_MIN_BYTES,
+    as_array,
+    check_out,
+    compute_dtype,
+    convert,
+    fast_dtype,
+    numpy_backend,
+    reusable,
+)
 
 _dropout = lazy("dropout")  # imported (with Numba) at the first kernel call
 
@@ -178,6 +187,20 @@ def _free(out, *inputs) -> bool:
 def _into(out: np.ndarray, result: np.ndarray) -> np.ndarray:
     check_out(out, result.shape, result.dtype)
     out[...] = result
+    return out
+
+
+def scale_run(x, ratio: float, owner: object, name: str) -> np.ndarray | None:
+    """Test-mode dropout of a plain float ``x`` (:func:`~._checks.fast_dtype`: numba backend), into
+    ``owner.<name>`` when :func:`~._checks.reusable` allows it, else into a new array; None, having
+    done nothing, for any other ``x``. ``ratio`` is checked already."""
+    dtype = fast_dtype(x)
+    if dtype is None:
+        return None
+    out = reusable(owner, name, x.shape, dtype) if x.size * dtype.itemsize >= REUSE_MIN_BYTES else None
+    if out is None:
+        out = np.empty(x.shape, dtype)
+    launch(_dropout.scale, x.size, x.reshape(-1), dtype.type(1.0 - ratio), out.reshape(-1))
     return out
 
 

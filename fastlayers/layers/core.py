@@ -484,8 +484,13 @@ def fused_forward(affine: Affine, activation: _Activation | None, x) -> np.ndarr
         x2 = x.reshape(x.shape[0], -1)
     else:  # 0-d, 1-D, or an empty batch of images: the general path
         return None
+    W, b = affine.W, affine.b
+    if type(W) is np.ndarray and x2.dtype is not W.dtype:  # float32 images, float64 weights (the book's)
+        x2 = A.widened_rows(x2, W, b, affine, "x")
+        if x2 is None:
+            return None
     owner, name = (affine, "_out") if activation is None else (activation, "out")
-    out = A.dense_run(x2, affine.W, affine.b, kind, owner, name)
+    out = A.dense_run(x2, W, b, kind, owner, name)
     if out is None:
         return None
     setattr(owner, name, out)

@@ -16,7 +16,7 @@ from numpy.typing import ArrayLike
 from .. import reference
 from ..functional import batchnorm as B
 from ..functional import dropout as D
-from ..functional._checks import as_array, compute_dtype, numpy_backend, reusable
+from ..functional._checks import REUSE_MIN_BYTES, as_array, compute_dtype, fast_dtype, numpy_backend, plain, reusable
 
 
 class Dropout:
@@ -44,6 +44,7 @@ class Dropout:
         self.mask: np.ndarray | None = None
         self._out: np.ndarray | None = None
         self._dx: np.ndarray | None = None
+        self._scaled: np.ndarray | None = None  # the latest test-mode result
 
     def forward(self, x: ArrayLike, train_flg: object = True) -> np.ndarray:
         """``x * mask`` with a fresh mask in training (any true ``train_flg``), else
@@ -65,7 +66,11 @@ class Dropout:
         """
         ratio = D.check_ratio(self.dropout_ratio)
         if not train_flg:
-            return D.dropout_scale(x, ratio)
+            out = D.scale_run(x, ratio, self, "_scaled")  # the common call: a plain float array
+            if out is None:
+                return D.dropout_scale(x, ratio)
+            self._scaled = out
+            return out
         x = as_array(x, "x")
         dtype = compute_dtype(x=x)
         if numpy_backend() or not (x.dtype == dtype and x.flags.c_contiguous):
@@ -185,6 +190,9 @@ class BatchNormalization:
         TypeError
             Unsupported dtypes.
         """
+        out = self._forward_common(x, train_flg)
+        if out is not None:
+            return out
         x = as_array(x, "x")
         B.as_rows(x)  # a bad x is named before a bad momentum, as the functions do it
         momentum = B.check_momentum(self.momentum)
@@ -213,6 +221,39 @@ class BatchNormalization:
         self.batch_size = n
         return self._out.reshape(x.shape)
 
+    def _forward_common(self, x, train_flg: object) -> np.ndarray | None:
+        """:meth:`forward` for the common call, with the fewest checks; None, having done nothing,
+        for any other. The common call: ``x`` a plain (N, D) float array with N >= 1 on the numba
+        backend (:func:`~fastlayers.functional._checks.fast_dtype`), ``gamma``, ``beta`` and the
+        running statistics (or none yet) plain (D,) arrays of its dtype, ``momentum`` a float in
+        [0, 1]. The kernels read only these arrays, at the shapes checked here."""
+        dtype = fast_dtype(x)
+        if dtype is None or x.ndim != 2:
+            return None
+        n, d = x.shape
+        g, b, rm, rv = self.gamma, self.beta, self.running_mean, self.running_var
+        momentum = self.momentum
+        if n == 0 or type(momentum) is not float or not 0.0 <= momentum <= 1.0:
+            return None
+        shape = (d,)
+        if not (plain(g, dtype) and plain(b, dtype) and g.shape == shape and b.shape == shape):
+            return None
+        if rm is not None and not (plain(rm, dtype) and plain(rv, dtype) and rm.shape == shape and rv.shape == shape):
+            return None
+        if rm is None:  # created at the first forward, as the general path does
+            self.running_mean, self.running_var = rm, rv = np.zeros(d, dtype), np.zeros(d, dtype)
+        self.input_shape = x.shape
+        if not train_flg:
+            return B.infer_run(x, g, b, rm, rv)
+        big = n * d * dtype.itemsize >= REUSE_MIN_BYTES  # smaller results are never reused: skip the gate
+        out = reusable(self, "_out", (n, d), dtype) if big else None
+        xn = reusable(self, "xn", (n, d), dtype) if big else None
+        self._out, self.xn, self.std, self.running_mean, self.running_var = B.train_run(
+            x, g, b, momentum, rm, rv, out, xn
+        )
+        self.batch_size = n
+        return self._out
+
     def backward(self, dout: ArrayLike) -> np.ndarray:
         """Gradients from ``xn``, ``std`` and ``gamma`` as they are now (the fused closed form).
 
@@ -232,6 +273,21 @@ class BatchNormalization:
         """
         if self.xn is None:
             raise ValueError("BatchNormalization.backward called before a training forward (train_flg=True)")
+        xn, g, std = self.xn, self.gamma, self.std
+        dtype = fast_dtype(dout)
+        if (  # the common call: plain arrays of one dtype, dout (N, D) shaped like xn, gamma and std (D,)
+            dtype is not None
+            and dout.ndim == 2
+            and plain(xn, dtype)
+            and plain(g, dtype)
+            and plain(std, dtype)
+            and xn.shape == dout.shape
+            and g.shape == std.shape == (dout.shape[1],)
+        ):
+            big = dout.size * dtype.itemsize >= REUSE_MIN_BYTES
+            dx = reusable(self, "_dx", dout.shape, dtype) if big else None
+            self._dx, self.dgamma, self.dbeta = B.backward_run(dout, xn, g, std, dx)
+            return self._dx
         dout, d2, xn, g, s = B.backward_operands(dout, self.xn, self.gamma, self.std, _batch_mismatch)
         dtype = d2.dtype
         if numpy_backend():
