@@ -20,7 +20,7 @@ RNG = np.random.default_rng(0)
 # (net maker, input width): every dense net a plan serves, odd widths
 NETS = {
     "two": (lambda dt: TwoLayerNet(13, 9, 5, weight_init_std=0.5, dtype=dt, seed=1), 13),
-    "relu3": (lambda dt: MultiLayerNet(17, [33, 8, 65], 3, dtype=dt, seed=2), 17),
+    "relu2": (lambda dt: MultiLayerNet(17, [33, 65], 3, dtype=dt, seed=2), 17),
     "sigmoid": (lambda dt: MultiLayerNet(7, [5, 16], 4, activation="sigmoid", dtype=dt, seed=3), 7),
     "softmax_only": (lambda dt: MultiLayerNet(6, [], 5, dtype=dt, seed=4), 6),
     "decay": (lambda dt: MultiLayerNet(9, [11], 3, weight_decay_lambda=0.1, dtype=dt, seed=5), 9),
