@@ -1127,7 +1127,7 @@ def connect(scheduler: str, timeout: float = 10.0) -> tuple[Client, LocalCluster
 
 
 def _info_here(dask_worker=None) -> dict:
-    from .__main__ import info
+    from ._info import info
     from ._kernels._threads import num_threads_limit
 
     data = info()

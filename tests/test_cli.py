@@ -333,3 +333,37 @@ def test_train_save_then_predict(tmp_path, net):
     # other net options than at training: a clear error, not a traceback
     res = run("predict", "--params", str(params), "--net", "multi", "--hidden", "7")
     assert res.returncode != 0 and "error:" in res.stderr and "Traceback" not in res.stderr
+
+
+def _imports_of(module: str) -> set[str]:
+    """The absolute names of the modules ``fastlayers/<module>.py`` imports anywhere in its source
+    (``from . import x`` counts as ``fastlayers.x``)."""
+    import ast
+    from pathlib import Path
+
+    import fastlayers
+
+    path = Path(fastlayers.__file__).parent / f"{module}.py"
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = "fastlayers" if node.level else ""
+            base = ".".join(filter(None, [base, node.module]))
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+@pytest.mark.parametrize("module", ["dask", "_info"])
+def test_no_import_cycle_with_the_command_line(module):
+    """``info`` lives in ``fastlayers._info``: ``fastlayers.dask`` (which ``__main__`` imports for
+    ``--scheduler``) and ``_info`` import nothing from ``fastlayers.__main__``."""
+    assert "fastlayers.dask" in _imports_of("__main__") and "fastlayers._info" in _imports_of("dask")
+    imports = _imports_of(module)
+    assert not any(name == "fastlayers.__main__" or name.startswith("fastlayers.__main__.") for name in imports)
+    import fastlayers.__main__ as cli
+    from fastlayers import _info
+
+    assert cli.info is _info.info and cli.format_info is _info.format_info

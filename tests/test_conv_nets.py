@@ -101,6 +101,40 @@ def test_first_layer_input_gradient_is_skipped_and_relu_state_kept():
     np.testing.assert_array_equal(net.layers["Relu1"].mask, net.layers["Relu1"].out <= 0)
 
 
+def test_convnets_walk_beside_the_kernels_and_never_ask_the_plans(monkeypatch):
+    """The shared base (nets/_base.py): a convnet's walks run inside
+    ``_gemm.beside_parallel_kernels`` and never ask the plans; a dense net's ask the plans first
+    and walk outside it."""
+    from fastlayers import _gemm
+    from fastlayers.nets import _plan, _walk
+
+    seen = []
+    for name in ("forward", "backward"):
+        real = getattr(_walk, name)
+
+        def spy(*args, _real=real, _name=name):
+            seen.append((_name, getattr(_gemm._beside, "depth", 0)))
+            return _real(*args)
+
+        monkeypatch.setattr(_walk, name, spy)
+    asked = []
+    real_call = _plan._call
+    monkeypatch.setattr(_plan, "_call", lambda net, x, t, mode: asked.append(mode) or real_call(net, x, t, mode))
+    rng = np.random.default_rng(0)
+    for net, x in ((fl.SimpleConvNet(input_dim=(1, 8, 8), conv_param={"filter_size": 3}, seed=0), (3, 1, 8, 8)),
+                   (_deep_tiny(), (3, 1, 12, 12))):  # fmt: skip
+        seen.clear()
+        net.gradient(rng.standard_normal(x), np.array([1, 2, 3]))
+        net.predict(rng.standard_normal(x))
+        assert seen == [("forward", 1), ("backward", 1), ("forward", 1)]
+        assert asked == [] and "_plans" not in vars(net)
+    net = fl.MultiLayerNetExtend(6, [5], 3, use_batchnorm=True, seed=0)  # no plan serves batch norm
+    seen.clear()
+    net.gradient(rng.standard_normal((4, 6)), np.array([0, 1, 2, 0]))
+    assert seen == [("forward", 0), ("backward", 0)]
+    assert asked == ["gradient", "loss", "predict"]
+
+
 def test_accuracy_counts_every_row_and_takes_one_hot():
     net = fl.SimpleConvNet(input_dim=(1, 8, 8), conv_param={"filter_size": 3}, seed=0)
     x = np.random.default_rng(0).standard_normal((7, 1, 8, 8))

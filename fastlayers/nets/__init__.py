@@ -4,7 +4,8 @@
   ``gradient_check``;
 - :mod:`.conv`: ``SimpleConvNet`` (chapter 7), ``DeepConvNet`` (chapter 8).
 
-How every net walks its layers (the fused passes, the skipped input gradient): :mod:`._walk`.
+What both families compute the same way (scores, loss, gradients): :mod:`._base`; how every net
+walks its layers (the fused passes, the skipped input gradient): :mod:`._walk`.
 """
 
 from __future__ import annotations

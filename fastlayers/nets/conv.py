@@ -23,11 +23,9 @@ from os import PathLike
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from .. import _gemm
-from ..gradient import numerical_gradient
 from ..layers import Affine, Convolution, Dropout, Pooling, Relu, SoftmaxWithLoss
-from . import _walk
-from ._params import SavesParams, load_param_file
+from ._base import LayerNet
+from ._params import load_param_file
 from .dense import _float_dtype, _size
 
 __all__ = ["SimpleConvNet", "DeepConvNet", "load_param_file"]
@@ -83,15 +81,15 @@ def _after_pool(size: int, name: str) -> int:
     return (size - 2) // 2 + 1
 
 
-class _ConvNet(SavesParams):
-    """What the two convolutional nets share."""
+class _ConvNet(LayerNet):
+    """What the two convolutional nets share: the public methods over :class:`LayerNet` (the walk
+    beside the convolution kernels, no plans), accuracy by batches, ``load_params`` that replaces
+    the arrays."""
 
     params: dict[str, np.ndarray]
     last_layer: SoftmaxWithLoss
+    _beside_kernels = True
     _train_loss: bool = False  # whether ``loss`` runs the layers in training mode (DeepConvNet)
-
-    def _layer_list(self) -> list:
-        raise NotImplementedError
 
     def _param_layers(self) -> list:
         """The layers holding ``W{i}``, ``b{i}``, in order."""
@@ -113,8 +111,7 @@ class _ConvNet(SavesParams):
         -------
         ndarray (N, output_size), in the dtype NumPy's rule gives for ``x`` and the parameters.
         """
-        with _gemm.beside_parallel_kernels():  # the Affine layers' products between convolution kernels
-            return _walk.forward(self._layer_list(), x, bool(train_flg))
+        return self._predict(x, train_flg)
 
     def loss(self, x: ArrayLike, t: ArrayLike) -> np.floating:
         """Mean softmax cross-entropy of the batch.
@@ -125,7 +122,7 @@ class _ConvNet(SavesParams):
         t : array_like
             Integer labels (N,) (or an (N, 1) column) or one-hot rows (N, output_size).
         """
-        return self.last_layer.forward(self.predict(x, self._train_loss), t)
+        return self._loss(x, t, self._train_loss)
 
     def accuracy(self, x: ArrayLike, t: ArrayLike, batch_size: int = 100) -> float:
         """Fraction of rows whose highest score is the target class, predicted ``batch_size`` rows
@@ -167,13 +164,7 @@ class _ConvNet(SavesParams):
         -------
         dict keyed like ``params``.
         """
-        self.loss(x, t)
-        with _gemm.beside_parallel_kernels():
-            _walk.backward(self._layer_list(), self.last_layer.backward(1))
-        grads = {}
-        for i, layer in enumerate(self._param_layers(), start=1):
-            grads[f"W{i}"], grads[f"b{i}"] = layer.dW, layer.db
-        return grads
+        return self._gradient(x, t)
 
     def numerical_gradient(self, x: ArrayLike, t: ArrayLike) -> dict[str, np.ndarray]:
         """Gradients of the loss by central differences (slow: two forward passes per parameter
@@ -187,7 +178,13 @@ class _ConvNet(SavesParams):
         -------
         dict keyed like ``params``.
         """
-        return {key: numerical_gradient(lambda _: self.loss(x, t), p) for key, p in self.params.items()}
+        return self._numerical_gradient(x, t)
+
+    def _grads(self) -> dict[str, np.ndarray]:
+        grads = {}
+        for i, layer in enumerate(self._param_layers(), start=1):
+            grads[f"W{i}"], grads[f"b{i}"] = layer.dW, layer.db
+        return grads
 
     def load_params(self, file_name: str | PathLike = "params.pkl") -> None:
         """Read a classic parameter file into the net: each array replaces ``params[key]`` and the
@@ -287,9 +284,6 @@ class SimpleConvNet(_ConvNet):
         self.layers["Relu2"] = Relu()
         self.layers["Affine2"] = Affine(self.params["W3"], self.params["b3"])
         self.last_layer = SoftmaxWithLoss()
-
-    def _layer_list(self) -> list:
-        return list(self.layers.values())
 
     def _param_layers(self) -> list:
         return [self.layers["Conv1"], self.layers["Affine1"], self.layers["Affine2"]]

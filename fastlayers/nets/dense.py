@@ -10,10 +10,9 @@ from os import PathLike
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from ..gradient import numerical_gradient
 from ..layers.core import Affine, Relu, Sigmoid, SoftmaxWithLoss
-from . import _plan, _walk
-from ._params import SavesParams, load_param_file
+from ._base import LayerNet
+from ._params import load_param_file
 
 __all__ = ["TwoLayerNet", "MultiLayerNet", "MultiLayerNetExtend", "gradient_check"]
 
@@ -33,12 +32,14 @@ def _float_dtype(dtype) -> np.dtype:
     return dt
 
 
-class _Net(SavesParams):
-    """What the two classic networks share: forward through ``layers``, loss, accuracy, gradients."""
+class _Net(LayerNet):
+    """What the classic fully connected networks share: the public methods over :class:`LayerNet`
+    (asking the plans first), accuracy, ``load_params`` that copies into the arrays."""
 
     params: dict
     layers: OrderedDict
     last_layer: SoftmaxWithLoss
+    _planned = True
 
     def __getstate__(self) -> dict:
         """The net's state for pickle and copy: everything but its plans (their buffers and locks
@@ -63,11 +64,7 @@ class _Net(SavesParams):
         -------
         ndarray, shape (N, output_size), in the dtype NumPy's rule gives for ``x`` and the weights.
         """
-        out = _plan.predict(self, x)  # small nets: one compiled call
-        return _walk.forward(list(self.layers.values()), x) if out is None else out
-
-    def _penalty(self) -> float:
-        return 0.0
+        return self._predict(x)
 
     def load_params(self, file_name: str | PathLike = "params.pkl") -> None:
         """Read a parameter file (:meth:`save_params`) into the net: each array is copied into
@@ -104,11 +101,7 @@ class _Net(SavesParams):
         t : array_like
             Integer labels (N,) or one-hot rows (N, output_size).
         """
-        loss = _plan.loss(self, x, t)
-        if loss is None:
-            loss = self.last_layer.forward(self.predict(x), t)
-        penalty = self._penalty()
-        return loss + loss.dtype.type(penalty) if penalty else loss
+        return self._loss(x, t)
 
     def accuracy(self, x: ArrayLike, t: ArrayLike) -> float:
         """Fraction of rows whose highest score is the target class.
@@ -143,10 +136,13 @@ class _Net(SavesParams):
         -------
         dict keyed like ``params``, each array shaped like its parameter.
         """
-        return {key: numerical_gradient(lambda _: self.loss(x, t), p) for key, p in self.params.items()}
+        return self._numerical_gradient(x, t)
 
     def _affine_grads(self) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    def _grads(self) -> dict[str, np.ndarray]:
+        return self._affine_grads()
 
     def gradient(self, x: ArrayLike, t: ArrayLike) -> dict[str, np.ndarray]:
         """Gradients of the loss by backpropagation.
@@ -162,10 +158,7 @@ class _Net(SavesParams):
         Affine layer's bias gradient is computed in one pass with the gradient of the activation
         after it; the layers are left in the state their own ``backward`` calls would leave.
         """
-        if _plan.gradient(self, x, t) is None:
-            self.loss(x, t)
-            _walk.backward(list(self.layers.values()), self.last_layer.backward(1))
-        return self._affine_grads()
+        return self._gradient(x, t)
 
 
 class TwoLayerNet(_Net):
@@ -405,8 +398,7 @@ class MultiLayerNetExtend(MultiLayerNet):
         -------
         ndarray (N, output_size).
         """
-        out = _plan.predict(self, x)  # None with batch normalization or dropout
-        return _walk.forward(list(self.layers.values()), x, bool(train_flg)) if out is None else out
+        return self._predict(x, train_flg)  # the plans answer None with batch normalization or dropout
 
     def loss(self, x: ArrayLike, t: ArrayLike, train_flg: bool = False) -> np.floating:
         """Mean softmax cross-entropy of the batch plus the weight decay term.
@@ -418,11 +410,7 @@ class MultiLayerNetExtend(MultiLayerNet):
             Integer labels (N,) or one-hot rows.
         train_flg : bool, default False
         """
-        loss = _plan.loss(self, x, t)
-        if loss is None:
-            loss = self.last_layer.forward(self.predict(x, train_flg), t)
-        penalty = self._penalty()
-        return loss + loss.dtype.type(penalty) if penalty else loss
+        return self._loss(x, t, train_flg)
 
     def numerical_gradient(self, x: ArrayLike, t: ArrayLike) -> dict[str, np.ndarray]:
         """Gradients by central differences of the training-mode loss (dropout draws new masks at
@@ -436,7 +424,7 @@ class MultiLayerNetExtend(MultiLayerNet):
         -------
         dict keyed like ``params``.
         """
-        return {key: numerical_gradient(lambda _: self.loss(x, t, True), p) for key, p in self.params.items()}
+        return self._numerical_gradient(x, t)
 
     def gradient(self, x: ArrayLike, t: ArrayLike) -> dict[str, np.ndarray]:
         """Gradients of the training-mode loss by backpropagation.
@@ -449,9 +437,12 @@ class MultiLayerNetExtend(MultiLayerNet):
         -------
         dict keyed like ``params``: ``W{i}``, ``b{i}`` (plus the decay term), ``gamma{i}``, ``beta{i}``.
         """
-        if _plan.gradient(self, x, t) is None:
-            self.loss(x, t, True)
-            _walk.backward(list(self.layers.values()), self.last_layer.backward(1))
+        return self._gradient(x, t)
+
+    def _training_loss(self, x: ArrayLike, t: ArrayLike) -> np.floating:
+        return self.loss(x, t, True)
+
+    def _grads(self) -> dict[str, np.ndarray]:
         grads = self._affine_grads()
         if self.use_batchnorm:
             for idx in range(1, self.hidden_layer_num + 1):
