@@ -39,8 +39,8 @@ _numba = lazy("_numba")
 #: Largest number of multiply-adds of one forward pass that a plan serves (measured against the
 #: layer walk with BLAS products: docs/PERFORMANCE.md, "Plans").
 SMALL_MACS = 1 << 20
-#: Plans kept per net (one per input shape and dtype); the oldest goes first.
-KEEP = 4
+#: Plans kept per net (one per input shape and dtype: a server sees a few batch sizes); the oldest goes first.
+KEEP = 16
 
 _CODES = {Relu: 1, Sigmoid: 2}
 _NEED = 0x1 | 0x100 | 0x400  # NumPy's flag bits: C-contiguous, aligned, writeable
