@@ -66,8 +66,9 @@ POOL_SHAPES = [
 
 
 #: whole-net kernels: (N, widths D0..DL, activations after each hidden layer: 1 ReLU, 2 Sigmoid): two
-#: and three layers (each depth is a compilation), one row, a width of one, column counts around the float32 and float64 tiles (16, 64, 8,
-#: 32 lanes), row counts around the 6-row tile, and the main job's net
+#: and three layers (each depth is a compilation), one row, a width of one, column counts around
+#: the float32 and float64 tiles (16, 64, 8, 32 lanes), row counts around the 6-row tile, and the
+#: main job's net
 NET_SHAPES = [
     (1, (3, 4, 2), (1,)),
     (7, (13, 9, 5, 4), (1, 2)),
