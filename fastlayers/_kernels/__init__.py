@@ -8,6 +8,8 @@ the size from which its parallel twins run, beside its kernels.
 
 Modules: ``elementwise`` (ReLU, Sigmoid, and the ``copy`` yardstick), ``affine`` (bias add, bias
 gradient), ``loss`` (softmax, cross-entropy loss and gradient), ``optim`` (optimizer updates),
+``dense`` (the small dense nets' whole passes and the register-tiled products of the ``tiles`` GEMM
+library),
 ``_math`` (a vectorizable exp), ``_blocks`` (the block pattern of the flat kernels), ``_numba`` (compile
 flags, the twin builder, the cache fallback, and the helpers compiled in a special way), ``_threads``
 (threading layer and launch policy). Every kernel is listed in ``_numba.ALL_TWINS``.
