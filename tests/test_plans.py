@@ -57,6 +57,18 @@ def _state(net) -> dict:
     return out
 
 
+def _calls(net, x, t) -> dict:
+    """predict, loss, gradient and accuracy of ``net`` on ``x``, ``t``, with the layers' attributes
+    after predict and after gradient, copied."""
+    out = {"predict": net.predict(x).copy()}
+    out.update({f"predict:{k}": v for k, v in _state(net).items()})
+    out["loss"] = net.loss(x, t)
+    out["grads"] = {k: v.copy() for k, v in net.gradient(x, t).items()}
+    out.update(_state(net))
+    out["accuracy"] = net.accuracy(x, t)
+    return out
+
+
 def _compare(a, b, dtype, n=64):
     assert a.keys() == b.keys()
     for key in a:
@@ -81,19 +93,9 @@ def test_plan_equals_the_layer_walk(name, dtype, backend, n, walk):
     x, t = _batch(width, n, dtype, 3)
     with fastlayers.use_backend(backend):
         got_net, want_net = make(dtype), make(dtype)
-        got = {"predict": got_net.predict(x).copy()}
-        got.update({f"predict:{k}": v for k, v in _state(got_net).items()})
-        got["loss"] = got_net.loss(x, t)
-        got["grads"] = {k: v.copy() for k, v in got_net.gradient(x, t).items()}
-        got.update(_state(got_net))
-        got["accuracy"] = got_net.accuracy(x, t)
+        got = _calls(got_net, x, t)
         with walk():
-            want = {"predict": want_net.predict(x).copy()}
-            want.update({f"predict:{k}": v for k, v in _state(want_net).items()})
-            want["loss"] = want_net.loss(x, t)
-            want["grads"] = {k: v.copy() for k, v in want_net.gradient(x, t).items()}
-            want.update(_state(want_net))
-            want["accuracy"] = want_net.accuracy(x, t)
+            want = _calls(want_net, x, t)
     grads_got, grads_want = got.pop("grads"), want.pop("grads")
     _compare(got, want, dtype)
     _compare(grads_got, grads_want, dtype)

@@ -135,37 +135,25 @@ class DensePlan:
         entry = self.entries[mode] = _numba.entry_point(kernel.serial, args)
         return entry(*args)
 
-    def predict(self, x, x2):
-        """The scores of ``x2`` (``x`` as rows) by the compiled forward pass (``run``'s "predict"
-        mode, written out: the call of a served request), or None when the weights do not fit."""
-        dt = self.dtype
-        Ws, bs = [], []
-        for a, ws, bsh in self.checks:
-            W, b = a.W, a.b
-            if (
-                type(W) is not np.ndarray
-                or type(b) is not np.ndarray
-                or W.dtype is not dt
-                or b.dtype is not dt
-                or W.shape != ws
-                or b.shape != bsh
-                or W.flags.num & _NEED != _NEED
-                or b.flags.num & _NEED != _NEED
-            ):
-                return None
-            Ws.append(W)
-            bs.append(b)
-        bufs, limits, L = self.bufs, self.limits, self.L
-        for i in range(L):  # a buffer someone kept is theirs now
+    def _fresh(self, upto: int) -> None:
+        """Replace every buffer among the first ``upto`` that someone but the plan and the layers
+        it published it to holds: it is theirs now."""
+        bufs, limits = self.bufs, self.limits
+        for i in range(upto):
             if sys.getrefcount(bufs[i]) > limits[i]:
-                bufs[i] = np.empty(bufs[i].shape, dt)
+                bufs[i] = np.empty(bufs[i].shape, self.dtype)
+
+    def predict(self, x, x2):
+        """The scores of ``x2`` (``x`` as rows) by the compiled forward pass, or None when the
+        weights do not fit."""
+        weights = self._weights()
+        if weights is None:
+            return None
+        L = self.L
+        self._fresh(L)
+        bufs = self.bufs
         outs = tuple(bufs[:L])
-        args = ((x2, *outs[:-1]), tuple(Ws), tuple(bs), self.acts, outs)
-        entry = self.entries.get("predict")
-        if entry is None:
-            self._call("predict", args)
-        else:
-            entry(*args)
+        self._call("predict", ((x2, *outs[:-1]), *weights, self.acts, outs))
         self._publish(x, x2, outs)
         return outs[-1]
 
@@ -180,40 +168,32 @@ class DensePlan:
         affines[-1]._out = outs[-1]
 
     def run(self, x, x2, t, mode: str):
-        """The compiled call: ``mode`` "predict" (returns the scores), "loss" (returns the loss) or
-        "gradient" (returns the gradient dict, without weight decay). None when the weights do not
-        fit or a label lies outside the classes (the caller takes the general path)."""
+        """The compiled call: ``mode`` "loss" (returns the loss) or "gradient" (returns the gradient
+        dict, without weight decay). None when the weights do not fit or a label lies outside the
+        classes (the caller takes the general path)."""
         weights = self._weights()
         if weights is None:
             return None
         Ws, bs = weights
         L = self.L
-        bufs, limits = self.bufs, self.limits
-        for i in range(L if mode == "predict" else 3 * L):  # a buffer someone kept is theirs now
-            if sys.getrefcount(bufs[i]) > limits[i]:
-                b = bufs[i]
-                bufs[i] = np.empty(b.shape, b.dtype)
+        self._fresh(3 * L)
+        bufs = self.bufs
         outs = tuple(bufs[:L])
         ins = (x2, *outs[:-1])
-        if mode == "predict":
-            self._call(mode, (ins, Ws, bs, self.acts, outs))
+        if sys.getrefcount(self.y_view) > _REFS + 1:  # the view and the loss layer's y
+            bufs[-1] = np.empty_like(bufs[-1])
+            self.y_view = self._frozen(bufs[-1])
+        y = bufs[-1]
+        if mode == "loss":
+            total = self._call(mode, (ins, Ws, bs, self.acts, outs, t, y, self.losses))
         else:
-            if sys.getrefcount(self.y_view) > _REFS + 1:  # the view and the loss layer's y
-                bufs[-1] = np.empty_like(bufs[-1])
-                self.y_view = self._frozen(bufs[-1])
-            y = bufs[-1]
-            if mode == "loss":
-                total = self._call(mode, (ins, Ws, bs, self.acts, outs, t, y, self.losses))
-            else:
-                dWs, dbs = tuple(bufs[L : 2 * L]), tuple(bufs[2 * L : 3 * L])
-                args = (ins, Ws, bs, self.acts, outs, t, y, self.losses, self.grads, self.dins, dWs, dbs,
-                        self.WTs, self.scale)  # fmt: skip
-                total = self._call(mode, args)
-            if total < 0:
-                return None
+            dWs, dbs = tuple(bufs[L : 2 * L]), tuple(bufs[2 * L : 3 * L])
+            args = (ins, Ws, bs, self.acts, outs, t, y, self.losses, self.grads, self.dins, dWs, dbs,
+                    self.WTs, self.scale)  # fmt: skip
+            total = self._call(mode, args)
+        if total < 0:
+            return None
         self._publish(x, x2, outs)
-        if mode == "predict":
-            return outs[-1]
         affines = self.affines
         last = self.last
         loss = self.dtype.type(total / x2.shape[0])
