@@ -23,6 +23,8 @@ from ._kernels._threads import launch
 from .functional._checks import as_array, compute_dtype, fast_dtype, param_dtype, plain
 
 _optim = lazy("optim")  # imported (with Numba) at the first kernel call
+_numba = lazy("_numba")
+_NEED = 0x1 | 0x100 | 0x400  # NumPy's flag bits: C-contiguous, aligned, writeable
 
 __all__ = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam"]
 
@@ -178,36 +180,28 @@ class _Optimizer:
 
     def _update_common(self, params, grads) -> bool:
         """:meth:`update` for the common call, with the fewest checks; False, having done nothing,
-        for any other. The common call: a dict of plain, writeable, C-contiguous float arrays of one
-        dtype that the rule updates in it, each with a gradient in ``grads`` of its shape and dtype
-        that is itself or owns memory apart from it, on the numba backend. Every pair is checked
-        before any is updated (as the general path does).
+        for any other. The common call: a dict of plain, writeable, aligned, C-contiguous float
+        arrays of one dtype that the rule updates in it, each with a gradient in ``grads`` of its
+        shape and dtype (aligned, writeable and C-contiguous too) that is itself or owns memory apart
+        from it, on the numba backend. Every pair is checked before any is updated (as the general
+        path does).
 
-        The arrays are updated through a :class:`_Plan` (kept from the previous call while the same
-        arrays come in the same order), in groups of ``GROUP`` small arrays per kernel call."""
+        The arrays are updated through a :class:`_Plan` (kept from the previous call while its
+        checks pass), in groups of ``GROUP`` small arrays per kernel call."""
         if type(params) is not dict or type(grads) is not dict:
             return False
         plan = self._plan
-        if plan is None or not plan.fits(self, params):
-            plan = self._plan = _Plan.build(params)
-            if plan is None:
+        views = None if plan is None else plan.views(self, params, grads)
+        if views is None:
+            fresh = _Plan.build(params)
+            if fresh is None:
                 return False
-        flats = plan.gradients(grads)
-        if flats is None:
-            return False
-        if plan.flat_state is None:  # the state is bound once the first call's pairs all passed
-            plan.bind(self)
-        dtype = plan.dtype
-        scalars = tuple(dtype.type(v) for v in self._step_scalars())
-        name = type(self)._kernel
-        group, single = getattr(_optim, name + "_group"), getattr(_optim, name)
-        flat_p = [p.reshape(-1) for p in plan.params]  # views made now, of the memory the arrays have now
-        for members, size, fill, state in plan.groups:
-            ps = tuple(flat_p[i] for i in members) + fill
-            gs = tuple(flats[i] for i in members) + fill
-            launch(group, size, ps, *state, gs, *scalars)
-        for i in plan.singles:
-            launch(single, plan.sizes[i], flat_p[i], *plan.flat_state[i], flats[i], *scalars)
+            views = fresh.views(self, params, grads)
+            if views is None:  # a gradient that does not fit: the general path, the plan kept
+                return False
+            plan = self._plan = fresh
+            plan.bind(self)  # the state is bound once the first call's pairs all passed
+        plan.run(self, *views)
         return True
 
     def update(self, params: dict[str, np.ndarray], grads: Mapping[str, ArrayLike]) -> None:
@@ -241,22 +235,23 @@ class _Optimizer:
 
 
 class _Plan:
-    """How an optimizer updates one dict of parameters: the arrays (by identity, in the dict's
-    order), their flat views and those of their state, and the groups of small arrays that share a
-    kernel call. Built at a common update and used again while :meth:`fits` the next call's
-    ``params``; the gradients are checked at every call (:meth:`gradients`).
+    """How an optimizer updates one dict of parameters: the arrays (by identity and key), their
+    state, the groups of small arrays that share a kernel call and the compiled entry points of
+    those calls. Built at a common update and used again while :meth:`views` accepts the next
+    call's ``params`` and ``grads``.
 
-    Memory safety: each call, :meth:`fits` checks every parameter's shape and every state array's
-    length against the plan's sizes, and :meth:`gradients` every gradient's shape; the kernels then
-    get flat views made in that call (parameters, gradients) and the state arrays themselves, so
-    they read the memory the arrays have at that call, of the lengths just checked, even after a
-    resize (``refcheck=False``) between calls. The other checks are about meaning (a replaced
-    array, state replaced through ``optimizer.state``, a dtype or layout changed in place, a
-    parameter made read-only).
+    Memory safety: each call, :meth:`views` checks every parameter's and gradient's type, dtype,
+    shape and layout (C-contiguous, aligned, writeable) and every state array's dtype, length and
+    layout against the plan's, then makes the flat views that the kernels get; the state arrays go
+    as they are. So the kernels read the memory the arrays have at that call, of the lengths just
+    checked, even after a resize (``refcheck=False``) between calls, and each argument has the Numba
+    type the plan's entry points were compiled for (:func:`fastlayers._kernels._numba.entry_point`).
+    The other checks are about meaning (a replaced array, state replaced through
+    ``optimizer.state``, a dtype changed in place, a parameter made read-only).
     """
 
-    __slots__ = ("keys", "params", "dtype", "owns", "states", "flat_state",
-                 "sizes", "shapes", "groups", "singles", "pad")  # fmt: skip
+    __slots__ = ("items", "params", "dtype", "states", "flat_state", "sizes", "groups", "singles", "pad", "kernel",
+                 "raw", "scalars")  # fmt: skip
 
     @classmethod
     def build(cls, params: dict) -> _Plan | None:
@@ -269,17 +264,17 @@ class _Plan:
         if dtype is None:
             return None
         for p in arrays:
-            if not plain(p, dtype) or not p.flags.writeable:
+            if not plain(p, dtype) or p.flags.num & _NEED != _NEED:
                 return None
         plan = cls()
-        plan.keys = list(params)
+        # (key, array, shape, whether it owns its memory) of each parameter, in the dict's order
+        plan.items = [(k, p, p.shape, p.base is None) for k, p in params.items()]
         plan.params = arrays
         plan.dtype = dtype
-        plan.owns = [p.base is None for p in arrays]
-        plan.shapes = [p.shape for p in arrays]
         plan.sizes = [p.size for p in arrays]
         plan.flat_state = None
         plan.states = None
+        plan.raw = plan.scalars = None
         plan.pad = tuple(np.empty(0, dtype) for _ in range(_optim.GROUP))
         return plan
 
@@ -288,10 +283,13 @@ class _Plan:
         arrays below the kernels' parallel threshold, ``GROUP`` per call in the dict's order; larger
         ones run alone (their own kernel call, parallel)."""
         names = opt._state_names
+        keys = [item[0] for item in self.items]
         self.flat_state = [
-            opt._state_for(k, p, self.dtype) if names else [] for k, p in zip(self.keys, self.params, strict=True)
+            opt._state_for(k, p, self.dtype) if names else [] for k, p in zip(keys, self.params, strict=True)
         ]
-        self.states = [opt.state.get(k) for k in self.keys]
+        self.states = [opt.state.get(k) for k in keys] if names else None
+        name = type(opt)._kernel
+        self.kernel = (getattr(_optim, name + "_group"), getattr(_optim, name))
         width, big = _optim.GROUP, _optim.MEMORY_BOUND_MIN
         small = [i for i, n in enumerate(self.sizes) if n < big]
         self.singles = [i for i, n in enumerate(self.sizes) if n >= big]
@@ -300,46 +298,66 @@ class _Plan:
             members = tuple(small[lo : lo + width])
             fill = self.pad[: width - len(members)]
             state = tuple(tuple(self.flat_state[i][j] for i in members) + fill for j in range(len(names)))
-            self.groups.append((members, sum(self.sizes[i] for i in members), fill, state))
+            # the last item: the group's compiled entry point, made at its first serial call
+            self.groups.append([members, sum(self.sizes[i] for i in members), fill, state, None])
 
-    def fits(self, opt: _Optimizer, params: dict) -> bool:
-        """Whether ``params`` holds the plan's arrays, in its order, as they were (plain, writeable,
-        of the plan's dtype and shape), with the optimizer's state still the plan's, on the numba
-        backend."""
-        if len(params) != len(self.params) or fast_dtype(self.params[0]) is not self.dtype:
-            return False
+    def views(self, opt: _Optimizer, params: dict, grads: dict) -> tuple[list, list] | None:
+        """Flat views of the parameters and gradients of this call, or None when ``params`` is not
+        the plan's (the same arrays under the same keys, plain, writeable, of the plan's dtype and
+        shape; the optimizer's state still the plan's, on the numba backend) or a gradient does not
+        fit its parameter (a plain, aligned, writeable array of its dtype and shape, that is the
+        parameter itself or owns memory apart from it)."""
         dtype = self.dtype
-        for (key, p), mine_key, mine, shape in zip(params.items(), self.keys, self.params, self.shapes, strict=True):
-            if p is not mine or key != mine_key or p.dtype is not dtype or p.shape != shape:
-                return False
-            flags = p.flags
-            if not (flags.c_contiguous and flags.writeable):
-                return False
-        if self.states is not None and opt._state_names:
+        if len(params) != len(self.items) or fast_dtype(self.params[0]) is not dtype:
+            return None  # with the length equal, every key of the plan found below is every key
+        flat_p, flat_g = [], []
+        for key, mine, shape, owns in self.items:
+            p = params.get(key)
+            g = grads.get(key)
+            if p is not mine or p.dtype is not dtype or p.shape != shape or p.flags.num & _NEED != _NEED:
+                return None
+            if type(g) is not np.ndarray or g.dtype is not dtype or g.shape != shape or g.flags.num & _NEED != _NEED:
+                return None
+            if g is not p and not (owns and g.base is None):  # else they might overlap
+                return None
+            flat_p.append(p.ravel())  # views: both are C-contiguous
+            flat_g.append(g.ravel())
+        if self.states is not None:
             state = opt.state
             names = opt._state_names
-            for key, size, st, arrays in zip(self.keys, self.sizes, self.states, self.flat_state, strict=True):
+            for (key, *_), size, st, arrays in zip(self.items, self.sizes, self.states, self.flat_state, strict=True):
                 now = state.get(key)
                 if now is not st:
-                    return False
+                    return None
                 for n, a in zip(names, arrays, strict=True):
-                    if now.get(n) is not a or a.shape != (size,):
-                        return False
-        return True
+                    if (
+                        now.get(n) is not a
+                        or a.dtype is not dtype
+                        or a.shape != (size,)
+                        or a.flags.num & _NEED != _NEED
+                    ):
+                        return None
+        return flat_p, flat_g
 
-    def gradients(self, grads: dict) -> list[np.ndarray] | None:
-        """Flat views of the gradients, each checked against its parameter (a plain array of its
-        dtype and shape, that is the parameter itself or owns memory apart from it), or None."""
-        dtype = self.dtype
-        flats = []
-        for key, p, shape, owns in zip(self.keys, self.params, self.shapes, self.owns, strict=True):
-            g = grads.get(key)
-            if type(g) is not np.ndarray or g.dtype is not dtype or g.shape != shape or not g.flags.c_contiguous:
-                return None
-            if g is not p and not (owns and g.base is None):  # overlap impossible
-                return None
-            flats.append(g.reshape(-1))
-        return flats
+    def run(self, opt: _Optimizer, flat_p: list, flat_g: list) -> None:
+        """The update of every parameter, on the views :meth:`views` made for this call."""
+        raw = opt._step_scalars()
+        if raw != self.raw:  # converted again only when they change (Adam's: every step)
+            self.raw, self.scalars = raw, tuple(map(self.dtype.type, raw))
+        scalars = self.scalars
+        group, single = self.kernel
+        for entry in self.groups:
+            members, size, fill, state, call = entry
+            ps = tuple([flat_p[i] for i in members]) + fill
+            gs = tuple([flat_g[i] for i in members]) + fill
+            if size >= group.parallel_min:
+                launch(group, size, ps, *state, gs, *scalars)
+                continue
+            if call is None:  # every later call's arguments have these types (views' checks)
+                call = entry[4] = _numba.entry_point(group.serial, (ps, *state, gs, *scalars))
+            call(ps, *state, gs, *scalars)
+        for i in self.singles:
+            launch(single, self.sizes[i], flat_p[i], *self.flat_state[i], flat_g[i], *scalars)
 
 
 class SGD(_Optimizer):

@@ -34,8 +34,9 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._numba import DENSE_ROWS, DENSE_VECTORS, dense_tile, helper, twins, typed
-from .affine import COL_BLOCK, _relu_row, _sigmoid_row
+from ._math import exp_nonpos
+from ._numba import ACCUMULATORS, DENSE_ROWS, DENSE_VECTORS, dense_tile, helper, twins, typed
+from .affine import COL_BLOCK
 from .loss import _exp_shifted_row, _scale_row_with_grad, _total
 
 NONE, RELU, SIGMOID = 0, 1, 2
@@ -75,31 +76,46 @@ def _transpose_row(a, out, j):
 
 
 @helper
-def _bias_row(row, b):
-    for j in range(row.shape[0]):
-        row[j] += b[j]
-
-
-@helper
 def _blocks(n):
     return (n + DENSE_ROWS - 1) // DENSE_ROWS
 
 
 @helper
-def _forward_block(ins, Ws, bs, acts, outs, layer, blk):
-    """Rows ``blk * DENSE_ROWS`` on of layer ``layer``: outs = act(ins @ W + b), the product, then
-    the bias add and activation row by row (as ``bias_relu``, ``bias_sigmoid``, ``bias_add``)."""
-    src, dst, b, act = ins[layer], outs[layer], bs[layer], acts[layer]
+def _forward_block(src, W, b, act, dst, blk):
+    """Rows ``blk * DENSE_ROWS`` on of one layer: dst = act(src @ W + b), the product, then the
+    bias add and activation row by row (as ``bias_relu``, ``bias_sigmoid``, ``bias_add``).
+
+    The kernels take each layer's arrays from their tuples once per layer, outside the loop over
+    row blocks: an item of a tuple at a loop index is a switch over the tuple's items, which cost
+    more per row block than the block's bias and activation (docs/PERFORMANCE.md, "Plans")."""
     i0 = blk * DENSE_ROWS
     rows = min(DENSE_ROWS, src.shape[0] - i0)
-    _rows_times(src, Ws[layer], dst, i0, rows)
-    for i in range(i0, i0 + rows):
+    _rows_times(src, W, dst, i0, rows)
+    _bias_act_rows(dst, b, act, i0, i0 + rows)
+
+
+@helper
+def _bias_act_rows(dst, b, act, i0, i1):
+    """Rows i0..i1 of dst: dst = act(dst + b), ``act`` 1 ReLU, 2 sigmoid, 0 the bias add alone;
+    element for element the operations of the affine kernels' ``_relu_row`` and ``_sigmoid_row``.
+    Indexed in two dimensions: a row view costs Numba a reference count update (docs/PERFORMANCE.md,
+    "Plans")."""
+    m = dst.shape[1]
+    zero = typed(0, dst)
+    one = typed(1, dst)
+    for i in range(i0, i1):
         if act == 1:
-            _relu_row(dst[i], b)
+            for j in range(m):
+                v = dst[i, j] + b[j]
+                dst[i, j] = zero if v <= zero else v
         elif act == 2:
-            _sigmoid_row(dst[i], b)
+            for j in range(m):
+                v = dst[i, j] + b[j]
+                e = exp_nonpos(-abs(v))
+                dst[i, j] = (one if v >= zero else e) / (one + e)
         else:
-            _bias_row(dst[i], b)
+            for j in range(m):
+                dst[i, j] += b[j]
 
 
 @helper
@@ -112,20 +128,63 @@ def _labels_ok(t, c):
 
 
 @helper
-def _softmax_row(scores, t, y, losses, with_grad, grad, scale, i):
-    """Row i: y = softmax(scores), its loss, and with ``with_grad`` the gradient
-    (y - onehot(t)) * scale, as ``softmax_xent_labels``."""
+def _softmax_rows(scores, t, y, losses, with_grad, grad, scale, i0, i1):
+    """Rows i0..i1: y = softmax(scores), each row's loss, and with ``with_grad`` the gradient
+    (y - onehot(t)) * scale, as ``softmax_xent_labels`` (the same operations, so the same bits)."""
     one = typed(1, scores)
+    c = scores.shape[1]
+    if c >= (64 // scores.itemsize) * ACCUMULATORS:
+        for i in range(i0, i1):
+            m, s = _exp_shifted_row(scores[i], y[i])
+            if with_grad:
+                _scale_row_with_grad(y[i], one / s, grad[i], scale)
+            else:
+                yr = y[i]
+                for j in range(c):
+                    yr[j] *= one / s
+            _row_loss(scores, t, y, losses, with_grad, grad, scale, i, m, s)
+        return
+    # Rows shorter than one round of the lane reductions (row_max, row_sum): their max and sum are
+    # those reductions' results taken in order, here in two dimensions (no row views); the exps of
+    # all the rows go in one flat pass, which vectorizes where a short row's loop would not.
+    for i in range(i0, i1):
+        m = scores[i, 0]
+        for j in range(c):
+            v = scores[i, j]
+            m = v if v > m else m
+        for j in range(c):
+            y[i, j] = scores[i, j] - m
+        losses[i] = m  # until the row's loss replaces it
+    flat = y.reshape(y.shape[0] * c)[i0 * c : i1 * c]
+    for q in range(flat.shape[0]):
+        flat[q] = exp_nonpos(flat[q])
+    for i in range(i0, i1):
+        s = typed(0, scores)
+        for j in range(c):
+            s += y[i, j]
+        r = one / s
+        if with_grad:
+            for j in range(c):
+                v = y[i, j] * r
+                y[i, j] = v
+                grad[i, j] = v * scale
+        else:
+            for j in range(c):
+                y[i, j] *= r
+        _row_loss(scores, t, y, losses, with_grad, grad, scale, i, losses[i], s)
+
+
+@helper
+def _row_loss(scores, t, y, losses, with_grad, grad, scale, i, m, s):
+    """Row i's loss from its max ``m`` and sum of exps ``s``, and its label's gradient entry."""
     k = np.int64(t[i])  # read once: checked against the row's length before any row is done
-    m, s = _exp_shifted_row(scores[i], y[i])
     if with_grad:
-        _scale_row_with_grad(y[i], one / s, grad[i], scale)
-        grad[i, k] = (y[i, k] - one) * scale
-    else:
-        yr = y[i]
-        for j in range(yr.shape[0]):
-            yr[j] *= one / s
+        grad[i, k] = (y[i, k] - typed(1, y)) * scale
     losses[i] = (np.log(s) + m) - scores[i, k]
+
+
+#: Rows per block of the softmax pass in the parallel twins.
+SOFTMAX_ROWS = 64
 
 
 @helper
@@ -167,8 +226,9 @@ def _grad_bias_cols(dz, y, act, db, j0, j1):
 def net_forward(ins, Ws, bs, acts, outs):
     """outs[l] = act_l(ins[l] @ Ws[l] + bs[l]) for every layer in order; row blocks in parallel."""
     for layer in range(len(Ws)):
-        for blk in prange(_blocks(ins[0].shape[0])):
-            _forward_block(ins, Ws, bs, acts, outs, layer, blk)
+        src, W, b, act, dst = ins[layer], Ws[layer], bs[layer], acts[layer], outs[layer]
+        for blk in prange(_blocks(src.shape[0])):
+            _forward_block(src, W, b, act, dst, blk)
 
 
 @twins(PARALLEL_MACS)
@@ -180,10 +240,13 @@ def net_loss(ins, Ws, bs, acts, outs, t, y, losses):
     if t.shape[0] != scores.shape[0] or not _labels_ok(t, scores.shape[1]):
         return -1.0
     for layer in range(len(Ws)):
-        for blk in prange(_blocks(ins[0].shape[0])):
-            _forward_block(ins, Ws, bs, acts, outs, layer, blk)
-    for i in prange(scores.shape[0]):
-        _softmax_row(scores, t, y, losses, False, y, typed(1, y), i)
+        src, W, b, act, dst = ins[layer], Ws[layer], bs[layer], acts[layer], outs[layer]
+        for blk in prange(_blocks(src.shape[0])):
+            _forward_block(src, W, b, act, dst, blk)
+    n = scores.shape[0]
+    for blk in prange((n + SOFTMAX_ROWS - 1) // SOFTMAX_ROWS):
+        i0 = blk * SOFTMAX_ROWS
+        _softmax_rows(scores, t, y, losses, False, y, typed(1, y), i0, min(n, i0 + SOFTMAX_ROWS))
     return _total(losses)
 
 
@@ -197,26 +260,30 @@ def net_gradient(ins, Ws, bs, acts, outs, t, y, losses, grads, dins, dWs, dbs, W
     if t.shape[0] != scores.shape[0] or not _labels_ok(t, scores.shape[1]):
         return -1.0
     for layer in range(len(Ws)):
-        for blk in prange(_blocks(ins[0].shape[0])):
-            _forward_block(ins, Ws, bs, acts, outs, layer, blk)
-    for i in prange(scores.shape[0]):
-        _softmax_row(scores, t, y, losses, True, grads[last], scale, i)
+        src, W, b, act, dst = ins[layer], Ws[layer], bs[layer], acts[layer], outs[layer]
+        for blk in prange(_blocks(src.shape[0])):
+            _forward_block(src, W, b, act, dst, blk)
+    dz = grads[last]
+    n = scores.shape[0]
+    for blk in prange((n + SOFTMAX_ROWS - 1) // SOFTMAX_ROWS):
+        i0 = blk * SOFTMAX_ROWS
+        _softmax_rows(scores, t, y, losses, True, dz, scale, i0, min(n, i0 + SOFTMAX_ROWS))
     for layer in range(last, -1, -1):
-        dz = grads[layer]
+        dz, h, db, src, dW = grads[layer], outs[layer], dbs[layer], ins[layer], dWs[layer]
         act = 0 if layer == last else acts[layer]
         for blk in prange((dz.shape[1] + COL_BLOCK - 1) // COL_BLOCK):
             j0 = blk * COL_BLOCK
-            _grad_bias_cols(dz, outs[layer], act, dbs[layer], j0, min(dz.shape[1], j0 + COL_BLOCK))
-        for blk in prange(_blocks(ins[layer].shape[1])):
+            _grad_bias_cols(dz, h, act, db, j0, min(dz.shape[1], j0 + COL_BLOCK))
+        for blk in prange(_blocks(src.shape[1])):
             r0 = blk * DENSE_ROWS
-            _rows_times_tn(ins[layer], dz, dWs[layer], r0, min(DENSE_ROWS, ins[layer].shape[1] - r0))
+            _rows_times_tn(src, dz, dW, r0, min(DENSE_ROWS, src.shape[1] - r0))
         if layer > 0:
-            W, WT = Ws[layer], WTs[layer]
+            W, WT, din = Ws[layer], WTs[layer], dins[layer]
             for j in prange(W.shape[1]):
                 _transpose_row(W, WT, j)
             for blk in prange(_blocks(dz.shape[0])):
                 i0 = blk * DENSE_ROWS
-                _rows_times(dz, WT, dins[layer], i0, min(DENSE_ROWS, dz.shape[0] - i0))
+                _rows_times(dz, WT, din, i0, min(DENSE_ROWS, dz.shape[0] - i0))
     return _total(losses)
 
 

@@ -80,10 +80,12 @@ class DensePlan:
             + [e((n, widths[-1]), dtype)]
         )
         # outs[l]: the activation's out and the next Affine's x; the scores: the last Affine's _out;
-        # y is published as a read-only view (``y_view``), which holds one more reference to it
-        self.limits = [_REFS + p for p in [2] * (L - 1) + [1] + [1] * (2 * L) + [1]]
+        # dW, db: the Affine's; y is published as a read-only view (``y_view``), which holds one
+        # more reference to it. Each of the first 3L is also held once by the tuples that
+        # ``_tuples`` keeps (outs, dWs, dbs).
+        self.limits = [_REFS + 1 + p for p in [2] * (L - 1) + [1] + [1] * (2 * L)] + [_REFS + 1]
         self.y_view = self._frozen(self.bufs[-1])
-        self.keys = [(f"W{i}", f"b{i}") for i in range(1, L + 1)]
+        self._tuples()
         self.grads = tuple(e((n, m), dtype) for m in widths[1:])
         self.losses = e(n, dtype)
         dummy = e((1, 1), dtype)  # dins[0] and WTs[0]: never used
@@ -135,13 +137,24 @@ class DensePlan:
         entry = self.entries[mode] = _numba.entry_point(kernel.serial, args)
         return entry(*args)
 
+    def _tuples(self) -> None:
+        """The tuples of buffers that the calls pass (``outs``, ``dWs``, ``dbs``), made again
+        whenever a buffer is replaced."""
+        bufs, L = self.bufs, self.L
+        self.outs = tuple(bufs[:L])
+        self.dWs, self.dbs = tuple(bufs[L : 2 * L]), tuple(bufs[2 * L : 3 * L])
+
     def _fresh(self, upto: int) -> None:
         """Replace every buffer among the first ``upto`` that someone but the plan and the layers
         it published it to holds: it is theirs now."""
         bufs, limits = self.bufs, self.limits
+        replaced = False
         for i in range(upto):
             if sys.getrefcount(bufs[i]) > limits[i]:
                 bufs[i] = np.empty(bufs[i].shape, self.dtype)
+                replaced = True
+        if replaced:
+            self._tuples()
 
     def predict(self, x, x2):
         """The scores of ``x2`` (``x`` as rows) by the compiled forward pass, or None when the
@@ -149,10 +162,8 @@ class DensePlan:
         weights = self._weights()
         if weights is None:
             return None
-        L = self.L
-        self._fresh(L)
-        bufs = self.bufs
-        outs = tuple(bufs[:L])
+        self._fresh(self.L)
+        outs = self.outs
         self._call("predict", ((x2, *outs[:-1]), *weights, self.acts, outs))
         self._publish(x, x2, outs)
         return outs[-1]
@@ -168,17 +179,16 @@ class DensePlan:
         affines[-1]._out = outs[-1]
 
     def run(self, x, x2, t, mode: str):
-        """The compiled call: ``mode`` "loss" (returns the loss) or "gradient" (returns the gradient
-        dict, without weight decay). None when the weights do not fit or a label lies outside the
-        classes (the caller takes the general path)."""
+        """The compiled call: ``mode`` "loss" (returns the loss) or "gradient" (returns True, having
+        left every Affine's ``dW`` and ``db`` as its backward would). None when the weights do not
+        fit or a label lies outside the classes (the caller takes the general path)."""
         weights = self._weights()
         if weights is None:
             return None
         Ws, bs = weights
-        L = self.L
-        self._fresh(3 * L)
+        self._fresh(3 * self.L)
         bufs = self.bufs
-        outs = tuple(bufs[:L])
+        outs = self.outs
         ins = (x2, *outs[:-1])
         if sys.getrefcount(self.y_view) > _REFS + 1:  # the view and the loss layer's y
             bufs[-1] = np.empty_like(bufs[-1])
@@ -187,25 +197,21 @@ class DensePlan:
         if mode == "loss":
             total = self._call(mode, (ins, Ws, bs, self.acts, outs, t, y, self.losses))
         else:
-            dWs, dbs = tuple(bufs[L : 2 * L]), tuple(bufs[2 * L : 3 * L])
-            args = (ins, Ws, bs, self.acts, outs, t, y, self.losses, self.grads, self.dins, dWs, dbs,
+            args = (ins, Ws, bs, self.acts, outs, t, y, self.losses, self.grads, self.dins, self.dWs, self.dbs,
                     self.WTs, self.scale)  # fmt: skip
             total = self._call(mode, args)
         if total < 0:
             return None
         self._publish(x, x2, outs)
-        affines = self.affines
         last = self.last
         loss = self.dtype.type(total / x2.shape[0])
         last._fused = None
         last.loss, last.y, last.t = loss, self.y_view, t
         if mode == "loss":
             return loss
-        grads = {}
-        for a, (kw, kb), dW, db in zip(affines, self.keys, dWs, dbs, strict=True):
-            a.dW = grads[kw] = dW
-            a.db = grads[kb] = db
-        return grads
+        for a, dW, db in zip(self.affines, self.dWs, self.dbs, strict=True):
+            a.dW, a.db = dW, db
+        return True
 
 
 class _Unplanned:
@@ -302,6 +308,6 @@ def loss(net, x, t):
 
 
 def gradient(net, x, t):
-    """``net``'s gradients (without weight decay) by its plan, leaving every layer as its own
-    backward would; or None."""
+    """True once ``net``'s plan has left every layer as its own backward would (the net reads its
+    gradients from the layers); or None, having done nothing."""
     return _call(net, x, t, "gradient")
