@@ -5,6 +5,7 @@ parameters replaced or mutated between calls, results kept by the caller, bad la
 from __future__ import annotations
 
 import threading
+import weakref
 
 import numpy as np
 import pytest
@@ -181,6 +182,52 @@ def test_kept_results_are_never_overwritten():
     # nobody keeps the gradients: the next call writes the same memory
     first = {k: id(v) for k, v in net.gradient(x1, t1).items()}
     assert first == {k: id(v) for k, v in net.gradient(x2, t2).items()}
+
+
+@pytest.mark.parametrize("change", ["resize", "reshape", "read-only"])
+@pytest.mark.parametrize("where", ["Affine1.dW", "Affine2.db", "Relu1.out", "scores"])
+def test_buffers_changed_in_place_through_a_layer_are_not_written(where, change, walk):
+    """A buffer the plan published (a layer's ``dW``, ``db``, ``Relu.out``, the scores ``predict``
+    returned) that the caller resized (``refcheck=False``), reshaped or made read-only in place, and
+    then let go of, is never handed to a kernel again: the plan makes a new one, the answers equal
+    the walk's, and the old array is left as the caller made it (a resized one would otherwise be
+    written out of bounds)."""
+    net = TwoLayerNet(13, 9, 5, seed=0)
+    twin = TwoLayerNet(13, 9, 5, seed=0)
+    x, t = _batch(13, 6, np.float64, 5)
+    net.gradient(x, t)
+    net.predict(x)
+
+    def published():
+        if where == "scores":
+            return net.layers["Affine2"]._out
+        name, attr = where.split(".")
+        return getattr(net.layers[name], attr)
+
+    def change_it(a):
+        if change == "resize":
+            a.resize((3,), refcheck=False)
+            a[...] = 7.0
+        elif change == "reshape":
+            a.shape = (a.size,) if a.ndim == 2 else (a.size, 1)
+        else:
+            a.flags.writeable = False
+        return weakref.ref(a), a.copy()
+
+    old, before = change_it(published())
+    assert old() is not None  # still held by the layer, nowhere else
+    grads = net.gradient(x, t)
+    scores = net.predict(x)
+    with walk():
+        want = twin.gradient(x, t)
+        want_scores = twin.predict(x)
+    for key, value in want.items():
+        assert grads[key].shape == value.shape
+        np.testing.assert_array_equal(grads[key], value)
+    np.testing.assert_array_equal(scores, want_scores)
+    assert published() is not old()
+    if old() is not None:
+        np.testing.assert_array_equal(old(), before)
 
 
 def test_layers_replaced_in_the_net_are_seen(walk):

@@ -84,6 +84,7 @@ class DensePlan:
         # more reference to it. Each of the first 3L is also held once by the tuples that
         # ``_tuples`` keeps (outs, dWs, dbs).
         self.limits = [_REFS + 1 + p for p in [2] * (L - 1) + [1] + [1] * (2 * L)] + [_REFS + 1]
+        self.shapes = [b.shape for b in self.bufs]
         self.y_view = self._frozen(self.bufs[-1])
         self._tuples()
         self.grads = tuple(e((n, m), dtype) for m in widths[1:])
@@ -99,9 +100,6 @@ class DensePlan:
         view = y.view()
         view.flags.writeable = False
         return view
-
-    def matches(self, layers: list, last) -> bool:
-        return last is self.last and layers == self.layers
 
     def _weights(self) -> tuple | None:
         """(Ws, bs) as the layers hold them now, or None when one does not fit the plan."""
@@ -146,12 +144,14 @@ class DensePlan:
 
     def _fresh(self, upto: int) -> None:
         """Replace every buffer among the first ``upto`` that someone but the plan and the layers
-        it published it to holds: it is theirs now."""
-        bufs, limits = self.bufs, self.limits
+        it published it to holds (it is theirs now), or that was changed in place through a layer
+        (reshaped, resized, made read-only: the entry points take the buffers' shapes as the plan
+        made them, so a buffer of another shape must never reach them)."""
+        bufs, limits, shapes = self.bufs, self.limits, self.shapes
         replaced = False
         for i in range(upto):
-            if sys.getrefcount(bufs[i]) > limits[i]:
-                bufs[i] = np.empty(bufs[i].shape, self.dtype)
+            if sys.getrefcount(bufs[i]) > limits[i] or bufs[i].shape != shapes[i] or not bufs[i].flags.writeable:
+                bufs[i] = np.empty(shapes[i], self.dtype)
                 replaced = True
         if replaced:
             self._tuples()
@@ -220,11 +220,9 @@ class _Unplanned:
 
     lock = None
 
-    def __init__(self, layers: list, last) -> None:
+    def __init__(self, layers: list, last, shape: tuple, dtype: np.dtype) -> None:
         self.layers, self.last = layers, last
-
-    def matches(self, layers: list, last) -> bool:
-        return last is self.last and layers == self.layers
+        self.shape, self.dtype = shape, dtype
 
 
 def _make(layers: list, last, shape: tuple, dtype: np.dtype) -> DensePlan | None:
@@ -252,38 +250,59 @@ def _make(layers: list, last, shape: tuple, dtype: np.dtype) -> DensePlan | None
     return DensePlan(layers, last, shape, dtype)
 
 
+def _find(net, layers: list, shape: tuple, dtype: np.dtype):
+    """The plan (or :class:`_Unplanned`) for ``net``'s ``layers`` and an input of ``shape`` and
+    ``dtype``, made if need be, kept in ``net._plans`` and as ``net._hot``; None for an input no
+    plan could serve."""
+    if dtype.kind != "f" or dtype.itemsize not in (4, 8) or not dtype.isnative:
+        return None
+    plans = net.__dict__.get("_plans")
+    if plans is None:
+        plans = net.__dict__["_plans"] = {}
+    key = (shape, dtype)
+    plan = plans.get(key)
+    if plan is None or plan.last is not net.last_layer or plan.layers != layers:
+        plan = _make(layers, net.last_layer, shape, dtype) or _Unplanned(layers, net.last_layer, shape, dtype)
+        if len(plans) >= KEEP:
+            plans.pop(next(iter(plans)))
+        plans[key] = plan
+    net.__dict__["_hot"] = plan
+    return plan
+
+
 def _call(net, x, t, mode: str):
     """The plan's answer for ``net`` and ``x`` (and labels ``t``), or None, having done nothing,
     when no plan serves the call. A prediction before Numba is loaded is left to the walk, which
     answers small ones without waiting for Numba (ARCHITECTURE.md, "Loading")."""
     if type(x) is not np.ndarray or (mode == "predict" and "numba" not in sys.modules):
         return None
-    dtype = x.dtype
-    if x.ndim != 2:
-        if x.ndim < 2 or x.shape[0] == 0:
+    shape = x.shape
+    if len(shape) != 2:
+        if len(shape) < 2 or shape[0] == 0:
             return None
-        x2 = x.reshape(x.shape[0], -1)
+        x2 = x.reshape(shape[0], -1)
+        shape = x2.shape
     else:
         x2 = x
-    if dtype.kind != "f" or x2.flags.num & _NEED != _NEED:
+    if x2.flags.num & _NEED != _NEED:
         return None
     if mode != "predict" and (
-        type(t) is not np.ndarray or t.dtype is not _I64 or t.shape != x2.shape[:1] or t.flags.num & _NEED != _NEED
+        type(t) is not np.ndarray or t.dtype is not _I64 or t.shape != shape[:1] or t.flags.num & _NEED != _NEED
     ):
         return None
-    plans = net.__dict__.get("_plans")
-    if plans is None:
-        plans = net.__dict__["_plans"] = {}
+    dtype = x.dtype
     layers = list(net.layers.values())
-    key = (x2.shape, dtype)
-    plan = plans.get(key)
-    if plan is None or plan.last is not net.last_layer or plan.layers != layers:
-        if dtype.itemsize not in (4, 8) or not dtype.isnative:
+    plan = net.__dict__.get("_hot")  # the latest call's plan, most often this one's
+    if (
+        plan is None
+        or plan.shape != shape
+        or plan.dtype is not dtype
+        or plan.last is not net.last_layer
+        or plan.layers != layers
+    ):
+        plan = _find(net, layers, shape, dtype)
+        if plan is None:
             return None
-        plan = _make(layers, net.last_layer, x2.shape, dtype) or _Unplanned(layers, net.last_layer)
-        if len(plans) >= KEEP:
-            plans.pop(next(iter(plans)))
-        plans[key] = plan
     lock = plan.lock
     if lock is None or (_context_backend() or _backend._default) != "numba":  # _backend.current(), inline
         return None

@@ -46,6 +46,7 @@ class _Net(LayerNet):
         are made again at the first call)."""
         state = self.__dict__.copy()
         state.pop("_plans", None)
+        state.pop("_hot", None)
         return state
 
     @property
