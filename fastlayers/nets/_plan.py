@@ -150,7 +150,8 @@ class DensePlan:
         bufs, limits, shapes = self.bufs, self.limits, self.shapes
         replaced = False
         for i in range(upto):
-            if sys.getrefcount(bufs[i]) > limits[i] or bufs[i].shape != shapes[i] or not bufs[i].flags.writeable:
+            b = bufs[i]  # one more reference than the limits count
+            if sys.getrefcount(b) > limits[i] + 1 or b.shape != shapes[i] or not b.flags.writeable:
                 bufs[i] = np.empty(shapes[i], self.dtype)
                 replaced = True
         if replaced:
