@@ -62,6 +62,8 @@ POOL_SHAPES = [
     (3, 1, 7, 10, 3, 3, 2, 2),
     (2, 2, 5, 7, 1, 2, 3, 0),
     (4, 7, 70, 61, 2, 2, 2, 1),
+    (5, 7, 61, 70, 2, 2, 2, 0),  # the classic window past the parallel threshold, an odd row left over
+    (2, 3, 16, 17, 2, 2, 2, 0),  # the classic window's vectorized rows (8 outputs), an odd column left over
 ]
 
 

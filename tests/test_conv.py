@@ -25,7 +25,14 @@ CONV = [
     (3, 2, 13, 12, 6, 3, 3, 1, 1),
 ]
 #: (N, C, H, W, pool_h, pool_w, stride, pad)
-POOL = [(2, 3, 8, 8, 2, 2, 2, 0), (2, 3, 9, 7, 2, 2, 2, 0), (1, 3, 11, 9, 3, 2, 1, 1), (3, 1, 7, 10, 3, 3, 2, 2)]
+POOL = [
+    (2, 3, 8, 8, 2, 2, 2, 0),
+    (2, 3, 9, 7, 2, 2, 2, 0),
+    (1, 3, 11, 9, 3, 2, 1, 1),
+    (3, 1, 7, 10, 3, 3, 2, 2),
+    (2, 3, 16, 17, 2, 2, 2, 0),  # the 2x2 pooling's vectorized rows (8 outputs), a column left over
+    (1, 2, 19, 40, 2, 2, 2, 0),  # and a row left over
+]
 BACKENDS = ["numba", "numpy"]
 
 
@@ -307,6 +314,36 @@ def test_refilling_arg_max_changes_nothing():
     want = layer.backward(np.ones_like(out)).copy()
     layer.arg_max[...] = 10**9  # a fresh array: the layer's own indices stay as they were
     np.testing.assert_array_equal(layer.backward(np.ones_like(out)), want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hw", [(16, 17), (9, 7)], ids=str)
+def test_pooling_backward_kernel_adds_nothing_for_an_index_outside_the_window(hw, dtype):
+    """The backward kernel's contract, on the 2x2 pooling's vectorized rows (8 outputs and more) and
+    on the general loop: an index outside the window adds nothing (the layer never hands one in:
+    its indices are private, and the functional form checks them), a -0.0 gradient lands as +0.0
+    (as added to a zeroed plane), every position no window covers is 0."""
+    from fastlayers._kernels import lazy
+
+    conv = lazy("conv")
+    rng = np.random.default_rng(3)
+    h, w = hw
+    oh, ow = h // 2, w // 2
+    dout = rng.standard_normal((2, 3, oh, ow)).astype(dtype)
+    dout[0, 0, 0, :3] = -0.0
+    arg = rng.integers(0, 7, (2, 3, oh, ow)).astype(np.uint8)
+    arg[0, 0, 0, :3] = [0, 3, 5]
+    want = np.zeros((2, 3, h, w), dtype)
+    for n, c, y, x in np.ndindex(*arg.shape):
+        a = int(arg[n, c, y, x])
+        if a < 4:
+            want[n, c, 2 * y + a // 2, 2 * x + a % 2] += dout[n, c, y, x]
+    for twin in (conv.maxpool_backward.serial, conv.maxpool_backward.parallel):
+        dx = np.full((2, 3, h, w), np.nan, dtype)
+        twin(dout, arg, 2, 2, 2, 0, dx)
+        np.testing.assert_array_equal(dx, want)
+        np.testing.assert_array_equal(np.signbit(dx), np.signbit(want))  # -0.0 is not 0.0 here
+        assert not np.signbit(dx[0, 0, :2, :6]).any()
 
 
 def test_max_pool_functions_check_the_indices():

@@ -417,6 +417,59 @@ def _better(v, best):
     return (best == best) & ((v > best) | (v != v))
 
 
+#: Outputs per row from which the 2x2 pooling runs its vectorized rows (measured: docs/PERFORMANCE.md,
+#: "Pooling").
+POOL_ROW_MIN = 8
+
+
+@helper
+def _pool2x2_row(img, dst, idx, y):
+    """Output row ``y`` of the 2x2, stride 2, unpadded max pooling of the plane ``img`` into the
+    planes ``dst`` and ``idx``: the maximum of img[2y, 2xo], img[2y, 2xo+1], img[2y+1, 2xo],
+    img[2y+1, 2xo+1] (in that order, by ``_better``) and its index 0..3. Branch-free and indexed in
+    two dimensions (no row views), so the loop vectorizes. ``img`` holds rows 2y+1 and columns
+    2 * dst.shape[1] - 1."""
+    for xo in range(dst.shape[1]):
+        j = 2 * xo
+        best = img[2 * y, j]
+        where = 0
+        v = img[2 * y, j + 1]
+        take = _better(v, best)
+        best = v if take else best
+        where = 1 if take else where
+        v = img[2 * y + 1, j]
+        take = _better(v, best)
+        best = v if take else best
+        where = 2 if take else where
+        v = img[2 * y + 1, j + 1]
+        take = _better(v, best)
+        best = v if take else best
+        where = 3 if take else where
+        dst[y, xo] = best
+        idx[y, xo] = where
+
+
+@helper
+def _unpool2x2_row(grad, idx, y, r0, r1):
+    """The backward of :func:`_pool2x2_row` for output row ``y`` into the plane's rows 2y (``r0``)
+    and 2y+1 (``r1``): each window's four positions get 0 + its gradient where its index says (as
+    the general path adds it to a zeroed plane, so -0.0 becomes +0.0) and 0 elsewhere; an index past
+    3 gives four zeros. Columns past 2 * grad.shape[1] (a last one no window covers) get 0."""
+    zero = typed(0, r0)
+    ow = grad.shape[1]
+    for xo in range(ow):
+        j = 2 * xo
+        v = zero + grad[y, xo]
+        k = idx[y, xo]
+        r0[j] = v if k == 0 else zero
+        r0[j + 1] = v if k == 1 else zero
+        r1[j] = v if k == 2 else zero
+        r1[j + 1] = v if k == 3 else zero
+    for ix in range(2 * ow, r0.shape[0]):
+        r0[ix] = zero
+        r1[ix] = zero
+
+
 @twins(MEMORY_BOUND_MIN)
 def maxpool_forward(x, ph, pw, stride, pad, out, arg):
     """out[n, c, y, xo] = the maximum of x[n, c] over the window of rows y*stride - pad + [0, ph)
@@ -428,10 +481,17 @@ def maxpool_forward(x, ph, pw, stride, pad, out, arg):
     # output columns whose windows lie inside the input: xo*stride - pad >= 0 and ... + pw <= w
     lo = min(ow, (pad + stride - 1) // stride)
     hi = max(lo, min(ow, (w + pad - pw) // stride + 1))
+    # the classic nets' pooling, every window inside the plane: whole rows, vectorized (on rows of
+    # fewer outputs than a vector the general loop below is faster)
+    halves = ph == 2 and pw == 2 and stride == 2 and pad == 0 and 2 * oh <= h and 2 * ow <= w and ow >= POOL_ROW_MIN
     for t in prange(n * c):
         img = x[t // c, t % c]
         dst = out[t // c, t % c]
         idx = arg[t // c, t % c]
+        if halves:
+            for y in range(oh):
+                _pool2x2_row(img, dst, idx, y)
+            continue
         for y in range(oh):
             y0 = y * stride - pad
             inside = y0 >= 0 and y0 + ph <= h
@@ -473,10 +533,17 @@ def maxpool_backward(dout, arg, ph, pw, stride, pad, dx):
     n, c, h, w = dx.shape
     oh, ow = dout.shape[2], dout.shape[3]
     size = ph * pw
+    halves = ph == 2 and pw == 2 and stride == 2 and pad == 0 and 2 * oh <= h and 2 * ow <= w and ow >= POOL_ROW_MIN
     for t in prange(n * c):
         plane = dx[t // c, t % c]
         grad = dout[t // c, t % c]
         idx = arg[t // c, t % c]
+        if halves:  # windows that tile the plane: each position written once, whole rows
+            for y in range(oh):
+                _unpool2x2_row(grad, idx, y, plane[2 * y], plane[2 * y + 1])
+            for yy in range(2 * oh, h):  # a last row no window covers
+                _zero(plane[yy])
+            continue
         for yy in range(h):
             _zero(plane[yy])
         for y in range(oh):
