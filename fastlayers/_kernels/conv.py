@@ -481,9 +481,11 @@ def maxpool_forward(x, ph, pw, stride, pad, out, arg):
     # output columns whose windows lie inside the input: xo*stride - pad >= 0 and ... + pw <= w
     lo = min(ow, (pad + stride - 1) // stride)
     hi = max(lo, min(ow, (w + pad - pw) // stride + 1))
-    # the classic nets' pooling, every window inside the plane: whole rows, vectorized (on rows of
-    # fewer outputs than a vector the general loop below is faster)
+    # the classic nets' pooling, every window inside the plane: whole rows, vectorized in float32
+    # (LLVM leaves the float64 loop scalar, slower than the general loop below, as it is on rows of
+    # fewer outputs than a vector)
     halves = ph == 2 and pw == 2 and stride == 2 and pad == 0 and 2 * oh <= h and 2 * ow <= w and ow >= POOL_ROW_MIN
+    halves = halves and x.itemsize == 4
     for t in prange(n * c):
         img = x[t // c, t % c]
         dst = out[t // c, t % c]
