@@ -355,8 +355,15 @@ def _direct_geo(spec):
     return g, fh - 1 - pad, fw - 1 - pad
 
 
-def _conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db):
-    n, fn, oh, ow = dout.shape
+def _conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db, arg):
+    n, fn, oh, ow = y.shape
+    if arg.shape[0]:  # dout: a 2x2, stride 2 pooling's upstream gradient, arg its indices
+        ph2, pw2 = arg.shape[2:]
+        up = np.zeros(y.shape, y.dtype)
+        for k in range(4):  # an index past 3 adds nothing
+            sel = arg == k
+            up[:, :, k // 2 : 2 * ph2 : 2, k % 2 : 2 * pw2 : 2][sel] = (y.dtype.type(0) + dout)[sel]
+        dout = up
     d = reference.relu_backward(dout, y) if relu else dout
     rows = np.zeros((n, fn, g.shape[2]), g.dtype)
     rows[:, :, : oh * wp].reshape(n, fn, oh, wp)[..., :ow] = d
@@ -371,18 +378,36 @@ def _conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db):
         db += rows[i].sum(axis=1)
 
 
+#: the direct backward's layout of the gradient: the forward's shapes, and (a trailing True) the
+#: gradient of a 2x2 pooling after the ReLU, odd planes and past the parallel threshold included
+DOUT_SHAPES = [(*s, False) for s in DIRECT_SHAPES] + [
+    (2, 3, 9, 8, 4, 3, 2, 0, 6, True),
+    (3, 16, 28, 28, 16, 3, 3, 1, 8, True),
+    (5, 3, 61, 47, 13, 3, 2, 1, 8, True),
+]
+
+
 def _make_dout_direct(dtype, spec, rng):
-    g, qh, qw = _direct_geo(spec)
+    g, qh, qw = _direct_geo(spec[:9])
+    pooled = spec[9]
     padded = min(qh, qw) >= 0
     lanes = 64 // np.dtype(dtype).itemsize
     lg = -(-g.oh * g.wp // lanes) * lanes
     fnp = -(-g.fn // 4) * 4
-    dout = (3 * rng.standard_normal(g.out_shape)).astype(dtype)
     y = (3 * rng.standard_normal(g.out_shape)).astype(dtype)
+    if pooled:
+        shape = (g.n, g.fn, g.oh // 2, g.ow // 2)
+        dout = (3 * rng.standard_normal(shape)).astype(dtype)
+        dout.reshape(-1)[::5] = -0.0
+        arg = rng.integers(0, 5, shape).astype(np.uint8)  # 4: outside the window
+    else:
+        dout = (3 * rng.standard_normal(g.out_shape)).astype(dtype)
+        arg = np.zeros((0, 0, 0, 0), np.uint8)
     ld = (g.oh + 2 * qh) * (g.ow + 2 * qw) + 3 if padded else 1
     dpad = np.full((g.n if padded else 0, g.fn, ld), np.nan, dtype)
     rows = np.full((g.n, fnp, lg), np.nan, dtype)
-    return [dout, y, spec[-1] in (6, 12), g.wp, qh, qw, padded, rows, dpad, rng.standard_normal(g.fn).astype(dtype)]
+    relu = pooled or spec[8] in (6, 12)
+    return [dout, y, relu, g.wp, qh, qw, padded, rows, dpad, rng.standard_normal(g.fn).astype(dtype), arg]
 
 
 def _conv_dw_direct(g, xp, koff, nvec, acc, dw):
@@ -645,7 +670,7 @@ CASES: dict[str, Case] = {
     "net_gradient": Case(reference.net_gradient, _make_net, "sum", shapes=NET_SHAPES, n=_net_n),
     "conv_direct": Case(_conv_direct, _make_direct, "sum", shapes=DIRECT_SHAPES, n=lambda s: s[1] * s[5] * s[6]),
     "conv_dout_direct": Case(
-        _conv_dout_direct, _make_dout_direct, "sum", shapes=DIRECT_SHAPES, n=lambda s: s[0] * s[2] * s[3]
+        _conv_dout_direct, _make_dout_direct, "sum", shapes=DOUT_SHAPES, n=lambda s: s[0] * s[2] * s[3]
     ),
     "conv_dw_direct": Case(
         _conv_dw_direct,

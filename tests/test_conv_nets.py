@@ -92,6 +92,42 @@ def test_fused_walk_equals_the_layers_one_by_one(dtype):
         np.testing.assert_array_equal(grads[f"b{i}"], net.layers[name].db)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_conv_relu_pool_backward_equals_the_layers_one_by_one(dtype, monkeypatch):
+    """DeepConvNet's Conv -> ReLU -> 2x2 Pooling blocks (each conv's input gradient asked, planes of
+    12, 6 and 3 rows: one left over) backward as one pass: every gradient equals the layers' own
+    calls bit for bit, and the fused pass really served all three blocks."""
+    import fastlayers.layers.conv as conv_layers
+
+    net = _deep_tiny(dtype=dtype)
+    for i in (17, 19):
+        net.layers[i].dropout_ratio = 0.0
+    served = []
+    fused = conv_layers.conv_relu_pool_backward
+
+    def spy(*args):
+        out = fused(*args)
+        served.append(out is not False)
+        return out
+
+    monkeypatch.setattr(conv_layers, "conv_relu_pool_backward", spy)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 1, 12, 12)).astype(dtype)
+    t = rng.integers(0, 10, 3)
+    grads = {k: v.copy() for k, v in net.gradient(x, t).items()}
+    assert served == [True, True, True]
+    layers = list(net.layers)  # DeepConvNet keeps its layers in a list, as the book does
+    scores = _manual(layers, x, True)
+    net.last_layer.forward(scores, t)
+    dout = net.last_layer.backward()
+    for layer in reversed(layers):
+        dout = layer.backward(dout)
+    convs = [layer for layer in layers if isinstance(layer, (fl.Convolution, fl.Affine))]
+    for i, layer in enumerate(convs, start=1):
+        np.testing.assert_array_equal(grads[f"W{i}"], layer.dW, err_msg=f"W{i}")
+        np.testing.assert_array_equal(grads[f"b{i}"], layer.db, err_msg=f"b{i}")
+
+
 def test_first_layer_input_gradient_is_skipped_and_relu_state_kept():
     net = fl.SimpleConvNet(input_dim=(1, 8, 8), conv_param={"filter_size": 3, "pad": 1, "filter_num": 4}, seed=0)
     x = np.random.default_rng(0).standard_normal((3, 1, 8, 8))

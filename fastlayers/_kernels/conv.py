@@ -295,8 +295,25 @@ def conv_direct(xp, koff, wr, b, wp, relu, tile, out):
                             of[dst + m] = acc[src + m] + bias
 
 
+@helper
+def _pooled_row(of, af, src, yf, base, pw2, top, ow, gf, row):
+    """gf[row + x] for x < ow: the gradient at column x of one row of a ReLU's output through the
+    2x2, stride 2 max pooling after it, as ``relu_backward(maxpool_backward(...))`` gives it: 0 +
+    of[src + x // 2] where af[src + x // 2] (the window's index of its maximum) is ``top`` + x % 2
+    (``top``: 0 on a window's first row, 2 on its second), else 0; then 0 where yf[base + x] (the
+    ReLU's output) is <= 0. Columns from 2 * pw2 on (no window covers them): 0."""
+    zero = typed(0, gf)
+    for x in range(u64(2 * pw2)):
+        p = src + (x >> u64(1))
+        v = zero + of[p]
+        v = v if af[p] == top + (x & u64(1)) else zero
+        gf[row + x] = zero if yf[base + x] <= zero else v
+    for x in range(u64(2 * pw2), u64(ow)):
+        gf[row + x] = zero
+
+
 @twins(MEMORY_BOUND_MIN)
-def conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db):
+def conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db, arg):
     """The upstream gradient in the two layouts of the direct backward pass, ReLU's mask applied
     when ``relu`` (0 where the forward output ``y`` is <= 0), and db[f] = the sum over images, in
     order, of each image's :func:`~fastlayers._kernels._numba.row_sum` of its plane of ``g``:
@@ -306,10 +323,21 @@ def conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db):
     - dpad[i, f]: the plane zero-padded by ``qh`` rows and ``qw`` columns on each side, flattened
       with row width OW + 2*qw, 0 past it (the input gradient's input); only when ``padded``.
 
-    ``dout``, ``y``: (N, FN, OH, OW), C-contiguous (``y`` unread without ``relu``); ``g``: (N, >= FN, Lg >= OH*wp),
-    rows past FN left alone; ``dpad``: (N, FN, Ld >= (OH + 2*qh)*(OW + 2*qw)) (unread and unwritten
-    without ``padded``); ``db``: (FN,), set."""
-    n, fn, oh, ow = dout.shape
+    With ``arg`` not empty (the nets' Convolution -> ReLU -> 2x2 Pooling, ``relu`` set), ``dout`` is
+    the pooling's upstream gradient, (N, FN, PH, PW) with 2*PH <= OH and 2*PW <= OW, and ``arg``
+    (uint8, the same shape) each window's index of its maximum: the gradient laid out is the
+    pooling's backward (0 + dout at the position ``arg`` names, 0 elsewhere; an index past 3 adds
+    nothing) through ReLU's mask, as :func:`_pooled_row` says; the full-size gradient is never
+    written.
+
+    ``y``: (N, FN, OH, OW), C-contiguous (unread without ``relu``); ``dout``: (N, FN, OH, OW), or as
+    above; ``g``: (N, >= FN, Lg >= OH*wp), rows past FN left alone; ``dpad``: (N, FN, Ld >= (OH +
+    2*qh)*(OW + 2*qw)) (unread and unwritten without ``padded``); ``db``: (FN,), set; ``arg``: empty
+    (0, 0, 0, 0), or as above."""
+    n, fn, oh, ow = y.shape
+    pooled = arg.shape[0] > 0
+    ph2, pw2 = arg.shape[2], arg.shape[3]
+    af = arg.reshape(arg.size)
     fnp, lg, ld = g.shape[1], g.shape[2], dpad.shape[2]
     wd = ow + 2 * qw
     zero = typed(0, g)
@@ -328,7 +356,13 @@ def conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db):
                 # unsigned indices: a signed one costs a negative-index test that blocks vector code
                 src = u64(((i * fn + f) * oh + yy) * ow)
                 row = u64(gp + yy * wp)
-                if relu:
+                if pooled:
+                    if yy < 2 * ph2:
+                        pooled_src = u64(((i * fn + f) * ph2 + yy // 2) * pw2)
+                        _pooled_row(of, af, pooled_src, yf, src, pw2, u64(2 * (yy % 2)), ow, gf, row)
+                    else:  # a last row no window covers
+                        _zero_at(gf, row, row + ow)
+                elif relu:
                     for x in range(u64(ow)):
                         gf[row + x] = zero if yf[src + x] <= zero else of[src + x]
                 else:

@@ -241,18 +241,31 @@ def _direct(xp, W, b, geo: Geometry, plan: tuple[int, int], out, relu: bool, ws:
     launch(_conv.conv_direct, macs, xp, koff, wr, b, geo.wp, relu, tile, out)
 
 
-def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu: bool, dx, dW, db) -> bool:
+def direct_backward_serves(ws: Workspace, dtype: np.dtype, with_dx: bool) -> bool:
+    """Whether the backward pass of the latest forward in ``ws`` runs without products
+    (:func:`_direct_backward`): the forward was direct, and the input gradient, when asked, needs
+    a pad of at most FH-1 and FW-1."""
+    geo = ws.geo
+    plan = direct_plan(geo, dtype.itemsize)
+    qh, qw = geo.fh - 1 - geo.pad, geo.fw - 1 - geo.pad
+    return plan is not None and ws.xp.shape[2] == geo.lx + plan[1] and not (with_dx and min(qh, qw) < 0)
+
+
+_NO_ARG = np.zeros((0, 0, 0, 0), np.uint8)
+
+
+def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu: bool, dx, dW, db, arg=None) -> bool:
     """The backward pass of a direct forward without products: the upstream gradient laid out once
     (:func:`~fastlayers._kernels.conv.conv_dout_direct`), the filter gradient by
     :func:`~fastlayers._kernels.conv.conv_dw_direct`, the input gradient as a direct convolution of
     the gradient padded by FH-1-pad, FW-1-pad with the filters flipped and transposed. False (nothing
-    done) when the forward was not direct, or the input gradient is asked and pad > FH-1 or FW-1."""
+    done) when :func:`direct_backward_serves` says no. With ``arg`` (uint8 indices of a 2x2, stride
+    2 pooling after the ReLU, shaped like ``dout``), ``dout`` is the pooling's upstream gradient."""
     geo = ws.geo
     dtype = W.dtype
-    plan = direct_plan(geo, dtype.itemsize)
-    qh, qw = geo.fh - 1 - geo.pad, geo.fw - 1 - geo.pad
-    if plan is None or ws.xp.shape[2] != geo.lx + plan[1] or (with_dx and min(qh, qw) < 0):
+    if not direct_backward_serves(ws, dtype, with_dx):
         return False
+    qh, qw = geo.fh - 1 - geo.pad, geo.fw - 1 - geo.pad
     lanes = 64 // dtype.itemsize
     nvec = -(-geo.oh * geo.wp // lanes)
     fnp = -(-geo.fn // 4) * 4
@@ -264,7 +277,8 @@ def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu:
         dpad = ws.flat("dpad", (geo.n, geo.fn, hd * wd + geo.fw + span), dtype)
     else:
         dpad = ws.flat("dpad", (0, geo.fn, 1), dtype)
-    launch(_conv.conv_dout_direct, dout.size, dout, y, relu, geo.wp, qh, qw, with_dx, g, dpad, db)
+    arg = _NO_ARG if arg is None else arg
+    launch(_conv.conv_dout_direct, y.size, dout, y, relu, geo.wp, qh, qw, with_dx, g, dpad, db, arg)
     koff = _offsets(ws, "koff_dw", geo.c, geo.fh, geo.fw, ws.xp.shape[2], geo.wp, rows=6)
     acc = ws.flat("acc_dw", ((fnp // 4) * koff.shape[0], 24 * lanes), dtype)
     macs = geo.n * geo.fn * geo.oh * geo.ow * geo.k
@@ -324,7 +338,8 @@ def forward_run(x, W: np.ndarray, b: np.ndarray, geo: Geometry, out, relu: bool,
 def backward_run(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu: bool, dx=None, dW=None, db=None):
     """(dx, dW, db) from ``dout`` (N, FN, OH, OW) of the compute dtype and the padded batch in ``ws``
     (from :func:`forward_run`); ``y`` is the forward output, read for ReLU's mask when ``relu``.
-    Without ``with_dx``, dx is None. Buffers given must be C-contiguous of the right shape."""
+    Without ``with_dx``, dx is None. Buffers given must be C-contiguous of the right shape. (The
+    gradient through a 2x2 pooling after the ReLU: :func:`pooled_backward_run`.)"""
     geo = ws.geo
     dtype = W.dtype
     W2 = W.reshape(geo.fn, geo.k)
@@ -375,9 +390,36 @@ def backward_run(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu: boo
     return (dx if with_dx else None), dW, db
 
 
+def pooled_backward_run(dpool, arg, y, W: np.ndarray, ws: Workspace, with_dx: bool, dx=None, dW=None, db=None):
+    """(dx, dW, db) of a Convolution whose output went through ReLU (``y``: the ReLU's output, (N,
+    FN, OH, OW)) and a 2x2, stride 2, unpadded max pooling, from the pooling's upstream gradient
+    ``dpool`` and its indices ``arg`` (uint8, both (N, FN, OH // 2, OW // 2)), all checked and of
+    the compute dtype: the pooling's and the ReLU's backward passes happen as the gradient is laid
+    out for the convolution's (:func:`~fastlayers._kernels.conv.conv_dout_direct`). Only where
+    :func:`direct_backward_serves`; buffers as :func:`backward_run`."""
+    geo = ws.geo
+    dtype = W.dtype
+    if dpool.shape != arg.shape or arg.shape != (geo.n, geo.fn, geo.oh // 2, geo.ow // 2) or y.shape != geo.out_shape:
+        raise ValueError(f"pooled gradient {dpool.shape}, indices {arg.shape}, output {y.shape}: shapes that differ")
+    if dpool.dtype != dtype or y.dtype != dtype or arg.dtype != np.uint8:
+        raise TypeError(f"pooled gradient {dpool.dtype}, output {y.dtype}, indices {arg.dtype}: not {dtype} and uint8")
+    if not (dpool.flags.c_contiguous and arg.flags.c_contiguous and y.flags.c_contiguous):
+        raise ValueError("the pooled gradient, its indices and the output must be C-contiguous")
+    db = np.zeros(geo.fn, dtype) if db is None else db
+    db[...] = 0
+    dW = np.empty(W.shape, dtype) if dW is None else dW
+    if with_dx and dx is None:
+        dx = np.empty((geo.n, geo.c, geo.h, geo.w), dtype)
+    if not _direct_backward(dpool, y, W, ws, with_dx, True, dx, dW, db, arg):
+        raise ValueError("the pooled backward pass needs a direct forward (see direct_backward_serves)")
+    return (dx if with_dx else None), dW, db
+
+
 # --------------------------------------------------------------------------------------------
 # the checked functions
 # --------------------------------------------------------------------------------------------
+
+
 def prepare(x, W, b, stride, pad) -> tuple[np.ndarray, np.ndarray, np.ndarray, Geometry]:
     """The operands of a convolution, checked: ``x`` as an array of float32 or float64 (integers,
     bools and float16 converted to the compute dtype; either float kept, the padding kernel converts

@@ -163,7 +163,10 @@ class Convolution:
         """
         return self._backward(dout, with_dx=True)
 
-    def _backward(self, dout: ArrayLike, with_dx: bool, relu_out: np.ndarray | None = None):
+    def _backward(self, dout: ArrayLike, with_dx: bool, relu_out: np.ndarray | None = None, pool_arg=None):
+        """:meth:`backward`, with ReLU's mask from ``relu_out`` (the fused walk), and, with
+        ``pool_arg`` (the private indices of a 2x2 pooling after that ReLU, checked by
+        :func:`conv_relu_pool_backward`), from the pooling's upstream gradient ``dout``."""
         _need_forward(self, self.x)
         geo = self._ws.geo
         W = as_array(self.W, "W")
@@ -171,12 +174,17 @@ class Convolution:
         if W.shape != want:
             raise ValueError(f"W has shape {W.shape} but forward ran with filters of shape {want}")
         dout = as_array(dout, "dout")
-        if dout.shape != geo.out_shape:
+        if pool_arg is None and dout.shape != geo.out_shape:
             raise ValueError(f"dout has shape {dout.shape} but the forward output has shape {geo.out_shape}")
         dtype = self._out.dtype
         W = convert(W, dtype)
         dout = np.ascontiguousarray(convert(dout, dtype))
-        if numpy_backend() or self._xc is not None:
+        if pool_arg is not None:
+            dx = reusable(self, "_dx", (geo.n, geo.c, geo.h, geo.w), dtype) if with_dx else None
+            dW = reusable(self, "dW", W.shape, dtype)
+            db = reusable(self, "db", (geo.fn,), dtype)
+            dx, self.dW, self.db = C.pooled_backward_run(dout, pool_arg, relu_out, W, self._ws, with_dx, dx, dW, db)
+        elif numpy_backend() or self._xc is not None:
             xc = self._xc if self._xc is not None else self._seen_input()
             if relu_out is not None:
                 dout = C.reference.relu_backward(dout, relu_out)
@@ -325,3 +333,30 @@ def conv_relu_backward(conv: Convolution, relu: Relu, dout, with_dx: bool) -> np
         dh = relu.backward(dout)
         return conv._backward(dh, with_dx)
     return conv._backward(dout, with_dx, relu_out=y)
+
+
+def conv_relu_pool_backward(conv: Convolution, relu: Relu, pool: Pooling, dout, with_dx: bool):
+    """``conv.backward(relu.backward(pool.backward(dout)))`` for the nets' Convolution -> ReLU ->
+    2x2 Pooling (stride 2, no padding): the pooling's and the ReLU's backward passes happen as the
+    gradient is laid out for the convolution's, and the full-size gradients between them are never
+    written. The same operations on the same state (the pooling's indices, ``relu.out``, the
+    convolution's input), so the same results; ``conv`` is left with ``dW`` and ``db`` (and its
+    input gradient, returned, with ``with_dx``; None without). False, having done nothing, for any
+    other call (the layers' own calls then run, and raise what they raise)."""
+    out, arg, geo, y = conv._out, pool._arg, pool._geo, relu.out
+    if (
+        numpy_backend()
+        or out is None
+        or conv._xc is not None
+        or arg is None
+        or type(dout) is not np.ndarray
+        or (geo.fh, geo.fw, geo.stride, geo.pad) != (2, 2, 2, 0)
+        or (geo.n, geo.c, geo.h, geo.w) != out.shape
+        or arg.dtype != np.uint8
+        or dout.dtype != out.dtype
+        or dout.shape != arg.shape
+        or not (plain(y, out.dtype) and y.shape == out.shape)
+        or not C.direct_backward_serves(conv._ws, out.dtype, with_dx)
+    ):
+        return False
+    return conv._backward(dout, with_dx, relu_out=y, pool_arg=arg)

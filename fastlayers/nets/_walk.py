@@ -1,7 +1,7 @@
 """How the nets walk their layers: forward in order and backward in reverse, running an Affine
-layer and the activation after it, and a Convolution and the ReLU after it, as fused passes, and
-skipping the first layer's input gradient (nobody uses it). Every layer is left in the state its
-own calls would leave it in."""
+layer and the activation after it, a Convolution and the ReLU after it, and backward a
+Convolution, a ReLU and a 2x2 Pooling, as fused passes, and skipping the first layer's input
+gradient (nobody uses it). Every layer is left in the state its own calls would leave it in."""
 
 from __future__ import annotations
 
@@ -28,6 +28,15 @@ def _conv_then_relu(first, second):
     """The convolution module when ``first`` is a Convolution and ``second`` a Relu, else None."""
     conv = sys.modules.get(_CONV)
     if conv is not None and type(first) is conv.Convolution and type(second) is Relu:
+        return conv
+    return None
+
+
+def _conv_relu_pool(first, second, third):
+    """The convolution module when ``first``, ``second``, ``third`` are a Convolution, a Relu and a
+    Pooling, else None."""
+    conv = _conv_then_relu(first, second)
+    if conv is not None and type(third) is conv.Pooling:
         return conv
     return None
 
@@ -62,6 +71,12 @@ def backward(layers: Sequence, dout) -> None:
         layer = layers[i]
         before = layers[i - 1] if i >= 1 else None
         with_dx = i > 1  # the pair's first layer's input gradient, unless it is the net's first layer
+        conv = _conv_relu_pool(layers[i - 2] if i >= 2 else None, before, layer)
+        if conv is not None:
+            fused = conv.conv_relu_pool_backward(layers[i - 2], before, layer, dout, i > 2)
+            if fused is not False:
+                dout, i = fused, i - 3
+                continue
         if isinstance(before, Affine):
             fused = fused_backward(before, layer, dout, with_dx)  # False when not the common call
             if fused is not False:
