@@ -59,6 +59,13 @@ class _Optimizer:
         self.state: dict[str, dict[str, np.ndarray]] = {}
         self._plan: _Plan | None = None  # how the latest common update ran (see _update_common)
 
+    def __getstate__(self) -> dict:
+        """The optimizer's state for pickle and copy: everything but its plan (its compiled entry
+        points and views are made again at the next update)."""
+        state = self.__dict__.copy()
+        state["_plan"] = None
+        return state
+
     def _steps_taken(self) -> int:
         return 0
 

@@ -230,6 +230,31 @@ def test_grouped_updates_equal_the_numpy_backend_step_by_step(cls, kw, dtype):
             np.testing.assert_allclose(params[k], ref_params[k], rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["SGD", "Momentum", "Adam"])
+def test_an_optimizer_with_a_plan_pickles_and_copies(name):
+    """After common updates (a plan with compiled entry points), the optimizer pickles and deep-copies
+    (a Dask task ships it; ``copy.deepcopy`` of a trainer copies it) without its plan, and the copy
+    goes on exactly as the original does."""
+    import copy
+    import pickle
+
+    rng = np.random.default_rng(2)
+    params = _net_params(rng, np.float32, sizes=(6, 5, 3))
+    grads = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()}
+    opt = getattr(fl, name)()
+    opt.update(params, grads)
+    assert opt._plan is not None
+    for clone in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
+        assert clone._plan is None
+        mine = {k: v.copy() for k, v in params.items()}
+        theirs = {k: v.copy() for k, v in params.items()}
+        original = copy.deepcopy(opt)
+        original.update(mine, grads)
+        clone.update(theirs, grads)
+        for key in params:
+            np.testing.assert_array_equal(mine[key], theirs[key])
+
+
 def test_grouped_update_checks_every_call():
     """What the plan keeps is checked again at each call: a read-only parameter, a gradient of
     another shape or dtype, a missing gradient, a parameter whose dtype was changed in place."""
