@@ -305,8 +305,10 @@ class _Plan:
             members = tuple(small[lo : lo + width])
             fill = self.pad[: width - len(members)]
             state = tuple(tuple(self.flat_state[i][j] for i in members) + fill for j in range(len(names)))
-            # the last item: the group's compiled entry point, made at its first serial call
-            self.groups.append([members, sum(self.sizes[i] for i in members), fill, state, None])
+            # then: whether the group is every parameter in order (its tuples are the views'), and
+            # the group's compiled entry point, made at its first serial call
+            whole = members == tuple(range(len(self.sizes))) and not fill
+            self.groups.append([members, sum(self.sizes[i] for i in members), fill, state, whole, None])
 
     def views(self, opt: _Optimizer, params: dict, grads: dict) -> tuple[list, list] | None:
         """Flat views of the parameters and gradients of this call, or None when ``params`` is not
@@ -315,8 +317,10 @@ class _Plan:
         fit its parameter (a plain, aligned, writeable array of its dtype and shape, that is the
         parameter itself or owns memory apart from it)."""
         dtype = self.dtype
-        if len(params) != len(self.items) or fast_dtype(self.params[0]) is not dtype:
+        if len(params) != len(self.items) or (_backend._backend_var.get() or _backend._default) != "numba":
             return None  # with the length equal, every key of the plan found below is every key
+        if dtype.itemsize == 8 and _backend.is_float32():  # float64 computed in float32: the general path
+            return None
         flat_p, flat_g = [], []
         for key, mine, shape, owns in self.items:
             p = params.get(key)
@@ -354,14 +358,17 @@ class _Plan:
         scalars = self.scalars
         group, single = self.kernel
         for entry in self.groups:
-            members, size, fill, state, call = entry
-            ps = tuple([flat_p[i] for i in members]) + fill
-            gs = tuple([flat_g[i] for i in members]) + fill
+            members, size, fill, state, whole, call = entry
+            if whole:
+                ps, gs = tuple(flat_p), tuple(flat_g)
+            else:
+                ps = tuple([flat_p[i] for i in members]) + fill
+                gs = tuple([flat_g[i] for i in members]) + fill
             if size >= group.parallel_min:
                 launch(group, size, ps, *state, gs, *scalars)
                 continue
             if call is None:  # every later call's arguments have these types (views' checks)
-                call = entry[4] = _numba.entry_point(group.serial, (ps, *state, gs, *scalars))
+                call = entry[5] = _numba.entry_point(group.serial, (ps, *state, gs, *scalars))
             call(ps, *state, gs, *scalars)
         for i in self.singles:
             launch(single, self.sizes[i], flat_p[i], *self.flat_state[i], flat_g[i], *scalars)
