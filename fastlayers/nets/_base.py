@@ -57,7 +57,7 @@ class LayerNet(SavesParams):
         """Scores before the softmax: the plan's answer (small dense nets: one compiled call), else
         ``x`` walked through the layers."""
         if self._planned:
-            out = _plan.predict(self, x)
+            out = _plan._call(self, x, None, "predict")
             if out is not None:
                 return out
         if not self._beside_kernels:
@@ -67,7 +67,7 @@ class LayerNet(SavesParams):
 
     def _loss(self, x: ArrayLike, t: ArrayLike, train_flg: bool = False) -> np.floating:
         """Mean softmax cross-entropy of ``predict`` in the mode ``train_flg``, plus :meth:`_penalty`."""
-        loss = _plan.loss(self, x, t) if self._planned else None
+        loss = _plan._call(self, x, t, "loss") if self._planned else None
         if loss is None:
             # predict(x) in test mode: TwoLayerNet's and MultiLayerNet's predict take no flag
             scores = self.predict(x, train_flg) if train_flg else self.predict(x)  # type: ignore[attr-defined]
@@ -78,7 +78,7 @@ class LayerNet(SavesParams):
     def _gradient(self, x: ArrayLike, t: ArrayLike) -> dict[str, np.ndarray]:
         """:meth:`_grads` after the plan's gradient call, else after :meth:`_training_loss` and a
         backward walk."""
-        if not self._planned or _plan.gradient(self, x, t) is None:
+        if not self._planned or _plan._call(self, x, t, "gradient") is None:
             self._training_loss(x, t)
             if not self._beside_kernels:
                 _walk.backward(self._layer_list(), self.last_layer.backward(1))

@@ -63,6 +63,8 @@ class DensePlan:
         self.shape, self.dtype = shape, dtype
         self.affines = layers[0::2]
         self.activations = layers[1::2]
+        # (the Affine after each activation, the activation): the layers that hidden outputs go to
+        self.hidden = list(zip(self.affines[1:], self.activations, strict=True))
         n = shape[0]
         widths = [shape[1]] + [a.W.shape[1] for a in self.affines]
         self.checks = [(a, a.W.shape, (a.W.shape[1],)) for a in self.affines]
@@ -82,8 +84,8 @@ class DensePlan:
         # outs[l]: the activation's out and the next Affine's x; the scores: the last Affine's _out;
         # dW, db: the Affine's; y is published as a read-only view (``y_view``), which holds one
         # more reference to it. Each of the first 3L is also held once by the tuples that
-        # ``_tuples`` keeps (outs, dWs, dbs).
-        self.limits = [_REFS + 1 + p for p in [2] * (L - 1) + [1] + [1] * (2 * L)] + [_REFS + 1]
+        # ``_tuples`` keeps (outs, dWs, dbs), the hidden outputs once more (hidden_outs).
+        self.limits = [_REFS + 2 + 2] * (L - 1) + [_REFS + 1 + 1] + [_REFS + 1 + 1] * (2 * L) + [_REFS + 1]
         self.shapes = [b.shape for b in self.bufs]
         self.y_view = self._frozen(self.bufs[-1])
         self._tuples()
@@ -103,19 +105,19 @@ class DensePlan:
 
     def _weights(self) -> tuple | None:
         """(Ws, bs) as the layers hold them now, or None when one does not fit the plan."""
-        dt = self.dtype
+        dt, nd, need = self.dtype, np.ndarray, _NEED
         Ws, bs = [], []
         for a, ws, bsh in self.checks:
             W, b = a.W, a.b
             if (
-                type(W) is not np.ndarray
-                or type(b) is not np.ndarray
+                type(W) is not nd
+                or type(b) is not nd
                 or W.dtype is not dt
                 or b.dtype is not dt
                 or W.shape != ws
                 or b.shape != bsh
-                or W.flags.num & _NEED != _NEED
-                or b.flags.num & _NEED != _NEED
+                or W.flags.num & need != need
+                or b.flags.num & need != need
             ):
                 return None
             Ws.append(W)
@@ -140,6 +142,7 @@ class DensePlan:
         whenever a buffer is replaced."""
         bufs, L = self.bufs, self.L
         self.outs = tuple(bufs[:L])
+        self.hidden_outs = self.outs[:-1]  # the inputs of the layers after the first
         self.dWs, self.dbs = tuple(bufs[L : 2 * L]), tuple(bufs[2 * L : 3 * L])
 
     def _fresh(self, upto: int) -> None:
@@ -165,19 +168,18 @@ class DensePlan:
             return None
         self._fresh(self.L)
         outs = self.outs
-        self._call("predict", ((x2, *outs[:-1]), *weights, self.acts, outs))
+        self._call("predict", ((x2, *self.hidden_outs), *weights, self.acts, outs))
         self._publish(x, x2, outs)
         return outs[-1]
 
     def _publish(self, x, x2, outs: tuple) -> None:
         """Leave every layer's attributes as its own forward would."""
-        affines = self.affines
-        first = affines[0]
+        first = self.affines[0]
         first.x, first.original_x_shape = x2, x.shape
-        for a, act, h in zip(affines[1:], self.activations, outs, strict=False):  # outs[-1]: below
+        for (a, act), h in zip(self.hidden, outs, strict=False):  # outs[-1]: below
             a.x, a.original_x_shape = h, h.shape
             act.out = h
-        affines[-1]._out = outs[-1]
+        self.affines[-1]._out = outs[-1]
 
     def run(self, x, x2, t, mode: str):
         """The compiled call: ``mode`` "loss" (returns the loss) or "gradient" (returns True, having
@@ -190,17 +192,18 @@ class DensePlan:
         self._fresh(3 * self.L)
         bufs = self.bufs
         outs = self.outs
-        ins = (x2, *outs[:-1])
+        ins = (x2, *self.hidden_outs)
         if sys.getrefcount(self.y_view) > _REFS + 1:  # the view and the loss layer's y
             bufs[-1] = np.empty_like(bufs[-1])
             self.y_view = self._frozen(bufs[-1])
         y = bufs[-1]
         if mode == "loss":
-            total = self._call(mode, (ins, Ws, bs, self.acts, outs, t, y, self.losses))
+            args = (ins, Ws, bs, self.acts, outs, t, y, self.losses)
         else:
             args = (ins, Ws, bs, self.acts, outs, t, y, self.losses, self.grads, self.dins, self.dWs, self.dbs,
                     self.WTs, self.scale)  # fmt: skip
-            total = self._call(mode, args)
+        entry = self.entries.get(mode)
+        total = entry(*args) if entry is not None else self._call(mode, args)
         if total < 0:
             return None
         self._publish(x, x2, outs)
@@ -273,7 +276,9 @@ def _find(net, layers: list, shape: tuple, dtype: np.dtype):
 
 def _call(net, x, t, mode: str):
     """The plan's answer for ``net`` and ``x`` (and labels ``t``), or None, having done nothing,
-    when no plan serves the call. A prediction before Numba is loaded is left to the walk, which
+    when no plan serves the call: ``mode`` "predict" (the scores), "loss" (the loss, without weight
+    decay) or "gradient" (True once every layer is left as its own backward would leave it; the net
+    reads its gradients from the layers). A prediction before Numba is loaded is left to the walk, which
     answers small ones without waiting for Numba (ARCHITECTURE.md, "Loading")."""
     if type(x) is not np.ndarray or (mode == "predict" and "numba" not in sys.modules):
         return None
@@ -315,19 +320,3 @@ def _call(net, x, t, mode: str):
         return plan.predict(x, x2) if mode == "predict" else plan.run(x, x2, t, mode)
     finally:
         lock.release()
-
-
-def predict(net, x):
-    """``net``'s scores for ``x`` by its plan, or None (nothing done) when no plan serves the call."""
-    return _call(net, x, None, "predict")
-
-
-def loss(net, x, t):
-    """``net``'s loss (without weight decay) by its plan, or None."""
-    return _call(net, x, t, "loss")
-
-
-def gradient(net, x, t):
-    """True once ``net``'s plan has left every layer as its own backward would (the net reads its
-    gradients from the layers); or None, having done nothing."""
-    return _call(net, x, t, "gradient")
