@@ -185,7 +185,7 @@ def test_kept_results_are_never_overwritten():
 
 
 @pytest.mark.parametrize("change", ["resize", "reshape", "read-only"])
-@pytest.mark.parametrize("where", ["Affine1.dW", "Affine2.db", "Relu1.out", "scores"])
+@pytest.mark.parametrize("where", ["Affine1.dW", "Affine2.db", "Relu1.out", "scores", "y.base"])
 def test_buffers_changed_in_place_through_a_layer_are_not_written(where, change, walk):
     """A buffer the plan published (a layer's ``dW``, ``db``, ``Relu.out``, the scores ``predict``
     returned) that the caller resized (``refcheck=False``), reshaped or made read-only in place, and
@@ -201,6 +201,8 @@ def test_buffers_changed_in_place_through_a_layer_are_not_written(where, change,
     def published():
         if where == "scores":
             return net.layers["Affine2"]._out
+        if where == "y.base":  # the softmax, published as a read-only view of the plan's buffer
+            return net.last_layer.y.base
         name, attr = where.split(".")
         return getattr(net.layers[name], attr)
 

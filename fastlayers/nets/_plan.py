@@ -193,10 +193,10 @@ class DensePlan:
         bufs = self.bufs
         outs = self.outs
         ins = (x2, *self.hidden_outs)
-        if sys.getrefcount(self.y_view) > _REFS + 1:  # the view and the loss layer's y
-            bufs[-1] = np.empty_like(bufs[-1])
-            self.y_view = self._frozen(bufs[-1])
-        y = bufs[-1]
+        y = bufs[-1]  # private, but reachable as the published view's base: checked as _fresh does
+        if sys.getrefcount(self.y_view) > _REFS + 1 or y.shape != self.shapes[-1] or not y.flags.writeable:
+            y = bufs[-1] = np.empty(self.shapes[-1], self.dtype)
+            self.y_view = self._frozen(y)
         if mode == "loss":
             args = (ins, Ws, bs, self.acts, outs, t, y, self.losses)
         else:
