@@ -466,22 +466,34 @@ def _tile_python(channels: int, vectors: int) -> Callable:
     return conv_tile
 
 
+def _tile_declaration(module: ir.Module, name: str, args: list, noalias: bool = True) -> tuple[ir.Function, bool]:
+    """The register tile ``name`` of ``module`` as an LLVM function of ``args`` returning nothing,
+    and whether it is new (its body still to be built): each tile is made once per module, with
+    internal linkage and ``noinline`` (inlined into a kernel's loops, LLVM spilled the accumulators
+    to the stack), its pointer arguments ``noalias`` when ``noalias``."""
+    if name in module.globals:
+        return module.globals[name], False
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), args), name)
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    if noalias:
+        for arg in fn.args:
+            if isinstance(arg.type, ir.PointerType):
+                arg.add_attribute("noalias")
+    return fn, True
+
+
 def _tile_function(module: ir.Module, fty, intp, channels: int, vectors: int) -> ir.Function:
     """The tile as its own LLVM function (``noinline``: inlined into a kernel's loops, LLVM spilled
     the accumulators to the stack), made once per module:
     f(x, koff, nk, w, tile) with x and w already offset."""
     size = 4 if isinstance(fty, ir.FloatType) else 8
     lanes = 64 // size
-    name = f"fastlayers_conv_tile_{channels}x{vectors}_f{size * 8}"
-    if name in module.globals:
-        return module.globals[name]
     ptr = fty.as_pointer()
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr, intp.as_pointer(), intp, ptr, ptr]), name)
-    fn.linkage = "internal"
-    fn.attributes.add("noinline")
-    for arg in fn.args:
-        if isinstance(arg.type, ir.PointerType):
-            arg.add_attribute("noalias")
+    name = f"fastlayers_conv_tile_{channels}x{vectors}_f{size * 8}"
+    fn, new = _tile_declaration(module, name, [ptr, intp.as_pointer(), intp, ptr, ptr])
+    if not new:
+        return fn
     x, koff, nk, w, tile = fn.args
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     vty = ir.VectorType(fty, lanes)
@@ -617,14 +629,12 @@ def _dw_function(module: ir.Module, fty, intp, filters: int, terms: int) -> ir.F
     as the forward tile. The accumulators stay in registers over all ``nimg`` images."""
     size = 4 if isinstance(fty, ir.FloatType) else 8
     lanes = 64 // size
-    name = f"fastlayers_conv_dw_tile_{filters}x{terms}_f{size * 8}"
-    if name in module.globals:
-        return module.globals[name]
     ptr = fty.as_pointer()
-    fnty = ir.FunctionType(ir.VoidType(), [ptr, intp, intp, ptr, intp, intp.as_pointer(), intp, intp, ptr])
-    fn = ir.Function(module, fnty, name)
-    fn.linkage = "internal"
-    fn.attributes.add("noinline")
+    name = f"fastlayers_conv_dw_tile_{filters}x{terms}_f{size * 8}"
+    args = [ptr, intp, intp, ptr, intp, intp.as_pointer(), intp, intp, ptr]
+    fn, new = _tile_declaration(module, name, args, noalias=False)
+    if not new:
+        return fn
     g, gstride, gimage, x, ximage, koff, nvec, nimg, acc_ptr = fn.args
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     vty = ir.VectorType(fty, lanes)
@@ -761,16 +771,12 @@ def _dense_function(module: ir.Module, fty, intp, rows: int, vectors: int) -> ir
     to ``ncols``."""
     size = 4 if isinstance(fty, ir.FloatType) else 8
     lanes = 64 // size
-    name = f"fastlayers_dense_tile_{rows}x{vectors}_f{size * 8}"
-    if name in module.globals:
-        return module.globals[name]
     ptr = fty.as_pointer()
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr, intp, intp, ptr, intp, intp, ptr, intp, intp]), name)
-    fn.linkage = "internal"
-    fn.attributes.add("noinline")
+    name = f"fastlayers_dense_tile_{rows}x{vectors}_f{size * 8}"
+    fn, new = _tile_declaration(module, name, [ptr, intp, intp, ptr, intp, intp, ptr, intp, intp])
+    if not new:
+        return fn
     a, ars, aks, b, bks, nk, c, crs, ncols = fn.args
-    for arg in (a, b, c):
-        arg.add_attribute("noalias")
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     vty = ir.VectorType(fty, lanes)
     i1, i32 = ir.IntType(1), ir.IntType(32)
