@@ -335,6 +335,18 @@ def forward_run(x, W: np.ndarray, b: np.ndarray, geo: Geometry, out, relu: bool,
     return out
 
 
+def _gradient_buffers(geo: Geometry, W: np.ndarray, with_dx: bool, dx, dW, db) -> tuple:
+    """(dx, dW, db) of a backward pass: those given, or new ones of ``W``'s dtype (dx only with
+    ``with_dx``); db set to 0."""
+    dtype = W.dtype
+    db = np.zeros(geo.fn, dtype) if db is None else db
+    db[...] = 0
+    dW = np.empty(W.shape, dtype) if dW is None else dW
+    if with_dx and dx is None:
+        dx = np.empty((geo.n, geo.c, geo.h, geo.w), dtype)
+    return dx, dW, db
+
+
 def backward_run(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu: bool, dx=None, dW=None, db=None):
     """(dx, dW, db) from ``dout`` (N, FN, OH, OW) of the compute dtype and the padded batch in ``ws``
     (from :func:`forward_run`); ``y`` is the forward output, read for ReLU's mask when ``relu``.
@@ -343,12 +355,8 @@ def backward_run(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu: boo
     geo = ws.geo
     dtype = W.dtype
     W2 = W.reshape(geo.fn, geo.k)
-    db = np.zeros(geo.fn, dtype) if db is None else db
-    db[...] = 0
-    dW = np.empty(W.shape, dtype) if dW is None else dW
+    dx, dW, db = _gradient_buffers(geo, W, with_dx, dx, dW, db)
     dW2 = dW.reshape(geo.fn, geo.k)
-    if with_dx and dx is None:
-        dx = np.empty((geo.n, geo.c, geo.h, geo.w), dtype)
     partial = None
     y = dout if y is None else y
     if _direct_backward(dout, y, W, ws, with_dx, relu, dx, dW, db):
@@ -405,11 +413,7 @@ def pooled_backward_run(dpool, arg, y, W: np.ndarray, ws: Workspace, with_dx: bo
         raise TypeError(f"pooled gradient {dpool.dtype}, output {y.dtype}, indices {arg.dtype}: not {dtype} and uint8")
     if not (dpool.flags.c_contiguous and arg.flags.c_contiguous and y.flags.c_contiguous):
         raise ValueError("the pooled gradient, its indices and the output must be C-contiguous")
-    db = np.zeros(geo.fn, dtype) if db is None else db
-    db[...] = 0
-    dW = np.empty(W.shape, dtype) if dW is None else dW
-    if with_dx and dx is None:
-        dx = np.empty((geo.n, geo.c, geo.h, geo.w), dtype)
+    dx, dW, db = _gradient_buffers(geo, W, with_dx, dx, dW, db)
     if not _direct_backward(dpool, y, W, ws, with_dx, True, dx, dW, db, arg):
         raise ValueError("the pooled backward pass needs a direct forward (see direct_backward_serves)")
     return (dx if with_dx else None), dW, db

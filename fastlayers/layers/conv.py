@@ -179,12 +179,7 @@ class Convolution:
         dtype = self._out.dtype
         W = convert(W, dtype)
         dout = np.ascontiguousarray(convert(dout, dtype))
-        if pool_arg is not None:
-            dx = reusable(self, "_dx", (geo.n, geo.c, geo.h, geo.w), dtype) if with_dx else None
-            dW = reusable(self, "dW", W.shape, dtype)
-            db = reusable(self, "db", (geo.fn,), dtype)
-            dx, self.dW, self.db = C.pooled_backward_run(dout, pool_arg, relu_out, W, self._ws, with_dx, dx, dW, db)
-        elif numpy_backend() or self._xc is not None:
+        if pool_arg is None and (numpy_backend() or self._xc is not None):
             xc = self._xc if self._xc is not None else self._seen_input()
             if relu_out is not None:
                 dout = C.reference.relu_backward(dout, relu_out)
@@ -193,10 +188,12 @@ class Convolution:
             dx = reusable(self, "_dx", (geo.n, geo.c, geo.h, geo.w), dtype) if with_dx else None
             dW = reusable(self, "dW", W.shape, dtype)
             db = reusable(self, "db", (geo.fn,), dtype)
-            relu = relu_out is not None
-            dx, self.dW, self.db = C.backward_run(
-                dout, relu_out if relu else None, W, self._ws, with_dx, relu, dx, dW, db
-            )
+            if pool_arg is not None:
+                run = C.pooled_backward_run(dout, pool_arg, relu_out, W, self._ws, with_dx, dx, dW, db)
+            else:
+                relu = relu_out is not None
+                run = C.backward_run(dout, relu_out if relu else None, W, self._ws, with_dx, relu, dx, dW, db)
+            dx, self.dW, self.db = run
         if with_dx:
             self._dx = dx
         return dx
