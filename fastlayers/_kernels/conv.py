@@ -457,6 +457,13 @@ POOL_ROW_MIN = 8
 
 
 @helper
+def _pool2x2_rows_serve(ph, pw, stride, pad, h, w, oh, ow):
+    """Whether the pooling is the classic one (2x2, stride 2, unpadded) with every window inside
+    the (h, w) plane and rows of at least ``POOL_ROW_MIN`` outputs: the row loops below serve it."""
+    return ph == 2 and pw == 2 and stride == 2 and pad == 0 and 2 * oh <= h and 2 * ow <= w and ow >= POOL_ROW_MIN
+
+
+@helper
 def _pool2x2_row(img, dst, idx, y):
     """Output row ``y`` of the 2x2, stride 2, unpadded max pooling of the plane ``img`` into the
     planes ``dst`` and ``idx``: the maximum of img[2y, 2xo], img[2y, 2xo+1], img[2y+1, 2xo],
@@ -518,8 +525,7 @@ def maxpool_forward(x, ph, pw, stride, pad, out, arg):
     # the classic nets' pooling, every window inside the plane: whole rows, vectorized in float32
     # (LLVM leaves the float64 loop scalar, slower than the general loop below, as it is on rows of
     # fewer outputs than a vector)
-    halves = ph == 2 and pw == 2 and stride == 2 and pad == 0 and 2 * oh <= h and 2 * ow <= w and ow >= POOL_ROW_MIN
-    halves = halves and x.itemsize == 4
+    halves = _pool2x2_rows_serve(ph, pw, stride, pad, h, w, oh, ow) and x.itemsize == 4
     for t in prange(n * c):
         img = x[t // c, t % c]
         dst = out[t // c, t % c]
@@ -569,7 +575,7 @@ def maxpool_backward(dout, arg, ph, pw, stride, pad, dx):
     n, c, h, w = dx.shape
     oh, ow = dout.shape[2], dout.shape[3]
     size = ph * pw
-    halves = ph == 2 and pw == 2 and stride == 2 and pad == 0 and 2 * oh <= h and 2 * ow <= w and ow >= POOL_ROW_MIN
+    halves = _pool2x2_rows_serve(ph, pw, stride, pad, h, w, oh, ow)
     for t in prange(n * c):
         plane = dx[t // c, t % c]
         grad = dout[t // c, t % c]
