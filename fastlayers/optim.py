@@ -169,7 +169,11 @@ class _Optimizer:
             st = self.state[key] = {name: np.zeros(p.size, dtype) for name in self._state_names}
         return [st[name] for name in self._state_names]
 
-    def _apply(self, p: np.ndarray, g: np.ndarray, dtype: np.dtype, state: list[np.ndarray], scalars: tuple) -> None:
+    def _apply(
+        self, p: np.ndarray, g: np.ndarray, dtype: np.dtype, state: list[np.ndarray], scalars: tuple, twin: bool
+    ) -> None:
+        """Update ``p`` (with its ``state``) from ``g`` in ``dtype``; with ``twin``, or under the numpy
+        backend, through the NumPy twin instead of the kernel."""
         scalars = tuple(dtype.type(s) for s in scalars)
         in_place = p.flags.c_contiguous and p.dtype == dtype
         flat = p.reshape(-1) if in_place else p.astype(dtype, order="C").reshape(-1)  # a view, or a copy written back
@@ -178,7 +182,7 @@ class _Optimizer:
         if in_place and g is not p and not (g.base is None and p.base is None) and np.may_share_memory(g, p):
             g = g.copy()
         g = np.ascontiguousarray(g, dtype=dtype).reshape(-1)
-        if _backend.current() == "numpy":
+        if twin or _backend.current() == "numpy":
             type(self)._reference(flat, *state, g, *scalars)
         else:
             launch(getattr(_optim, type(self)._kernel), p.size, flat, *state, g, *scalars)
@@ -219,7 +223,9 @@ class _Optimizer:
         params : dict of str to ndarray or real scalar
             Float arrays, updated in place (their dtype is kept). A real scalar (a Python or NumPy
             number, as in the classic code's two-parameter examples) is replaced by its updated value,
-            a float64 scalar, as ``params[key] -= ...`` does.
+            a float64 scalar, as ``params[key] -= ...`` does; scalars are updated by the NumPy twin,
+            with the classic code's operations and bits, so that such a program never loads the
+            compiled kernels (and Numba).
         grads : mapping of str to array_like
             A gradient for every key of ``params``, of the same shape; it may be the parameter itself.
 
@@ -236,7 +242,7 @@ class _Optimizer:
         numbers = {k: v for k, v in params.items() if _is_real_scalar(v)}
         arrays = {k: np.array(v, np.float64) if k in numbers else v for k, v in params.items()}
         for key, p, g, dtype in list(self._pairs(arrays, grads)):
-            self._apply(p, g, dtype, self._state_for(key, p, dtype), scalars)
+            self._apply(p, g, dtype, self._state_for(key, p, dtype), scalars, key in numbers)
         for key in numbers:
             params[key] = arrays[key][()]
 

@@ -75,6 +75,21 @@ def test_reference_backend_and_argument_checks_work_without_numba():
     assert "x" in found["errors"][0] and "(4, 5)" in found["errors"][0]
 
 
+def test_scalar_parameters_are_updated_without_numba():
+    """The chapter 6 two-parameter example (Python floats in ``params``) loads no kernel."""
+    found = python(
+        "import fastlayers as fl\n"
+        "for opt in (fl.SGD(0.95), fl.Momentum(0.1), fl.Nesterov(0.1), fl.AdaGrad(1.5), fl.RMSprop(0.1),\n"
+        "            fl.Adam(0.3)):\n"
+        "    params = {'x': -7.0, 'y': 2.0}\n"
+        "    for _ in range(30):\n"
+        "        opt.update(params, {'x': params['x'] / 10.0, 'y': 2.0 * params['y']})\n"
+        "extra = {'x': float(params['x'])}\n" + LOADED
+    )
+    assert found["numba"] is False and found["llvmlite"] is False and found["kernels"] == []
+    assert abs(found["x"]) < 7
+
+
 def test_info_without_kernels_loads_no_numba():
     code = (
         "import contextlib, io\nfrom fastlayers.__main__ import main\nbuf = io.StringIO()\n"

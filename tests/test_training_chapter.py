@@ -136,6 +136,57 @@ def test_scalar_parameters_as_in_the_classic_examples(opt):
     assert np.isscalar(params["x"]) and abs(params["x"]) < 7 and abs(params["y"]) < 2
 
 
+def _classic_scalar_run(name: str, lr: float) -> list[tuple[float, float]]:
+    """The classic optimizers' operations, written out here in NumPy on two float parameters (the
+    chapter 6 two-parameter example), with the optimizers' default hyper-parameters."""
+    p, hist = {"x": -7.0, "y": 2.0}, []
+    state = {k: {"v": np.zeros_like(p[k]), "h": np.zeros_like(p[k]), "m": np.zeros_like(p[k])} for k in p}
+    for it in range(1, 31):
+        g = {"x": p["x"] / 10.0, "y": 2.0 * p["y"]}
+        if name == "Adam":
+            lr_t = lr * np.sqrt(1.0 - 0.999**it) / (1.0 - 0.9**it)
+        for k in p:
+            s = state[k]
+            if name == "SGD":
+                p[k] -= lr * g[k]
+            elif name == "Momentum":
+                s["v"] = 0.9 * s["v"] - lr * g[k]
+                p[k] += s["v"]
+            elif name == "Nesterov":
+                p[k] += 0.9 * 0.9 * s["v"]
+                p[k] -= (1 + 0.9) * lr * g[k]
+                s["v"] *= 0.9
+                s["v"] -= lr * g[k]
+            elif name == "AdaGrad":
+                s["h"] += g[k] * g[k]
+                p[k] -= lr * g[k] / (np.sqrt(s["h"]) + 1e-7)
+            elif name == "RMSprop":
+                s["h"] *= 0.99
+                s["h"] += (1 - 0.99) * g[k] * g[k]
+                p[k] -= lr * g[k] / (np.sqrt(s["h"]) + 1e-7)
+            else:
+                s["m"] += (1 - 0.9) * (g[k] - s["m"])
+                s["v"] += (1 - 0.999) * (g[k] ** 2 - s["v"])
+                p[k] -= lr_t * s["m"] / (np.sqrt(s["v"]) + 1e-7)
+        hist.append((float(p["x"]), float(p["y"])))
+    return hist
+
+
+@pytest.mark.parametrize("name", ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam"])
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_scalar_parameters_follow_the_classic_operations_bit_for_bit(name, backend):
+    """Scalars are updated by the NumPy twin on both backends: the same operations, so the same bits
+    (a compiled kernel may contract a multiply and an add into one rounding)."""
+    lr = {"SGD": 0.95, "Momentum": 0.1, "Nesterov": 0.1, "AdaGrad": 1.5, "RMSprop": 0.1, "Adam": 0.3}[name]
+    opt, params, hist = getattr(fl, name)(lr=lr), {"x": -7.0, "y": 2.0}, []
+    with fl.use_backend(backend):
+        for _ in range(30):
+            opt.update(params, {"x": params["x"] / 10.0, "y": 2.0 * params["y"]})
+            assert type(params["x"]) is np.float64 and type(params["y"]) is np.float64
+            hist.append((float(params["x"]), float(params["y"])))
+    assert hist == _classic_scalar_run(name, lr)
+
+
 def test_extend_structure_like_the_classic_net():
     net = fl.MultiLayerNetExtend(784, [100, 50], 10, use_dropout=True, dropout_ration=0.2, use_batchnorm=True, seed=0)
     assert list(net.layers) == ["Affine1", "BatchNorm1", "Activation_function1", "Dropout1", "Affine2", "BatchNorm2",
