@@ -57,22 +57,23 @@ LOCK_MIN = 1 << 22
 _lock = threading.Lock()  # loading a library
 _loaded: dict[str, Callable | None] = {}
 
-#: Products of at least :data:`LOCK_MIN` and fewer than ``SPLIT_MAX`` multiply-adds that run between
-#: parallel kernels (a convnet's Affine layers, :func:`beside_parallel_kernels`) are split into row
-#: blocks below ``SPLIT_PIECE`` multiply-adds, each of which OpenBLAS computes on the calling thread
-#: alone (below its own threshold for waking its worker threads): woken, those threads keep
-#: spinning after the product and take the cores from the next convolution kernel
-#: (docs/PERFORMANCE.md). Larger products keep BLAS's threads.
-SPLIT_PIECE = 1 << 18
-SPLIT_MAX = 1 << 23
+#: Products of at least :data:`LOCK_MIN` and fewer than ``BESIDE_MAX`` multiply-adds that run between
+#: parallel kernels (a convnet's Affine layers, :func:`beside_parallel_kernels`) and that the choice
+#: gives to a BLAS with its own pool of spinning threads (``numpy``, ``openblas``) run on the
+#: ``tiles`` instead, whose threads are the convolution kernels' own: woken, OpenBLAS's threads keep
+#: spinning after the product and take the two cores from the next convolution kernel
+#: (docs/PERFORMANCE.md, "OpenBLAS's spinning threads and the convnets' steps"). Larger products
+#: keep the BLAS.
+BESIDE_MAX = 1 << 30
 _beside = threading.local()
 
 
 @contextmanager
 def beside_parallel_kernels() -> Iterator[None]:
-    """In the calling thread only, run the NumPy-BLAS products of :data:`LOCK_MIN` to
-    :data:`SPLIT_MAX` multiply-adds as row blocks that OpenBLAS computes without waking its worker
-    threads. For code whose products sit between parallel Numba kernels (the convnets' steps).
+    """In the calling thread only, run the products of :data:`LOCK_MIN` to :data:`BESIDE_MAX`
+    multiply-adds that the choice gives to OpenBLAS (NumPy's or the ``openblas`` library) on the
+    ``tiles`` instead, so that no BLAS worker thread is left spinning against the next parallel
+    kernel. For code whose products sit between parallel Numba kernels (the convnets' steps).
     Re-entrant; other threads are not affected."""
     depth = getattr(_beside, "depth", 0)
     _beside.depth = depth + 1
@@ -399,12 +400,12 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
             (_tiny.get(out.dtype) or _for("tiny", out.dtype))(a, b, out)
         return out
     gemm = _for(size_class(m, n, k), out.dtype)
-    rows = SPLIT_PIECE // (n * k)  # rows of a block below SPLIT_PIECE multiply-adds (0: none is)
-    if rows and m * n * k < SPLIT_MAX and gemm is _numpy_gemm and getattr(_beside, "depth", 0):
-        with _threads.BLAS_LOCK:
-            for lo in range(0, m, rows):
-                np.matmul(a[lo : lo + rows], b, out=out[lo : lo + rows])
-        return out
+    if (
+        getattr(_beside, "depth", 0)
+        and m * n * k < BESIDE_MAX
+        and (gemm is _numpy_gemm or gemm is _loaded.get("openblas"))
+    ):
+        gemm = library("tiles")
     with _threads.BLAS_LOCK:  # re-entrant: a caller may hold it around several products
         gemm(a, b, out)
     return out

@@ -178,11 +178,11 @@ def test_wrong_operands_are_refused_before_any_c_code(name):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_products_beside_parallel_kernels_are_split_in_the_calling_thread_only(dtype, monkeypatch):
-    """Under beside_parallel_kernels, a product between LOCK_MIN and SPLIT_MAX multiply-adds runs as
-    row blocks below SPLIT_PIECE (each one OpenBLAS keeps on the calling thread): the same product,
-    within the order-of-additions tolerance, for plain and transposed operands; outside the window,
-    and in other threads, nothing changes."""
+def test_products_beside_parallel_kernels_run_on_the_tiles_in_the_calling_thread_only(dtype, monkeypatch):
+    """Under beside_parallel_kernels, a product between LOCK_MIN and BESIDE_MAX multiply-adds that the
+    choice gives to NumPy's BLAS runs on the tiles (no OpenBLAS call, so no OpenBLAS thread left
+    spinning): the same product, within the order-of-additions tolerance, for plain and transposed
+    operands; outside the context, above BESIDE_MAX, and in other threads, NumPy's BLAS as chosen."""
     import threading
 
     from fastlayers import _gemm
@@ -197,20 +197,21 @@ def test_products_beside_parallel_kernels_are_split_in_the_calling_thread_only(d
         return real(a, b, out=out)
 
     monkeypatch.setattr(np, "matmul", counting)
-    monkeypatch.setenv("FASTLAYERS_GEMM", "numpy")  # the split concerns NumPy's BLAS
+    monkeypatch.setenv("FASTLAYERS_GEMM", "numpy")  # the rule concerns NumPy's BLAS
     monkeypatch.setattr(_gemm, "_choice", _gemm._Choice())
     monkeypatch.setattr(_gemm, "_fast", {})
     monkeypatch.setattr(_gemm, "_tiny", {})
     monkeypatch.setattr(_gemm, "DIRECT", {})
-    for m, k, n in [(100, 1024, 50), (1024, 100, 50), (100, 50, 1024), (33, 2000, 70)]:
-        assert _gemm.LOCK_MIN <= m * n * k < _gemm.SPLIT_MAX
+    for m, k, n in [(100, 1024, 50), (1024, 100, 50), (100, 50, 1024), (33, 2000, 70), (100, 4320, 100)]:
+        assert _gemm.LOCK_MIN <= m * n * k < _gemm.BESIDE_MAX
         for a in (rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, m)).astype(dtype).T):
             b = rng.standard_normal((k, n)).astype(dtype)
             want = a @ b
             out = np.full((m, n), np.nan, dtype)
             calls.clear()
             _gemm.matmul(a, b, out)
-            assert len(calls) == 1  # outside: one product
+            assert calls == [m * n * k]  # outside: NumPy's one product
+            out[...] = np.nan
             calls.clear()
             with _gemm.beside_parallel_kernels():
                 with _gemm.beside_parallel_kernels():  # re-entrant
@@ -220,7 +221,14 @@ def test_products_beside_parallel_kernels_are_split_in_the_calling_thread_only(d
                 t.start()
                 t.join()
             assert _gemm._beside.depth == 0
-            rows = _gemm.SPLIT_PIECE // (n * k)
-            assert len(calls) == -(-m // rows) > 1 and max(calls) < _gemm.SPLIT_PIECE
+            assert calls == []  # the tiles: no BLAS call
             assert_close(out, want, "sum", n=k)
     assert seen == [0] * len(seen) and seen
+    monkeypatch.setattr(_gemm, "BESIDE_MAX", 100 * 1024 * 50)  # at the bound: the BLAS again
+    a, b = rng.standard_normal((100, 1024)).astype(dtype), rng.standard_normal((1024, 50)).astype(dtype)
+    out = np.empty((100, 50), dtype)
+    calls.clear()
+    with _gemm.beside_parallel_kernels():
+        _gemm.matmul(a, b, out)
+    assert calls == [100 * 1024 * 50]
+    assert_close(out, a @ b, "sum", n=1024)
