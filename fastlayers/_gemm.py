@@ -8,9 +8,9 @@ Libraries (each used only when installed; NumPy's BLAS is always there):
   instead of spinning against each other;
 - ``openblas``: a newer OpenBLAS from the ``scipy-openblas32`` wheel, through its ``cblas_?gemm``;
 - ``blis``: BLIS through the ``blis`` package;
-- ``tiles``: fastlayers' own register tiles (``_kernels/dense.py``: ``matmul``, ``matmul_tn``), always
-  there, compiled with the other kernels; faster than a BLAS call for the small products of the
-  classic nets (docs/PERFORMANCE.md, "Plans").
+- ``tiles``: fastlayers' own register tiles (``_kernels/dense.py``: ``matmul``, ``matmul_tn``,
+  ``matmul_nt``), always there, compiled with the other kernels; faster than a BLAS call for the
+  small products of the classic nets (docs/PERFORMANCE.md, "Plans").
 
 Which library serves a product is chosen per size class (:func:`size_class`, by the number of
 multiply-adds) and dtype:
@@ -18,7 +18,7 @@ multiply-adds) and dtype:
 1. ``FASTLAYERS_GEMM=<library>`` in the environment uses that library for every product;
 2. otherwise the choice measured by ``python -m fastlayers tune`` (:func:`tune`) on this machine,
    cached in a JSON file beside Numba's kernel cache and keyed by the CPU and the libraries' versions;
-3. otherwise :data:`DEFAULT`: ``tiles`` for the tiny and small classes, ``numpy`` above.
+3. otherwise :data:`DEFAULT`: ``tiles`` for the tiny, small and medium classes, ``numpy`` above.
 
 ``python -m fastlayers info`` reports the choice and where it came from. Every library computes the
 same products; results differ only by the rounding of the order of additions inside the product
@@ -53,6 +53,11 @@ _BOUNDS = (1 << 20, 1 << 24, 1 << 30)
 #: it lose throughput (tools/serving.py: one shared net on 8 threads kept 0.57 of one thread's rows/s
 #: at batch 100 without the lock, 0.53 with it; 0.95 against 0.46 at batch 8; docs/PERFORMANCE.md)
 LOCK_MIN = 1 << 22
+
+#: The ``tiles`` copy an operand given transposed (``W.T`` in ``dout @ W.T``) below this size, and
+#: pack it a panel per thread at a time above (``_kernels/dense.matmul_nt``; docs/PERFORMANCE.md,
+#: "Medium products on the tiles").
+COPY_MAX_BYTES = 1 << 16
 
 _lock = threading.Lock()  # loading a library
 _loaded: dict[str, Callable | None] = {}
@@ -220,12 +225,19 @@ def _load_tiles() -> Callable:
             np.matmul(a, b, out=out)
             return
         if b.flags.num & _NEED != _NEED:
-            bt = b.T
-            if bt.flags.num & _NEED != _NEED:
+            bt = b.T  # b given transposed, as W.T in dout @ W.T
+            if bt.flags.num & _NEED != _NEED or a.flags.num & _NEED != _NEED:
                 np.matmul(a, b, out=out)
                 return
-            b = np.empty((k, n), out.dtype)
-            launch(dense.transpose, k * n, bt, b)
+            if k * n * out.itemsize < COPY_MAX_BYTES:  # small: copied (faster than packing panels)
+                launch(dense.matmul, m * n * k, a, np.ascontiguousarray(b), out)
+                return
+            kernel = dense.matmul_nt  # large: packed panel by panel, never copied whole
+            cols = dense.PANEL_BYTES // out.itemsize
+            tasks = 1 if m * n * k < kernel.parallel_min else _threads.load_numba().get_num_threads()
+            panels = np.empty((max(1, min(tasks, -(-n // cols))), k, cols), out.dtype)  # one per task
+            launch(kernel, m * n * k, a, bt, out, panels)
+            return
         if a.flags.num & _NEED == _NEED:
             launch(dense.matmul, m * n * k, a, b, out)
         elif a.T.flags.num & _NEED == _NEED:  # a transposed C array, as x.T in x.T @ dout
@@ -244,8 +256,9 @@ _LOADERS = {
     "tiles": _load_tiles,
 }
 #: The library of each size class when nothing else was chosen (measured: docs/PERFORMANCE.md,
-#: "Plans"): fastlayers' tiles up to the small class, NumPy's BLAS above.
-DEFAULT = {"tiny": "tiles", "small": "tiles", "medium": "numpy", "large": "numpy"}
+#: "Plans" and "Medium products on the tiles"): fastlayers' tiles up to the medium class, NumPy's
+#: BLAS above.
+DEFAULT = {"tiny": "tiles", "small": "tiles", "medium": "tiles", "large": "numpy"}
 
 
 def library(name: str) -> Callable | None:

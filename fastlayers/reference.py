@@ -322,9 +322,17 @@ def matmul_tn(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
     c[...] = a.T @ b
 
 
-def transpose(a: np.ndarray, out: np.ndarray) -> None:
-    """out = a.T."""
-    out[...] = a.T
+def matmul_nt(a: np.ndarray, b: np.ndarray, c: np.ndarray, panels: np.ndarray) -> None:
+    """c = a @ b.T; ``panels[t]`` left holding the last column panel of b.T that task t packs (the
+    kernel's scratch: panels t, t + T, ... of width ``panels.shape[2]``, zero-padded)."""
+    c[...] = a @ b.T
+    tasks, cols = panels.shape[0], panels.shape[2]
+    npan = -(-b.shape[0] // cols)
+    for t in range(min(tasks, npan)):
+        j0 = (t + (npan - 1 - t) // tasks * tasks) * cols
+        w = min(cols, b.shape[0] - j0)
+        panels[t] = 0
+        panels[t, :, :w] = b[j0 : j0 + w].T
 
 
 # grouped optimizer updates (the kernels' ``*_group``): the update of each array of a group in turn

@@ -655,11 +655,17 @@ CASES: dict[str, Case] = {
         shapes=PRODUCT_SHAPES,
         n=lambda s: s[0],
     ),
-    "transpose": Case(
-        reference.transpose,
-        lambda dt, s, rng: [_rows(s[:2], dt, rng), np.full((s[1], s[0]), np.nan, dt)],
-        "exact",
+    "matmul_nt": Case(
+        reference.matmul_nt,
+        lambda dt, s, rng: [
+            _rows(s[:2], dt, rng),
+            _rows((s[2], s[1]), dt, rng),
+            np.full((s[0], s[2]), np.nan, dt),
+            np.full((1 + s[2] % 3, s[1], 4 * 64 // np.dtype(dt).itemsize), np.nan, dt),  # 1 to 3 tasks
+        ],
+        "sum",
         shapes=PRODUCT_SHAPES,
+        n=lambda s: s[1],
     ),
     "net_forward": Case(
         reference.net_forward, lambda dt, s, rng: _make_net(dt, s, rng, "forward"), "sum", shapes=NET_SHAPES, n=_net_n

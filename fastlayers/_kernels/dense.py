@@ -43,6 +43,8 @@ NONE, RELU, SIGMOID = 0, 1, 2
 #: From how many multiply-adds (a pass's products) the parallel twins run. The plans use these
 #: kernels only below :data:`fastlayers.nets._plan.SMALL_MACS`, where one thread is faster.
 PARALLEL_MACS = 1 << 22
+#: Bytes of one row of :func:`matmul_nt`'s panels: the register tile's columns.
+PANEL_BYTES = DENSE_VECTORS * 64
 
 
 @helper
@@ -308,8 +310,38 @@ def matmul_tn(a, b, c):
         _rows_times_tn(a, b, c, r0, min(DENSE_ROWS, a.shape[1] - r0))
 
 
+@helper
+def _pack_panel(b, panel, j0, w):
+    """panel[k, j] = b[j0 + j, k] for j < ``w``, 0 in the panel's other columns: columns j0... of
+    b.T, as the register tile reads its right operand (rows of contiguous columns)."""
+    k = b.shape[1]
+    cols = panel.shape[1]
+    zero = typed(0, panel)
+    for j in range(w):
+        row = b[j0 + j]
+        for kk in range(k):
+            panel[kk, j] = row[kk]
+    for kk in range(k):
+        for j in range(w, cols):
+            panel[kk, j] = zero
+
+
 @twins(PARALLEL_MACS)
-def transpose(a, out):
-    """out = a.T: a (R, C), out (C, R), C-contiguous, one dtype."""
-    for j in prange(a.shape[1]):
-        _transpose_row(a, out, j)
+def matmul_nt(a, b, c, panels):
+    """c = a @ b.T: a (N, K), b (M, K), c (N, M), C-contiguous, one dtype; each element the sum over
+    k in order of FMAs (bit for bit :func:`matmul` of ``a`` and a copy of ``b.T``), without that
+    copy. ``panels``: (T >= 1, K, PANEL_BYTES // itemsize) scratch: task t packs c's column panels
+    t, t + T, ... of ``b.T`` into ``panels[t]`` in turn, each then multiplied by every row block of
+    ``a``; the tasks run in parallel. ``panels[t]`` is left holding task t's last panel."""
+    n, k = a.shape
+    m = b.shape[0]
+    tasks, cols = panels.shape[0], panels.shape[2]
+    npan = (m + cols - 1) // cols
+    for t in prange(tasks):
+        panel = panels[t]
+        for p in range(t, npan, tasks):
+            j0 = p * cols
+            w = min(cols, m - j0)
+            _pack_panel(b, panel, j0, w)
+            for i0 in range(0, n, DENSE_ROWS):
+                dense_tile(a, i0 * k, k, 1, panel, 0, cols, k, c, i0 * m + j0, m, min(DENSE_ROWS, n - i0), w)
