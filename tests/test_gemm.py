@@ -232,3 +232,41 @@ def test_products_beside_parallel_kernels_run_on_the_tiles_in_the_calling_thread
         _gemm.matmul(a, b, out)
     assert calls == [100 * 1024 * 50]
     assert_close(out, a @ b, "sum", n=1024)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_tiles_are_bit_identical_across_thread_counts_and_to_a_copied_transpose(dtype):
+    """The tiles' products, a transposed right operand packed panel by panel included (above
+    COPY_MAX_BYTES), give the same bits on one thread as on all, and the packed product gives the
+    bits of the plain product of a copy of the transpose (each element the same sum in order)."""
+    from fastlayers._kernels import _threads, dense
+
+    tiles = _gemm.library("tiles")
+    rng = np.random.default_rng(0)
+    m, k, n = 101, 67, 700  # n * k above COPY_MAX_BYTES in both dtypes; past the parallel threshold
+    assert k * n * np.dtype(dtype).itemsize >= _gemm.COPY_MAX_BYTES and m * n * k >= dense.matmul_nt.parallel_min
+    a = rng.standard_normal((m, k)).astype(dtype)
+    w = rng.standard_normal((n, k)).astype(dtype)
+    at = np.ascontiguousarray(a.T)
+    b = rng.standard_normal((k, n)).astype(dtype)
+
+    def products():
+        outs = [np.full((m, n), np.nan, dtype) for _ in range(3)]
+        tiles(a, w.T, outs[0])  # packed panels
+        tiles(a, b, outs[1])
+        tiles(at.T, b, outs[2])  # a transposed left operand
+        return outs
+
+    everyone = products()
+    threads = fl.get_num_threads()
+    try:
+        fl.set_num_threads(1)
+        alone = products()
+    finally:
+        fl.set_num_threads(threads)
+    for x, y in zip(everyone, alone, strict=True):
+        np.testing.assert_array_equal(x, y)
+    copied = np.full((m, n), np.nan, dtype)
+    _threads.launch(dense.matmul, m * n * k, a, np.ascontiguousarray(w.T), copied)
+    np.testing.assert_array_equal(everyone[0], copied)
+    assert_close(everyone[0], a @ w.T, "sum", n=k)
