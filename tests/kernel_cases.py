@@ -365,9 +365,10 @@ def _conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db, arg):
             up[:, :, k // 2 : 2 * ph2 : 2, k % 2 : 2 * pw2 : 2][sel] = (y.dtype.type(0) + dout)[sel]
         dout = up
     d = reference.relu_backward(dout, y) if relu else dout
-    rows = np.zeros((n, fn, g.shape[2]), g.dtype)
+    rows = np.zeros((n, fn, g.shape[2]), dpad.dtype)
     rows[:, :, : oh * wp].reshape(n, fn, oh, wp)[..., :ow] = d
-    g[:, :fn] = rows
+    if g.shape[0]:  # empty: shared, the layout in dpad only
+        g[:, :fn] = rows
     if padded:
         wd = ow + 2 * qw
         planes = np.zeros(dpad.shape, dpad.dtype)
@@ -379,11 +380,17 @@ def _conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db, arg):
 
 
 #: the direct backward's layout of the gradient: the forward's shapes, and (a trailing True) the
-#: gradient of a 2x2 pooling after the ReLU, odd planes and past the parallel threshold included
-DOUT_SHAPES = [(*s, False) for s in DIRECT_SHAPES] + [
-    (2, 3, 9, 8, 4, 3, 2, 0, 6, True),
-    (3, 16, 28, 28, 16, 3, 3, 1, 8, True),
-    (5, 3, 61, 47, 13, 3, 2, 1, 8, True),
+#: gradient of a 2x2 pooling after the ReLU, odd planes and past the parallel threshold included;
+#: then, with "same" padding, the layout in dpad only ("shared", a second trailing True)
+DOUT_SHAPES = [(*s, False, False) for s in DIRECT_SHAPES] + [
+    (2, 3, 9, 8, 4, 3, 2, 0, 6, True, False),
+    (3, 16, 28, 28, 16, 3, 3, 1, 8, True, False),
+    (5, 3, 61, 47, 13, 3, 2, 1, 8, True, False),
+    (3, 16, 28, 28, 16, 3, 3, 1, 8, False, True),
+    (3, 16, 28, 28, 16, 3, 3, 1, 8, True, True),
+    (2, 3, 9, 7, 4, 3, 3, 1, 6, True, True),
+    (2, 5, 11, 6, 8, 5, 5, 2, 4, False, True),
+    (1, 2, 5, 5, 4, 1, 1, 0, 12, False, True),
 ]
 
 
@@ -404,14 +411,18 @@ def _make_dout_direct(dtype, spec, rng):
         dout = (3 * rng.standard_normal(g.out_shape)).astype(dtype)
         arg = np.zeros((0, 0, 0, 0), np.uint8)
     ld = (g.oh + 2 * qh) * (g.ow + 2 * qw) + 3 if padded else 1
+    if spec[10]:  # shared: dpad long enough for the filter gradient's layout at qh*wd + qw
+        assert padded and g.ow + 2 * qw == g.wp and fnp == g.fn, spec
+        ld = max(ld, qh * g.wp + qw + lg)
     dpad = np.full((g.n if padded else 0, g.fn, ld), np.nan, dtype)
-    rows = np.full((g.n, fnp, lg), np.nan, dtype)
+    rows = np.full((0 if spec[10] else g.n, fnp, lg), np.nan, dtype)
     relu = pooled or spec[8] in (6, 12)
     return [dout, y, relu, g.wp, qh, qw, padded, rows, dpad, rng.standard_normal(g.fn).astype(dtype), arg]
 
 
-def _conv_dw_direct(g, xp, koff, nvec, acc, dw):
+def _conv_dw_direct(g, g0, xp, koff, nvec, acc, dw):
     n, fnp, _ = g.shape
+    g = g[:, :, g0:]
     lanes = 64 // xp.itemsize
     span = nvec * lanes
     fn, k = dw.shape
@@ -443,7 +454,10 @@ def _make_dw_direct(dtype, spec, rng):
     ).reshape(-1)
     acc = np.full(((fnp // 4) * kb, 24 * lanes + 5), np.nan, dtype)
     acc[:, 24 * lanes :] = 0  # past the tile: untouched
-    return [rows, xp, koff.reshape(kb, 6), nvec, acc, np.full((g.fn, g.k), np.nan, dtype)]
+    g0 = g.n % 3 * 5  # pixel 0 of each plane at 0, 5 or 10 (the layout in dpad: qh*wd + qw on)
+    shifted = np.full((g.n, fnp, g0 + nvec * lanes + 2), np.nan, dtype)  # NaN where nothing may read
+    shifted[:, :, g0 : g0 + nvec * lanes] = rows
+    return [shifted, g0, xp, koff.reshape(kb, 6), nvec, acc, np.full((g.fn, g.k), np.nan, dtype)]
 
 
 def _pool_geo(spec):

@@ -508,3 +508,35 @@ def test_direct_convolution_propagates_nan_and_infinity():
     np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
     finite = np.isfinite(want)
     assert_close(got[finite], want[finite], "sum", n=27)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pooled", [False, True])
+def test_same_padding_backward_reads_one_layout_and_keeps_the_bits(dtype, pooled, monkeypatch):
+    """With "same" padding the direct backward lays the gradient out once (in the padded layout the
+    input gradient reads) and the filter gradient reads it at an offset: dx, dW and db are the bits
+    of the two-layout pass, which it takes when that sharing is switched off."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 5, 10, 12)).astype(dtype)
+    W = (0.3 * rng.standard_normal((8, 5, 3, 3))).astype(dtype)
+    b = rng.standard_normal(8).astype(dtype)
+    dout = rng.standard_normal((3, 8, 10, 12)).astype(dtype)
+    dpool = rng.standard_normal((3, 8, 5, 6)).astype(dtype)
+    arg = rng.integers(0, 4, dpool.shape).astype(np.uint8)
+
+    def gradients():
+        conv = fl.Convolution(W, b, pad=1)
+        y = np.maximum(conv.forward(x), 0)
+        if pooled:
+            got = C.pooled_backward_run(dpool, arg, y, conv.W, conv._ws, True)
+        else:
+            got = C.backward_run(dout, y, conv.W, conv._ws, True, True)
+        return [a.copy() for a in got], "g" in conv._ws._flat  # the second layout's buffer
+
+    shared, second = gradients()
+    assert not second
+    monkeypatch.setattr(C, "SHARE_SAME_PADDING", False)
+    apart, second = gradients()
+    assert second
+    for s, a in zip(shared, apart, strict=True):
+        np.testing.assert_array_equal(s, a)

@@ -330,16 +330,23 @@ def conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db, arg):
     nothing) through ReLU's mask, as :func:`_pooled_row` says; the full-size gradient is never
     written.
 
+    With ``g`` empty, (0, FNp, Lg) ("shared": ``padded``, ``wp`` = OW + 2*qw and FNp = FN, so that
+    ``dpad`` holds the first layout too, shifted by s = qh*wp + qw: dpad[i, f, s + q] = g[i, f, q]
+    for q < Lg), only ``dpad`` is written, and db from dpad[i, f, s : s + Lg], the same values in
+    the same order; the filter gradient then reads ``dpad`` (:func:`conv_dw_direct`'s ``g0``).
+
     ``y``: (N, FN, OH, OW), C-contiguous (unread without ``relu``); ``dout``: (N, FN, OH, OW), or as
-    above; ``g``: (N, >= FN, Lg >= OH*wp), rows past FN left alone; ``dpad``: (N, FN, Ld >= (OH +
-    2*qh)*(OW + 2*qw)) (unread and unwritten without ``padded``); ``db``: (FN,), set; ``arg``: empty
-    (0, 0, 0, 0), or as above."""
+    above; ``g``: (N, >= FN, Lg >= OH*wp), rows past FN left alone, or empty as above; ``dpad``: (N,
+    FN, Ld >= (OH + 2*qh)*(OW + 2*qw), and >= s + Lg when shared) (unread and unwritten without
+    ``padded``); ``db``: (FN,), set; ``arg``: empty (0, 0, 0, 0), or as above."""
     n, fn, oh, ow = y.shape
     pooled = arg.shape[0] > 0
     ph2, pw2 = arg.shape[2], arg.shape[3]
     af = arg.reshape(arg.size)
     fnp, lg, ld = g.shape[1], g.shape[2], dpad.shape[2]
     wd = ow + 2 * qw
+    shared = g.shape[0] == 0  # the gradient laid out in dpad only (see above)
+    shift = qh * wd + qw
     zero = typed(0, g)
     gf = g.reshape(g.size)  # flat indices: a slice view per row costs ~12 ns
     df = dpad.reshape(dpad.size)
@@ -355,34 +362,41 @@ def conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db, arg):
             for yy in range(oh):
                 # unsigned indices: a signed one costs a negative-index test that blocks vector code
                 src = u64(((i * fn + f) * oh + yy) * ow)
-                row = u64(gp + yy * wp)
+                start = u64(dp + (yy + qh) * wd + qw if padded else 0)  # the row in dpad
+                dst = df if shared else gf  # where the row is laid out first
+                row = start if shared else u64(gp + yy * wp)
                 if pooled:
                     if yy < 2 * ph2:
                         pooled_src = u64(((i * fn + f) * ph2 + yy // 2) * pw2)
-                        _pooled_row(of, af, pooled_src, yf, src, pw2, u64(2 * (yy % 2)), ow, gf, row)
+                        _pooled_row(of, af, pooled_src, yf, src, pw2, u64(2 * (yy % 2)), ow, dst, row)
                     else:  # a last row no window covers
-                        _zero_at(gf, row, row + ow)
+                        _zero_at(dst, row, row + ow)
                 elif relu:
                     for x in range(u64(ow)):
-                        gf[row + x] = zero if yf[src + x] <= zero else of[src + x]
+                        dst[row + x] = zero if yf[src + x] <= zero else of[src + x]
                 else:
                     for x in range(u64(ow)):
-                        gf[row + x] = of[src + x]
-                _zero_at(gf, gp + yy * wp + ow, gp + (yy + 1) * wp)
+                        dst[row + x] = of[src + x]
+                if not shared:
+                    _zero_at(gf, gp + yy * wp + ow, gp + (yy + 1) * wp)
                 if padded:
-                    start = u64(dp + (yy + qh) * wd + qw)
-                    for x in range(u64(ow)):
-                        df[start + x] = gf[row + x]
+                    if not shared:
+                        for x in range(u64(ow)):
+                            df[start + x] = gf[row + x]
                     _zero_at(df, dp + (yy + qh) * wd + qw + ow, dp + (yy + qh) * wd + qw + ow + 2 * qw)
-            _zero_at(gf, gp + oh * wp, gp + lg)
+            if not shared:
+                _zero_at(gf, gp + oh * wp, gp + lg)
             if padded:
                 _zero_at(df, dp + (oh + qh) * wd + qw, dp + ld)
-            total += row_sum(gf[gp : gp + lg])
+            if shared:
+                total += row_sum(df[dp + shift : dp + shift + lg])
+            else:
+                total += row_sum(gf[gp : gp + lg])
         db[f] = total
 
 
 @twins(DIRECT_MIN)
-def conv_dw_direct(g, xp, koff, nvec, acc, dw):
+def conv_dw_direct(g, g0, xp, koff, nvec, acc, dw):
     """The filter gradient of the direct convolution: dw[f, k] = the sum over images, in order, of
     the sum over the pixels q < nvec*lanes of g[i, f, q] * xp[i, c, q + ky*wp + kx] (k = (c, ky,
     kx); one FMA each, lane by lane, in compiled code), the lanes then added by
@@ -392,7 +406,8 @@ def conv_dw_direct(g, xp, koff, nvec, acc, dw):
     (:data:`DW_CHUNK_ELEMENTS`), the images of a chunk in order inside one call of the tile.
 
     ``g``: (N, FNp, Lg) from :func:`conv_dout_direct`, FNp = FN rounded up to the tile's 4 rows
-    (the extra rows 0), Lg >= nvec*lanes; ``xp``: the forward's padded batch (N, C, Lx), Lx >=
+    (the extra rows 0), pixel q of each plane at ``g0`` + q, ``g0`` + nvec*lanes <= Lg (``g0``: 0
+    for its ``g``, qh*wp + qw for its ``dpad`` when shared); ``xp``: the forward's padded batch (N, C, Lx), Lx >=
     nvec*lanes + max(koff); ``koff``: (Kb, 6) int64, the K term offsets c*Lx + ky*wp + kx in rows
     of the tile's 6 (past K: 0); ``acc``: (ceil(FN/4)*Kb, >= 24*lanes) scratch; ``dw``: (FN, K)."""
     n, fnp, lg = g.shape
@@ -414,7 +429,7 @@ def conv_dw_direct(g, xp, koff, nvec, acc, dw):
         nimg = min(chunk, n - i0)
         for t in prange(tasks):
             fb = t // kb
-            gstart = (i0 * fnp + fb * 4) * lg
+            gstart = (i0 * fnp + fb * 4) * lg + g0
             conv_dw_tile_4x6(gf, gstart, lg, fnp * lg, xf, i0 * c * lx, c * lx, koff[t % kb], nvec, nimg, acc[t])
     for t in prange(tasks):
         fb = t // kb

@@ -252,6 +252,9 @@ def direct_backward_serves(ws: Workspace, dtype: np.dtype, with_dx: bool) -> boo
 
 
 _NO_ARG = np.zeros((0, 0, 0, 0), np.uint8)
+#: Whether the backward with "same" padding lays the gradient out once (see :func:`_direct_backward`);
+#: off only to compare with the two-layout pass.
+SHARE_SAME_PADDING = True
 
 
 def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu: bool, dx, dW, db, arg=None) -> bool:
@@ -269,20 +272,32 @@ def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu:
     lanes = 64 // dtype.itemsize
     nvec = -(-geo.oh * geo.wp // lanes)
     fnp = -(-geo.fn // 4) * 4
-    g = ws.flat("g", (geo.n, fnp, nvec * lanes), dtype)
-    g[:, geo.fn :] = 0
     hd, wd = geo.oh + 2 * max(qh, 0), geo.ow + 2 * max(qw, 0)
+    # "same" padding (2*pad = FH-1 = FW-1, all of DeepConvNet's): the padded gradient that the input
+    # gradient reads holds the filter gradient's layout too, shifted by qh*wd + qw (its rows are as
+    # wide, its zero columns the same), so the filter gradient reads it there and no second copy of
+    # the gradient is made
+    shared = SHARE_SAME_PADDING and with_dx and wd == geo.wp and fnp == geo.fn
     if with_dx:
         fc, span = _tile(geo.c, geo.h * wd, dtype.itemsize)
-        dpad = ws.flat("dpad", (geo.n, geo.fn, hd * wd + geo.fw + span), dtype)
+        ld = hd * wd + geo.fw + span
+        g0 = qh * wd + qw if shared else 0
+        dpad = ws.flat("dpad", (geo.n, geo.fn, max(ld, g0 + nvec * lanes)), dtype)
     else:
+        g0 = 0
         dpad = ws.flat("dpad", (0, geo.fn, 1), dtype)
+    if shared:
+        g = np.empty((0, fnp, nvec * lanes), dtype)  # not written: its layout is in dpad
+    else:
+        g = ws.flat("g", (geo.n, fnp, nvec * lanes), dtype)
+        g[:, geo.fn :] = 0
     arg = _NO_ARG if arg is None else arg
     launch(_conv.conv_dout_direct, y.size, dout, y, relu, geo.wp, qh, qw, with_dx, g, dpad, db, arg)
     koff = _offsets(ws, "koff_dw", geo.c, geo.fh, geo.fw, ws.xp.shape[2], geo.wp, rows=6)
     acc = ws.flat("acc_dw", ((fnp // 4) * koff.shape[0], 24 * lanes), dtype)
     macs = geo.n * geo.fn * geo.oh * geo.ow * geo.k
-    launch(_conv.conv_dw_direct, macs, g, ws.xp, koff, nvec, acc, dW.reshape(geo.fn, geo.k))
+    gin = dpad if shared else g
+    launch(_conv.conv_dw_direct, macs, gin, g0, ws.xp, koff, nvec, acc, dW.reshape(geo.fn, geo.k))
     if with_dx:
         flipped = W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(geo.c, geo.fn * geo.fh * geo.fw)
         wr = _blocks(ws, "wr_dx", flipped, fc)
