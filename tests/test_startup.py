@@ -145,6 +145,27 @@ def test_small_predict_waits_for_no_numba_and_equals_the_kernels(dtype):
     assert found["numba"] is True and "affine" in found["kernels"]
 
 
+def test_the_small_calls_load_the_kernels_themselves_after_ufunc_calls():
+    """A process that answers only small predicts and never calls ``preload()`` runs them on NumPy's
+    ufuncs for ``UFUNC_CALLS`` Affine calls; the next one loads the kernels, and later calls run on them
+    (with the plans) and give the same values up to the order of additions inside the products."""
+    code = (
+        "import sys, numpy as np, fastlayers as fl\n"
+        "from fastlayers.functional import affine\n"
+        "affine.UFUNC_CALLS = 10  # two Affine layers a predict: 5 predicts\n"
+        "net = fl.TwoLayerNet(30, 20, 5, dtype=np.float32, seed=1)\n"
+        "x = np.random.default_rng(0).standard_normal((1, 30)).astype(np.float32)\n"
+        "first = [net.predict(x).copy() for _ in range(5)]\n"
+        "before = 'numba' in sys.modules\n"
+        "later = [net.predict(x).copy() for _ in range(3)]\n"
+        "same = all(np.allclose(a, first[0], rtol=1e-5, atol=1e-5) for a in first + later)\n"
+        "extra = {'before': before, 'same': bool(same), 'planned': bool(net.__dict__.get('_plans'))}\n" + LOADED
+    )
+    found = python(code)
+    assert found["before"] is False and found["numba"] is True and "affine" in found["kernels"]
+    assert found["same"] and found["planned"]
+
+
 # Numba's BLAS check: ``numba.np.arraymath`` imports ``scipy.linalg`` at import only to set
 # ``_HAVE_BLAS``; ``_threads.load_numba`` imports that module with ``scipy.linalg`` hidden from its own
 # thread and makes the check run on first use (docs/PERFORMANCE.md, "Start-up").

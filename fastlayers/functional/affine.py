@@ -243,9 +243,17 @@ ACTIVATIONS = {
 BIAS_KERNELS = {None: "bias_add", "relu": "bias_relu", "sigmoid": "bias_sigmoid"}
 #: Up to this many result elements, a bias add (and ReLU) whose kernel module is not loaded yet runs
 #: as NumPy ufuncs instead, which give the same values (their twins are exact: ``tests/kernel_cases``),
-#: so that a process answering small requests never waits for Numba's start-up (docs/PERFORMANCE.md,
-#: "Start-up"); ``fastlayers.preload()`` or any larger call loads the kernels.
+#: so that a process answering small requests does not wait for Numba's start-up (docs/PERFORMANCE.md,
+#: "Start-up"); ``fastlayers.preload()``, any larger call, or the ``UFUNC_CALLS``-th such call loads
+#: the kernels.
 UFUNC_MAX = 1 << 12
+#: How many small Affine calls run as NumPy ufuncs before one loads the kernels itself: about where
+#: the microseconds those calls lose against the kernels and the plans (a one-row predict through a
+#: 784-50-10 net, two Affine calls: 10.4 µs against 4.3) add up to the load (about 0.35 s), so that a
+#: long-running process that never calls ``preload()`` pays at most about twice the least it could
+#: (docs/PERFORMANCE.md, "Start-up").
+UFUNC_CALLS = 100_000
+_ufunc_calls = [0]  # small calls answered so far by the ufuncs (a race only miscounts by a few)
 
 
 def dense_run(x2, W, b, kind: str | None, owner: object, name: str) -> np.ndarray | None:
@@ -283,7 +291,8 @@ def dense_run(x2, W, b, kind: str | None, owner: object, name: str) -> np.ndarra
         return None
     name = BIAS_KERNELS[kind]
     kernel = _affine.__dict__.get(name)  # None until the kernel module is loaded
-    if kernel is None and size <= UFUNC_MAX and kind != "sigmoid":
+    if kernel is None and size <= UFUNC_MAX and kind != "sigmoid" and _ufunc_calls[0] < UFUNC_CALLS:
+        _ufunc_calls[0] += 1
         np.add(out, b, out=out)
         if kind == "relu":
             np.maximum(out, 0, out=out)  # NaN stays NaN and -0.0 becomes 0.0, as in the kernel
