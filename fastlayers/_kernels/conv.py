@@ -506,6 +506,33 @@ def _pool2x2_row(img, dst, idx, y):
 
 
 @helper
+def _pool2x2_row_pairs(img, dst, idx, y, vals, vidx):
+    """Output row ``y`` of :func:`_pool2x2_row` (the same results) in two passes that vectorize in
+    float64, where the one-pass row does not: into ``vals`` and ``vidx`` (rows of at least 2 * OW),
+    the better of rows 2y and 2y+1 in each of the first 2 * OW columns (the top one on a tie or NaN;
+    index 0 or 2); then each window's better column: the first NaN in the window's row order (the
+    smaller index), else the larger value, on a tie the smaller index."""
+    ow = dst.shape[1]
+    for xx in range(2 * ow):
+        a = img[2 * y, xx]
+        c = img[2 * y + 1, xx]
+        take = _better(c, a)
+        vals[xx] = c if take else a
+        vidx[xx] = 2 if take else 0
+    for xo in range(ow):
+        p = vals[2 * xo]
+        ip = vidx[2 * xo]
+        q = vals[2 * xo + 1]
+        iq = vidx[2 * xo + 1] + 1
+        pn = p != p
+        qn = q != q
+        earlier = iq < ip
+        takeq = (qn & ((~pn) | earlier)) | ((~pn) & (~qn) & ((q > p) | ((q == p) & earlier)))
+        dst[y, xo] = q if takeq else p
+        idx[y, xo] = iq if takeq else ip
+
+
+@helper
 def _unpool2x2_row(grad, idx, y, r0, r1):
     """The backward of :func:`_pool2x2_row` for output row ``y`` into the plane's rows 2y (``r0``)
     and 2y+1 (``r1``): each window's four positions get 0 + its gradient where its index says (as
@@ -527,24 +554,33 @@ def _unpool2x2_row(grad, idx, y, r0, r1):
 
 
 @twins(MEMORY_BOUND_MIN)
-def maxpool_forward(x, ph, pw, stride, pad, out, arg):
+def maxpool_forward(x, ph, pw, stride, pad, out, arg, vals, vidx):
     """out[n, c, y, xo] = the maximum of x[n, c] over the window of rows y*stride - pad + [0, ph)
     and columns xo*stride - pad + [0, pw) clipped to the input (NaN wins; ties: the first, in row
     order); arg[n, c, y, xo] = its window-local index ky * pw + kx. ``x``: (N, C, H, W); ``out``,
-    ``arg``: (N, C, OH, OW), every window holding at least one input element."""
+    ``arg``: (N, C, OH, OW), every window holding at least one input element. ``vals`` (x's dtype)
+    and ``vidx`` (uint8): scratch rows, one per plane, for float64's classic window
+    (:func:`_pool2x2_row_pairs`), used when both are at least (N*C, 2*OW); row n*C + c is left
+    holding the two-row pass of the plane's last output row; (0, 0) otherwise."""
     n, c, h, w = x.shape
     oh, ow = out.shape[2], out.shape[3]
     # output columns whose windows lie inside the input: xo*stride - pad >= 0 and ... + pw <= w
     lo = min(ow, (pad + stride - 1) // stride)
     hi = max(lo, min(ow, (w + pad - pw) // stride + 1))
-    # the classic nets' pooling, every window inside the plane: whole rows, vectorized in float32
-    # (LLVM leaves the float64 loop scalar, slower than the general loop below, as it is on rows of
-    # fewer outputs than a vector)
-    halves = _pool2x2_rows_serve(ph, pw, stride, pad, h, w, oh, ow) and x.itemsize == 4
+    # the classic nets' pooling, every window inside the plane: whole rows, vectorized (LLVM leaves
+    # the one-pass float64 row scalar, slower than the general loop below: float64 takes the rows in
+    # two passes, through the scratch rows)
+    halves = _pool2x2_rows_serve(ph, pw, stride, pad, h, w, oh, ow)
+    rows = min(vals.shape[0], vidx.shape[0]) >= n * c and min(vals.shape[1], vidx.shape[1]) >= 2 * ow
+    pairs = x.itemsize == 8 and rows
     for t in prange(n * c):
         img = x[t // c, t % c]
         dst = out[t // c, t % c]
         idx = arg[t // c, t % c]
+        if halves and pairs:
+            for y in range(oh):
+                _pool2x2_row_pairs(img, dst, idx, y, vals[t], vidx[t])
+            continue
         if halves:
             for y in range(oh):
                 _pool2x2_row(img, dst, idx, y)

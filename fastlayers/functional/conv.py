@@ -252,6 +252,7 @@ def direct_backward_serves(ws: Workspace, dtype: np.dtype, with_dx: bool) -> boo
 
 
 _NO_ARG = np.zeros((0, 0, 0, 0), np.uint8)
+_NO_WHERE = np.zeros((0, 0), np.uint8)
 #: Whether the backward with "same" padding lays the gradient out once (see :func:`_direct_backward`);
 #: off only to compare with the two-layout pass.
 SHARE_SAME_PADDING = True
@@ -593,7 +594,11 @@ def pool_forward_run(x: np.ndarray, geo: Geometry, out=None, arg=None) -> tuple[
     shape = (geo.n, geo.c, geo.oh, geo.ow)
     out = np.empty(shape, x.dtype) if out is None else out
     arg = np.empty(shape, _arg_dtype(geo)) if arg is None else arg
-    launch(_conv.maxpool_forward, x.size, x, geo.fh, geo.fw, geo.stride, geo.pad, out, arg)
+    if x.dtype.itemsize == 8:  # the kernel's scratch rows for float64 (read only where they serve)
+        vals, where = np.empty((geo.n * geo.c, 2 * geo.ow), x.dtype), np.empty((geo.n * geo.c, 2 * geo.ow), np.uint8)
+    else:
+        vals, where = np.empty((0, 0), x.dtype), _NO_WHERE
+    launch(_conv.maxpool_forward, x.size, x, geo.fh, geo.fw, geo.stride, geo.pad, out, arg, vals, where)
     return out, arg
 
 
