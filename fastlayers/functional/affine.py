@@ -248,10 +248,9 @@ BIAS_KERNELS = {None: "bias_add", "relu": "bias_relu", "sigmoid": "bias_sigmoid"
 #: the kernels.
 UFUNC_MAX = 1 << 12
 #: How many small Affine calls run as NumPy ufuncs before one loads the kernels itself: about where
-#: the microseconds those calls lose against the kernels and the plans (a one-row predict through a
-#: 784-50-10 net, two Affine calls: 10.4 µs against 4.3) add up to the load (about 0.35 s), so that a
-#: long-running process that never calls ``preload()`` pays at most about twice the least it could
-#: (docs/PERFORMANCE.md, "The per-call floor and many request threads").
+#: the time those calls lose against the kernels and the plans adds up to the time of the load, so
+#: that a long-running process that never calls ``preload()`` pays at most about twice the least it
+#: could (measured: docs/PERFORMANCE.md, "The per-call floor and many request threads").
 UFUNC_CALLS = 100_000
 _ufunc_calls = [0]  # small calls answered so far by the ufuncs (a race only miscounts by a few)
 
