@@ -1,5 +1,5 @@
 """Convolution figures against the machine: the Convolution layer at the performance issue's three
-sizes (forward; forward + backward with the input gradient), float32 and float64, and a
+sizes (forward; forward + backward with and without the input gradient), float32 and float64, and a
 SimpleConvNet / DeepConvNet Adam step, batch 100, each against PyTorch's eager equivalent and the
 large-product rate of NumPy's BLAS measured in the same processes.
 
@@ -52,6 +52,11 @@ def _fwd_bwd(layer, x, dout) -> None:
     layer.backward(dout)
 
 
+def _fwd_bwd_no_dx(layer, x, dout) -> None:
+    layer.forward(x)
+    layer._backward(dout, with_dx=False)  # as the nets' walk runs a first layer: no input gradient
+
+
 def _step(opt, net, x, t) -> None:
     opt.update(net.params, net.gradient(x, t))
 
@@ -72,6 +77,7 @@ def _fastlayers() -> dict:
             dout = np.ones_like(layer.forward(x))
             res[f"{dtn} {name} fwd"] = _median_time(functools.partial(layer.forward, x))
             res[f"{dtn} {name} fwd+bwd"] = _median_time(functools.partial(_fwd_bwd, layer, x, dout))
+            res[f"{dtn} {name} fwd+bwd no dx"] = _median_time(functools.partial(_fwd_bwd_no_dx, layer, x, dout))
         x = np.random.default_rng(1).random((100, 1, 28, 28)).astype(dtn)
         t = np.random.default_rng(2).integers(0, 10, 100)
         for net_name in ("SimpleConvNet", "DeepConvNet"):
@@ -108,6 +114,9 @@ def _torch() -> dict:
                 res[f"{dtn} {name} fwd"] = _median_time(functools.partial(F.conv2d, x, W, b, 1, pad))
             xg, Wg, bg = (v.clone().requires_grad_(True) for v in (x, W, b))  # noqa: N806
             res[f"{dtn} {name} fwd+bwd"] = _median_time(functools.partial(_torch_both, F.conv2d, xg, Wg, bg, pad))
+            res[f"{dtn} {name} fwd+bwd no dx"] = _median_time(
+                functools.partial(_torch_both, F.conv2d, x.clone(), Wg, bg, pad)  # x without a gradient
+            )
 
         def conv(i, o, p=1):
             return [nn.Conv2d(i, o, 3, padding=p), nn.ReLU()]
@@ -136,7 +145,7 @@ def _flops(key: str) -> float:
     for name, (n, c, h, w, fn, f, p) in CASES:
         if name in key:
             macs = n * fn * (h + 2 * p - f + 1) * (w + 2 * p - f + 1) * c * f * f
-            return 2 * macs * (3 if key.endswith("fwd+bwd") else 1)
+            return 2 * macs * (3 if key.endswith("fwd+bwd") else 2 if key.endswith("no dx") else 1)
     return float("nan")
 
 
