@@ -226,18 +226,17 @@ def _load_tiles() -> Callable:
             return
         if b.flags.num & _NEED != _NEED:
             bt = b.T  # b given transposed, as W.T in dout @ W.T
-            if bt.flags.num & _NEED != _NEED or a.flags.num & _NEED != _NEED:
+            if bt.flags.num & _NEED != _NEED:
                 np.matmul(a, b, out=out)
                 return
-            if k * n * out.itemsize < COPY_MAX_BYTES:  # small: copied (faster than packing panels)
-                launch(dense.matmul, m * n * k, a, np.ascontiguousarray(b), out)
+            if a.flags.num & _NEED == _NEED and k * n * out.itemsize >= COPY_MAX_BYTES:
+                kernel = dense.matmul_nt  # large: packed panel by panel, never copied whole
+                cols = dense.PANEL_BYTES // out.itemsize
+                tasks = 1 if m * n * k < kernel.parallel_min else _threads.load_numba().get_num_threads()
+                panels = np.empty((max(1, min(tasks, -(-n // cols))), k, cols), out.dtype)  # one per task
+                launch(kernel, m * n * k, a, bt, out, panels)
                 return
-            kernel = dense.matmul_nt  # large: packed panel by panel, never copied whole
-            cols = dense.PANEL_BYTES // out.itemsize
-            tasks = 1 if m * n * k < kernel.parallel_min else _threads.load_numba().get_num_threads()
-            panels = np.empty((max(1, min(tasks, -(-n // cols))), k, cols), out.dtype)  # one per task
-            launch(kernel, m * n * k, a, bt, out, panels)
-            return
+            b = np.ascontiguousarray(b)  # small (faster than packing panels), or ``a`` transposed too
         if a.flags.num & _NEED == _NEED:
             launch(dense.matmul, m * n * k, a, b, out)
         elif a.T.flags.num & _NEED == _NEED:  # a transposed C array, as x.T in x.T @ dout

@@ -251,10 +251,11 @@ def test_tiles_are_bit_identical_across_thread_counts_and_to_a_copied_transpose(
     b = rng.standard_normal((k, n)).astype(dtype)
 
     def products():
-        outs = [np.full((m, n), np.nan, dtype) for _ in range(3)]
+        outs = [np.full((m, n), np.nan, dtype) for _ in range(4)]
         tiles(a, w.T, outs[0])  # packed panels
         tiles(a, b, outs[1])
         tiles(at.T, b, outs[2])  # a transposed left operand
+        tiles(at.T, w.T, outs[3])  # both transposed: the right one copied
         return outs
 
     everyone = products()
@@ -270,3 +271,4 @@ def test_tiles_are_bit_identical_across_thread_counts_and_to_a_copied_transpose(
     _threads.launch(dense.matmul, m * n * k, a, np.ascontiguousarray(w.T), copied)
     np.testing.assert_array_equal(everyone[0], copied)
     assert_close(everyone[0], a @ w.T, "sum", n=k)
+    assert_close(everyone[3], a @ w.T, "sum", n=k)

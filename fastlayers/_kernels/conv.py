@@ -350,6 +350,7 @@ def conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db, arg):
     zero = typed(0, g)
     gf = g.reshape(g.size)  # flat indices: a slice view per row costs ~12 ns
     df = dpad.reshape(dpad.size)
+    dst = df if shared else gf  # where each row is laid out first
     of = dout.reshape(dout.size)
     yf = y.reshape(y.size)
     for f in prange(fn):
@@ -363,7 +364,6 @@ def conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db, arg):
                 # unsigned indices: a signed one costs a negative-index test that blocks vector code
                 src = u64(((i * fn + f) * oh + yy) * ow)
                 start = u64(dp + (yy + qh) * wd + qw if padded else 0)  # the row in dpad
-                dst = df if shared else gf  # where the row is laid out first
                 row = start if shared else u64(gp + yy * wp)
                 if pooled:
                     if yy < 2 * ph2:

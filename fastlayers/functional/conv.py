@@ -252,7 +252,7 @@ def direct_backward_serves(ws: Workspace, dtype: np.dtype, with_dx: bool) -> boo
 
 
 _NO_ARG = np.zeros((0, 0, 0, 0), np.uint8)
-_NO_WHERE = np.zeros((0, 0), np.uint8)
+_NO_VIDX = np.zeros((0, 0), np.uint8)
 #: Whether the backward with "same" padding lays the gradient out once (see :func:`_direct_backward`);
 #: off only to compare with the two-layout pass.
 SHARE_SAME_PADDING = True
@@ -279,13 +279,11 @@ def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu:
     # wide, its zero columns the same), so the filter gradient reads it there and no second copy of
     # the gradient is made
     shared = SHARE_SAME_PADDING and with_dx and wd == geo.wp and fnp == geo.fn
+    g0 = qh * wd + qw if shared else 0  # where the filter gradient's pixel 0 lies in its planes
     if with_dx:
         fc, span = _tile(geo.c, geo.h * wd, dtype.itemsize)
-        ld = hd * wd + geo.fw + span
-        g0 = qh * wd + qw if shared else 0
-        dpad = ws.flat("dpad", (geo.n, geo.fn, max(ld, g0 + nvec * lanes)), dtype)
+        dpad = ws.flat("dpad", (geo.n, geo.fn, max(hd * wd + geo.fw + span, g0 + nvec * lanes)), dtype)
     else:
-        g0 = 0
         dpad = ws.flat("dpad", (0, geo.fn, 1), dtype)
     if shared:
         g = np.empty((0, fnp, nvec * lanes), dtype)  # not written: its layout is in dpad
@@ -595,10 +593,10 @@ def pool_forward_run(x: np.ndarray, geo: Geometry, out=None, arg=None) -> tuple[
     out = np.empty(shape, x.dtype) if out is None else out
     arg = np.empty(shape, _arg_dtype(geo)) if arg is None else arg
     if x.dtype.itemsize == 8:  # the kernel's scratch rows for float64 (read only where they serve)
-        vals, where = np.empty((geo.n * geo.c, 2 * geo.ow), x.dtype), np.empty((geo.n * geo.c, 2 * geo.ow), np.uint8)
+        vals, vidx = np.empty((geo.n * geo.c, 2 * geo.ow), x.dtype), np.empty((geo.n * geo.c, 2 * geo.ow), np.uint8)
     else:
-        vals, where = np.empty((0, 0), x.dtype), _NO_WHERE
-    launch(_conv.maxpool_forward, x.size, x, geo.fh, geo.fw, geo.stride, geo.pad, out, arg, vals, where)
+        vals, vidx = np.empty((0, 0), x.dtype), _NO_VIDX
+    launch(_conv.maxpool_forward, x.size, x, geo.fh, geo.fw, geo.stride, geo.pad, out, arg, vals, vidx)
     return out, arg
 
 
