@@ -594,6 +594,12 @@ def _average(state: tuple, *parts: dict) -> tuple:
     return params, optimizer, (*losses, *map(float, step_losses))
 
 
+def _restart(state: tuple) -> tuple:
+    """An epoch's starting state: the previous epoch's parameters and optimizer, no losses yet."""
+    params, optimizer, _ = state
+    return params, optimizer, ()
+
+
 def _tree(parts: list, combine: Callable, name: str, split_every: int) -> list:
     """Add ``parts`` in groups of ``split_every`` until at most ``split_every`` are left (fixed order)."""
     level = 0
@@ -784,7 +790,12 @@ def fit(
 
     Each epoch is one graph, submitted at once: the state at its end comes back here (``net.params``
     and ``optimizer`` are updated in place after every epoch), so a lost worker costs at most the
-    recomputation of one epoch's lost keys, and no result is lost or counted twice.
+    recomputation of the lost keys of the epochs in flight, and no result is lost or counted twice.
+    On a client the next epoch's graph is submitted before this one's state comes back, reading it
+    on the workers: they do not wait for this process between epochs, and tasks waiting for the net
+    keep its copies on the workers (the scheduler's Active Memory Manager drops the replicas of a key
+    that no task waits for, and the net would travel again). An epoch's ``seconds`` run from the
+    previous epoch's state coming back (or the start) to this one's.
 
     Parameters
     ----------
@@ -822,8 +833,9 @@ def fit(
         Plain (JSON) values kept in the checkpoint.
     handle_signals : bool, default True
         In the main thread, a SIGINT or SIGTERM stops the run when the epoch in flight is done (an
-        epoch is one graph): the checkpoint is written, then :class:`fastlayers.train.Interrupted`
-        is raised. A second signal raises ``KeyboardInterrupt`` at once (that epoch is lost).
+        epoch is one graph; the next one, already submitted, is cancelled): the checkpoint is
+        written, then :class:`fastlayers.train.Interrupted` is raised. A second signal raises
+        ``KeyboardInterrupt`` at once (that epoch is lost).
 
     Returns
     -------
@@ -885,45 +897,73 @@ def fit(
     path = None if checkpoint is None else os.fspath(checkpoint)
     signals = _train._Signals(handle_signals)
     state = ({k: np.array(v) for k, v in net.params.items()}, copy.deepcopy(optimizer), ())
+
+    def graph(epoch: int, node):
+        """The delayed state at the end of ``epoch``, from the delayed state ``node`` at its start."""
+        name = f"fastlayers-{token}-e{epoch}"
+        if mode == "sync":
+            for step in range(steps):
+                parts = [
+                    dask.delayed(_block_grad, pure=False)(net_key, node, xb, tb, seed, epoch, step, b, m,
+                                                          m / batch_size, dask_key_name=f"{name}-s{step}-grad-{b}")
+                    for b, xb, tb, _, m in blocks
+                ]  # fmt: skip
+                parts = _tree(parts, _add, f"{name}-s{step}", split_every)
+                node = dask.delayed(_apply, pure=False)(node, *parts, dask_key_name=f"{name}-s{step}-state")
+        else:
+            for s0 in range(0, steps, local_steps):
+                k = min(local_steps, steps - s0)
+                parts = [
+                    dask.delayed(_local_round, pure=False)(net_key, node, xb, tb, seed, epoch, s0, k, b, m,
+                                                           m / batch_size, dask_key_name=f"{name}-r{s0}-local-{b}")
+                    for b, xb, tb, _, m in blocks
+                ]  # fmt: skip
+                parts = _tree(parts, _add_local, f"{name}-r{s0}", split_every)
+                node = dask.delayed(_average, pure=False)(node, *parts, dask_key_name=f"{name}-r{s0}-state")
+        return node
+
+    def submit(epoch: int, start):
+        """Epoch ``epoch`` on the client, from a state or a future of the previous epoch's result."""
+        if not isinstance(start, _distributed().Future):
+            start = dask.delayed(start, name=f"fastlayers-{token}-e{epoch}-start", traverse=False)
+        node = dask.delayed(_restart, pure=False)(start, dask_key_name=f"fastlayers-{token}-e{epoch}-state")
+        return client.compute(graph(epoch, node))
+
+    ahead = None  # the next epoch, submitted before this one's result is back (client only)
+    start = time.perf_counter()
     with signals:
-        for epoch in range(done, epochs):
-            start = time.perf_counter()
-            name = f"fastlayers-{token}-e{epoch}"
-            node = dask.delayed(state, name=f"{name}-state", traverse=False)
-            if mode == "sync":
-                for step in range(steps):
-                    parts = [
-                        dask.delayed(_block_grad, pure=False)(net_key, node, xb, tb, seed, epoch, step, b, m,
-                                                              m / batch_size, dask_key_name=f"{name}-s{step}-grad-{b}")
-                        for b, xb, tb, _, m in blocks
-                    ]  # fmt: skip
-                    parts = _tree(parts, _add, f"{name}-s{step}", split_every)
-                    node = dask.delayed(_apply, pure=False)(node, *parts, dask_key_name=f"{name}-s{step}-state")
-            else:
-                for s0 in range(0, steps, local_steps):
-                    k = min(local_steps, steps - s0)
-                    parts = [
-                        dask.delayed(_local_round, pure=False)(net_key, node, xb, tb, seed, epoch, s0, k, b, m,
-                                                               m / batch_size, dask_key_name=f"{name}-r{s0}-local-{b}")
-                        for b, xb, tb, _, m in blocks
-                    ]  # fmt: skip
-                    parts = _tree(parts, _add_local, f"{name}-r{s0}", split_every)
-                    node = dask.delayed(_average, pure=False)(node, *parts, dask_key_name=f"{name}-r{s0}-state")
-            state = _compute(node, client, timeout)
-            params, new_optimizer, losses = state
-            state = (params, new_optimizer, ())
-            _load_params(net, params)
-            optimizer.__dict__.update(copy.deepcopy(new_optimizer).__dict__)
-            seconds = time.perf_counter() - start
-            record = EpochRecord(epoch + 1, float(np.mean(losses)), steps, seconds, steps * batch_size / seconds)
-            history.epochs.append(record)
-            history.step_losses.extend(losses)
-            if path is not None:
-                _ckpt.write_packed(path, *_fit_snapshot(net, optimizer, run, epoch + 1, history, options))
-            if on_epoch is not None:
-                on_epoch(record)
-            if signals.signum is not None:
-                raise _train.Interrupted(signals.signum, path, epoch + 2, 0)
+        try:
+            for epoch in range(done, epochs):
+                if client is None:
+                    start = time.perf_counter()
+                if client is None:
+                    node = dask.delayed(state, name=f"fastlayers-{token}-e{epoch}-state", traverse=False)
+                    state = _compute(graph(epoch, node), None, timeout)
+                else:
+                    future = ahead if ahead is not None else submit(epoch, state)
+                    ahead = submit(epoch + 1, future) if epoch + 1 < epochs else None
+                    try:
+                        state = future.result(timeout=timeout)
+                    finally:
+                        future.release()
+                params, new_optimizer, losses = state
+                state = (params, new_optimizer, ())
+                _load_params(net, params)
+                optimizer.__dict__.update(copy.deepcopy(new_optimizer).__dict__)
+                seconds, start = time.perf_counter() - start, time.perf_counter()
+                record = EpochRecord(epoch + 1, float(np.mean(losses)), steps, seconds, steps * batch_size / seconds)
+                history.epochs.append(record)
+                history.step_losses.extend(losses)
+                if path is not None:
+                    _ckpt.write_packed(path, *_fit_snapshot(net, optimizer, run, epoch + 1, history, options))
+                if on_epoch is not None:
+                    on_epoch(record)
+                if signals.signum is not None:
+                    raise _train.Interrupted(signals.signum, path, epoch + 2, 0)
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                ahead.release()
     return history
 
 

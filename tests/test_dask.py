@@ -265,6 +265,26 @@ def test_cluster_training_equals_single_process_and_reaches_its_accuracy(client,
 
 
 @pytest.mark.slow
+def test_cluster_fit_keeps_the_net_on_the_workers_between_epochs(client):
+    """The Active Memory Manager drops the replicas of a key no task waits for; run between epochs
+    (in ``on_epoch``), it finds the next epoch's tasks already waiting for the net, which so reaches
+    each worker once in the whole run."""
+    x, t = _data(n=800)
+    X, T = da.from_array(x, chunks=200), da.from_array(t, chunks=200)
+    net, opt = fl.TwoLayerNet(12, 9, 4, weight_init_std=0.3, seed=1), fl.SGD(0.1)
+
+    def reduce_replicas(record):
+        client.amm.run_once()
+
+    history = fd.fit(net, opt, X, T, 4, batch_size=40, client=client, seed=2, timeout=WAIT, on_epoch=reduce_replicas)
+    counts = client.run(fd.arrivals, history.token)
+    assert sorted(counts.values()) == [1, 1], counts
+    ref, ref_opt = fl.TwoLayerNet(12, 9, 4, weight_init_std=0.3, seed=1), fl.SGD(0.1)
+    losses = fd.reference_fit(ref, ref_opt, x, t, X.chunks[0], 4, 40, seed=2)
+    np.testing.assert_allclose(history.step_losses, losses, rtol=1e-10)
+
+
+@pytest.mark.slow
 def test_cluster_worker_killed_mid_training_gives_the_same_parameters(client, trained):
     (net, _, history, _), (x_train, t_train, _, _) = trained
     before = set(client.scheduler_info()["workers"])
