@@ -36,10 +36,36 @@ def test_the_cache_internals_we_subclass_exist():
     """``_TolerantCache`` overrides these methods and reads this attribute of Numba's FunctionCache."""
     from numba.core.caching import FunctionCache
 
-    for name in ("load_overload", "save_overload"):
+    for name in ("load_overload", "save_overload", "_load_overload", "_guard_against_spurious_io_errors"):
         assert callable(getattr(FunctionCache, name))
     cache = _numba._TolerantCache(_numba.typed)
     assert isinstance(cache._cache_file._index_path, str)
+
+
+def test_numbas_load_is_a_refresh_then_the_load_and_its_compiler_refreshes_itself():
+    """``_TolerantCache.load_overload`` does what Numba's does but the target context's refresh,
+    keeping the part of it that running loaded code needs (the runtime's set-up); that holds while
+    Numba's load is the refresh plus ``_load_overload``, its refresh sets up the runtime, and its
+    compilation pipeline refreshes both contexts before it types anything."""
+    import inspect
+
+    import numba.core.base
+    import numba.core.caching
+    import numba.core.compiler
+    import numba.core.cpu
+    from numba.core.runtime import rtsys
+
+    load = inspect.getsource(numba.core.caching.Cache.load_overload)
+    assert re.findall(r"^\s*(?!#)(\S.*)$", load.split('"""')[-1], re.M) == [
+        "target_context.refresh()",
+        "with self._guard_against_spurious_io_errors():",
+        "return self._load_overload(sig, target_context)",
+    ]
+    assert "rtsys.initialize(self)" in inspect.getsource(numba.core.cpu.CPUContext.load_additional_registries)
+    assert "self.load_additional_registries()" in inspect.getsource(numba.core.base.BaseContext.refresh)
+    pipeline = inspect.getsource(numba.core.compiler.CompilerBase.__init__)
+    assert "typingctx.refresh()" in pipeline and "targetctx.refresh()" in pipeline
+    assert callable(rtsys.initialize)
 
 
 def test_the_loading_guard_has_the_same_supported_range():

@@ -207,6 +207,28 @@ def test_first_kernel_call_does_not_import_scipy_linalg_and_a_users_njit_still_h
         assert found["have_blas"] is True and found["linalg_at_end"] is True
 
 
+def test_cached_kernels_load_without_numbas_compiler_set_up_and_compiling_still_works():
+    """With a warm cache, kernels load without a refresh of Numba's target context
+    (``_numba._TolerantCache``: none of the implementation modules that the refresh imports, such as
+    ``numba.typed.typeddict``, is loaded); a user's function compiled afterwards gets the full set-up,
+    and a gradient has the same bits as in a process where that set-up ran before it. (Each process
+    loads Numba with a first ReLU, so that the gradient's products run on the kernels in both.)"""
+    relu = "import numpy as np, fastlayers as fl\nfl.Relu().forward(np.ones((2, 3), np.float32))\n"
+    set_up = "from numba import njit\nnjit(lambda a: a.sum())(np.ones(3))\n"
+    probe = "extra = {'digest': digest, 'typed': 'numba.typed.typeddict' in sys.modules}\n"
+    python(relu + FIRST_GRADIENT + probe + LOADED)  # the kernels compiled and cached, if they were not
+    light = python(relu + FIRST_GRADIENT + "typed_after_gradient = 'numba.typed.typeddict' in sys.modules\n"
+                   + USER_NJIT + "extra.update(typed=typed_after_gradient, typed_at_end='numba.typed.typeddict'"
+                   " in sys.modules)\n" + LOADED)  # fmt: skip
+    refreshed = python(relu + set_up + FIRST_GRADIENT + probe + LOADED)
+    assert light["dot"] == [[5.0, 14.0], [14.0, 50.0]] and light["corr"] == [5.0, 8.0, 11.0]
+    assert light["digest"] == refreshed["digest"]
+    jit, cache = (os.environ.get(name, "0") in ("", "0") for name in ("NUMBA_DISABLE_JIT", "FASTLAYERS_NO_CACHE"))
+    if jit and cache:
+        assert light["typed"] is False, "the first gradient refreshed Numba's target context"
+        assert light["typed_at_end"] is True and refreshed["typed"] is True
+
+
 def test_scipy_linalg_imported_first_is_left_alone_and_results_are_unchanged():
     """A program that imported ``scipy.linalg`` itself gets Numba's own check (nothing hidden), and the
     same gradient bit for bit as a program that did not."""

@@ -4,7 +4,8 @@ casts, ``row_sum``/``row_max``). Kernel modules import only from here, ``numba.p
 
 Supported Numba versions: :data:`SUPPORTED` (the range ``pyproject.toml`` requires; a test holds
 the two equal). Three things use Numba internals and are checked against that range by
-``tests/test_numba_machinery.py``: the subclass of ``numba.core.caching.FunctionCache`` and the
+``tests/test_numba_machinery.py``: the subclass of ``numba.core.caching.FunctionCache`` (its
+loads skip the target context's refresh, see :class:`_TolerantCache`) and the
 LLVM code generation of the intrinsics (``numba.core.cgutils``, llvmlite) here, and the deferred
 BLAS check of ``numba.np.arraymath`` in ``_threads.load_numba``.
 
@@ -58,6 +59,7 @@ from llvmlite import ir  # noqa: E402  (after Numba: it loads llvmlite itself)
 from numba import types  # noqa: E402
 from numba.core import cgutils  # noqa: E402
 from numba.core.caching import FunctionCache  # noqa: E402
+from numba.core.runtime import rtsys as _rtsys  # noqa: E402
 from numba.extending import intrinsic, overload  # noqa: E402
 
 #: Numba versions this module was checked with: (lowest, first unsupported), as in pyproject.toml.
@@ -100,7 +102,16 @@ def _copy_function(fn: Callable, suffix: str) -> Callable:
 
 
 class _TolerantCache(FunctionCache):
-    """Numba's per-function cache, with a damaged index or data file treated as a miss."""
+    """Numba's per-function cache, with a damaged index or data file treated as a miss, and loads
+    that leave the CPU target's full set-up to the first compilation.
+
+    Numba's ``load_overload`` first refreshes the target context: it imports Numba's implementation
+    modules and installs their typing and lowering registries (a large share of a process's first
+    kernel call: docs/PERFORMANCE.md, "Start-up and compilation"), which only compiling reads.
+    Loading cached machine code needs the runtime (NRT: unboxing an array makes a meminfo), which
+    is set up here; the rest happens at the first compilation, whose pipeline refreshes both
+    contexts itself (``numba.core.compiler``). A cache miss therefore compiles exactly as before.
+    """
 
     def _discard_index(self) -> None:
         try:
@@ -110,7 +121,9 @@ class _TolerantCache(FunctionCache):
 
     def load_overload(self, sig, target_context):
         try:
-            return super().load_overload(sig, target_context)
+            _rtsys.initialize(target_context)  # what the refresh did that running the code needs
+            with self._guard_against_spurious_io_errors():
+                return self._load_overload(sig, target_context)
         except Exception:  # truncated pickle, EOF, unreadable file: recompile instead
             self._discard_index()
             return None
