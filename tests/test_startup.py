@@ -167,7 +167,7 @@ def test_the_small_calls_load_the_kernels_themselves_after_ufunc_calls():
 
 
 # Numba's BLAS check: ``numba.np.arraymath`` imports ``scipy.linalg`` at import only to set
-# ``_HAVE_BLAS``; ``_threads.load_numba`` imports that module with ``scipy.linalg`` hidden from its own
+# ``_HAVE_BLAS``; ``_threads.before_compiling`` imports that module with ``scipy.linalg`` hidden from its own
 # thread and makes the check run on first use (docs/PERFORMANCE.md, "Start-up").
 FIRST_GRADIENT = (
     "import sys, numpy as np, fastlayers as fl\n"
@@ -216,8 +216,9 @@ def test_cached_kernels_load_without_numbas_compiler_set_up_and_compiling_still_
     relu = "import numpy as np, fastlayers as fl\nfl.Relu().forward(np.ones((2, 3), np.float32))\n"
     set_up = "from numba import njit\nnjit(lambda a: a.sum())(np.ones(3))\n"
     probe = "extra = {'digest': digest, 'typed': 'numba.typed.typeddict' in sys.modules}\n"
+    after = "typed_after_gradient = [m in sys.modules for m in ('numba.typed.typeddict', 'numba.np.arraymath')]\n"
     python(relu + FIRST_GRADIENT + probe + LOADED)  # the kernels compiled and cached, if they were not
-    light = python(relu + FIRST_GRADIENT + "typed_after_gradient = 'numba.typed.typeddict' in sys.modules\n"
+    light = python(relu + FIRST_GRADIENT + after
                    + USER_NJIT + "extra.update(typed=typed_after_gradient, typed_at_end='numba.typed.typeddict'"
                    " in sys.modules)\n" + LOADED)  # fmt: skip
     refreshed = python(relu + set_up + FIRST_GRADIENT + probe + LOADED)
@@ -225,8 +226,21 @@ def test_cached_kernels_load_without_numbas_compiler_set_up_and_compiling_still_
     assert light["digest"] == refreshed["digest"]
     jit, cache = (os.environ.get(name, "0") in ("", "0") for name in ("NUMBA_DISABLE_JIT", "FASTLAYERS_NO_CACHE"))
     if jit and cache:
-        assert light["typed"] is False, "the first gradient refreshed Numba's target context"
+        assert light["typed"] == [False, False], "the first gradient refreshed Numba's target context"
         assert light["typed_at_end"] is True and refreshed["typed"] is True
+
+
+@pytest.mark.slow
+def test_a_first_gradient_that_compiles_does_not_import_scipy_linalg(tmp_path):
+    """With an empty kernel cache the first gradient compiles its kernels, and Numba's compiler
+    set-up imports ``numba.np.arraymath`` then: through the guard, without ``scipy.linalg``; the
+    gradient has the bits of the cached kernels'."""
+    cached = python(FIRST_GRADIENT + "extra = {'digest': digest}\n" + LOADED)
+    code = FIRST_GRADIENT + "extra = {'digest': digest, 'linalg': linalg_after_gradient}\n" + LOADED
+    found = python(code, NUMBA_CACHE_DIR=str(tmp_path))
+    assert found["digest"] == cached["digest"]
+    if os.environ.get("NUMBA_DISABLE_JIT", "0") in ("", "0"):
+        assert found["linalg"] is False
 
 
 def test_scipy_linalg_imported_first_is_left_alone_and_results_are_unchanged():
@@ -266,7 +280,7 @@ def test_without_scipy_the_kernels_and_numbas_fallbacks_work():
 
 
 def test_scipy_linalg_is_hidden_from_the_loading_thread_only():
-    """While one thread loads Numba, another thread's ``import scipy.linalg`` succeeds."""
+    """While one thread prepares Numba's compiler, another thread's ``import scipy.linalg`` succeeds."""
     code = (
         "import sys, threading, numpy as np\n"
         "from fastlayers._kernels import _threads\n"
@@ -284,7 +298,7 @@ def test_scipy_linalg_is_hidden_from_the_loading_thread_only():
         "            started.set(); release.wait(60)\n"
         "t = threading.Thread(target=other); t.start()\n"
         "sys.meta_path.insert(0, Probe())\n"
-        "_threads.load_numba(); started.set(); t.join(60)\n"
+        "_threads.before_compiling(); started.set(); t.join(60)\n"
         "extra = {'other': seen.get('other'), 'loader_hidden': seen.get('loader_hidden'),"
         " 'finders': [type(f).__name__ for f in sys.meta_path]}\n" + LOADED
     )

@@ -7,7 +7,7 @@ the two equal). Three things use Numba internals and are checked against that ra
 ``tests/test_numba_machinery.py``: the subclass of ``numba.core.caching.FunctionCache`` (its
 loads skip the target context's refresh, see :class:`_TolerantCache`) and the
 LLVM code generation of the intrinsics (``numba.core.cgutils``, llvmlite) here, and the deferred
-BLAS check of ``numba.np.arraymath`` in ``_threads.load_numba``.
+BLAS check of ``numba.np.arraymath`` in ``_threads.before_compiling``.
 
 Every helper that Numba compiles in a special way (an ``overload`` or an ``intrinsic``) is a plain
 Python function with a Python body: the body runs when ``NUMBA_DISABLE_JIT=1`` (the whole kernel
@@ -123,10 +123,13 @@ class _TolerantCache(FunctionCache):
         try:
             _rtsys.initialize(target_context)  # what the refresh did that running the code needs
             with self._guard_against_spurious_io_errors():
-                return self._load_overload(sig, target_context)
+                loaded = self._load_overload(sig, target_context)
         except Exception:  # truncated pickle, EOF, unreadable file: recompile instead
             self._discard_index()
-            return None
+            loaded = None
+        if loaded is None:  # Numba compiles it next
+            _threads.before_compiling()
+        return loaded
 
     def save_overload(self, sig, data):
         try:
@@ -160,6 +163,7 @@ def jit(fn: Callable, parallel: bool = False, suffix: str = "", inline: bool = F
         else:
             dispatcher._cache = _TolerantCache(dispatcher.py_func)
             return dispatcher
+    _threads.before_compiling()  # every call of an uncached dispatcher's new signature compiles
     return numba.njit(parallel=parallel, cache=False, **flags)(fn)
 
 

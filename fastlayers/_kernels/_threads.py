@@ -15,8 +15,9 @@ A user's ``NUMBA_THREADING_LAYER`` is respected.
 
 Numba itself is imported by :func:`load_numba` at the first kernel call, not when fastlayers is
 imported (importing Numba and starting its compiler costs a few hundred ms: docs/PERFORMANCE.md,
-"Start-up"); libtbb is loaded just before, and ``numba.np.arraymath`` just after, without the
-``scipy.linalg`` import of its BLAS check (:func:`_load_arraymath_without_scipy_linalg`).
+"Start-up"); libtbb is loaded just before. ``numba.np.arraymath`` is imported only before
+fastlayers compiles a kernel (:func:`before_compiling`), without the ``scipy.linalg`` import of its
+BLAS check (:func:`_load_arraymath_without_scipy_linalg`).
 
 BLAS: fastlayers' matrix products take turns under :data:`BLAS_LOCK` (OpenBLAS calls from several
 Python threads at once collapse, and its thread count is process-wide), while the Numba kernels
@@ -129,8 +130,9 @@ def _load_arraymath_without_scipy_linalg(numba) -> bool:
     """Import ``numba.np.arraymath`` without the ``scipy.linalg`` import its BLAS check makes.
 
     At import, that module sets ``_HAVE_BLAS = _check_blas()``, which imports ``scipy.linalg`` (a
-    large share of the first kernel call when SciPy is installed: docs/PERFORMANCE.md, "Start-up") only to know
-    whether Numba's own ``np.dot``/``np.linalg`` support has a BLAS; no fastlayers kernel uses it. We
+    large share of a first compilation's set-up when SciPy is installed: docs/PERFORMANCE.md,
+    "Start-up") only to know whether Numba's own ``np.dot``/``np.linalg`` support has a BLAS; no
+    fastlayers kernel uses it. We
     import the module while ``scipy.linalg`` looks absent to this thread, then replace the False
     that the check gave with :class:`_BlasCheckedOnFirstUse`, which runs Numba's check when Numba
     first reads it (compiling a user's ``np.correlate``, say). Numba's ``np.dot`` and ``np.linalg``
@@ -166,9 +168,10 @@ def _load_arraymath_without_scipy_linalg(numba) -> bool:
 
 
 def load_numba():
-    """Numba, imported on first use, with libtbb loaded first (:func:`_configure`) and without the
-    import of ``scipy.linalg`` that Numba's BLAS check makes (:func:`_load_arraymath_without_scipy_linalg`).
-    Every module of fastlayers outside the kernels gets Numba from here."""
+    """Numba, imported on first use, with libtbb loaded first (:func:`_configure`). Every module of
+    fastlayers outside the kernels gets Numba from here. ``numba.np.arraymath`` is not imported
+    here: loading cached kernels never needs it, and before fastlayers compiles one,
+    :func:`before_compiling` imports it without ``scipy.linalg``."""
     global _numba_module
     if _numba_module is None:
         with _numba_lock:
@@ -176,9 +179,18 @@ def load_numba():
                 _configure()
                 import numba
 
-                _load_arraymath_without_scipy_linalg(numba)
                 _numba_module = numba
     return _numba_module
+
+
+def before_compiling() -> None:
+    """Called by the kernels' loader before fastlayers compiles a kernel (a cache miss, or no
+    cache): Numba's compiler set-up imports ``numba.np.arraymath``, so it is imported first through
+    :func:`_load_arraymath_without_scipy_linalg`. Cheap when done already."""
+    if "numba.np.arraymath" not in sys.modules:
+        numba = load_numba()
+        with _numba_lock:
+            _load_arraymath_without_scipy_linalg(numba)
 
 
 def numba_loaded() -> bool:
