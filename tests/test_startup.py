@@ -280,9 +280,11 @@ def test_without_scipy_the_kernels_and_numbas_fallbacks_work():
 
 
 def test_scipy_linalg_is_hidden_from_the_loading_thread_only():
-    """While one thread prepares Numba's compiler, another thread's ``import scipy.linalg`` succeeds."""
+    """While one thread prepares Numba's compiler, another thread's ``import scipy.linalg`` succeeds.
+    The loading thread waits inside the execution of ``numba.np.arraymath`` (not inside a finder,
+    which runs under the interpreter's global import lock and would hold the other thread back)."""
     code = (
-        "import sys, threading, numpy as np\n"
+        "import sys, threading, numpy as np, importlib.machinery as m\n"
         "from fastlayers._kernels import _threads\n"
         "seen = {}\n"
         "started, release = threading.Event(), threading.Event()\n"
@@ -293,20 +295,31 @@ def test_scipy_linalg_is_hidden_from_the_loading_thread_only():
         "    release.set()\n"
         "class Probe:  # holds the loading thread inside its hidden import until the other one is done\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'numba.np.arraymath' and not started.is_set():\n"
-        "            seen['loader_hidden'] = any(type(f).__name__ == '_HideFromThisThread' for f in sys.meta_path)\n"
-        "            started.set(); release.wait(60)\n"
+        "        if name != 'numba.np.arraymath' or started.is_set():\n"
+        "            return None\n"
+        "        spec = m.PathFinder.find_spec(name, path)\n"
+        "        inner = spec.loader\n"
+        "        class Loader(m.SourceFileLoader):\n"
+        "            def exec_module(self, module):\n"
+        "                names = [type(f).__name__ for f in sys.meta_path]\n"
+        "                seen['loader_hidden'] = '_HideFromThisThread' in names\n"
+        "                started.set()\n"
+        "                seen['in_time'] = release.wait(60)\n"
+        "                inner.exec_module(module)\n"
+        "        spec.loader = Loader(inner.name, inner.path)\n"
+        "        return spec\n"
         "t = threading.Thread(target=other); t.start()\n"
         "sys.meta_path.insert(0, Probe())\n"
         "_threads.before_compiling(); started.set(); t.join(60)\n"
         "extra = {'other': seen.get('other'), 'loader_hidden': seen.get('loader_hidden'),"
-        " 'finders': [type(f).__name__ for f in sys.meta_path]}\n" + LOADED
+        " 'in_time': seen.get('in_time'), 'finders': [type(f).__name__ for f in sys.meta_path]}\n" + LOADED
     )
     found = python(code)
     assert found["numba"] is True and found["other"] is True
     assert "_HideFromThisThread" not in found["finders"]  # removed after the import
     if os.environ.get("NUMBA_DISABLE_JIT", "0") in ("", "0"):
-        assert found["loader_hidden"] is True  # the other thread imported while the guard was in place
+        # the other thread imported while the guard was in place, and without waiting for the loader
+        assert found["loader_hidden"] is True and found["in_time"] is True
 
 
 def test_an_arraymath_that_needs_scipy_linalg_is_imported_again_with_nothing_hidden():
