@@ -794,8 +794,9 @@ def fit(
     On a client the next epoch's graph is submitted before this one's state comes back, reading it
     on the workers: they do not wait for this process between epochs, and tasks waiting for the net
     keep its copies on the workers (the scheduler's Active Memory Manager drops the replicas of a key
-    that no task waits for, and the net would travel again). An epoch's ``seconds`` run from the
-    previous epoch's state coming back (or the start) to this one's.
+    that no task waits for, and the net would travel again; it still may when this process spends
+    longer between two epochs, in a checkpoint or ``on_epoch``, than the workers take for one). An
+    epoch's ``seconds`` run from the previous epoch's state coming back (or the start) to this one's.
 
     Parameters
     ----------

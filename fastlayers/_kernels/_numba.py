@@ -120,8 +120,8 @@ class _TolerantCache(FunctionCache):
             pass
 
     def load_overload(self, sig, target_context):
+        _rtsys.initialize(target_context)  # what the refresh did that running loaded code needs
         try:
-            _rtsys.initialize(target_context)  # what the refresh did that running the code needs
             with self._guard_against_spurious_io_errors():
                 loaded = self._load_overload(sig, target_context)
         except Exception:  # truncated pickle, EOF, unreadable file: recompile instead

@@ -132,11 +132,11 @@ def _load_arraymath_without_scipy_linalg(numba) -> bool:
     At import, that module sets ``_HAVE_BLAS = _check_blas()``, which imports ``scipy.linalg`` (a
     large share of a first compilation's set-up when SciPy is installed: docs/PERFORMANCE.md,
     "Start-up") only to know whether Numba's own ``np.dot``/``np.linalg`` support has a BLAS; no
-    fastlayers kernel uses it. We
-    import the module while ``scipy.linalg`` looks absent to this thread, then replace the False
-    that the check gave with :class:`_BlasCheckedOnFirstUse`, which runs Numba's check when Numba
-    first reads it (compiling a user's ``np.correlate``, say). Numba's ``np.dot`` and ``np.linalg``
-    call ``ensure_blas`` when they compile, which imports ``scipy.linalg`` then, as before.
+    fastlayers kernel uses it. We import the module while ``scipy.linalg`` looks absent to this
+    thread, then replace the False that the check gave with :class:`_BlasCheckedOnFirstUse`, which
+    runs Numba's check when Numba first reads it (compiling a user's ``np.correlate``, say). Numba's
+    ``np.dot`` and ``np.linalg`` call ``ensure_blas`` when they compile, which imports
+    ``scipy.linalg`` then, as before.
 
     Does nothing (returns False) when the module is imported already, when ``scipy.linalg`` is
     (nothing to save), with ``NUMBA_DISABLE_JIT=1`` (nothing compiles: the module may never be
