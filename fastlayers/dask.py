@@ -899,9 +899,14 @@ def fit(
     signals = _train._Signals(handle_signals)
     state = ({k: np.array(v) for k, v in net.params.items()}, copy.deepcopy(optimizer), ())
 
-    def graph(epoch: int, node):
-        """The delayed state at the end of ``epoch``, from the delayed state ``node`` at its start."""
+    def graph(epoch: int, start):
+        """The delayed state at the end of ``epoch``, from ``start``: the state at its beginning, or
+        (on a client) the future of the previous epoch's end, read without its losses."""
         name = f"fastlayers-{token}-e{epoch}"
+        if client is not None and isinstance(start, _distributed().Future):
+            node = dask.delayed(_restart, pure=False)(start, dask_key_name=f"{name}-state")
+        else:
+            node = dask.delayed(start, name=f"{name}-state", traverse=False)
         if mode == "sync":
             for step in range(steps):
                 parts = [
@@ -923,13 +928,6 @@ def fit(
                 node = dask.delayed(_average, pure=False)(node, *parts, dask_key_name=f"{name}-r{s0}-state")
         return node
 
-    def submit(epoch: int, start):
-        """Epoch ``epoch`` on the client, from a state or a future of the previous epoch's result."""
-        if not isinstance(start, _distributed().Future):
-            start = dask.delayed(start, name=f"fastlayers-{token}-e{epoch}-start", traverse=False)
-        node = dask.delayed(_restart, pure=False)(start, dask_key_name=f"fastlayers-{token}-e{epoch}-state")
-        return client.compute(graph(epoch, node))
-
     ahead = None  # the next epoch, submitted before this one's result is back (client only)
     start = time.perf_counter()
     with signals:
@@ -937,12 +935,10 @@ def fit(
             for epoch in range(done, epochs):
                 if client is None:
                     start = time.perf_counter()
-                if client is None:
-                    node = dask.delayed(state, name=f"fastlayers-{token}-e{epoch}-state", traverse=False)
-                    state = _compute(graph(epoch, node), None, timeout)
+                    state = _compute(graph(epoch, state), None, timeout)
                 else:
-                    future = ahead if ahead is not None else submit(epoch, state)
-                    ahead = submit(epoch + 1, future) if epoch + 1 < epochs else None
+                    future = ahead if ahead is not None else client.compute(graph(epoch, state))
+                    ahead = client.compute(graph(epoch + 1, future)) if epoch + 1 < epochs else None
                     try:
                         state = future.result(timeout=timeout)
                     finally:
@@ -951,7 +947,8 @@ def fit(
                 state = (params, new_optimizer, ())
                 _load_params(net, params)
                 optimizer.__dict__.update(copy.deepcopy(new_optimizer).__dict__)
-                seconds, start = time.perf_counter() - start, time.perf_counter()
+                now = time.perf_counter()
+                seconds, start = now - start, now
                 record = EpochRecord(epoch + 1, float(np.mean(losses)), steps, seconds, steps * batch_size / seconds)
                 history.epochs.append(record)
                 history.step_losses.extend(losses)
