@@ -308,7 +308,7 @@ def _make_col2im(dtype, spec, rng):
     return [dcol, g.fh, g.fw, g.stride, g.wp, g.oh, g.ow, g.r, g.pad, n0, dxp, np.zeros((g.n, g.c, g.h, g.w), dtype)]
 
 
-def _conv_direct(xp, koff, wr, b, wp, relu, tile, out):
+def _conv_direct(xp, koff, wr, b, wp, relu, tile, out, pool, arg):
     n, c, lx = xp.shape
     nblk, k, fc = wr.shape
     fn, oh, ow = out.shape[1:]
@@ -325,10 +325,25 @@ def _conv_direct(xp, koff, wr, b, wp, relu, tile, out):
             out[i, f0 : f0 + count] = reference.relu_forward(v) if relu else v
             seen = xf[i][koff[:, None] + (last + np.arange(span))[None, :]]
             tile[i * nblk + blk, : fc * span] = (wr[blk].T @ seen).reshape(-1)
+    if pool.shape[0]:  # the 2x2, stride 2 pooling of the output
+        pool[...], idx = reference.maxpool_forward(out, 2, 2, 2, 0)
+        arg[...] = idx
+
+
+#: the direct convolution's shapes, then with the 2x2 pooling of the output in the same pass (a
+#: trailing True): odd planes (a row and a column no window covers), every dtype's tiles, one past
+#: the parallel threshold
+DIRECT_CASES = [(*s, False) for s in DIRECT_SHAPES] + [
+    (2, 3, 9, 8, 4, 3, 2, 0, 6, True),
+    (1, 3, 11, 9, 5, 3, 3, 2, 4, True),
+    (3, 16, 28, 28, 16, 3, 3, 1, 8, True),
+    (2, 32, 7, 7, 30, 3, 3, 1, 6, True),
+    (1, 2, 5, 5, 4, 1, 1, 0, 12, True),
+]
 
 
 def _make_direct(dtype, spec, rng):
-    n, c, h, w, fn, fh, fw, pad, fc = spec
+    n, c, h, w, fn, fh, fw, pad, fc, pooled = spec
     g = _geo((n, c, h, w, fn, fh, fw, 1, pad))
     span = (24 // fc) * (64 // np.dtype(dtype).itemsize)
     lx = g.lx + span
@@ -346,7 +361,10 @@ def _make_direct(dtype, spec, rng):
     ).reshape(-1)
     b = rng.standard_normal(fn).astype(dtype)
     tile = np.full((n * nblk, fc * span), np.nan, dtype)
-    return [xp, koff.astype(np.int64), wr, b, g.wp, fc in (6, 12), tile, np.full(g.out_shape, np.nan, dtype)]
+    shape = (n, fn, g.oh // 2, g.ow // 2) if pooled else (0, 0, 0, 0)
+    pool, arg = np.full(shape, np.nan, dtype), np.full(shape, 9, np.uint8)
+    relu = fc in (6, 12) or pooled
+    return [xp, koff.astype(np.int64), wr, b, g.wp, relu, tile, np.full(g.out_shape, np.nan, dtype), pool, arg]
 
 
 def _direct_geo(spec):
@@ -702,7 +720,7 @@ CASES: dict[str, Case] = {
         reference.net_loss, lambda dt, s, rng: _make_net(dt, s, rng, "loss"), "sum", shapes=NET_SHAPES, n=_net_n
     ),
     "net_gradient": Case(reference.net_gradient, _make_net, "sum", shapes=NET_SHAPES, n=_net_n),
-    "conv_direct": Case(_conv_direct, _make_direct, "sum", shapes=DIRECT_SHAPES, n=lambda s: s[1] * s[5] * s[6]),
+    "conv_direct": Case(_conv_direct, _make_direct, "sum", shapes=DIRECT_CASES, n=lambda s: s[1] * s[5] * s[6]),
     "conv_dout_direct": Case(
         _conv_dout_direct, _make_dout_direct, "sum", shapes=DOUT_SHAPES, n=lambda s: s[0] * s[2] * s[3]
     ),

@@ -358,6 +358,29 @@ def test_max_pool_functions_check_the_indices():
         F.max_pool_backward(np.ones_like(out), arg.astype(float), x.shape, 2, 2, 2)
 
 
+def test_forward_run_checks_the_pooled_outputs_before_the_kernel():
+    """The pooled output and indices handed to the direct kernel are checked first (the kernel
+    writes them without bounds checks): shape, dtype, layout, and a call that the pass can pool."""
+    rng = np.random.default_rng(0)
+    x, W, b = (rng.standard_normal(s).astype(np.float32) for s in ((2, 3, 9, 7), (4, 3, 3, 3), (4,)))
+    geo = C.geometry(x.shape, W.shape, 1, 1)
+    good = (np.empty((2, 4, 4, 3), np.float32), np.empty((2, 4, 4, 3), np.uint8))
+    C.forward_run(x, W, b, geo, None, True, C.Workspace(), good)
+    for bad in (
+        (np.empty((2, 4, 4, 4), np.float32), good[1]),
+        (good[0], np.empty((2, 4, 5, 3), np.uint8)),
+        (good[0].astype(np.float64), good[1]),
+        (good[0], good[1].astype(np.int64)),
+        (np.empty((2, 4, 3, 4), np.float32).transpose(0, 1, 3, 2), good[1]),
+        (good[0], np.empty((2, 4, 3, 4), np.uint8).transpose(0, 1, 3, 2)),
+    ):
+        with pytest.raises(ValueError, match=r"pool: the pooled output and indices must be \(2, 4, 4, 3\)"):
+            C.forward_run(x, W, b, geo, None, True, C.Workspace(), bad)
+    x64, W64, b64 = x.astype(np.float64), W.astype(np.float64), b.astype(np.float64)
+    with pytest.raises(ValueError, match="pool:"):  # float64 pools in its own pass (C.pool_fuses)
+        C.forward_run(x64, W64, b64, geo, None, True, C.Workspace(), (good[0].astype(np.float64), good[1]))
+
+
 @pytest.mark.parametrize(
     "call,exc,match",
     [

@@ -128,6 +128,55 @@ def test_fused_conv_relu_pool_backward_equals_the_layers_one_by_one(dtype, monke
         np.testing.assert_array_equal(grads[f"b{i}"], layer.db, err_msg=f"b{i}")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_conv_relu_pool_forward_equals_the_layers_one_by_one(dtype, monkeypatch):
+    """Convolution -> ReLU -> 2x2 Pooling forward with the pooling in the convolution's pass (in
+    float32; float64 runs the pooling's own forward after, measured faster): the pooled output,
+    the indices and every layer's state equal the three calls bit for bit (planes with a row and a
+    column no window covers, NaN and infinities in the input, W replaced between calls), and a
+    pooled output the caller still holds is never written over."""
+    import fastlayers.layers.conv as conv_layers
+
+    pooled_in_pass = []
+    run = conv_layers.C.forward_run
+
+    def spy(*args):
+        pooled_in_pass.append(args[-1] is not None)
+        return run(*args)
+
+    monkeypatch.setattr(conv_layers.C, "forward_run", spy)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3, 2, 13, 11)).astype(dtype)
+    x[0, 0, 2, 2], x[1, 1, 5, 5], x[2, 0, 7, 3] = np.nan, np.inf, -np.inf
+    W, b = rng.standard_normal((5, 2, 3, 3)).astype(dtype), rng.standard_normal(5).astype(dtype)
+    fused = [fl.Convolution(W, b, pad=1), fl.Relu(), fl.Pooling(2, 2, 2)]
+    layers = [fl.Convolution(W, b, pad=1), fl.Relu(), fl.Pooling(2, 2, 2)]
+    held = []
+    for call in range(3):
+        got = conv_layers.conv_relu_pool_forward(*fused, x)
+        want = _manual(layers, x, False)
+        assert got.dtype == dtype and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(fused[1].out, layers[1].out)
+        assert fused[2].x is fused[1].out and fused[0].x is x
+        np.testing.assert_array_equal(fused[2].arg_max, layers[2].arg_max)
+        assert fused[2]._geo == layers[2]._geo
+        for a, w in held:
+            np.testing.assert_array_equal(a, w)
+        held.append((got, want.copy()))
+        for net in (fused, layers):  # a new W, as a caller may set between calls
+            net[0].W = (W * (call + 2)).astype(dtype)
+    assert pooled_in_pass == [dtype == np.float32, False] * 3  # each call, then the three layers' own
+    assert len({id(a) for a, _ in held}) == 3
+    # DeepConvNet's pooled blocks in its walk: planes of 12, 6 and 3 rows (one left over)
+    net = _deep_tiny(dtype=dtype)
+    pooled_in_pass.clear()
+    xs = rng.standard_normal((2, 1, 12, 12)).astype(dtype)
+    scores = net.predict(xs)
+    assert pooled_in_pass == [False, dtype == np.float32] * 3
+    np.testing.assert_array_equal(scores, _manual(list(net.layers), xs, False))
+
+
 def test_first_layer_input_gradient_is_skipped_and_relu_state_kept():
     net = fl.SimpleConvNet(input_dim=(1, 8, 8), conv_param={"filter_size": 3, "pad": 1, "filter_num": 4}, seed=0)
     x = np.random.default_rng(0).standard_normal((3, 1, 8, 8))

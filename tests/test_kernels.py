@@ -17,7 +17,7 @@ from fastlayers._kernels._math import exp_nonpos
 from fastlayers._kernels._numba import row_max, row_sum
 
 from .conftest import DTYPES, assert_close, compiled_only
-from .kernel_cases import CASES, sizes
+from .kernel_cases import CASES, DIRECT_CASES, _make_direct, sizes
 
 ALL_KERNELS = list(load_all())  # every kernel module, imported
 
@@ -233,3 +233,26 @@ def test_fused_affine_kernels_equal_the_unfused_ones(shape, dtype, twin):
         getattr(affine.bias_grad, twin)(want_dh, want_db)
         np.testing.assert_array_equal(dh, want_dh)
         np.testing.assert_array_equal(db, want_db)
+
+
+@pytest.mark.parametrize("twin", ["serial", "parallel"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("spec", [s for s in DIRECT_CASES if s[-1]])
+def test_pooling_in_the_direct_convolutions_pass_equals_the_pooling_kernel(spec, dtype, twin):
+    """The direct convolution's 2x2 pooling of its own output (NaN and infinities in the input)
+    gives bit for bit what the pooling kernel gives on that output: the same maxima, the same
+    indices."""
+    from fastlayers._kernels import conv
+
+    args = _make_direct(dtype, spec, np.random.default_rng(7))
+    xp = args[0]
+    xp[0, 0, :5] = np.nan
+    xp[-1, -1, 3:6] = np.inf
+    getattr(conv.conv_direct, twin)(*args)
+    out, pool, arg = args[7], args[8], args[9]
+    want, want_arg = np.full_like(pool, 7.0), np.full_like(arg, 9)
+    vals, vidx = np.empty((0, 0), dtype), np.empty((0, 0), np.uint8)
+    getattr(conv.maxpool_forward, twin)(out, 2, 2, 2, 0, want, want_arg, vals, vidx)
+    assert np.isnan(pool).any() and np.isinf(out).any()
+    np.testing.assert_array_equal(pool, want)
+    np.testing.assert_array_equal(arg, want_arg)

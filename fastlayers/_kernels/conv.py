@@ -3,7 +3,8 @@
 A convolution of stride 1 runs as :func:`conv_pad` then :func:`conv_direct`: a direct convolution
 whose inner loop (``_numba.conv_tile_*``, LLVM code generated in ``_numba``) keeps a tile of output
 channels x pixels in vector registers over the whole reduction, the filters rearranged into blocks
-of the tile's channels, bias and ReLU applied as the tile is written out.
+of the tile's channels, bias and ReLU applied as the tile is written out (and, for the nets'
+Convolution -> ReLU -> 2x2 Pooling, each task's planes pooled as soon as they are written).
 
 Other strides run as im2col, one matrix product (:func:`fastlayers._gemm.matmul`, in
 :mod:`fastlayers.functional.conv`), and a pass that writes the output; over a batch it works in
@@ -227,7 +228,7 @@ def conv_col2im(dcol, fh, fw, stride, wp, oh, ow, r, pad, n0, dxp, dx):
 
 
 @twins(DIRECT_MIN)
-def conv_direct(xp, koff, wr, b, wp, relu, tile, out):
+def conv_direct(xp, koff, wr, b, wp, relu, tile, out, pool, arg):
     """The direct convolution, stride 1: out[i, f, y, xo] = the sum over k = (c, ky, kx), in that
     order, of W[f, c, ky, kx] * xp[i, c, (y + ky)*wp + xo + kx] (one FMA per term in compiled code),
     plus b[f], through ReLU when ``relu``.
@@ -241,7 +242,13 @@ def conv_direct(xp, koff, wr, b, wp, relu, tile, out):
     Output pixels are walked as ``q = y*wp + xo`` (rows as wide as the padded input's, like im2col's
     ``r = wp``), S at a time: the tile at ``q`` reads xp[i, c, q + ky*wp + kx + p] for p < S, inside
     the plane when ``Lx >= ceil(OH*wp / S)*S + (FH - 1)*wp + FW - 1`` (the caller pads the planes
-    that long). Columns ``xo >= OW`` and pixels past OH*wp are computed and never stored."""
+    that long). Columns ``xo >= OW`` and pixels past OH*wp are computed and never stored.
+
+    With ``pool`` not empty (the nets' Convolution -> ReLU -> 2x2 Pooling), (N, FN, PH, PW) with
+    2*PH <= OH and 2*PW <= OW, and ``arg`` (uint8, the same shape): each task then pools the planes
+    it has just written, while they are in its core's cache, into pool[i, f] and arg[i, f] as
+    :func:`maxpool_forward` does (the 2x2, stride 2 window's maximum and its index 0..3, the first
+    NaN winning, then the first larger value). ``pool``, ``arg``: empty (0, 0, 0, 0) otherwise."""
     n, c, lx = xp.shape
     nblk, k, fc = wr.shape
     fn, oh, ow = out.shape[1], out.shape[2], out.shape[3]
@@ -251,6 +258,14 @@ def conv_direct(xp, koff, wr, b, wp, relu, tile, out):
     wf = wr.reshape(nblk * k * fc)
     of = out.reshape(out.size)
     zero = typed(0, out)
+    ph = pool.shape[2]
+    pooled = (
+        pool.shape[0] == n
+        and pool.shape[1] == fn
+        and arg.shape == pool.shape
+        and 2 * ph <= oh
+        and 2 * pool.shape[3] <= ow
+    )
     if fc < 1 or fc > 12 or 24 % fc != 0:
         return
     for t in prange(n * nblk):
@@ -293,6 +308,13 @@ def conv_direct(xp, koff, wr, b, wp, relu, tile, out):
                     else:
                         for m in range(u64(hi - lo)):
                             of[dst + m] = acc[src + m] + bias
+        if pooled:
+            for j in range(min(fc, fn - f0)):
+                img = out[i, f0 + j]
+                dst2 = pool[i, f0 + j]
+                idx = arg[i, f0 + j]
+                for y in range(ph):
+                    _pool2x2_row(img, dst2, idx, y)
 
 
 @helper

@@ -24,7 +24,7 @@ from numpy.typing import ArrayLike
 from .. import _gemm, reference
 from .._kernels import lazy
 from .._kernels._threads import launch
-from ._checks import FLOATS, as_array, check_out, compute_dtype, convert, numpy_backend
+from ._checks import FLOATS, as_array, check_out, compute_dtype, convert, numpy_backend, plain
 
 _conv = lazy("conv")  # imported (with Numba) at the first kernel call
 
@@ -230,15 +230,22 @@ def _blocks(ws: Workspace, name: str, W2: np.ndarray, fc: int) -> np.ndarray:
     return wr
 
 
-def _direct(xp, W, b, geo: Geometry, plan: tuple[int, int], out, relu: bool, ws: Workspace) -> None:
+def _no_pool(dtype: np.dtype) -> np.ndarray:
+    """The empty pooled output that tells the direct kernel not to pool."""
+    return np.empty((0, 0, 0, 0), dtype)
+
+
+def _direct(xp, W, b, geo: Geometry, plan: tuple[int, int], out, relu: bool, ws: Workspace, pool=None) -> None:
     """The direct kernel on the padded batch ``xp``: the filters rearranged into blocks of the
-    tile's output channels, the offsets of the K terms, and the tiles' scratch, all private."""
+    tile's output channels, the offsets of the K terms, and the tiles' scratch, all private;
+    ``pool``: None, or the (pooled output, indices) of a 2x2 pooling done in the same pass."""
     fc, span = plan
     koff = _offsets(ws, "koff", geo.c, geo.fh, geo.fw, xp.shape[2], geo.wp)
     wr = _blocks(ws, "wr", W.reshape(geo.fn, geo.k), fc)
     tile = ws.flat("tile", (geo.n * wr.shape[0], fc * span), W.dtype)
     macs = geo.n * geo.fn * geo.oh * geo.ow * geo.k
-    launch(_conv.conv_direct, macs, xp, koff, wr, b, geo.wp, relu, tile, out)
+    pooled, arg = (_no_pool(W.dtype), _NO_ARG) if pool is None else pool
+    launch(_conv.conv_direct, macs, xp, koff, wr, b, geo.wp, relu, tile, out, pooled, arg)
 
 
 def direct_backward_serves(ws: Workspace, dtype: np.dtype, with_dx: bool) -> bool:
@@ -304,19 +311,46 @@ def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu:
         tile = ws.flat("tile_dx", (geo.n * wr.shape[0], fc * span), dtype)
         zeros = ws.flat("zeros", (geo.c,), dtype)
         zeros[...] = 0
-        launch(_conv.conv_direct, macs, dpad, koff, wr, zeros, wd, False, tile, dx)
+        launch(_conv.conv_direct, macs, dpad, koff, wr, zeros, wd, False, tile, dx, _no_pool(dtype), _NO_ARG)
     return True
 
 
-def forward_run(x, W: np.ndarray, b: np.ndarray, geo: Geometry, out, relu: bool, ws: Workspace) -> np.ndarray:
+def pool_fuses(geo: Geometry, dtype: np.dtype) -> bool:
+    """Whether :func:`forward_run` pools this convolution's output in its own pass (a 2x2, stride 2,
+    unpadded pooling): float32 (in float64 the kernel's one-pass pooling row runs scalar, slower
+    than :func:`pool_forward_run`'s two passes: measured, docs/PERFORMANCE.md), the direct kernel
+    serving the convolution, and an output with a whole window."""
+    return dtype.itemsize == 4 and direct_plan(geo, 4) is not None and geo.oh >= 2 and geo.ow >= 2
+
+
+def forward_run(
+    x, W: np.ndarray, b: np.ndarray, geo: Geometry, out, relu: bool, ws: Workspace, pool=None
+) -> np.ndarray:
     """The convolution of ``x`` (any real dtype; converted as it is padded) with ``W`` and ``b`` (of
     the compute dtype), through ReLU with ``relu``, into ``out`` (None: allocated). Stride 1 runs
     the direct kernel (its planes padded ``span`` elements longer: its last tile reads that far);
-    other strides im2col in chunks and a product."""
+    other strides im2col in chunks and a product.
+
+    ``pool``: None, or, where :func:`pool_fuses` holds, (pooled, arg): the (N, FN, OH // 2, OW // 2)
+    outputs, in the compute dtype and uint8, of the 2x2, stride 2 max pooling of the result, written
+    in the same pass as :func:`pool_forward_run` would write them."""
     dtype = W.dtype
     if out is None:
         out = np.empty(geo.out_shape, dtype)
     plan = direct_plan(geo, dtype.itemsize)
+    if pool is not None:
+        shape = (geo.n, geo.fn, geo.oh // 2, geo.ow // 2)
+        pooled, arg = pool
+        if not (
+            pool_fuses(geo, dtype)
+            and plain(pooled, dtype)
+            and pooled.shape == shape
+            and type(arg) is np.ndarray
+            and arg.dtype == np.uint8
+            and arg.shape == shape
+            and arg.flags.c_contiguous
+        ):
+            raise ValueError(f"pool: the pooled output and indices must be {shape} {dtype} and uint8, C-contiguous")
     lx = geo.lx + (plan[1] if plan else 0)
     xp = ws.xp
     if xp is None or xp.shape != (geo.n, geo.c, lx) or xp.dtype != dtype:
@@ -324,7 +358,7 @@ def forward_run(x, W: np.ndarray, b: np.ndarray, geo: Geometry, out, relu: bool,
     launch(_conv.conv_pad, xp.size, x, 0, geo.pad, xp)
     ws.xp, ws.geo, ws.col_chunk = xp, geo, -1
     if plan is not None:
-        _direct(xp, W, b, geo, plan, out, relu, ws)
+        _direct(xp, W, b, geo, plan, out, relu, ws, pool)
         return out
     W2 = W.reshape(geo.fn, geo.k)
     for n0, nb in _chunks(geo, dtype.itemsize):

@@ -124,6 +124,14 @@ class Convolution:
         return self._forward(x, relu=False)
 
     def _forward(self, x: ArrayLike, relu: bool) -> np.ndarray:
+        """:meth:`forward`, through ReLU with ``relu``."""
+        return self._run(x, relu, None)[0]
+
+    def _run(self, x: ArrayLike, relu: bool, pool: Pooling | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(:meth:`_forward`'s output, None), or with ``pool`` (a 2x2, stride 2, unpadded Pooling
+        after the ReLU, from :func:`conv_relu_pool_forward`) when the direct kernel serves the
+        call, (output, pooled output): the pooling done in the kernel's pass and ``pool`` left as
+        its own ``forward`` of the output would leave it. ``pool`` is untouched otherwise."""
         x, W, b, geo = C.prepare(x, self.W, self.b, self.stride, self.pad)
         dtype = W.dtype
         if numpy_backend():
@@ -132,13 +140,20 @@ class Convolution:
             if relu:
                 out = C.reference.relu_forward(out)
             self._ws.geo = geo
+            fused = None
         else:
             self._xc = None
             buf = reusable(self, "_out", geo.out_shape, dtype)
-            out = C.forward_run(x, W, b, geo, buf, relu, self._ws)
+            fused = None
+            if pool is not None and C.pool_fuses(geo, dtype):
+                fused = pool._buffers((geo.n, geo.fn, geo.oh // 2, geo.ow // 2), dtype)
+            out = C.forward_run(x, W, b, geo, buf, relu, self._ws, fused)
+            if fused is not None:
+                pool.x, pool._out, pool._arg = out, *fused
+                pool._geo = C.pool_geometry(out.shape, 2, 2, 2, 0)
         self.x = x
         self._out = out
-        return out
+        return out, (None if fused is None else fused[0])
 
     def backward(self, dout: ArrayLike) -> np.ndarray:
         """Gradients of the layer.
@@ -276,6 +291,15 @@ class Pooling:
         self.x, self._arg, self._geo, self._out = x, arg, geo, out
         return out
 
+    def _buffers(self, shape: tuple, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        """(output, indices) for a forward into ``shape``: the layer's own arrays where they can be
+        reused (the indices are private; the output only while nobody else holds it), else new."""
+        arg = self._arg
+        if arg is None or arg.shape != shape or arg.dtype != np.uint8:
+            arg = np.empty(shape, np.uint8)
+        out = reusable(self, "_out", shape, dtype)
+        return (np.empty(shape, dtype) if out is None else out), arg
+
     def backward(self, dout: ArrayLike) -> np.ndarray:
         """The gradient: each ``dout`` value goes to its window's maximum (overlapping windows add up).
 
@@ -318,6 +342,17 @@ def conv_relu_forward(conv: Convolution, relu: Relu, x) -> np.ndarray:
     output, leaving ``conv.x`` and ``relu.out`` as the two calls would."""
     relu.out = conv._forward(x, relu=True)
     return relu.out
+
+
+def conv_relu_pool_forward(conv: Convolution, relu: Relu, pool: Pooling, x) -> np.ndarray:
+    """``pool.forward(relu.forward(conv.forward(x)))`` for the nets' Convolution -> ReLU -> Pooling:
+    when the pooling is the classic 2x2, stride 2, unpadded one and the direct kernel serves the
+    convolution, each output plane is pooled in the kernel's pass, while it is in cache; otherwise
+    the pooling's own forward runs after. ``conv.x``, ``relu.out`` and ``pool``'s input, output and
+    indices are left as the three calls would leave them."""
+    classic = (pool.pool_h, pool.pool_w, pool.stride, pool.pad) == (2, 2, 2, 0)
+    relu.out, pooled = conv._run(x, True, pool if classic else None)
+    return pool.forward(relu.out) if pooled is None else pooled
 
 
 def conv_relu_backward(conv: Convolution, relu: Relu, dout, with_dx: bool) -> np.ndarray | None:

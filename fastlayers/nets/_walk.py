@@ -1,6 +1,6 @@
 """How the nets walk their layers: forward in order and backward in reverse, running an Affine
-layer and the activation after it, a Convolution and the ReLU after it, and backward a
-Convolution, a ReLU and a 2x2 Pooling, as fused passes, and skipping the first layer's input
+layer and the activation after it, a Convolution and the ReLU after it, and a Convolution, a ReLU
+and a 2x2 Pooling (forward and backward) as fused passes, and skipping the first layer's input
 gradient (nobody uses it). Every layer is left in the state its own calls would leave it in."""
 
 from __future__ import annotations
@@ -56,7 +56,11 @@ def forward(layers: Sequence, x, train_flg: bool = False):
         elif paired is not None:
             conv = _conv_then_relu(layer, paired)
             if conv is not None:
-                x, i = conv.conv_relu_forward(layer, paired, x), i + 2
+                third = layers[i + 2] if i + 2 < n else None
+                if type(third) is conv.Pooling:
+                    x, i = conv.conv_relu_pool_forward(layer, paired, third, x), i + 3
+                else:
+                    x, i = conv.conv_relu_forward(layer, paired, x), i + 2
                 continue
         x = layer.forward(x, train_flg) if _takes_flag(layer) else layer.forward(x)
         i += 1
