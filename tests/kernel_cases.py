@@ -65,6 +65,12 @@ POOL_SHAPES = [
     (5, 7, 61, 70, 2, 2, 2, 0),  # the classic window past the parallel threshold, an odd row left over
     (2, 3, 16, 17, 2, 2, 2, 0),  # the classic window's vectorized rows (8 outputs), an odd column left over
 ]
+#: the forward's: the same, and the classic window without scratch rows (a trailing False: the
+#: general loop), rows of 8 and of 3 outputs
+POOL_FORWARD_SHAPES = [(*s, True) for s in POOL_SHAPES] + [
+    (2, 3, 16, 17, 2, 2, 2, 0, False),
+    (3, 2, 7, 7, 2, 2, 2, 0, False),
+]
 
 
 #: whole-net kernels: (N, widths D0..D3, activations after the two hidden layers: 1 ReLU, 2 Sigmoid):
@@ -308,7 +314,7 @@ def _make_col2im(dtype, spec, rng):
     return [dcol, g.fh, g.fw, g.stride, g.wp, g.oh, g.ow, g.r, g.pad, n0, dxp, np.zeros((g.n, g.c, g.h, g.w), dtype)]
 
 
-def _conv_direct(xp, koff, wr, b, wp, relu, tile, out, pool, arg):
+def _conv_direct(xp, koff, wr, b, wp, relu, tile, out, pool, arg, vals, vidx):
     n, c, lx = xp.shape
     nblk, k, fc = wr.shape
     fn, oh, ow = out.shape[1:]
@@ -325,9 +331,15 @@ def _conv_direct(xp, koff, wr, b, wp, relu, tile, out, pool, arg):
             out[i, f0 : f0 + count] = reference.relu_forward(v) if relu else v
             seen = xf[i][koff[:, None] + (last + np.arange(span))[None, :]]
             tile[i * nblk + blk, : fc * span] = (wr[blk].T @ seen).reshape(-1)
-    if pool.shape[0]:  # the 2x2, stride 2 pooling of the output
+    if pool.shape[0]:  # the 2x2, stride 2 pooling of the output, task i*nblk + blk's scratch row
         pool[...], idx = reference.maxpool_forward(out, 2, 2, 2, 0)
         arg[...] = idx
+        ph, pw = pool.shape[2:]
+        for i in range(n):
+            for blk in range(nblk):
+                last = min(fn, (blk + 1) * fc) - 1
+                row = vals[i * nblk + blk], vidx[i * nblk + blk]
+                row[0][: ph * 2 * pw], row[1][: ph * 2 * pw] = _first_pass(out[i, last], ph, pw)
 
 
 #: the direct convolution's shapes, then with the 2x2 pooling of the output in the same pass (a
@@ -363,8 +375,11 @@ def _make_direct(dtype, spec, rng):
     tile = np.full((n * nblk, fc * span), np.nan, dtype)
     shape = (n, fn, g.oh // 2, g.ow // 2) if pooled else (0, 0, 0, 0)
     pool, arg = np.full(shape, np.nan, dtype), np.full(shape, 9, np.uint8)
+    rows = (n * nblk, shape[2] * 2 * shape[3] + 1) if pooled else (0, 0)  # one column past what is written
+    vals, vidx = np.full(rows, np.nan, dtype), np.full(rows, 7, np.uint8)
     relu = fc in (6, 12) or pooled
-    return [xp, koff.astype(np.int64), wr, b, g.wp, relu, tile, np.full(g.out_shape, np.nan, dtype), pool, arg]
+    out = np.full(g.out_shape, np.nan, dtype)
+    return [xp, koff.astype(np.int64), wr, b, g.wp, relu, tile, out, pool, arg, vals, vidx]
 
 
 def _direct_geo(spec):
@@ -492,25 +507,40 @@ def _pool_x(dtype, g, rng):
     return x
 
 
-def _maxpool_forward(x, ph, pw, stride, pad, out, arg, vals, where):
-    from fastlayers._kernels.conv import POOL_ROW_MIN
+def _first_pass(plane, oh, ow):
+    """The first pass of ``_pool2x2_plane``: the better of rows 2y and 2y+1 in each of the first
+    2*OW columns (the bottom one only where it wins), and its index 0 or 2, flattened."""
+    top, bottom = plane[0 : 2 * oh : 2, : 2 * ow], plane[1 : 2 * oh : 2, : 2 * ow]
+    take = (top == top) & ((bottom > top) | (bottom != bottom))
+    return np.where(take, bottom, top).reshape(-1), np.where(take, 2, 0).reshape(-1)
 
+
+def _pool_rows(x, oh, ow, vals, where):
+    """The scratch rows as the classic pooling's tasks leave them (see ``maxpool_forward``)."""
+    planes = x.reshape(-1, *x.shape[2:])
+    tasks = min(len(planes), vals.shape[0], where.shape[0])
+    per = -(-len(planes) // tasks)
+    for k in range(tasks):
+        last = min(len(planes), (k + 1) * per) - 1
+        if last >= k * per:
+            vals[k, : oh * 2 * ow], where[k, : oh * 2 * ow] = _first_pass(planes[last], oh, ow)
+
+
+def _maxpool_forward(x, ph, pw, stride, pad, out, arg, vals, where):
     out[...], arg[...] = reference.maxpool_forward(x, ph, pw, stride, pad)
     n, c, h, w = x.shape
     oh, ow = out.shape[2:]
-    classic = (ph, pw, stride, pad) == (2, 2, 2, 0) and 2 * oh <= h and 2 * ow <= w and ow >= POOL_ROW_MIN
-    if classic and x.itemsize == 8 and min(vals.shape[0], where.shape[0]) >= n * c:
-        # the kernel's scratch: the two-row pass of each plane's last output row
-        top, bottom = x[:, :, 2 * oh - 2, : 2 * ow], x[:, :, 2 * oh - 1, : 2 * ow]
-        take = (top == top) & ((bottom > top) | (bottom != bottom))
-        vals[:, : 2 * ow] = np.where(take, bottom, top).reshape(n * c, 2 * ow)
-        where[:, : 2 * ow] = np.where(take, 2, 0).reshape(n * c, 2 * ow)
+    classic = (ph, pw, stride, pad) == (2, 2, 2, 0) and 2 * oh <= h and 2 * ow <= w
+    if classic and min(vals.shape[0], where.shape[0]) > 0 and min(vals.shape[1], where.shape[1]) >= oh * 2 * ow:
+        _pool_rows(x, oh, ow, vals, where)
 
 
 def _make_pool_forward(dtype, spec, rng):
-    g = _pool_geo(spec)
+    g = _pool_geo(spec[:8])
     shape = (g.n, g.c, g.oh, g.ow)
-    vals = np.full((g.n * g.c, 2 * g.ow + 1), np.nan, dtype)  # one column past what may be written
+    # fewer rows than planes (tasks of several planes), one column past what may be written
+    rows = (max(1, g.n * g.c // 3), g.oh * 2 * g.ow + 1) if spec[8] else (0, 0)
+    vals = np.full(rows, np.nan, dtype)
     where = np.full(vals.shape, 7, np.uint8)
     return [_pool_x(dtype, g, rng), g.fh, g.fw, g.stride, g.pad, np.empty(shape, dtype), np.empty(shape, np.uint8),
             vals, where]  # fmt: skip
@@ -731,7 +761,7 @@ CASES: dict[str, Case] = {
         shapes=DIRECT_SHAPES,
         n=lambda s: s[0] * (s[2] + 2 * s[7]) * (s[3] + 2 * s[7]),
     ),
-    "maxpool_forward": Case(_maxpool_forward, _make_pool_forward, "exact", shapes=POOL_SHAPES),
+    "maxpool_forward": Case(_maxpool_forward, _make_pool_forward, "exact", shapes=POOL_FORWARD_SHAPES),
     "maxpool_backward": Case(
         _maxpool_backward, _make_pool_backward, "sum", shapes=POOL_SHAPES, n=lambda s: s[4] * s[5]
     ),

@@ -376,9 +376,10 @@ def test_forward_run_checks_the_pooled_outputs_before_the_kernel():
     ):
         with pytest.raises(ValueError, match=r"pool: the pooled output and indices must be \(2, 4, 4, 3\)"):
             C.forward_run(x, W, b, geo, None, True, C.Workspace(), bad)
-    x64, W64, b64 = x.astype(np.float64), W.astype(np.float64), b.astype(np.float64)
-    with pytest.raises(ValueError, match="pool:"):  # float64 pools in its own pass (C.pool_fuses)
-        C.forward_run(x64, W64, b64, geo, None, True, C.Workspace(), (good[0].astype(np.float64), good[1]))
+    strided = C.geometry(x.shape, W.shape, 2, 1)  # im2col: the pooling cannot run in its pass
+    with pytest.raises(ValueError, match=r"pool: the pooled output and indices must be \(2, 4, 2, 2\)"):
+        pooled = (np.empty((2, 4, 2, 2), np.float32), np.empty((2, 4, 2, 2), np.uint8))
+        C.forward_run(x, W, b, strided, None, True, C.Workspace(), pooled)
 
 
 @pytest.mark.parametrize(

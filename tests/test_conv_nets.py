@@ -130,11 +130,10 @@ def test_fused_conv_relu_pool_backward_equals_the_layers_one_by_one(dtype, monke
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fused_conv_relu_pool_forward_equals_the_layers_one_by_one(dtype, monkeypatch):
-    """Convolution -> ReLU -> 2x2 Pooling forward with the pooling in the convolution's pass (in
-    float32; float64 runs the pooling's own forward after, measured faster): the pooled output,
-    the indices and every layer's state equal the three calls bit for bit (planes with a row and a
-    column no window covers, NaN and infinities in the input, W replaced between calls), and a
-    pooled output the caller still holds is never written over."""
+    """Convolution -> ReLU -> 2x2 Pooling forward with the pooling in the convolution's pass: the
+    pooled output, the indices and every layer's state equal the three calls bit for bit (planes
+    with a row and a column no window covers, NaN and infinities in the input, W replaced between
+    calls), and a pooled output the caller still holds is never written over."""
     import fastlayers.layers.conv as conv_layers
 
     pooled_in_pass = []
@@ -166,14 +165,14 @@ def test_fused_conv_relu_pool_forward_equals_the_layers_one_by_one(dtype, monkey
         held.append((got, want.copy()))
         for net in (fused, layers):  # a new W, as a caller may set between calls
             net[0].W = (W * (call + 2)).astype(dtype)
-    assert pooled_in_pass == [dtype == np.float32, False] * 3  # each call, then the three layers' own
+    assert pooled_in_pass == [True, False] * 3  # each call, then the three layers' own
     assert len({id(a) for a, _ in held}) == 3
     # DeepConvNet's pooled blocks in its walk: planes of 12, 6 and 3 rows (one left over)
     net = _deep_tiny(dtype=dtype)
     pooled_in_pass.clear()
     xs = rng.standard_normal((2, 1, 12, 12)).astype(dtype)
     scores = net.predict(xs)
-    assert pooled_in_pass == [False, dtype == np.float32] * 3
+    assert pooled_in_pass == [False, True] * 3
     np.testing.assert_array_equal(scores, _manual(list(net.layers), xs, False))
 
 

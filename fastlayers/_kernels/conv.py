@@ -228,7 +228,7 @@ def conv_col2im(dcol, fh, fw, stride, wp, oh, ow, r, pad, n0, dxp, dx):
 
 
 @twins(DIRECT_MIN)
-def conv_direct(xp, koff, wr, b, wp, relu, tile, out, pool, arg):
+def conv_direct(xp, koff, wr, b, wp, relu, tile, out, pool, arg, vals, vidx):
     """The direct convolution, stride 1: out[i, f, y, xo] = the sum over k = (c, ky, kx), in that
     order, of W[f, c, ky, kx] * xp[i, c, (y + ky)*wp + xo + kx] (one FMA per term in compiled code),
     plus b[f], through ReLU when ``relu``.
@@ -245,8 +245,10 @@ def conv_direct(xp, koff, wr, b, wp, relu, tile, out, pool, arg):
     that long). Columns ``xo >= OW`` and pixels past OH*wp are computed and never stored.
 
     With ``pool`` not empty (the nets' Convolution -> ReLU -> 2x2 Pooling), (N, FN, PH, PW) with
-    2*PH <= OH and 2*PW <= OW, and ``arg`` (uint8, the same shape): each task then pools the planes
-    it has just written, while they are in its core's cache, into pool[i, f] and arg[i, f] as
+    2*PH <= OH and 2*PW <= OW, ``arg`` (uint8, the same shape), and scratch rows ``vals`` (the
+    dtype) and ``vidx`` (uint8), (N*nblk, >= PH*2*PW): task t = i*nblk + blk then pools the planes
+    it has just written, while they are in its core's cache, into pool[i, f] and arg[i, f] by
+    :func:`_pool2x2_plane` through row t (left holding its last plane's first pass), as
     :func:`maxpool_forward` does (the 2x2, stride 2 window's maximum and its index 0..3, the first
     NaN winning, then the first larger value). ``pool``, ``arg``: empty (0, 0, 0, 0) otherwise."""
     n, c, lx = xp.shape
@@ -258,14 +260,18 @@ def conv_direct(xp, koff, wr, b, wp, relu, tile, out, pool, arg):
     wf = wr.reshape(nblk * k * fc)
     of = out.reshape(out.size)
     zero = typed(0, out)
-    ph = pool.shape[2]
+    ph, pw = pool.shape[2], pool.shape[3]
     pooled = (
         pool.shape[0] == n
         and pool.shape[1] == fn
         and arg.shape == pool.shape
         and 2 * ph <= oh
-        and 2 * pool.shape[3] <= ow
+        and 2 * pw <= ow
+        and min(vals.shape[0], vidx.shape[0]) >= n * nblk
+        and min(vals.shape[1], vidx.shape[1]) >= ph * 2 * pw
     )
+    pf = pool.reshape(pool.size)
+    af = arg.reshape(arg.size)
     if fc < 1 or fc > 12 or 24 % fc != 0:
         return
     for t in prange(n * nblk):
@@ -310,11 +316,8 @@ def conv_direct(xp, koff, wr, b, wp, relu, tile, out, pool, arg):
                             of[dst + m] = acc[src + m] + bias
         if pooled:
             for j in range(min(fc, fn - f0)):
-                img = out[i, f0 + j]
-                dst2 = pool[i, f0 + j]
-                idx = arg[i, f0 + j]
-                for y in range(ph):
-                    _pool2x2_row(img, dst2, idx, y)
+                plane = (i * fn + f0 + j) * ph * pw
+                _pool2x2_plane(out[i, f0 + j], ph, pw, pf, af, plane, vals[t], vidx[t])
 
 
 @helper
@@ -488,75 +491,61 @@ def _better(v, best):
     return (best == best) & ((v > best) | (v != v))
 
 
-#: Outputs per row from which the 2x2 pooling runs its vectorized rows (measured: docs/PERFORMANCE.md,
-#: "Pooling").
+#: Outputs per row from which the 2x2 pooling's backward runs whole rows (measured:
+#: docs/PERFORMANCE.md, "Pooling").
 POOL_ROW_MIN = 8
+#: Scratch rows (tasks) of the classic pooling's planes (:func:`maxpool_forward`): a few per
+#: thread, so that the tasks balance; results do not depend on it.
+POOL_TASKS = 64
 
 
 @helper
 def _pool2x2_rows_serve(ph, pw, stride, pad, h, w, oh, ow):
     """Whether the pooling is the classic one (2x2, stride 2, unpadded) with every window inside
-    the (h, w) plane and rows of at least ``POOL_ROW_MIN`` outputs: the row loops below serve it."""
+    the (h, w) plane and rows of at least ``POOL_ROW_MIN`` outputs: the backward's row loops
+    serve it."""
     return ph == 2 and pw == 2 and stride == 2 and pad == 0 and 2 * oh <= h and 2 * ow <= w and ow >= POOL_ROW_MIN
 
 
 @helper
-def _pool2x2_row(img, dst, idx, y):
-    """Output row ``y`` of the 2x2, stride 2, unpadded max pooling of the plane ``img`` into the
-    planes ``dst`` and ``idx``: the maximum of img[2y, 2xo], img[2y, 2xo+1], img[2y+1, 2xo],
-    img[2y+1, 2xo+1] (in that order, by ``_better``) and its index 0..3. Branch-free and indexed in
-    two dimensions (no row views), so the loop vectorizes. ``img`` holds rows 2y+1 and columns
-    2 * dst.shape[1] - 1."""
-    for xo in range(dst.shape[1]):
-        j = 2 * xo
-        best = img[2 * y, j]
-        where = 0
-        v = img[2 * y, j + 1]
-        take = _better(v, best)
-        best = v if take else best
-        where = 1 if take else where
-        v = img[2 * y + 1, j]
-        take = _better(v, best)
-        best = v if take else best
-        where = 2 if take else where
-        v = img[2 * y + 1, j + 1]
-        take = _better(v, best)
-        best = v if take else best
-        where = 3 if take else where
-        dst[y, xo] = best
-        idx[y, xo] = where
-
-
-@helper
-def _pool2x2_row_pairs(img, dst, idx, y, vals, vidx):
-    """Output row ``y`` of :func:`_pool2x2_row` (the same results) in two passes that vectorize in
-    float64, where the one-pass row does not: into ``vals`` and ``vidx`` (rows of at least 2 * OW),
-    the better of rows 2y and 2y+1 in each of the first 2 * OW columns (the top one on a tie or NaN;
-    index 0 or 2); then each window's better column: the first NaN in the window's row order (the
-    smaller index), else the larger value, on a tie the smaller index."""
-    ow = dst.shape[1]
-    for xx in range(2 * ow):
-        a = img[2 * y, xx]
-        c = img[2 * y + 1, xx]
-        take = _better(c, a)
-        vals[xx] = c if take else a
-        vidx[xx] = 2 if take else 0
-    for xo in range(ow):
-        p = vals[2 * xo]
-        ip = vidx[2 * xo]
-        q = vals[2 * xo + 1]
-        iq = vidx[2 * xo + 1] + 1
+def _pool2x2_plane(img, ph, pw, of, af, base, vals, vidx):
+    """The 2x2, stride 2, unpadded max pooling of the plane ``img`` into of[base + y*pw + xo] and
+    af[base + y*pw + xo] (y < ph, xo < pw): each window's maximum (the first NaN in the window's
+    row order winning, else the first larger value) and its index 0..3 (ky*2 + kx), in two passes
+    that vectorize whatever the rows' length. First, into vals[y*2pw + xx] and
+    vidx[y*2pw + xx] (uint8), the better of img[2y, xx] and img[2y+1, xx] for xx < 2pw (by
+    ``_better``: the bottom one only where it wins; index 0 or 2). Then each window's better
+    column, the plane's windows as one flat loop (a window's two columns are adjacent in ``vals``
+    and never straddle a row): the first NaN in the window's row order (the smaller index), else
+    the larger value, on a tie the smaller index. ``img`` holds rows 2ph-1 and columns 2pw-1;
+    ``vals`` and ``vidx`` are 1-D with at least ph*2pw elements."""
+    # unsigned indices: a signed one costs a negative-index test that blocks vector code
+    w2 = u64(2 * pw)
+    start = u64(base)
+    for y in range(ph):
+        row = u64(y) * w2
+        for xx in range(w2):
+            a = img[2 * y, xx]
+            c = img[2 * y + 1, xx]
+            take = _better(c, a)
+            vals[row + xx] = c if take else a
+            vidx[row + xx] = 2 if take else 0
+    for m in range(u64(ph * pw)):
+        p = vals[m + m]
+        ip = vidx[m + m]
+        q = vals[m + m + u64(1)]
+        iq = vidx[m + m + u64(1)] + 1
         pn = p != p
         qn = q != q
         earlier = iq < ip
         takeq = (qn & ((~pn) | earlier)) | ((~pn) & (~qn) & ((q > p) | ((q == p) & earlier)))
-        dst[y, xo] = q if takeq else p
-        idx[y, xo] = iq if takeq else ip
+        of[start + m] = q if takeq else p
+        af[start + m] = iq if takeq else ip
 
 
 @helper
 def _unpool2x2_row(grad, idx, y, r0, r1):
-    """The backward of :func:`_pool2x2_row` for output row ``y`` into the plane's rows 2y (``r0``)
+    """The backward of :func:`_pool2x2_plane` for output row ``y`` into the plane's rows 2y (``r0``)
     and 2y+1 (``r1``): each window's four positions get 0 + its gradient where its index says (as
     the general path adds it to a zeroed plane, so -0.0 becomes +0.0) and 0 elsewhere; an index past
     3 gives four zeros. Columns past 2 * grad.shape[1] (a last one no window covers) get 0."""
@@ -580,33 +569,32 @@ def maxpool_forward(x, ph, pw, stride, pad, out, arg, vals, vidx):
     """out[n, c, y, xo] = the maximum of x[n, c] over the window of rows y*stride - pad + [0, ph)
     and columns xo*stride - pad + [0, pw) clipped to the input (NaN wins; ties: the first, in row
     order); arg[n, c, y, xo] = its window-local index ky * pw + kx. ``x``: (N, C, H, W); ``out``,
-    ``arg``: (N, C, OH, OW), every window holding at least one input element. ``vals`` (x's dtype)
-    and ``vidx`` (uint8): scratch rows, one per plane, for float64's classic window
-    (:func:`_pool2x2_row_pairs`), used when both are at least (N*C, 2*OW); row n*C + c is left
-    holding the two-row pass of the plane's last output row; (0, 0) otherwise."""
+    ``arg``: (N, C, OH, OW), C-contiguous, every window holding at least one input element.
+
+    ``vals`` (x's dtype) and ``vidx`` (uint8): (T, >= OH*2*OW) scratch rows for the classic window
+    (2x2, stride 2, unpadded, inside the plane), pooled a plane at a time by
+    :func:`_pool2x2_plane`: the planes are then split among min(T, N*C) tasks, task k taking the
+    ceil(N*C/tasks) planes from k*ceil(N*C/tasks) on in order, through its row k, which it leaves
+    holding its last plane's first pass. Otherwise (0, 0): a task per plane, the general loop."""
     n, c, h, w = x.shape
     oh, ow = out.shape[2], out.shape[3]
     # output columns whose windows lie inside the input: xo*stride - pad >= 0 and ... + pw <= w
     lo = min(ow, (pad + stride - 1) // stride)
     hi = max(lo, min(ow, (w + pad - pw) // stride + 1))
-    # the classic nets' pooling, every window inside the plane: whole rows, vectorized (LLVM leaves
-    # the one-pass float64 row scalar, slower than the general loop below: float64 takes the rows in
-    # two passes, through the scratch rows)
-    halves = _pool2x2_rows_serve(ph, pw, stride, pad, h, w, oh, ow)
-    rows = min(vals.shape[0], vidx.shape[0]) >= n * c and min(vals.shape[1], vidx.shape[1]) >= 2 * ow
-    pairs = x.itemsize == 8 and rows
+    classic = ph == 2 and pw == 2 and stride == 2 and pad == 0 and 2 * oh <= h and 2 * ow <= w
+    tasks = min(n * c, vals.shape[0], vidx.shape[0])
+    if classic and tasks > 0 and min(vals.shape[1], vidx.shape[1]) >= oh * 2 * ow:
+        of = out.reshape(out.size)
+        af = arg.reshape(arg.size)
+        per = (n * c + tasks - 1) // tasks
+        for k in prange(tasks):
+            for t in range(k * per, min(n * c, (k + 1) * per)):
+                _pool2x2_plane(x[t // c, t % c], oh, ow, of, af, t * oh * ow, vals[k], vidx[k])
+        return
     for t in prange(n * c):
         img = x[t // c, t % c]
         dst = out[t // c, t % c]
         idx = arg[t // c, t % c]
-        if halves and pairs:
-            for y in range(oh):
-                _pool2x2_row_pairs(img, dst, idx, y, vals[t], vidx[t])
-            continue
-        if halves:
-            for y in range(oh):
-                _pool2x2_row(img, dst, idx, y)
-            continue
         for y in range(oh):
             y0 = y * stride - pad
             inside = y0 >= 0 and y0 + ph <= h

@@ -235,6 +235,11 @@ def _no_pool(dtype: np.dtype) -> np.ndarray:
     return np.empty((0, 0, 0, 0), dtype)
 
 
+def _no_rows(dtype: np.dtype) -> np.ndarray:
+    """Empty scratch rows for a kernel's pooling that does not run."""
+    return np.empty((0, 0), dtype)
+
+
 def _direct(xp, W, b, geo: Geometry, plan: tuple[int, int], out, relu: bool, ws: Workspace, pool=None) -> None:
     """The direct kernel on the padded batch ``xp``: the filters rearranged into blocks of the
     tile's output channels, the offsets of the K terms, and the tiles' scratch, all private;
@@ -244,8 +249,13 @@ def _direct(xp, W, b, geo: Geometry, plan: tuple[int, int], out, relu: bool, ws:
     wr = _blocks(ws, "wr", W.reshape(geo.fn, geo.k), fc)
     tile = ws.flat("tile", (geo.n * wr.shape[0], fc * span), W.dtype)
     macs = geo.n * geo.fn * geo.oh * geo.ow * geo.k
-    pooled, arg = (_no_pool(W.dtype), _NO_ARG) if pool is None else pool
-    launch(_conv.conv_direct, macs, xp, koff, wr, b, geo.wp, relu, tile, out, pooled, arg)
+    if pool is None:
+        pooled, arg, vals, vidx = _no_pool(W.dtype), _NO_ARG, _no_rows(W.dtype), _NO_VIDX
+    else:
+        pooled, arg = pool
+        rows = (tile.shape[0], pooled.shape[2] * 2 * pooled.shape[3])
+        vals, vidx = ws.flat("pool_vals", rows, W.dtype), ws.flat("pool_vidx", rows, np.dtype(np.uint8))
+    launch(_conv.conv_direct, macs, xp, koff, wr, b, geo.wp, relu, tile, out, pooled, arg, vals, vidx)
 
 
 def direct_backward_serves(ws: Workspace, dtype: np.dtype, with_dx: bool) -> bool:
@@ -311,16 +321,16 @@ def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu:
         tile = ws.flat("tile_dx", (geo.n * wr.shape[0], fc * span), dtype)
         zeros = ws.flat("zeros", (geo.c,), dtype)
         zeros[...] = 0
-        launch(_conv.conv_direct, macs, dpad, koff, wr, zeros, wd, False, tile, dx, _no_pool(dtype), _NO_ARG)
+        none = (_no_pool(dtype), _NO_ARG, _no_rows(dtype), _NO_VIDX)
+        launch(_conv.conv_direct, macs, dpad, koff, wr, zeros, wd, False, tile, dx, *none)
     return True
 
 
 def pool_fuses(geo: Geometry, dtype: np.dtype) -> bool:
-    """Whether :func:`forward_run` pools this convolution's output in its own pass (a 2x2, stride 2,
-    unpadded pooling): float32 (in float64 the kernel's one-pass pooling row runs scalar, slower
-    than :func:`pool_forward_run`'s two passes: measured, docs/PERFORMANCE.md), the direct kernel
-    serving the convolution, and an output with a whole window."""
-    return dtype.itemsize == 4 and direct_plan(geo, 4) is not None and geo.oh >= 2 and geo.ow >= 2
+    """Whether :func:`forward_run` can pool this convolution's output in its own pass (a 2x2,
+    stride 2, unpadded pooling): the direct kernel serves the convolution, and the output has a
+    whole window."""
+    return direct_plan(geo, dtype.itemsize) is not None and geo.oh >= 2 and geo.ow >= 2
 
 
 def forward_run(
@@ -626,8 +636,9 @@ def pool_forward_run(x: np.ndarray, geo: Geometry, out=None, arg=None) -> tuple[
     shape = (geo.n, geo.c, geo.oh, geo.ow)
     out = np.empty(shape, x.dtype) if out is None else out
     arg = np.empty(shape, _arg_dtype(geo)) if arg is None else arg
-    if x.dtype.itemsize == 8:  # the kernel's scratch rows for float64 (read only where they serve)
-        vals, vidx = np.empty((geo.n * geo.c, 2 * geo.ow), x.dtype), np.empty((geo.n * geo.c, 2 * geo.ow), np.uint8)
+    if (geo.fh, geo.fw, geo.stride, geo.pad) == (2, 2, 2, 0):  # the classic window's scratch rows
+        rows = (min(geo.n * geo.c, _conv.POOL_TASKS), geo.oh * 2 * geo.ow)
+        vals, vidx = np.empty(rows, x.dtype), np.empty(rows, np.uint8)
     else:
         vals, vidx = np.empty((0, 0), x.dtype), _NO_VIDX
     launch(_conv.maxpool_forward, x.size, x, geo.fh, geo.fw, geo.stride, geo.pad, out, arg, vals, vidx)
