@@ -382,6 +382,58 @@ def _make_direct(dtype, spec, rng):
     return [xp, koff.astype(np.int64), wr, b, g.wp, relu, tile, out, pool, arg, vals, vidx]
 
 
+def _conv_direct_rows(xp, foff, wr, b, wp, fh, fw, relu, tile, out):
+    n, c, lx = xp.shape
+    fn, oh, ow = out.shape[1:]
+    lanes = 64 // xp.itemsize
+    vectors = wp // lanes
+    if wp % lanes or vectors not in (2, 4) or fh not in (3, 5) or wr.shape[1] != c * fh * fw:
+        return
+    span = (24 // vectors) * wp
+    last = ((oh * wp - 1) // span) * span  # the start of each task's last tile, left in ``tile``
+    xf = xp.reshape(n, c * lx)
+    koff = (foff[:, None, None] + np.arange(fh)[None, :, None] * wp + np.arange(fw)[None, None, :]).reshape(-1)
+    q = (np.arange(oh)[:, None] * wp + np.arange(ow)[None, :]).reshape(-1)
+    w2 = wr[:, :, 0]
+    for i in range(n):
+        v = (w2 @ xf[i][koff[:, None] + q[None, :]] + b[:, None]).reshape(fn, oh, ow)
+        out[i] = reference.relu_forward(v) if relu else v
+        tile[i * fn : (i + 1) * fn, :span] = w2 @ xf[i][koff[:, None] + (last + np.arange(span))[None, :]]
+
+
+#: the rows tile (N, C, H, W, FN, FH, FW, pad, V): rows of V vectors (V = 3: not served, nothing
+#: written), filters of 3 and 5 rows, non-square, FN 1-3, SimpleConvNet's input gradient (30 -> 1
+#: channel, 5x5 "full" padding 4) past the parallel threshold, planes smaller than a tile
+ROWS_SHAPES = [
+    (1, 1, 5, 7, 1, 3, 3, 0, 2),
+    (2, 3, 12, 14, 2, 5, 5, 1, 2),
+    (3, 2, 9, 11, 3, 3, 2, 2, 4),
+    (2, 4, 10, 13, 3, 3, 3, 1, 2),
+    (2, 30, 24, 24, 1, 5, 5, 4, 4),
+    (1, 1, 5, 5, 1, 3, 3, 0, 3),
+]
+
+
+def _make_direct_rows(dtype, spec, rng):
+    n, c, h, w, fn, fh, fw, pad, vectors = spec
+    lanes = 64 // np.dtype(dtype).itemsize
+    wp = vectors * lanes
+    hp = h + 2 * pad
+    oh, ow = hp - fh + 1, w + 2 * pad - fw + 1
+    span = (24 // vectors) * wp
+    lx = -(-oh * wp // span) * span + (fh - 1) * wp + fw - 1 + 3  # a little past what is read
+    # values in the padded planes, NaN where no stored output may look: past the planes' rows and
+    # in the columns past W + 2*pad
+    xp = np.full((n, c, lx), np.nan, dtype)
+    planes = xp[:, :, : hp * wp].reshape(n, c, hp, wp)
+    planes[..., : w + 2 * pad] = 3 * rng.standard_normal((n, c, hp, w + 2 * pad))
+    wr = rng.standard_normal((fn, c * fh * fw, 1)).astype(dtype)
+    b = rng.standard_normal(fn).astype(dtype)
+    tile = np.full((n * fn, span), np.nan, dtype)
+    out = np.full((n, fn, oh, ow), np.nan, dtype)
+    return [xp, (np.arange(c) * lx).astype(np.int64), wr, b, wp, fh, fw, fn == 2, tile, out]
+
+
 def _direct_geo(spec):
     n, c, h, w, fn, fh, fw, pad, fc = spec
     g = _geo((n, c, h, w, fn, fh, fw, 1, pad))
@@ -751,6 +803,9 @@ CASES: dict[str, Case] = {
     ),
     "net_gradient": Case(reference.net_gradient, _make_net, "sum", shapes=NET_SHAPES, n=_net_n),
     "conv_direct": Case(_conv_direct, _make_direct, "sum", shapes=DIRECT_CASES, n=lambda s: s[1] * s[5] * s[6]),
+    "conv_direct_rows": Case(
+        _conv_direct_rows, _make_direct_rows, "sum", shapes=ROWS_SHAPES, n=lambda s: s[1] * s[5] * s[6]
+    ),
     "conv_dout_direct": Case(
         _conv_dout_direct, _make_dout_direct, "sum", shapes=DOUT_SHAPES, n=lambda s: s[0] * s[2] * s[3]
     ),

@@ -23,6 +23,11 @@ CONV = [
     (3, 1, 7, 10, 2, 2, 3, 3, 2),
     (2, 3, 6, 7, 3, 1, 1, 1, 2),
     (3, 2, 13, 12, 6, 3, 3, 1, 1),
+    # the input gradient on the rows tile (few channels, rows W + FW - 1 of whole vectors): in
+    # both dtypes (32), in float64 only (16)
+    (2, 1, 9, 28, 3, 5, 5, 1, 0),
+    (2, 3, 7, 30, 2, 3, 3, 1, 1),
+    (1, 2, 6, 14, 3, 3, 3, 1, 0),
 ]
 #: (N, C, H, W, pool_h, pool_w, stride, pad)
 POOL = [
@@ -267,9 +272,10 @@ def test_pooling_pads_with_minus_infinity_and_sizes_with_the_pad():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_results_do_not_depend_on_the_thread_count(dtype):
-    x, W, b, stride, pad = _data((5, 3, 40, 37, 4, 3, 3, 1, 1), dtype)
-    dout = np.random.default_rng(3).standard_normal((5, 4, 40, 37)).astype(dtype)
+@pytest.mark.parametrize("w", [37, 30], ids=["flat tiles", "rows tile"])  # the input gradient's tile
+def test_results_do_not_depend_on_the_thread_count(dtype, w):
+    x, W, b, stride, pad = _data((5, 3, 40, w, 4, 3, 3, 1, 1), dtype)
+    dout = np.random.default_rng(3).standard_normal((5, 4, 40, w)).astype(dtype)
 
     def run():
         conv, pool = fl.Convolution(W, b, stride, pad), fl.Pooling(2, 2, 2)
@@ -287,6 +293,27 @@ def test_results_do_not_depend_on_the_thread_count(dtype):
         fl.set_num_threads(fl._kernels._threads.num_threads_limit())
     for a, c in zip(many, one, strict=True):
         np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_input_gradient_to_few_channels_runs_on_the_rows_tile(dtype, monkeypatch):
+    """SimpleConvNet's first layer, its input gradient asked (the book's own net asks it): the
+    gradient to one channel runs on the rows tile, and equals the flat tiles' within the sums'
+    rounding (the terms add in another order)."""
+    x, W, b, stride, pad = _data((4, 1, 28, 28, 30, 5, 5, 1, 0), dtype)
+    dout = np.random.default_rng(2).standard_normal((4, 30, 24, 24)).astype(dtype)
+    kernels = []
+    launch = C.launch
+    monkeypatch.setattr(C, "launch", lambda kernel, *args: kernels.append(kernel.name) or launch(kernel, *args))
+    layer = fl.Convolution(W, b, stride, pad)
+    layer.forward(x)
+    rows = layer.backward(dout)
+    assert kernels[-1] == "conv_direct_rows"
+    monkeypatch.setattr(C, "ROWS_MAX_CHANNELS", 0)
+    layer.forward(x)
+    flat = layer.backward(dout)
+    assert kernels[-1] == "conv_direct"
+    assert_close(rows, flat, "sum", n=W[0].size * W.shape[0])
 
 
 def test_backward_uses_the_filters_as_they_are_then_and_checks_their_shape():

@@ -609,6 +609,135 @@ conv_tile_1x24 = conv_tile(1, 24)
 
 
 # --------------------------------------------------------------------------------------------
+# The rows tile of the direct convolution for one output channel (conv_direct_rows): ``rows`` whole
+# rows of ``vectors`` vectors each (the planes' rows exactly that wide), so that an input vector
+# loaded once serves the filter's ``fh`` rows of taps for ``fh`` output rows (per input channel
+# and tap column: fh broadcast weights, (rows + fh - 1) * vectors loads, rows * fh * vectors FMAs).
+# --------------------------------------------------------------------------------------------
+def _rows_python(fh: int, vectors: int) -> Callable:
+    rows = 24 // vectors
+
+    def conv_rows_tile(xf, xoff, foff, fw, wd, wf, woff, tile):
+        lanes = 64 // xf.itemsize
+        span = rows * wd
+        nf = foff.shape[0]
+        if wd != vectors * lanes or fw < 1 or xoff < 0 or woff < 0:
+            raise IndexError("conv_rows_tile: rows of another width, or negative offsets")
+        reach = (fh - 1) * wd + fw - 1 + span  # past the last tap of the last pixel, from foff[f]
+        if nf and (foff.min() < 0 or xoff + int(foff.max()) + reach > xf.shape[0]):
+            raise IndexError("conv_rows_tile would read xf out of bounds")
+        if woff + nf * fh * fw > wf.shape[0] or span > tile.shape[0]:
+            raise IndexError("conv_rows_tile would read wf or write tile out of bounds")
+        acc = np.zeros(span, xf.dtype)
+        for f in range(nf):
+            for kx in range(fw):
+                for ky in range(fh):
+                    at = xoff + foff[f] + ky * wd + kx
+                    acc += wf[woff + (f * fh + ky) * fw + kx] * xf[at : at + span]
+        tile[:span] = acc
+
+    conv_rows_tile.__name__ = conv_rows_tile.__qualname__ = f"conv_rows_tile_{fh}x{vectors}"
+    return conv_rows_tile
+
+
+def _rows_function(module: ir.Module, fty, intp, fh: int, vectors: int) -> ir.Function:
+    """The rows tile as its own LLVM function (``noinline``, as the other tiles), made once per
+    module: f(x, foff, nf, fw, wd, w, tile) with x and w already offset."""
+    size = 4 if isinstance(fty, ir.FloatType) else 8
+    lanes = 64 // size
+    rows = 24 // vectors
+    ptr = fty.as_pointer()
+    name = f"fastlayers_conv_rows_tile_{fh}x{vectors}_f{size * 8}"
+    fn, new = _tile_declaration(module, name, [ptr, intp.as_pointer(), intp, intp, intp, ptr, ptr])
+    if not new:
+        return fn
+    x, foff, nf, fw, wd, w, tile = fn.args
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    vty = ir.VectorType(fty, lanes)
+    i32 = ir.IntType(32)
+    fma = cgutils.get_or_insert_function(module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{lanes}f{size * 8}")
+    zero = cgutils.get_null_value(vty)
+    accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(vectors)] for _ in range(rows)]
+    taps = builder.mul(fw, ir.Constant(intp, fh))
+    with cgutils.for_range(builder, nf) as channel:
+        xc = builder.gep(x, [builder.load(builder.gep(foff, [channel.index]))])
+        wc = builder.gep(w, [builder.mul(channel.index, taps)])
+        with cgutils.for_range(builder, fw) as column:
+            kx = column.index
+            splats = []
+            for ky in range(fh):
+                value = builder.load(builder.gep(wc, [builder.add(builder.mul(ir.Constant(intp, ky), fw), kx)]))
+                one = builder.insert_element(ir.Constant(vty, ir.Undefined), value, ir.Constant(i32, 0))
+                splats.append(builder.shuffle_vector(one, ir.Constant(vty, ir.Undefined), _indices([0] * lanes)))
+            xk = builder.gep(xc, [kx])
+            for r in range(rows + fh - 1):  # input row r serves output rows r - ky
+                xr = builder.gep(xk, [builder.mul(ir.Constant(intp, r), wd)])
+                for v in range(vectors):
+                    vptr = builder.bitcast(builder.gep(xr, [ir.Constant(intp, v * lanes)]), vty.as_pointer())
+                    xv = builder.load(vptr, align=size)
+                    for ky in range(fh):
+                        if 0 <= r - ky < rows:
+                            acc = accs[r - ky][v]
+                            builder.store(builder.call(fma, [splats[ky], xv, builder.load(acc)]), acc)
+    for r in range(rows):
+        for v in range(vectors):
+            tptr = builder.gep(tile, [ir.Constant(intp, (r * vectors + v) * lanes)])
+            builder.store(builder.load(accs[r][v]), builder.bitcast(tptr, vty.as_pointer()), align=size)
+    builder.ret_void()
+    return fn
+
+
+def _rows_codegen(fh: int, vectors: int):
+    def codegen(context, builder, signature, args):
+        sig = signature.args
+        xf, xoff, foff, fw, wd, wf, woff, tile = args
+        xa = context.make_array(sig[0])(context, builder, xf)
+        fa = context.make_array(sig[2])(context, builder, foff)
+        wa = context.make_array(sig[5])(context, builder, wf)
+        ta = context.make_array(sig[7])(context, builder, tile)
+        nf = builder.extract_value(fa.shape, 0)
+        xoff, fw, wd, woff = (context.cast(builder, args[i], sig[i], types.intp) for i in (1, 3, 4, 6))
+        fty = context.get_value_type(sig[0].dtype)
+        fn = _rows_function(builder.module, fty, nf.type, fh, vectors)
+        builder.call(fn, [builder.gep(xa.data, [xoff]), fa.data, nf, fw, wd, builder.gep(wa.data, [woff]), ta.data])
+        return context.get_dummy_value()
+
+    return codegen
+
+
+def conv_rows_tile(fh: int, vectors: int) -> Callable:
+    """``conv_rows_tile_FHxV(xf, xoff, foff, fw, wd, wf, woff, tile)``: with R = 24 // ``vectors``
+    rows of ``wd`` = ``vectors`` * (64 // itemsize) pixels, tile[p] for p < R*wd = the sum over
+    f < len(foff), kx < fw, ky < ``fh``, in that order, of wf[woff + (f*fh + ky)*fw + kx] *
+    xf[xoff + foff[f] + ky*wd + kx + p] (one FMA each in compiled code). 1-D C-contiguous float
+    arrays of one dtype, ``foff`` int64. Compiled code does not check bounds or ``wd``: the caller
+    guarantees them (the Python body checks them)."""
+    python_body = _rows_python(fh, vectors)
+    codegen = _rows_codegen(fh, vectors)
+
+    def typer(typingctx, xf, xoff, foff, fw, wd, wf, woff, tile):
+        if not _tile_check(xf, foff, wf, tile):
+            return None
+        return types.none(xf, xoff, foff, fw, wd, wf, woff, tile), codegen
+
+    rows_llvm = intrinsic(typer)
+
+    @overload(python_body, inline="always")
+    def _impl(xf, xoff, foff, fw, wd, wf, woff, tile):
+        return lambda xf, xoff, foff, fw, wd, wf, woff, tile: rows_llvm(xf, xoff, foff, fw, wd, wf, woff, tile)
+
+    return python_body
+
+
+#: the rows tiles, (filter rows, vectors per row): 24 accumulators each (24 // vectors rows)
+CONV_ROWS_TILES = ((3, 2), (3, 4), (5, 2), (5, 4))
+conv_rows_tile_3x2 = conv_rows_tile(3, 2)
+conv_rows_tile_3x4 = conv_rows_tile(3, 4)
+conv_rows_tile_5x2 = conv_rows_tile(5, 2)
+conv_rows_tile_5x4 = conv_rows_tile(5, 4)
+
+
+# --------------------------------------------------------------------------------------------
 # The register tile of the direct convolution's filter gradient (conv_dw_direct): ``filters`` rows
 # of the output gradient times ``terms`` filter terms, each accumulator a vector of pixel lanes.
 # --------------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ whose inner loop (``_numba.conv_tile_*``, LLVM code generated in ``_numba``) kee
 channels x pixels in vector registers over the whole reduction, the filters rearranged into blocks
 of the tile's channels, bias and ReLU applied as the tile is written out (and, for the nets'
 Convolution -> ReLU -> 2x2 Pooling, each task's planes pooled as soon as they are written).
+:func:`conv_direct_rows` is the same convolution to a few channels (a net's first input gradient)
+in a tile of whole rows.
 
 Other strides run as im2col, one matrix product (:func:`fastlayers._gemm.matmul`, in
 :mod:`fastlayers.functional.conv`), and a pass that writes the output; over a batch it works in
@@ -44,6 +46,10 @@ from numba import prange
 
 from ._numba import (
     conv_dw_tile_4x6,
+    conv_rows_tile_3x2,
+    conv_rows_tile_3x4,
+    conv_rows_tile_5x2,
+    conv_rows_tile_5x4,
     conv_tile_1x24,
     conv_tile_2x12,
     conv_tile_3x8,
@@ -227,6 +233,28 @@ def conv_col2im(dcol, fh, fw, stride, wp, oh, ow, r, pad, n0, dxp, dx):
             _copy(dx[n0 + i, ch, y], acc[start : start + w])
 
 
+@helper
+def _store_tile(acc, at, of, plane, bias, relu, start, stop, wp, ow):
+    """One output channel of a direct convolution's tile into the flat output ``of``: the tile's
+    pixels q = start ... stop - 1 (q = y*wp + xo, read at acc[at + q - start]) with xo < OW stored
+    at of[plane + y*OW + xo], plus ``bias``, through ReLU with ``relu``; the others are not stored."""
+    zero = typed(0, of)
+    for y in range(start // wp, (stop - 1) // wp + 1):  # flat indices: slice views cost ~12 ns each
+        lo = max(start, y * wp) - y * wp
+        hi = min(stop - y * wp, ow)
+        if hi <= lo:
+            continue
+        dst = u64(plane + y * ow + lo)  # unsigned: see conv_dout_direct
+        src = u64(at + y * wp - start + lo)
+        if relu:
+            for m in range(u64(hi - lo)):
+                v = acc[src + m] + bias
+                of[dst + m] = zero if v <= zero else v
+        else:
+            for m in range(u64(hi - lo)):
+                of[dst + m] = acc[src + m] + bias
+
+
 @twins(DIRECT_MIN)
 def conv_direct(xp, koff, wr, b, wp, relu, tile, out, pool, arg, vals, vidx):
     """The direct convolution, stride 1: out[i, f, y, xo] = the sum over k = (c, ky, kx), in that
@@ -297,6 +325,8 @@ def conv_direct(xp, koff, wr, b, wp, relu, tile, out, pool, arg, vals, vidx):
             else:
                 conv_tile_1x24(xf, xoff, koff, wf, woff, acc)
             stop = min(total, start + span)
+            # the store of _store_tile, written out: as a call of the helper this forward was
+            # measurably slower (docs/PERFORMANCE.md, "Few output channels: the rows tile")
             for j in range(min(fc, fn - f0)):  # flat indices: slice views cost ~12 ns each
                 bias = b[f0 + j]
                 plane = (i * fn + f0 + j) * oh * ow
@@ -318,6 +348,51 @@ def conv_direct(xp, koff, wr, b, wp, relu, tile, out, pool, arg, vals, vidx):
             for j in range(min(fc, fn - f0)):
                 plane = (i * fn + f0 + j) * ph * pw
                 _pool2x2_plane(out[i, f0 + j], ph, pw, pf, af, plane, vals[t], vidx[t])
+
+
+@twins(DIRECT_MIN)
+def conv_direct_rows(xp, foff, wr, b, wp, fh, fw, relu, tile, out):
+    """The direct convolution of :func:`conv_direct` (stride 1, the same output) one output channel
+    at a time, through the rows tile (``_numba.conv_rows_tile_*``): R = 24 // V whole rows of
+    ``wp`` = V vectors each, an input vector loaded once serving the filter's ``fh`` rows; in each
+    output element the terms add in the order (c, kx, ky), one FMA each in compiled code. For
+    convolutions to few channels (the input gradient of a net's first layer), where the tiles of
+    :func:`conv_direct` load a vector per FMA or two.
+
+    ``xp``: the padded batch (N, C, Lx), planes of row width ``wp``, Lx >= ceil(OH*wp / (R*wp)) *
+    R*wp + (fh - 1)*wp + fw - 1; ``foff``: (C,) int64, foff[c] = c*Lx; ``wr``: (FN, K, 1), wr[f, (c*fh
+    + ky)*fw + kx, 0] = W[f, c, ky, kx]; ``tile``: (N*FN, >= R*wp) scratch; ``out``: (N, FN, OH, OW).
+    Returns at once (nothing written) unless ``wp`` is V vectors for a (``fh``, V) of
+    ``_numba.CONV_ROWS_TILES``."""
+    n, c, lx = xp.shape
+    fn, oh, ow = out.shape[1], out.shape[2], out.shape[3]
+    k = wr.shape[1]
+    lanes = 64 // xp.itemsize
+    vectors = wp // lanes
+    if wp % lanes != 0 or not (vectors == 2 or vectors == 4) or not (fh == 3 or fh == 5):
+        return
+    if k != c * fh * fw or foff.shape[0] != c:
+        return
+    span = (24 // vectors) * wp
+    total = oh * wp
+    xf = xp.reshape(n * c * lx)
+    wf = wr.reshape(fn * k)
+    of = out.reshape(out.size)
+    for t in prange(n * fn):
+        i = t // fn
+        f = t % fn
+        acc = tile[t]
+        for start in range(0, total, span):
+            xoff = i * c * lx + start
+            if fh == 3 and vectors == 2:
+                conv_rows_tile_3x2(xf, xoff, foff, fw, wp, wf, f * k, acc)
+            elif fh == 3:
+                conv_rows_tile_3x4(xf, xoff, foff, fw, wp, wf, f * k, acc)
+            elif vectors == 2:
+                conv_rows_tile_5x2(xf, xoff, foff, fw, wp, wf, f * k, acc)
+            else:
+                conv_rows_tile_5x4(xf, xoff, foff, fw, wp, wf, f * k, acc)
+            _store_tile(acc, 0, of, (i * fn + f) * oh * ow, b[f], relu, start, min(total, start + span), wp, ow)
 
 
 @helper

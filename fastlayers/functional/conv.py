@@ -297,8 +297,9 @@ def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu:
     # the gradient is made
     shared = SHARE_SAME_PADDING and with_dx and wd == geo.wp and fnp == geo.fn
     g0 = qh * wd + qw if shared else 0  # where the filter gradient's pixel 0 lies in its planes
+    rows = with_dx and rows_serve(geo.c, geo.fh, wd, dtype.itemsize)
     if with_dx:
-        fc, span = _tile(geo.c, geo.h * wd, dtype.itemsize)
+        fc, span = (1, ROWS_ACCUMULATORS // (wd // lanes) * wd) if rows else _tile(geo.c, geo.h * wd, dtype.itemsize)
         dpad = ws.flat("dpad", (geo.n, geo.fn, max(hd * wd + geo.fw + span, g0 + nvec * lanes)), dtype)
     else:
         dpad = ws.flat("dpad", (0, geo.fn, 1), dtype)
@@ -321,9 +322,29 @@ def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu:
         tile = ws.flat("tile_dx", (geo.n * wr.shape[0], fc * span), dtype)
         zeros = ws.flat("zeros", (geo.c,), dtype)
         zeros[...] = 0
-        none = (_no_pool(dtype), _NO_ARG, _no_rows(dtype), _NO_VIDX)
-        launch(_conv.conv_direct, macs, dpad, koff, wr, zeros, wd, False, tile, dx, *none)
+        if rows:
+            foff = ws.flat("foff_dx", (geo.fn,), np.dtype(np.int64))
+            foff[...] = np.arange(geo.fn) * dpad.shape[2]
+            launch(_conv.conv_direct_rows, macs, dpad, foff, wr, zeros, wd, geo.fh, geo.fw, False, tile, dx)
+        else:
+            none = (_no_pool(dtype), _NO_ARG, _no_rows(dtype), _NO_VIDX)
+            launch(_conv.conv_direct, macs, dpad, koff, wr, zeros, wd, False, tile, dx, *none)
     return True
+
+
+#: Accumulators of the rows tile (``_kernels._numba.CONV_ROWS_TILES``): its rows times its vectors.
+ROWS_ACCUMULATORS = 24
+#: Output channels up to which a convolution whose rows fit the rows tile takes it
+#: (:func:`rows_serve`; measured: docs/PERFORMANCE.md, "Few output channels: the rows tile").
+ROWS_MAX_CHANNELS = 3
+
+
+def rows_serve(channels: int, fh: int, wp: int, itemsize: int) -> bool:
+    """Whether a stride-1 convolution to ``channels`` output channels with filters of ``fh`` rows,
+    on planes of row width ``wp``, runs on :func:`~fastlayers._kernels.conv.conv_direct_rows`:
+    few channels, filters of 3 or 5 rows, rows of 2 or 4 whole vectors."""
+    lanes = 64 // itemsize
+    return channels <= ROWS_MAX_CHANNELS and fh in (3, 5) and wp % lanes == 0 and wp // lanes in (2, 4)
 
 
 def pool_fuses(geo: Geometry, dtype: np.dtype) -> bool:
