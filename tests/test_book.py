@@ -8,7 +8,7 @@ Each script runs once per copy; the two outputs are compared:
 - ``buy_apple_orange.py`` prints the same figures;
 - ``gradient_check.py``: every mean difference below 1e-6 (chapter 5) or 1e-5 (chapter 7's convnet,
   except ``b2``, in front of a ReLU whose inputs are as small as the step: below 1e-2, as the book's
-  own run);
+  own run; in one of up to three runs, as the unseeded script's ReLU1 can straddle its kink too);
 - ``train_neuralnet.py``, ``overfit_weight_decay.py``, ``ch06/overfit_dropout.py`` and
   ``ch07/train_convnet.py``: final test accuracy within 0.05 of the book's own run (the scripts do
   not seed their generators), 0.2 for ``overfit_dropout.py``, whose own runs spread that much;
@@ -90,14 +90,27 @@ def test_the_books_parameter_files_load_into_our_nets():
         assert net.accuracy(x, t) > 0.3, path
 
 
+def _convnet_diffs(text: str) -> dict[str, float]:
+    diffs = {k: float(v) for k, v in re.findall(r"^(\w+) ([-+0-9.e]+)$", text, re.M)}
+    assert set(diffs) == {"W1", "b1", "W2", "b2", "W3", "b3"}, diffs
+    return diffs
+
+
+def _convnet_close(diffs: dict[str, float]) -> bool:
+    # b2 is the bias in front of ReLU2, whose inputs are about 1e-4 with 0.01 weights: the central
+    # differences (h = 1e-4) straddle the kink, on the book's side too (1e-4 to 1e-3)
+    return all(v < (1e-2 if k == "b2" else 1e-5) for k, v in diffs.items())
+
+
 def test_convnet_gradient_check(trees):
-    for which in ("fastlayers", "book"):
-        diffs = dict(re.findall(r"^(\w+) ([-+0-9.e]+)$", _out(trees, which, "ch07/gradient_check.py"), re.M))
-        assert set(diffs) == {"W1", "b1", "W2", "b2", "W3", "b3"}, diffs
-        if which == "fastlayers":
-            # b2 is the bias in front of ReLU2, whose inputs are about 1e-4 with 0.01 weights: the
-            # central differences (h = 1e-4) straddle the kink, on the book's side too (1e-4 to 1e-3)
-            assert all(float(v) < (1e-2 if k == "b2" else 1e-5) for k, v in diffs.items()), diffs
+    """The script is not seeded, and in some runs a few of ReLU1's inputs fall within the step of
+    its kink, which puts W1's or b1's difference above 1e-5 on either side (the book's own: 1.07e-5
+    in one of six runs). A wrong gradient fails every run; ours gets up to three."""
+    _convnet_diffs(_out(trees, "book", "ch07/gradient_check.py"))
+    runs = [_convnet_diffs(_out(trees, "fastlayers", "ch07/gradient_check.py"))]
+    while not _convnet_close(runs[-1]) and len(runs) < 3:
+        runs.append(_convnet_diffs(book.run(trees["fastlayers"], "ch07/gradient_check.py")[0]))
+    assert _convnet_close(runs[-1]), runs
 
 
 #: the book's own run-to-run spread where it exceeds 0.05: overfit_dropout.py trains on 300 images
