@@ -318,7 +318,6 @@ def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu:
     if with_dx:
         flipped = W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(geo.c, geo.fn * geo.fh * geo.fw)
         wr = _blocks(ws, "wr_dx", flipped, fc)
-        koff = _offsets(ws, "koff_dx", geo.fn, geo.fh, geo.fw, dpad.shape[2], wd)
         tile = ws.flat("tile_dx", (geo.n * wr.shape[0], fc * span), dtype)
         zeros = ws.flat("zeros", (geo.c,), dtype)
         zeros[...] = 0
@@ -327,6 +326,7 @@ def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu:
             foff[...] = np.arange(geo.fn) * dpad.shape[2]
             launch(_conv.conv_direct_rows, macs, dpad, foff, wr, zeros, wd, geo.fh, geo.fw, False, tile, dx)
         else:
+            koff = _offsets(ws, "koff_dx", geo.fn, geo.fh, geo.fw, dpad.shape[2], wd)
             none = (_no_pool(dtype), _NO_ARG, _no_rows(dtype), _NO_VIDX)
             launch(_conv.conv_direct, macs, dpad, koff, wr, zeros, wd, False, tile, dx, *none)
     return True
@@ -376,10 +376,8 @@ def forward_run(
             pool_fuses(geo, dtype)
             and plain(pooled, dtype)
             and pooled.shape == shape
-            and type(arg) is np.ndarray
-            and arg.dtype == np.uint8
+            and plain(arg, np.dtype(np.uint8))
             and arg.shape == shape
-            and arg.flags.c_contiguous
         ):
             raise ValueError(f"pool: the pooled output and indices must be {shape} {dtype} and uint8, C-contiguous")
     lx = geo.lx + (plan[1] if plan else 0)

@@ -146,7 +146,7 @@ class Convolution:
             buf = reusable(self, "_out", geo.out_shape, dtype)
             fused = None
             if pool is not None and C.pool_fuses(geo, dtype):
-                fused = pool._buffers((geo.n, geo.fn, geo.oh // 2, geo.ow // 2), dtype)
+                fused = pool._buffers((geo.n, geo.fn, geo.oh // 2, geo.ow // 2), dtype, np.dtype(np.uint8))
             out = C.forward_run(x, W, b, geo, buf, relu, self._ws, fused)
             if fused is not None:
                 pool.x, pool._out, pool._arg = out, *fused
@@ -283,20 +283,17 @@ class Pooling:
             out, arg = C.reference.maxpool_forward(xc, geo.fh, geo.fw, geo.stride, geo.pad)
             arg = arg.astype(C._arg_dtype(geo))
         else:
-            shape = (geo.n, geo.c, geo.oh, geo.ow)
-            arg = self._arg
-            if arg is None or arg.shape != shape or arg.dtype != C._arg_dtype(geo):
-                arg = None
-            out, arg = C.pool_forward_run(xc, geo, reusable(self, "_out", shape, dtype), arg)
+            buffers = self._buffers((geo.n, geo.c, geo.oh, geo.ow), dtype, C._arg_dtype(geo))
+            out, arg = C.pool_forward_run(xc, geo, *buffers)
         self.x, self._arg, self._geo, self._out = x, arg, geo, out
         return out
 
-    def _buffers(self, shape: tuple, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    def _buffers(self, shape: tuple, dtype: np.dtype, arg_dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
         """(output, indices) for a forward into ``shape``: the layer's own arrays where they can be
         reused (the indices are private; the output only while nobody else holds it), else new."""
         arg = self._arg
-        if arg is None or arg.shape != shape or arg.dtype != np.uint8:
-            arg = np.empty(shape, np.uint8)
+        if arg is None or arg.shape != shape or arg.dtype != arg_dtype:
+            arg = np.empty(shape, arg_dtype)
         out = reusable(self, "_out", shape, dtype)
         return (np.empty(shape, dtype) if out is None else out), arg
 
