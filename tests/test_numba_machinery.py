@@ -4,6 +4,7 @@ bodies of the helpers against their compiled versions."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -90,6 +91,12 @@ def test_numbas_blas_check_is_what_the_loading_guard_defers():
 def test_the_hiding_finder_hides_scipy_linalg_from_its_own_thread_only():
     import threading
 
+    package = _threads._HideFromThisThread("scipy")
+    for name in ("scipy", "scipy.linalg", "scipy.special"):
+        with pytest.raises(ModuleNotFoundError):
+            package.find_spec(name)
+    assert package.find_spec("scipyx") is None and package.find_spec("numpy") is None
+
     finder = _threads._HideFromThisThread()
     for name in ("scipy.linalg", "scipy.linalg.cython_blas"):
         with pytest.raises(ModuleNotFoundError):
@@ -101,6 +108,43 @@ def test_the_hiding_finder_hides_scipy_linalg_from_its_own_thread_only():
     thread.start()
     thread.join()
     assert other == [None] and finder.hidden == ["scipy.linalg", "scipy.linalg.cython_blas"]
+
+
+SCIPY_LOOKUPS = """
+import json, sys
+seen = []
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "scipy" or name.startswith("scipy."):
+            frame = sys._getframe(1)
+            while frame.f_globals.get("__name__", "").startswith(("importlib", "_frozen_importlib")):
+                frame = frame.f_back
+            importer = frame.f_globals.get("__name__", "")
+            if importer != "scipy" and not importer.startswith("scipy."):  # SciPy's own imports aside
+                seen.append([name, importer, frame.f_code.co_name])
+        return None
+sys.meta_path.insert(0, Watch())
+import numba
+print(json.dumps(seen))
+"""
+
+
+def test_numbas_import_looks_scipy_up_only_for_its_version_check():
+    """``_threads._import_numba_without_scipy`` hides SciPy from ``import numba``: that is safe while
+    the only SciPy lookup of Numba's import is ``_ensure_critical_deps``'s ``import scipy``, whose
+    use is a version comparison (a fresh interpreter records every SciPy lookup and who made it)."""
+    import inspect
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", SCIPY_LOOKUPS], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == [["scipy", "numba", "_ensure_critical_deps"]]
+    source = inspect.getsource(sys.modules["numba"])
+    uses = [line.strip() for line in source.splitlines() if "scipy" in line.lower()]
+    assert uses[1:3] == ["import scipy", "sp_version = extract_version(scipy)"], uses
+    # the rest: the docstring of _ensure_critical_deps and the message of the refusal
+    assert [u[:6] for u in uses[:1] + uses[3:]] == ["Make s", "msg = ", 'f"{sci'], uses
 
 
 def test_the_deferred_blas_check_runs_once_on_first_read():

@@ -230,6 +230,67 @@ def test_cached_kernels_load_without_numbas_compiler_set_up_and_compiling_still_
         assert light["typed_at_end"] is True and refreshed["typed"] is True
 
 
+# Numba's ``_ensure_critical_deps`` imports SciPy only to refuse a version below 1.0;
+# ``_threads.load_numba`` imports Numba with ``scipy`` hidden from that import
+SCIPY_AFTER = "scipy_after_gradient = 'scipy' in sys.modules\n"
+USER_SCIPY = (
+    "import scipy, scipy.special\n"
+    "extra = {'digest': digest, 'scipy_after_gradient': scipy_after_gradient, 'user_scipy': scipy.__version__,"
+    " 'gamma': float(scipy.special.gamma(5.0)), 'finders': [type(f).__name__ for f in sys.meta_path]}\n"
+)
+
+
+def test_the_first_kernel_call_imports_no_scipy_and_a_user_still_can():
+    """A first gradient from the cache leaves SciPy unimported (Numba's import would import it for
+    a version check); the program imports SciPy afterwards as usual, and the bits are those of a
+    program that imported SciPy before fastlayers (where nothing is hidden)."""
+    pytest.importorskip("scipy")
+    relu = "import numpy as np, fastlayers as fl\nfl.Relu().forward(np.ones((2, 3), np.float32))\n"
+    python(relu + FIRST_GRADIENT + LOADED)  # the kernels compiled and cached, if they were not
+    found = python(relu + FIRST_GRADIENT + SCIPY_AFTER + USER_SCIPY + LOADED)
+    first = python("import scipy\n" + relu + FIRST_GRADIENT + SCIPY_AFTER + USER_SCIPY + LOADED)
+    assert found["numba"] is True and found["digest"] == first["digest"]
+    assert found["gamma"] == 24.0 and found["user_scipy"] == first["user_scipy"]
+    assert "_HideFromThisThread" not in found["finders"]
+    assert first["scipy_after_gradient"] is True
+    if os.environ.get("FASTLAYERS_NO_CACHE", "0") in ("", "0") and os.environ.get("NUMBA_DISABLE_JIT", "0") in (
+        "",
+        "0",
+    ):
+        assert found["scipy_after_gradient"] is False
+
+
+def test_a_numba_whose_import_needs_scipy_is_imported_again_with_nothing_hidden():
+    """Should a module of Numba's import ever need SciPy beyond the version check (simulated: a
+    loader that imports SciPy before running ``numba.core.config``), the hidden import fails and
+    Numba is imported again with SciPy visible; the gradient is unchanged."""
+    pytest.importorskip("scipy")
+    code = (
+        "import sys, importlib.machinery as m\n"
+        "class Needy:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name != 'numba.core.config':\n"
+        "            return None\n"
+        "        spec = m.PathFinder.find_spec(name, path)\n"
+        "        inner = spec.loader\n"
+        "        class Loader(m.SourceFileLoader):\n"
+        "            def exec_module(self, module):\n"
+        "                import scipy  # noqa\n"
+        "                inner.exec_module(module)\n"
+        "        spec.loader = Loader(inner.name, inner.path)\n"
+        "        return spec\n"
+        "sys.meta_path.insert(0, Needy())\n"
+        + FIRST_GRADIENT
+        + "extra = {'digest': digest, 'scipy': 'scipy' in sys.modules,"
+        + " 'finders': [type(f).__name__ for f in sys.meta_path]}\n"
+        + LOADED
+    )
+    plain = python(FIRST_GRADIENT + "extra = {'digest': digest}\n" + LOADED)
+    found = python(code)
+    assert found["numba"] is True and found["digest"] == plain["digest"] and found["scipy"] is True
+    assert "_HideFromThisThread" not in found["finders"]
+
+
 @pytest.mark.slow
 def test_a_first_gradient_that_compiles_does_not_import_scipy_linalg(tmp_path):
     """With an empty kernel cache the first gradient compiles its kernels, and Numba's compiler

@@ -14,9 +14,9 @@ library),
 flags, the twin builder, the cache fallback, and the helpers compiled in a special way), ``_threads``
 (threading layer and launch policy). Every kernel is listed in ``_numba.ALL_TWINS``.
 
-The modules above them reach a kernel module through :func:`lazy`: the module (and Numba with it) is
-imported at its first kernel call, not when fastlayers is imported, and only the kernel modules a
-program calls are ever imported.
+The modules above them reach a kernel module through :func:`lazy`: the module (and Numba with it,
+through ``_threads.load_numba``) is imported at its first kernel call, not when fastlayers is
+imported, and only the kernel modules a program calls are ever imported.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class LazyModule:
     def __getattr__(self, attr: str) -> Any:
         if attr.startswith("__"):  # copy, pickle and introspection probes: never an import
             raise AttributeError(attr)
+        _load_numba()
         module = importlib.import_module(self._module_name)
         self.__dict__.update({k: v for k, v in vars(module).items() if not k.startswith("__")})
         return getattr(module, attr)
@@ -56,9 +57,18 @@ MODULES = ("elementwise", "affine", "loss", "optim", "conv", "dropout", "batchno
 
 def load_all() -> list:
     """Import every kernel module (and Numba); returns ``_numba.ALL_TWINS``, every kernel."""
+    _load_numba()
     for name in MODULES:
         importlib.import_module(f"{__name__}.{name}")
     return importlib.import_module(f"{__name__}._numba").ALL_TWINS
+
+
+def _load_numba() -> None:
+    """Numba through :func:`._threads.load_numba` (libtbb first, SciPy left out of Numba's import),
+    before a kernel module's own ``from numba import ...`` would import it plainly."""
+    from ._threads import load_numba
+
+    load_numba()
 
 
 def lazy(name: str) -> LazyModule:

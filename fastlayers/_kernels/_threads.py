@@ -15,7 +15,8 @@ A user's ``NUMBA_THREADING_LAYER`` is respected.
 
 Numba itself is imported by :func:`load_numba` at the first kernel call, not when fastlayers is
 imported (importing Numba and starting its compiler costs a few hundred ms: docs/PERFORMANCE.md,
-"Start-up"); libtbb is loaded just before. ``numba.np.arraymath`` is imported only before
+"Start-up"); libtbb is loaded just before, and the ``import scipy`` of Numba's version check is
+left out (:func:`_import_numba_without_scipy`). ``numba.np.arraymath`` is imported only before
 fastlayers compiles a kernel (:func:`before_compiling`), without the ``scipy.linalg`` import of its
 BLAS check (:func:`_load_arraymath_without_scipy_linalg`).
 
@@ -90,18 +91,48 @@ _HIDDEN = "scipy.linalg"
 
 
 class _HideFromThisThread:
-    """A ``sys.meta_path`` finder that makes ``scipy.linalg`` (and its submodules) look absent to
-    imports made by one thread; imports by every other thread are left alone (it returns None)."""
+    """A ``sys.meta_path`` finder that makes the package ``package`` (default ``scipy.linalg``) and
+    its submodules look absent to imports made by one thread; imports by every other thread are left
+    alone (it returns None). Packages imported already are not looked up again, so they stay."""
 
-    def __init__(self) -> None:
+    def __init__(self, package: str = _HIDDEN) -> None:
         self.thread = threading.get_ident()
+        self.package = package
         self.hidden: list[str] = []
 
     def find_spec(self, name, path=None, target=None):
-        if threading.get_ident() == self.thread and (name == _HIDDEN or name.startswith(_HIDDEN + ".")):
+        if threading.get_ident() == self.thread and (name == self.package or name.startswith(self.package + ".")):
             self.hidden.append(name)
             raise ModuleNotFoundError(f"{name} hidden while fastlayers loads Numba", name=name)
         return None
+
+
+def _import_numba_without_scipy():
+    """``import numba`` without the ``import scipy`` that Numba's ``_ensure_critical_deps`` makes only
+    to refuse a SciPy older than 1.0 (about 13 ms of the first kernel call when SciPy is installed:
+    docs/PERFORMANCE.md, "Start-up"); nothing else in Numba's import reads SciPy
+    (``tests/test_numba_machinery.py`` holds that). SciPy stays importable: the finder hides it from
+    this one import in this one thread, and a later ``import scipy`` anywhere finds it. When SciPy is
+    imported already, nothing is hidden. Should the hidden import ever make Numba's import fail, Numba
+    is imported again with nothing hidden. Skipped with it: the refusal of SciPy 0.x, which predates
+    every NumPy that Numba's supported range accepts."""
+    if "scipy" in sys.modules or "numba" in sys.modules:
+        import numba
+
+        return numba
+    finder = _HideFromThisThread("scipy")
+    sys.meta_path = [finder, *sys.meta_path]  # rebinding: another thread iterating the old list is undisturbed
+    try:
+        import numba
+    except ImportError:
+        if not finder.hidden:
+            raise
+        numba = None
+    finally:
+        sys.meta_path = [f for f in sys.meta_path if f is not finder]
+    if numba is None:  # something in Numba's import needed SciPy after all: import it as Numba does
+        import numba
+    return numba
 
 
 class _BlasCheckedOnFirstUse:
@@ -168,7 +199,8 @@ def _load_arraymath_without_scipy_linalg(numba) -> bool:
 
 
 def load_numba():
-    """Numba, imported on first use, with libtbb loaded first (:func:`_configure`). Every module of
+    """Numba, imported on first use, with libtbb loaded first (:func:`_configure`) and without the
+    ``import scipy`` of its version check (:func:`_import_numba_without_scipy`). Every module of
     fastlayers outside the kernels gets Numba from here. ``numba.np.arraymath`` is not imported
     here: loading cached kernels never needs it, and before fastlayers compiles one,
     :func:`before_compiling` imports it without ``scipy.linalg``."""
@@ -177,9 +209,7 @@ def load_numba():
         with _numba_lock:
             if _numba_module is None:
                 _configure()
-                import numba
-
-                _numba_module = numba
+                _numba_module = _import_numba_without_scipy()
     return _numba_module
 
 
