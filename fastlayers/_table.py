@@ -1057,7 +1057,8 @@ def warmup(dtypes=("float32", "float64")) -> dict[str, float]:
 
     Runs every layer of the table of layers (:mod:`fastlayers._table`) forward and backward at a
     size below every parallel threshold and at one above them all, then what the layers do not
-    reach (softmax, cross-entropy of probabilities, target rows, the optimizers). Returns seconds
+    reach (softmax, cross-entropy of probabilities, target rows, the optimizers, and for float64 the
+    optimizers' float32 gradients). Returns seconds
     per dtype. Useful at image-build time, so that the first real call is fast.
     """
     from . import functional as F
@@ -1083,7 +1084,10 @@ def warmup(dtypes=("float32", "float64")) -> dict[str, float]:
                 F.softmax_cross_entropy_backward(y, target)
                 F.cross_entropy_error(y, target)
             F.softmax(x)
-            for opt in (optim.SGD(), optim.Momentum(), optim.AdaGrad(), optim.Adam()):
-                opt.update({"p": x.copy()}, {"p": x})
+            every = (optim.SGD, optim.Momentum, optim.Nesterov, optim.AdaGrad, optim.RMSprop, optim.Adam)
+            for opt in every:
+                opt().update({"p": x.copy()}, {"p": x})
+                if dtype == np.float64:  # float32 gradients of float64 parameters (the float32 policy)
+                    opt().update({"p": x.copy()}, {"p": x.astype(np.float32)})
         times[name] = time.perf_counter() - start
     return times

@@ -181,8 +181,11 @@ class _Optimizer:
         # each own their memory cannot overlap (the common case: no overlap test needed)
         if in_place and g is not p and not (g.base is None and p.base is None) and np.may_share_memory(g, p):
             g = g.copy()
-        g = np.ascontiguousarray(g, dtype=dtype).reshape(-1)
-        if twin or _backend.current() == "numpy":
+        reference_path = twin or _backend.current() == "numpy"
+        if reference_path or not _float32_for_float64(g, dtype):
+            g = np.ascontiguousarray(g, dtype=dtype)
+        g = g.reshape(-1)  # else the kernel reads the float32 gradient as it is (no float64 copy)
+        if reference_path:
             type(self)._reference(flat, *state, g, *scalars)
         else:
             launch(getattr(_optim, type(self)._kernel), p.size, flat, *state, g, *scalars)
@@ -228,6 +231,9 @@ class _Optimizer:
             compiled kernels (and Numba).
         grads : mapping of str to array_like
             A gradient for every key of ``params``, of the same shape; it may be the parameter itself.
+            A float32 gradient of a float64 parameter (the float32 policy's) is read as it is,
+            without a float64 copy, and gives the update from that copy (to its last bits, but
+            for a multiply-add that the compiler may contract in one case and not the other).
 
         Raises
         ------
@@ -245,6 +251,19 @@ class _Optimizer:
             self._apply(p, g, dtype, self._state_for(key, p, dtype), scalars, key in numbers)
         for key in numbers:
             params[key] = arrays[key][()]
+
+
+def _float32_for_float64(g: np.ndarray, dtype: np.dtype) -> bool:
+    """Whether the kernels may read gradient ``g`` as it is for an update in ``dtype``: a float32
+    gradient (native byte order, C-contiguous, aligned) of a float64 update, which the kernels
+    convert element by element as they read it, exactly (:mod:`fastlayers._kernels.optim`)."""
+    return (
+        dtype == np.float64
+        and type(g) is np.ndarray
+        and g.dtype == np.float32
+        and g.flags.c_contiguous
+        and g.flags.aligned
+    )
 
 
 class _Plan:

@@ -69,6 +69,53 @@ def test_layers_and_nets_under_the_policy_keep_parameters_float64():
     assert np.isfinite(net.loss(X, T))
 
 
+OPTIMIZERS = [fl.SGD, fl.Momentum, fl.Nesterov, fl.AdaGrad, fl.RMSprop, fl.Adam]
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("optimizer", OPTIMIZERS, ids=lambda c: c.__name__)
+def test_float32_gradients_update_float64_parameters_as_their_float64_copies(optimizer, backend):
+    """The policy's float32 gradients of float64 parameters: the kernels read them as they are (no
+    float64 copy; below) and the parameters follow an update from ``g.astype(float64)``, over three
+    steps, for contiguous gradients, strided views and a gradient in another byte order (to the
+    last bits but for a multiply-add the compiler may contract in one signature and not the other)."""
+    rng = np.random.default_rng(1)
+    shapes = {"W": (301, 7), "b": (7,), "big": (300_007,)}
+    start = {k: rng.standard_normal(s) for k, s in shapes.items()}
+    grads = [{k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()} for _ in range(3)]
+    grads[1]["W"] = np.asfortranarray(grads[1]["W"])
+    grads[2]["b"] = grads[2]["b"].astype(">f4")
+    mixed, wide = ({k: v.copy() for k, v in start.items()} for _ in range(2))
+    opt_mixed, opt_wide = optimizer(), optimizer()
+    with fl.use_backend(backend):
+        for g in grads:
+            opt_mixed.update(mixed, g)
+            opt_wide.update(wide, {k: v.astype(np.float64) for k, v in g.items()})
+    for key in shapes:
+        assert mixed[key].dtype == np.float64
+        np.testing.assert_allclose(mixed[key], wide[key], rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS, ids=lambda c: c.__name__)
+def test_float32_gradients_of_float64_parameters_are_not_copied(optimizer):
+    """An update of a float64 parameter from a float32 gradient allocates no float64 copy of the
+    gradient (``tracemalloc`` sees NumPy's allocations; the state was made by a first update)."""
+    import tracemalloc
+
+    p, g = np.zeros(300_007), np.ones(300_007, np.float32)
+    opt = optimizer()
+    opt.update({"p": p}, {"p": g})
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        opt.update({"p": p}, {"p": g})
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert peak < g.nbytes // 4, peak  # a float64 copy would be 2 * g.nbytes
+
+
 def test_policy_is_per_thread_and_restored():
     seen = {}
 

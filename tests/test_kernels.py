@@ -46,6 +46,36 @@ def test_kernel_equals_its_numpy_twin(name, dtype, twin):
             assert_close(dtype(got_value), dtype(want_value), "sum", n=terms)
 
 
+#: the plain optimizer kernels and the position of their gradient ``g``
+OPTIMIZER_GRADIENT = {"sgd": 1, "momentum": 2, "nesterov": 2, "rmsprop": 2, "adagrad": 2, "adam": 3}
+
+
+@pytest.mark.parametrize("twin", ["serial", "parallel"])
+@pytest.mark.parametrize("name", sorted(OPTIMIZER_GRADIENT))
+def test_optimizer_kernels_read_float32_gradients_of_float64_parameters(name, twin):
+    """A float32 ``g`` with float64 parameters and state (float32 gradients of float64 parameters):
+    each element is converted exactly as it is read, so the results are those of the kernel and of
+    the NumPy twin on ``g.astype(float64)``, within the entry's tolerance (not bit for bit: the
+    compiler may contract a multiply-add differently in the two signatures, as the bounds-checked
+    build does); ``g`` untouched."""
+    case, at = CASES[name], OPTIMIZER_GRADIENT[name]
+    kernel = getattr(_numba_kernel(name), twin)
+    for i, size in enumerate(sizes(case)):
+        args = case.make(np.float64, size, np.random.default_rng(i))
+        g32 = args[at].astype(np.float32)
+        mixed, wide, want = (copy.deepcopy(args) for _ in range(3))
+        mixed[at], wide[at], want[at] = g32.copy(), g32.astype(np.float64), g32.astype(np.float64)
+        kernel(*mixed)
+        kernel(*wide)
+        case.twin(*want)
+        np.testing.assert_array_equal(mixed[at], g32)
+        for a, b, c in zip(mixed, wide, want, strict=True):
+            if isinstance(a, np.ndarray) and a is not mixed[at]:
+                assert a.dtype == np.float64
+                assert_close(a, b, case.tol, n=case.n(size))
+                assert_close(a, c, case.tol, n=case.n(size))
+
+
 def _flatten(args: list) -> list:
     """The arguments with the arrays of tuple arguments listed in their place."""
     return [a for arg in args for a in (arg if isinstance(arg, tuple) else (arg,))]

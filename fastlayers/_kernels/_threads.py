@@ -109,8 +109,8 @@ class _HideFromThisThread:
 
 def _import_numba_without_scipy():
     """``import numba`` without the ``import scipy`` that Numba's ``_ensure_critical_deps`` makes only
-    to refuse a SciPy older than 1.0 (about 13 ms of the first kernel call when SciPy is installed:
-    docs/PERFORMANCE.md, "Start-up"); nothing else in Numba's import reads SciPy
+    to refuse a SciPy older than 1.0 (importing SciPy is a noticeable part of the first kernel call
+    when it is installed: docs/PERFORMANCE.md, "Start-up"); nothing else in Numba's import reads SciPy
     (``tests/test_numba_machinery.py`` holds that). SciPy stays importable: the finder hides it from
     this one import in this one thread, and a later ``import scipy`` anywhere finds it. When SciPy is
     imported already, nothing is hidden. Should the hidden import ever make Numba's import fail, Numba

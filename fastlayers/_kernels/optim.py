@@ -1,8 +1,12 @@
 """Optimizer update kernels: parameters and their state updated in place.
 
 Contract: every array is 1-D, C-contiguous, of one float dtype and one length (the functional layer
-passes flat views of the parameter arrays); scalars are of that dtype. Each kernel follows the block
-pattern of :mod:`._blocks`.
+passes flat views of the parameter arrays); scalars are of that dtype. One exception: the gradient
+``g`` of the plain (not grouped) kernels may be float32 where the rest is float64 (float32 gradients
+of float64 parameters, as under the float32 policy); each element is converted to the parameter's
+dtype as it is read (exactly), so the update is the one on ``g.astype(float64)`` (within a
+rounding: the compiler may contract a multiply-add differently in the two signatures). Each kernel
+follows the block pattern of :mod:`._blocks`.
 """
 
 from __future__ import annotations
@@ -20,28 +24,29 @@ MEMORY_BOUND_MIN = 1 << 18
 @helper
 def _sgd_block(p, g, lr):
     for i in range(p.shape[0]):
-        p[i] -= lr * g[i]
+        p[i] -= lr * typed(g[i], p)
 
 
 @helper
 def _momentum_block(p, v, g, lr, mu):
     for i in range(p.shape[0]):
-        v[i] = mu * v[i] - lr * g[i]
+        v[i] = mu * v[i] - lr * typed(g[i], p)
         p[i] += v[i]
 
 
 @helper
 def _adagrad_block(p, h, g, lr, eps):
     for i in range(p.shape[0]):
-        h[i] += g[i] * g[i]
-        p[i] -= lr * g[i] / (np.sqrt(h[i]) + eps)
+        gi = typed(g[i], p)
+        h[i] += gi * gi
+        p[i] -= lr * gi / (np.sqrt(h[i]) + eps)
 
 
 @helper
 def _adam_block(p, m, v, g, lr_t, beta1, beta2, eps):
     one = typed(1, p)
     for i in range(p.shape[0]):
-        gi = g[i]
+        gi = typed(g[i], p)
         m[i] += (one - beta1) * (gi - m[i])
         v[i] += (one - beta2) * (gi * gi - v[i])
         p[i] -= lr_t * m[i] / (np.sqrt(v[i]) + eps)
@@ -50,7 +55,7 @@ def _adam_block(p, m, v, g, lr_t, beta1, beta2, eps):
 @helper
 def _nesterov_block(p, v, g, lr, mu, mu2, step):
     for i in range(p.shape[0]):
-        gi = g[i]
+        gi = typed(g[i], p)
         vi = v[i]
         p[i] = (p[i] + mu2 * vi) - step * gi
         v[i] = mu * vi - lr * gi
@@ -59,7 +64,7 @@ def _nesterov_block(p, v, g, lr, mu, mu2, step):
 @helper
 def _rmsprop_block(p, h, g, lr, decay, keep, eps):
     for i in range(p.shape[0]):
-        gi = g[i]
+        gi = typed(g[i], p)
         hi = h[i] * decay + keep * gi * gi
         h[i] = hi
         p[i] -= lr * gi / (np.sqrt(hi) + eps)
