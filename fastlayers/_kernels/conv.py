@@ -306,8 +306,10 @@ def conv_direct(xp, koff, wr, b, wp, relu, tile, out, pool, arg, vals, vidx):
         i = t // nblk
         blk = t % nblk
         f0 = blk * fc
+        nj = min(fc, fn - f0)
         acc = tile[t]
         woff = blk * k * fc
+        y0 = 0  # the first output row of the tile at ``start``: start // wp, kept without a division
         for start in range(0, total, span):
             xoff = i * c * lx + start
             if fc == 8:
@@ -325,25 +327,31 @@ def conv_direct(xp, koff, wr, b, wp, relu, tile, out, pool, arg, vals, vidx):
             else:
                 conv_tile_1x24(xf, xoff, koff, wf, woff, acc)
             stop = min(total, start + span)
-            # the store of _store_tile, written out: as a call of the helper this forward was
-            # measurably slower (docs/PERFORMANCE.md, "Few output channels: the rows tile")
-            for j in range(min(fc, fn - f0)):  # flat indices: slice views cost ~12 ns each
-                bias = b[f0 + j]
-                plane = (i * fn + f0 + j) * oh * ow
-                for y in range(start // wp, (stop - 1) // wp + 1):
-                    lo = max(start, y * wp) - y * wp
-                    hi = min(stop - y * wp, ow)
-                    if hi <= lo:
-                        continue
-                    dst = u64(plane + y * ow + lo)  # unsigned: see conv_dout_direct
-                    src = u64(j * span + y * wp - start + lo)
-                    if relu:
-                        for m in range(u64(hi - lo)):
-                            v = acc[src + m] + bias
-                            of[dst + m] = zero if v <= zero else v
-                    else:
-                        for m in range(u64(hi - lo)):
-                            of[dst + m] = acc[src + m] + bias
+            # the store of _store_tile, written out (as a call of the helper this forward was
+            # measurably slower: docs/PERFORMANCE.md, "Few output channels: the rows tile"), with the
+            # tile's rows outside the channels' loop: each row's bounds are worked out once per
+            # tile, not once per channel, and without an integer division per channel
+            while (y0 + 1) * wp <= start:
+                y0 += 1
+            y = y0
+            while y * wp < stop:  # every row the tile's pixels q = start ... stop - 1 reach (y < OH)
+                lo = max(start, y * wp) - y * wp
+                hi = min(stop - y * wp, ow)
+                if hi > lo:
+                    drow = u64(y * ow + lo)  # unsigned: see conv_dout_direct
+                    srow = u64(y * wp - start + lo)
+                    for j in range(nj):  # flat indices: slice views cost ~12 ns each
+                        bias = b[f0 + j]
+                        dst = u64((i * fn + f0 + j) * oh * ow) + drow
+                        src = u64(j * span) + srow
+                        if relu:
+                            for m in range(u64(hi - lo)):
+                                v = acc[src + m] + bias
+                                of[dst + m] = zero if v <= zero else v
+                        else:
+                            for m in range(u64(hi - lo)):
+                                of[dst + m] = acc[src + m] + bias
+                y += 1
         if pooled:
             for j in range(min(fc, fn - f0)):
                 plane = (i * fn + f0 + j) * ph * pw
