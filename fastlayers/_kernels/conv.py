@@ -238,7 +238,6 @@ def _store_tile(acc, at, of, plane, bias, relu, start, stop, wp, ow):
     """One output channel of a direct convolution's tile into the flat output ``of``: the tile's
     pixels q = start ... stop - 1 (q = y*wp + xo, read at acc[at + q - start]) with xo < OW stored
     at of[plane + y*OW + xo], plus ``bias``, through ReLU with ``relu``; the others are not stored."""
-    zero = typed(0, of)
     for y in range(start // wp, (stop - 1) // wp + 1):  # flat indices: slice views cost ~12 ns each
         lo = max(start, y * wp) - y * wp
         hi = min(stop - y * wp, ow)
@@ -246,13 +245,20 @@ def _store_tile(acc, at, of, plane, bias, relu, start, stop, wp, ow):
             continue
         dst = u64(plane + y * ow + lo)  # unsigned: see conv_dout_direct
         src = u64(at + y * wp - start + lo)
-        if relu:
-            for m in range(u64(hi - lo)):
-                v = acc[src + m] + bias
-                of[dst + m] = zero if v <= zero else v
-        else:
-            for m in range(u64(hi - lo)):
-                of[dst + m] = acc[src + m] + bias
+        _store_row(acc, src, of, dst, u64(hi - lo), bias, relu)
+
+
+@helper(inline=True)
+def _store_row(acc, src, of, dst, count, bias, relu):
+    """of[dst + m] = acc[src + m] + bias for m < ``count``, through ReLU with ``relu`` (NaN stays)."""
+    zero = typed(0, of)
+    if relu:
+        for m in range(count):
+            v = acc[src + m] + bias
+            of[dst + m] = zero if v <= zero else v
+    else:
+        for m in range(count):
+            of[dst + m] = acc[src + m] + bias
 
 
 @twins(DIRECT_MIN)
@@ -287,7 +293,6 @@ def conv_direct(xp, koff, wr, b, wp, relu, tile, out, pool, arg, vals, vidx):
     xf = xp.reshape(n * c * lx)
     wf = wr.reshape(nblk * k * fc)
     of = out.reshape(out.size)
-    zero = typed(0, out)
     ph, pw = pool.shape[2], pool.shape[3]
     pooled = (
         pool.shape[0] == n
@@ -327,10 +332,9 @@ def conv_direct(xp, koff, wr, b, wp, relu, tile, out, pool, arg, vals, vidx):
             else:
                 conv_tile_1x24(xf, xoff, koff, wf, woff, acc)
             stop = min(total, start + span)
-            # the store of _store_tile, written out (as a call of the helper this forward was
-            # measurably slower: docs/PERFORMANCE.md, "Few output channels: the rows tile"), with the
-            # tile's rows outside the channels' loop: each row's bounds are worked out once per
-            # tile, not once per channel, and without an integer division per channel
+            # the store of _store_tile with the tile's rows outside the channels' loop: each row's
+            # bounds are worked out once per tile, not once per channel, and without an integer
+            # division per channel (docs/PERFORMANCE.md, "The tile is at the core's peak")
             while (y0 + 1) * wp <= start:
                 y0 += 1
             y = y0
@@ -341,16 +345,8 @@ def conv_direct(xp, koff, wr, b, wp, relu, tile, out, pool, arg, vals, vidx):
                     drow = u64(y * ow + lo)  # unsigned: see conv_dout_direct
                     srow = u64(y * wp - start + lo)
                     for j in range(nj):  # flat indices: slice views cost ~12 ns each
-                        bias = b[f0 + j]
                         dst = u64((i * fn + f0 + j) * oh * ow) + drow
-                        src = u64(j * span) + srow
-                        if relu:
-                            for m in range(u64(hi - lo)):
-                                v = acc[src + m] + bias
-                                of[dst + m] = zero if v <= zero else v
-                        else:
-                            for m in range(u64(hi - lo)):
-                                of[dst + m] = acc[src + m] + bias
+                        _store_row(acc, u64(j * span) + srow, of, dst, u64(hi - lo), b[f0 + j], relu)
                 y += 1
         if pooled:
             for j in range(min(fc, fn - f0)):
