@@ -20,7 +20,7 @@ from numpy.typing import ArrayLike
 from . import _backend, reference
 from ._kernels import lazy
 from ._kernels._threads import launch
-from .functional._checks import as_array, compute_dtype, fast_dtype, param_dtype, plain
+from .functional._checks import F32, F64, as_array, compute_dtype, fast_dtype, param_dtype, plain
 
 _optim = lazy("optim")  # imported (with Numba) at the first kernel call
 _numba = lazy("_numba")
@@ -257,13 +257,7 @@ def _float32_for_float64(g: np.ndarray, dtype: np.dtype) -> bool:
     """Whether the kernels may read gradient ``g`` as it is for an update in ``dtype``: a float32
     gradient (native byte order, C-contiguous, aligned) of a float64 update, which the kernels
     convert element by element as they read it, exactly (:mod:`fastlayers._kernels.optim`)."""
-    return (
-        dtype == np.float64
-        and type(g) is np.ndarray
-        and g.dtype == np.float32
-        and g.flags.c_contiguous
-        and g.flags.aligned
-    )
+    return dtype == F64 and plain(g, F32) and g.flags.aligned
 
 
 class _Plan:

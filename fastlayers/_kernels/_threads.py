@@ -27,6 +27,7 @@ still run concurrently. The measurements behind these choices: docs/PERFORMANCE.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import threading
@@ -120,19 +121,27 @@ def _import_numba_without_scipy():
         import numba
 
         return numba
-    finder = _HideFromThisThread("scipy")
-    sys.meta_path = [finder, *sys.meta_path]  # rebinding: another thread iterating the old list is undisturbed
+    return _import_hiding("numba", "scipy")[0]
+
+
+def _import_hiding(name: str, package: str):
+    """(module ``name``, the names hidden) after importing ``name`` while ``package`` looks absent to
+    this thread (:class:`_HideFromThisThread`); should the hidden import make that import fail, the
+    module is imported again with nothing hidden (and no name is reported hidden)."""
+    finder = _HideFromThisThread(package)
+    # rebinding (not inserting into) sys.meta_path: another thread iterating the old list is undisturbed
+    sys.meta_path = [finder, *sys.meta_path]
     try:
-        import numba
+        module = importlib.import_module(name)
     except ImportError:
         if not finder.hidden:
             raise
-        numba = None
+        module = None  # something there needed the package after all: import it as it would be
     finally:
         sys.meta_path = [f for f in sys.meta_path if f is not finder]
-    if numba is None:  # something in Numba's import needed SciPy after all: import it as Numba does
-        import numba
-    return numba
+    if module is None:
+        return importlib.import_module(name), []
+    return module, finder.hidden
 
 
 class _BlasCheckedOnFirstUse:
@@ -178,24 +187,10 @@ def _load_arraymath_without_scipy_linalg(numba) -> bool:
     low, high = NUMBA_SUPPORTED
     if not _version(low) <= _version(numba.__version__) < _version(high):
         return False
-    finder = _HideFromThisThread()
-    # rebinding (not inserting into) sys.meta_path: another thread iterating the old list is undisturbed
-    sys.meta_path = [finder, *sys.meta_path]
-    try:
-        import numba.np.arraymath as arraymath
-    except ImportError:
-        if not finder.hidden:
-            raise
-        arraymath = None  # something there needed scipy.linalg after all: import it as Numba does
-    finally:
-        sys.meta_path = [f for f in sys.meta_path if f is not finder]
-    if arraymath is None:
-        import numba.np.arraymath  # noqa: F401
-
-        return False
-    if finder.hidden and arraymath._HAVE_BLAS is False:
+    arraymath, hidden = _import_hiding("numba.np.arraymath", _HIDDEN)
+    if hidden and arraymath._HAVE_BLAS is False:
         arraymath._HAVE_BLAS = _BlasCheckedOnFirstUse(arraymath._check_blas)
-    return bool(finder.hidden)
+    return bool(hidden)
 
 
 def load_numba():

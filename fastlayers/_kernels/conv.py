@@ -349,7 +349,7 @@ def conv_direct(xp, koff, wr, b, wp, relu, tile, out, pool, arg, vals, vidx):
                         _store_row(acc, u64(j * span) + srow, of, dst, u64(hi - lo), b[f0 + j], relu)
                 y += 1
         if pooled:
-            for j in range(min(fc, fn - f0)):
+            for j in range(nj):
                 plane = (i * fn + f0 + j) * ph * pw
                 _pool2x2_plane(out[i, f0 + j], ph, pw, pf, af, plane, vals[t], vidx[t])
 
