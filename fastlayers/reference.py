@@ -266,34 +266,71 @@ def batchnorm_backward(dout: np.ndarray, xn: np.ndarray, gamma, std) -> tuple[np
 _NET_ACTIVATIONS = {1: (relu_forward, relu_backward), 2: (sigmoid_forward, sigmoid_backward)}
 
 
-def net_forward(ins: tuple, Ws: tuple, bs: tuple, acts: np.ndarray, outs: tuple) -> None:
-    """outs[l] = act_l(ins[l] @ Ws[l] + bs[l]) for every layer in order (outs[l] is ins[l + 1])."""
+_NET_BAD_LABEL, _NET_BAD_LAYOUT = -1.0, -2.0
+
+
+def _net_fits(a: np.ndarray, *shape: int) -> bool:
+    return a.shape == shape and a.flags.c_contiguous and a.flags.aligned
+
+
+def _net_forward_fits(x, Ws, bs, outs) -> bool:
+    n = x.shape[0]
+    ins = (x, *outs[:-1])
+    return all(
+        _net_fits(ins[layer], n, W.shape[0])
+        and _net_fits(W, *W.shape)
+        and _net_fits(bs[layer], W.shape[1])
+        and _net_fits(outs[layer], n, W.shape[1])
+        for layer, W in enumerate(Ws)
+    )
+
+
+def _net_loss_fits(x, Ws, bs, outs, t, y, losses) -> bool:
+    n, c = x.shape[0], Ws[-1].shape[1]
+    return _net_forward_fits(x, Ws, bs, outs) and _net_fits(t, n) and _net_fits(y, n, c) and _net_fits(losses, n)
+
+
+def net_forward(x: np.ndarray, Ws: tuple, bs: tuple, acts: np.ndarray, outs: tuple) -> float:
+    """outs[l] = act_l(input_l @ Ws[l] + bs[l]) for every layer in order (input_0 is x, then
+    outs[l - 1]); 0.0, or -2.0 (nothing written) for an array of another shape, layout or alignment
+    than the contract's (:mod:`fastlayers._kernels.dense`)."""
+    if not _net_forward_fits(x, Ws, bs, outs):
+        return _NET_BAD_LAYOUT
     for layer, W in enumerate(Ws):
-        z = ins[layer] @ W + bs[layer]
+        z = (x if layer == 0 else outs[layer - 1]) @ W + bs[layer]
         act = _NET_ACTIVATIONS.get(int(acts[layer]))
         outs[layer][...] = z if act is None else act[0](z)
+    return 0.0
 
 
 def _net_labels_ok(t: np.ndarray, scores: np.ndarray) -> bool:
-    return t.shape[0] == scores.shape[0] and bool(np.all((t >= 0) & (t < scores.shape[1])))
+    return bool(np.all((t >= 0) & (t < scores.shape[1])))
 
 
-def net_loss(ins, Ws, bs, acts, outs, t, y, losses) -> float:
-    """The forward pass, y = softmax(scores) and the per-row losses; their float64 sum, or -1.0
-    (nothing written) for a label outside the classes."""
+def net_loss(x, Ws, bs, acts, outs, t, y, losses) -> float:
+    """The forward pass, y = softmax(scores) and the per-row losses; their float64 sum, or (nothing
+    written) -2.0 for an array as ``net_forward`` says, -1.0 for a label outside the classes."""
+    if not _net_loss_fits(x, Ws, bs, outs, t, y, losses):
+        return _NET_BAD_LAYOUT
     if not _net_labels_ok(t, outs[-1]):
-        return -1.0
-    net_forward(ins, Ws, bs, acts, outs)
+        return _NET_BAD_LABEL
+    net_forward(x, Ws, bs, acts, outs)
     scores = outs[-1]
     y[...] = softmax(scores)
     losses[...] = -log_softmax(scores)[np.arange(t.shape[0]), t]
     return float(np.sum(losses, dtype=np.float64))
 
 
-def net_gradient(ins, Ws, bs, acts, outs, t, y, losses, grads, dins, dWs, dbs, WTs, scale) -> float:
-    """``net_loss``, then the backward pass into ``grads``, ``dins[1:]``, ``dWs``, ``dbs`` (and
-    ``WTs[l] = Ws[l].T`` for l >= 1, the kernel's scratch)."""
-    total = net_loss(ins, Ws, bs, acts, outs, t, y, losses)
+def net_gradient(x, Ws, bs, acts, outs, t, y, losses, grads, dWs, dbs, WTs, scale) -> float:
+    """``net_loss``, then the backward pass into ``grads``, ``dWs``, ``dbs`` (``grads[l - 1]`` ends
+    holding the gradient with respect to layer l's input, before the activation's gradient turns it
+    into layer l - 1's) and ``WTs[l] = Ws[l].T`` for l >= 1, the kernel's scratch."""
+    n = x.shape[0]
+    for layer, (d, m) in enumerate(W.shape for W in Ws):
+        fits = _net_fits(grads[layer], n, m) and _net_fits(dWs[layer], d, m) and _net_fits(dbs[layer], m)
+        if not fits or (layer > 0 and not _net_fits(WTs[layer], m, d)):
+            return _NET_BAD_LAYOUT
+    total = net_loss(x, Ws, bs, acts, outs, t, y, losses)
     if total < 0:
         return total
     last = len(Ws) - 1
@@ -302,13 +339,13 @@ def net_gradient(ins, Ws, bs, acts, outs, t, y, losses, grads, dins, dWs, dbs, W
     grads[last][...] = (y - onehot) * scale
     for layer in range(last, -1, -1):
         dz = grads[layer]
-        if layer < last:
-            dz[...] = _NET_ACTIVATIONS[int(acts[layer])][1](dins[layer + 1], outs[layer])
+        if layer < last:  # dz holds the gradient with respect to the activation's output
+            dz[...] = _NET_ACTIVATIONS[int(acts[layer])][1](dz.copy(), outs[layer])
         dbs[layer][...] = dz.sum(axis=0)
-        dWs[layer][...] = ins[layer].T @ dz
+        dWs[layer][...] = (x if layer == 0 else outs[layer - 1]).T @ dz
         if layer > 0:
             WTs[layer][...] = Ws[layer].T
-            dins[layer][...] = dz @ Ws[layer].T
+            grads[layer - 1][...] = dz @ Ws[layer].T
     return total
 
 

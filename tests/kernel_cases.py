@@ -735,28 +735,25 @@ def _conv_case(twin, make, tol="exact", n=lambda spec: 1) -> Case:
 
 
 def _make_net(dtype, spec, rng, mode="gradient"):
-    """Arguments of a whole-net kernel: the net of ``spec`` with random weights, a batch and labels
-    (``outs[l]`` is ``ins[l + 1]``, ``grads[l]`` is ``dins[l + 1]``, as the plans pass them)."""
+    """Arguments of a whole-net kernel: the net of ``spec`` with random weights, a batch and labels."""
     n, widths, acts = spec
     dt = np.dtype(dtype)
     Ws = tuple((_rows((d, m), dt, rng) / np.sqrt(d)).astype(dt) for d, m in zip(widths[:-1], widths[1:], strict=True))
     bs = tuple(_rows((m,), dt, rng) for m in widths[1:])
     outs = tuple(np.full((n, m), np.nan, dt) for m in widths[1:])
-    ins = (_rows((n, widths[0]), dt, rng), *outs[:-1])
+    x = _rows((n, widths[0]), dt, rng)
     codes = np.array([*acts, 0], np.int64)
     if mode == "forward":
-        return [ins, Ws, bs, codes, outs]
+        return [x, Ws, bs, codes, outs]
     t = rng.integers(0, widths[-1], n)
     y, losses = np.full((n, widths[-1]), np.nan, dt), np.full(n, np.nan, dt)
     if mode == "loss":
-        return [ins, Ws, bs, codes, outs, t, y, losses]
+        return [x, Ws, bs, codes, outs, t, y, losses]
     grads = tuple(np.full((n, m), np.nan, dt) for m in widths[1:])
-    dummy = np.zeros((1, 1), dt)
-    dins = (dummy, *grads[:-1])
     dWs = tuple(np.full_like(W, np.nan) for W in Ws)
     dbs = tuple(np.full_like(b, np.nan) for b in bs)
-    WTs = (dummy, *(np.full((W.shape[1], W.shape[0]), np.nan, dt) for W in Ws[1:]))
-    return [ins, Ws, bs, codes, outs, t, y, losses, grads, dins, dWs, dbs, WTs, dt.type(1) / dt.type(n)]
+    WTs = (np.zeros((1, 1), dt), *(np.full((W.shape[1], W.shape[0]), np.nan, dt) for W in Ws[1:]))
+    return [x, Ws, bs, codes, outs, t, y, losses, grads, dWs, dbs, WTs, dt.type(1) / dt.type(n)]
 
 
 def _net_n(spec):

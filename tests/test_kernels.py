@@ -42,7 +42,7 @@ def test_kernel_equals_its_numpy_twin(name, dtype, twin):
             elif isinstance(a, np.ndarray):  # labels: inputs, untouched
                 np.testing.assert_array_equal(a, b)
         if want_value is not None:
-            terms = n if isinstance(args[0], tuple) else np.size(args[0])  # a whole net: as its arrays
+            terms = n if name.startswith("net_") else np.size(args[0])  # a whole net: as its arrays
             assert_close(dtype(got_value), dtype(want_value), "sum", n=terms)
 
 
@@ -222,6 +222,92 @@ def test_row_reductions_special_values(dtype):
     assert np.isnan(sums[0]) and maxes[0] == 0
     assert sums[1] == np.inf and maxes[1] == np.inf
     assert sums[2] == -np.inf and maxes[2] == -np.inf
+
+
+def _misaligned(a: np.ndarray) -> np.ndarray:
+    """A copy of ``a`` at an address that is not a multiple of its item size."""
+    raw = np.zeros(a.nbytes + 1, np.uint8)
+    out = raw[1:].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    assert not out.flags.aligned
+    return out
+
+
+def _strided(a: np.ndarray) -> np.ndarray:
+    """A copy of ``a`` (2-D) whose rows are not contiguous: every other column of a wider array."""
+    out = np.full((a.shape[0], 2 * a.shape[1]), np.nan, a.dtype)[:, ::2]
+    out[...] = a
+    return out
+
+
+def _reshaped(a: np.ndarray) -> np.ndarray:
+    """``a`` with its axes' lengths swapped (the same number of dimensions), as a caller's in-place
+    ``a.shape = ...`` leaves it."""
+    out = a.copy()
+    out.shape = out.shape[::-1]
+    return out
+
+
+#: (kernel argument position, item of a tuple or None, how the array is spoiled): each makes a
+#: whole-net kernel refuse its arguments
+_SPOILED = {
+    "x strided": (0, None, _strided),
+    "x misaligned": (0, None, _misaligned),
+    "x rows": (0, None, lambda a: a[:-1].copy()),
+    "W1 reshaped": (1, 1, _reshaped),
+    "W0 misaligned": (1, 0, _misaligned),
+    "W1 strided": (1, 1, _strided),
+    "b0 short": (2, 0, lambda a: a[:-1].copy()),
+    "b1 strided": (2, 1, lambda a: np.repeat(a, 2)[::2]),
+    "out0 strided": (4, 0, _strided),
+    "out1 reshaped": (4, 1, _reshaped),
+    "t short": (5, None, lambda a: a[:-1].copy()),
+    "t strided": (5, None, lambda a: np.repeat(a, 2)[::2]),
+    "y misaligned": (6, None, _misaligned),
+    "losses short": (7, None, lambda a: a[:-1].copy()),
+    "grad0 reshaped": (8, 0, _reshaped),
+    "dW1 strided": (9, 1, _strided),
+    "db1 short": (10, 1, lambda a: a[:-1].copy()),
+    "WT1 reshaped": (11, 1, _reshaped),
+}
+
+
+@pytest.mark.parametrize("twin", ["serial", "parallel", "numpy"])
+@pytest.mark.parametrize("mode", ["forward", "loss", "gradient"])
+def test_whole_net_kernels_refuse_arrays_outside_their_contract(mode, twin):
+    """The whole-net kernels check every array's shape, strides and alignment before they write
+    anything (the plans leave those checks to them): called through an entry point compiled for the
+    contract's types, as the plans call them, each spoiled array gets BAD_LAYOUT and nothing is
+    written. The NumPy twins refuse the same."""
+    from fastlayers import reference
+    from fastlayers._kernels import dense
+
+    name = f"net_{mode}"
+    spec = (5, (7, 6, 4), (1,))
+    good = CASES[name].make(np.float64, spec, np.random.default_rng(0))
+    if twin == "numpy":
+        kernel = getattr(reference, name)
+    else:
+        kernel = _numba.entry_point(getattr(getattr(dense, name), twin), tuple(good))
+    assert kernel(*copy.deepcopy(good)) >= 0
+    tried = 0
+    for what, (pos, item, spoil) in _SPOILED.items():
+        if pos >= len(good):
+            continue
+        args = copy.deepcopy(good)
+        if item is None:
+            args[pos] = spoil(args[pos])
+        else:
+            items = list(args[pos])
+            items[item] = spoil(items[item])
+            args[pos] = tuple(items)
+        before = [a.copy() for a in _flatten(args) if isinstance(a, np.ndarray)]
+        assert kernel(*args) == dense.BAD_LAYOUT, what
+        after = [a for a in _flatten(args) if isinstance(a, np.ndarray)]
+        for b, a in zip(before, after, strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=what)
+        tried += 1
+    assert tried >= 6
 
 
 @pytest.mark.skipif(

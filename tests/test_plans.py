@@ -179,9 +179,15 @@ def test_kept_results_are_never_overwritten():
     np.testing.assert_array_equal(y1, y1c)
     np.testing.assert_array_equal(s1, s1c)
     assert not net.last_layer.y.flags.writeable
-    # nobody keeps the gradients: the next call writes the same memory
+    # nobody keeps the gradients, the hidden output or the scores: the next call writes the same memory
     first = {k: id(v) for k, v in net.gradient(x1, t1).items()}
-    assert first == {k: id(v) for k, v in net.gradient(x2, t2).items()}
+    first["hidden"], first["scores"] = id(net.layers["Relu1"].out), id(net.layers["Affine2"]._out)
+    after = {k: id(v) for k, v in net.gradient(x2, t2).items()}
+    after["hidden"], after["scores"] = id(net.layers["Relu1"].out), id(net.layers["Affine2"]._out)
+    assert first == after
+    hidden = id(net.layers["Relu1"].out)
+    net.predict(x1)
+    assert id(net.layers["Relu1"].out) == hidden
 
 
 @pytest.mark.parametrize("change", ["resize", "reshape", "read-only"])
@@ -230,6 +236,48 @@ def test_buffers_changed_in_place_through_a_layer_are_not_written(where, change,
     assert published() is not old()
     if old() is not None:
         np.testing.assert_array_equal(old(), before)
+
+
+@pytest.mark.parametrize("where", ["Affine1.dW", "Relu1.out", "scores", "y.base"])
+def test_buffers_reshaped_in_place_to_as_many_dimensions_are_replaced(where, walk):
+    """A published 2-D buffer given its axes' lengths swapped in place keeps its number of
+    dimensions, which is all that Python checks before the call: the kernel refuses it, the plan
+    replaces it and calls again, and the answers equal the walk's."""
+    net = TwoLayerNet(13, 9, 5, seed=0)
+    twin = TwoLayerNet(13, 9, 5, seed=0)
+    x, t = _batch(13, 6, np.float64, 5)
+    net.gradient(x, t)
+    net.predict(x)
+    layer = {"scores": ("Affine2", "_out"), "Affine1.dW": ("Affine1", "dW"), "Relu1.out": ("Relu1", "out")}
+    a = net.last_layer.y.base if where == "y.base" else getattr(net.layers[layer[where][0]], layer[where][1])
+    a.shape = a.shape[::-1]
+    old, before = weakref.ref(a), a.copy()
+    del a  # held by the layer alone: the plan's reference counts let it through, the kernel does not
+    _planned_and_walked(net, twin, x, t, walk)
+    plan = net._hot  # served by the plan, not the walk: the layers hold its buffers
+    assert net.layers["Relu1"].out is plan.outs[0] and net.layers["Affine1"].dW is plan.dWs[0]
+    if old() is not None:
+        np.testing.assert_array_equal(old(), before)  # never written again
+    # what the plan published has the layers' shapes (a kernel that wrote the swapped buffer as if
+    # it had the plan's shape would have left it published as it was)
+    assert net.layers["Relu1"].out.shape == (6, 9) and net.layers["Affine2"]._out.shape == (6, 5)
+    assert net.layers["Affine1"].dW.shape == (13, 9) and net.last_layer.y.base.shape == (6, 5)
+
+
+def _planned_and_walked(net, twin, x, t, walk):
+    """predict, gradient, predict: ``net``'s answers equal the walk's of ``twin``."""
+    for call in ("predict", "gradient", "predict"):
+        if call == "predict":
+            got = net.predict(x)
+            with walk():
+                want = twin.predict(x)
+            np.testing.assert_array_equal(got, want)
+        else:
+            got = net.gradient(x, t)
+            with walk():
+                want = twin.gradient(x, t)
+            for key, value in want.items():
+                np.testing.assert_array_equal(got[key], value)
 
 
 def test_layers_replaced_in_the_net_are_seen(walk):

@@ -9,20 +9,26 @@ step); larger products go through BLAS (:mod:`fastlayers._gemm`).
 Contract, for L layers of widths D0, ..., DL and a batch of N rows, all arrays of one float dtype and
 C-contiguous:
 
-- ``ins``: a tuple of L arrays, ``ins[l]`` (N, Dl): the net's input (``ins[0]``) and the hidden
-  activations; ``outs``: a tuple of L arrays, ``outs[l]`` (N, D(l+1)); ``outs[l]`` is ``ins[l+1]``;
+- ``x`` (N, D0): the net's input; ``outs``: a tuple of L arrays, ``outs[l]`` (N, D(l+1)), the
+  output of layer l after its activation and the input of layer l + 1;
 - ``Ws``: L arrays (Dl, D(l+1)); ``bs``: L arrays (D(l+1),); ``acts``: int64 (L,), the activation
   after each layer: ``NONE``, ``RELU`` or ``SIGMOID`` (the last layer's is ``NONE``);
 - ``t``: (N,) integer labels, read once each into a local and checked to lie in [0, DL) before any
-  use; a kernel that finds one outside returns -1.0 before writing anything;
+  use; a kernel that finds one outside returns :data:`BAD_LABEL` before writing anything;
 - ``y``: (N, DL), the softmax; ``losses``: (N,); ``grads``: a tuple of L arrays, ``grads[l]``
   (N, D(l+1)), the gradient with respect to ``outs[l]`` before the activation (it holds the
   gradient with respect to the activation's output first, then is overwritten in place);
-  ``dins``: a tuple of L arrays (N, Dl), ``dins[l]`` the gradient with respect to ``ins[l]``
-  (``dins[0]`` is not written: nobody uses the net's input gradient); ``dWs``, ``dbs``: shaped like
+  ``grads[l - 1]`` then receives the gradient with respect to layer l's input (none is computed
+  for ``x``: nobody uses the net's input gradient); ``dWs``, ``dbs``: shaped like
   ``Ws`` and ``bs``; ``scale``: 1 / N in the dtype.
 
-No output overlaps an input, except ``grads[l]`` and ``dins[l + 1]``, which may be one array.
+No output overlaps an input. Each kernel checks, before it writes anything, that every array it
+reads or writes has the shape the contract gives it from ``Ws``' shapes and ``x``'s rows,
+C-contiguous strides (NumPy's rule: an axis of length 1 may have any stride) and an address aligned
+to its items (the unused ``WTs[0]`` excepted), and returns :data:`BAD_LAYOUT` when one does not:
+the plans check only each array's type, dtype and number of dimensions in Python (which the
+conversion of the arguments relies on), and leave the rest to this check, which costs the kernel a
+few comparisons.
 The operations are the layer-by-layer path's (:mod:`fastlayers.layers.core`), in the same order,
 except the additions inside each matrix product, whose order differs from BLAS's: the bias add
 and activation, the softmax and loss, the activation gradient and the bias gradient (rows added in
@@ -40,6 +46,9 @@ from .affine import COL_BLOCK
 from .loss import _exp_shifted_row, _scale_row_with_grad, _total
 
 NONE, RELU, SIGMOID = 0, 1, 2
+#: What a kernel returns, having written nothing, for a label outside the classes and for an array
+#: whose shape, strides or alignment the contract does not allow.
+BAD_LABEL, BAD_LAYOUT = -1.0, -2.0
 #: From how many multiply-adds (a pass's products) the parallel twins run. The plans use these
 #: kernels only below :data:`fastlayers.nets._plan.SMALL_MACS`, where one thread is faster.
 PARALLEL_MACS = 1 << 22
@@ -118,6 +127,70 @@ def _bias_act_rows(dst, b, act, i0, i1):
         else:
             for j in range(m):
                 dst[i, j] += b[j]
+
+
+# The layout checks combine their comparisons with ``&`` and test the result once, after the loop:
+# a return inside the loop over the layers' tuples kept Numba's reference counts of every array taken
+# from them (each an atomic update), which cost more than the checks themselves (docs/PERFORMANCE.md,
+# "Which checks run where").
+@helper(inline=True)
+def _fits(a, rows, cols):
+    """``a`` is (rows, cols), C-contiguous and aligned to its items."""
+    s = a.itemsize
+    return (
+        (a.shape[0] == rows)
+        & (a.shape[1] == cols)
+        & ((cols <= 1) | (a.strides[1] == s))
+        & ((rows <= 1) | (a.strides[0] == cols * s))
+        & (a.ctypes.data % s == 0)
+    )
+
+
+@helper(inline=True)
+def _fits_vector(a, n):
+    """``a`` is (n,), contiguous and aligned to its items."""
+    s = a.itemsize
+    return (a.shape[0] == n) & ((n <= 1) | (a.strides[0] == s)) & (a.ctypes.data % s == 0)
+
+
+@helper(inline=True)
+def _forward_fits(x, Ws, bs, outs):
+    """Every array of the forward pass is as the contract says (the module's docstring)."""
+    n = x.shape[0]
+    ok = _fits(x, n, Ws[0].shape[0])
+    for layer in range(len(Ws)):
+        W, b, dst = Ws[layer], bs[layer], outs[layer]
+        d, m = W.shape
+        ok &= _fits(W, d, m) & _fits_vector(b, m) & _fits(dst, n, m)
+        ok &= outs[max(layer - 1, 0)].shape[1] == (d if layer > 0 else m)  # the previous output is this input
+    return ok
+
+
+@helper(inline=True)
+def _loss_fits(x, Ws, bs, outs, t, y, losses):
+    """As :func:`_forward_fits`, and the labels, softmax and losses."""
+    n = x.shape[0]
+    c = Ws[len(Ws) - 1].shape[1]
+    return _forward_fits(x, Ws, bs, outs) & _fits_vector(t, n) & _fits(y, n, c) & _fits_vector(losses, n)
+
+
+@helper(inline=True)
+def _backward_fits(x, Ws, grads, dWs, dbs, WTs):
+    """The backward pass's arrays are as the contract says (``WTs[0]`` unused)."""
+    n = x.shape[0]
+    ok = True
+    for layer in range(len(Ws)):
+        d, m = Ws[layer].shape
+        g, dW, db, WT = grads[layer], dWs[layer], dbs[layer], WTs[layer]
+        ok &= _fits(g, n, m) & _fits(dW, d, m) & _fits_vector(db, m)
+        ok &= (layer == 0) | _fits(WT, m, d)
+    return ok
+
+
+@helper(inline=True)
+def _input(x, outs, layer):
+    """Layer ``layer``'s input: ``x`` or the previous layer's output."""
+    return x if layer == 0 else outs[layer - 1]
 
 
 @helper
@@ -225,24 +298,30 @@ def _grad_bias_cols(dz, y, act, db, j0, j1):
 
 
 @twins(PARALLEL_MACS)
-def net_forward(ins, Ws, bs, acts, outs):
-    """outs[l] = act_l(ins[l] @ Ws[l] + bs[l]) for every layer in order; row blocks in parallel."""
+def net_forward(x, Ws, bs, acts, outs):
+    """outs[l] = act_l(input_l @ Ws[l] + bs[l]) for every layer in order (input_0 = x, then
+    outs[l - 1]); row blocks in parallel. Returns 0.0, or :data:`BAD_LAYOUT` (nothing written)."""
+    if not _forward_fits(x, Ws, bs, outs):
+        return BAD_LAYOUT
     for layer in range(len(Ws)):
-        src, W, b, act, dst = ins[layer], Ws[layer], bs[layer], acts[layer], outs[layer]
+        src, W, b, act, dst = _input(x, outs, layer), Ws[layer], bs[layer], acts[layer], outs[layer]
         for blk in prange(_blocks(src.shape[0])):
             _forward_block(src, W, b, act, dst, blk)
+    return 0.0
 
 
 @twins(PARALLEL_MACS)
-def net_loss(ins, Ws, bs, acts, outs, t, y, losses):
+def net_loss(x, Ws, bs, acts, outs, t, y, losses):
     """The forward pass, then y = softmax(outs[-1]) and the per-row cross-entropy against the
-    labels ``t``; returns the sum of the losses (float64, rows in order), or -1.0 (nothing
-    written) when a label lies outside [0, DL)."""
+    labels ``t``; returns the sum of the losses (float64, rows in order), or (nothing written)
+    :data:`BAD_LAYOUT` or :data:`BAD_LABEL`."""
+    if not _loss_fits(x, Ws, bs, outs, t, y, losses):
+        return BAD_LAYOUT
     scores = outs[len(outs) - 1]
-    if t.shape[0] != scores.shape[0] or not _labels_ok(t, scores.shape[1]):
-        return -1.0
+    if not _labels_ok(t, scores.shape[1]):
+        return BAD_LABEL
     for layer in range(len(Ws)):
-        src, W, b, act, dst = ins[layer], Ws[layer], bs[layer], acts[layer], outs[layer]
+        src, W, b, act, dst = _input(x, outs, layer), Ws[layer], bs[layer], acts[layer], outs[layer]
         for blk in prange(_blocks(src.shape[0])):
             _forward_block(src, W, b, act, dst, blk)
     n = scores.shape[0]
@@ -253,16 +332,18 @@ def net_loss(ins, Ws, bs, acts, outs, t, y, losses):
 
 
 @twins(PARALLEL_MACS)
-def net_gradient(ins, Ws, bs, acts, outs, t, y, losses, grads, dins, dWs, dbs, WTs, scale):
+def net_gradient(x, Ws, bs, acts, outs, t, y, losses, grads, dWs, dbs, WTs, scale):
     """The forward pass and the loss (as ``net_loss``, whose return value this returns), then the
-    backward pass: ``grads``, ``dins[1:]``, ``dWs``, ``dbs`` as the contract says, and ``WTs[l]``
+    backward pass: ``grads``, ``dWs``, ``dbs`` as the contract says, and ``WTs[l]``
     (l >= 1, scratch of (D(l+1), Dl)) = ``Ws[l].T``."""
+    if not (_loss_fits(x, Ws, bs, outs, t, y, losses) & _backward_fits(x, Ws, grads, dWs, dbs, WTs)):
+        return BAD_LAYOUT
     last = len(Ws) - 1
     scores = outs[last]
-    if t.shape[0] != scores.shape[0] or not _labels_ok(t, scores.shape[1]):
-        return -1.0
+    if not _labels_ok(t, scores.shape[1]):
+        return BAD_LABEL
     for layer in range(len(Ws)):
-        src, W, b, act, dst = ins[layer], Ws[layer], bs[layer], acts[layer], outs[layer]
+        src, W, b, act, dst = _input(x, outs, layer), Ws[layer], bs[layer], acts[layer], outs[layer]
         for blk in prange(_blocks(src.shape[0])):
             _forward_block(src, W, b, act, dst, blk)
     dz = grads[last]
@@ -271,7 +352,7 @@ def net_gradient(ins, Ws, bs, acts, outs, t, y, losses, grads, dins, dWs, dbs, W
         i0 = blk * SOFTMAX_ROWS
         _softmax_rows(scores, t, y, losses, True, dz, scale, i0, min(n, i0 + SOFTMAX_ROWS))
     for layer in range(last, -1, -1):
-        dz, h, db, src, dW = grads[layer], outs[layer], dbs[layer], ins[layer], dWs[layer]
+        dz, h, db, src, dW = grads[layer], outs[layer], dbs[layer], _input(x, outs, layer), dWs[layer]
         act = 0 if layer == last else acts[layer]
         for blk in prange((dz.shape[1] + COL_BLOCK - 1) // COL_BLOCK):
             j0 = blk * COL_BLOCK
@@ -280,7 +361,7 @@ def net_gradient(ins, Ws, bs, acts, outs, t, y, losses, grads, dins, dWs, dbs, W
             r0 = blk * DENSE_ROWS
             _rows_times_tn(src, dz, dW, r0, min(DENSE_ROWS, src.shape[1] - r0))
         if layer > 0:
-            W, WT, din = Ws[layer], WTs[layer], dins[layer]
+            W, WT, din = Ws[layer], WTs[layer], grads[layer - 1]
             for j in prange(W.shape[1]):
                 _transpose_row(W, WT, j)
             for blk in prange(_blocks(dz.shape[0])):

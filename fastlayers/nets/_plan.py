@@ -12,10 +12,14 @@ but the plan and the layers it publishes them to holds them; a buffer someone ke
 new one, as the layers' own calls do (:func:`fastlayers.functional._checks.reusable`).
 
 Every call checks again what the caller may have changed since the last one: the net's layer
-objects, each layer's ``W`` and ``b`` (type, dtype, shape, layout), ``x``, and the labels' array
-(their values are checked inside the kernel). Anything unusual makes the call return None, having
-done nothing, and the net walks its layers (:mod:`._walk`), the general path, which names what is
-wrong. After a call every layer holds what its own calls would have left (``Affine.x``,
+objects, each layer's ``W`` and ``b``, ``x``, the labels' array and the published buffers. Python
+checks what converting the arguments relies on (each array's type, dtype and number of dimensions,
+and the buffers' reference counts and write flags); the kernel checks every array's shape, strides
+and alignment, and the labels' values, before it writes anything. Anything unusual makes the call
+return None, having done nothing, and the net walks its layers (:mod:`._walk`), the general path,
+which names what is wrong. (A kernel that refuses a layout is called once more after every
+published buffer of the wrong shape or layout has been replaced: the caller may have reshaped one
+in place through a layer.) After a call every layer holds what its own calls would have left (``Affine.x``,
 ``original_x_shape``, ``dW``, ``db``; ``Relu.out``/``Sigmoid.out``; ``SoftmaxWithLoss.loss``, ``y``
 (read-only) and ``t``), and results equal the layer-by-layer path's up to the order of the additions
 inside the products. A plan runs one call at a time: a thread that finds it busy takes the general
@@ -44,14 +48,27 @@ KEEP = 16
 
 _CODES = {Relu: 1, Sigmoid: 2}
 _NEED = 0x1 | 0x100 | 0x400  # NumPy's flag bits: C-contiguous, aligned, writeable
+_getrefcount = sys.getrefcount
+_ndarray = np.ndarray
+_modules = sys.modules
 _REFS = 2  # getrefcount's own argument and the plan's list
 _I64 = np.dtype(np.int64)
+_F64 = np.dtype(np.float64)
 _context_backend = _backend._backend_var.get
 _KERNELS = {"predict": "net_forward", "loss": "net_loss", "gradient": "net_gradient"}
 
 
 def _fits(a, dtype: np.dtype, shape: tuple) -> bool:
     return type(a) is np.ndarray and a.dtype is dtype and a.shape == shape and a.flags.num & _NEED == _NEED
+
+
+def _arrays(args: tuple):
+    """The arrays among ``args`` and inside its tuples."""
+    for a in args:
+        if isinstance(a, tuple):
+            yield from a
+        elif isinstance(a, np.ndarray):
+            yield a
 
 
 class DensePlan:
@@ -63,11 +80,11 @@ class DensePlan:
         self.shape, self.dtype = shape, dtype
         self.affines = layers[0::2]
         self.activations = layers[1::2]
-        # (the Affine after each activation, the activation): the layers that hidden outputs go to
-        self.hidden = list(zip(self.affines[1:], self.activations, strict=True))
         n = shape[0]
         widths = [shape[1]] + [a.W.shape[1] for a in self.affines]
-        self.checks = [(a, a.W.shape, (a.W.shape[1],)) for a in self.affines]
+        self.first, self.last_affine = self.affines[0], self.affines[-1]
+        # (the Affine after each activation, the activation, the shape of the hidden output)
+        self.hidden = list(zip(self.affines[1:], self.activations, [(n, m) for m in widths[1:-1]], strict=True))
         self.acts = np.array([_CODES[type(a)] for a in self.activations] + [0], np.int64)
         self.macs = n * sum(a.W.size for a in self.affines)
         self.scale = dtype.type(1) / dtype.type(n)
@@ -84,16 +101,15 @@ class DensePlan:
         # outs[l]: the activation's out and the next Affine's x; the scores: the last Affine's _out;
         # dW, db: the Affine's; y is published as a read-only view (``y_view``), which holds one
         # more reference to it. Each of the first 3L is also held once by the tuples that
-        # ``_tuples`` keeps (outs, dWs, dbs), the hidden outputs once more (hidden_outs).
-        self.limits = [_REFS + 2 + 2] * (L - 1) + [_REFS + 1 + 1] + [_REFS + 1 + 1] * (2 * L) + [_REFS + 1]
+        # ``_tuples`` keeps (outs, dWs, dbs).
+        self.limits = [_REFS + 2 + 1] * (L - 1) + [_REFS + 1 + 1] + [_REFS + 1 + 1] * (2 * L) + [_REFS + 1]
         self.shapes = [b.shape for b in self.bufs]
+        self.ndims = [b.ndim for b in self.bufs]
         self.y_view = self._frozen(self.bufs[-1])
         self._tuples()
         self.grads = tuple(e((n, m), dtype) for m in widths[1:])
         self.losses = e(n, dtype)
-        dummy = e((1, 1), dtype)  # dins[0] and WTs[0]: never used
-        self.dins = (dummy, *self.grads[:-1])
-        self.WTs = (dummy, *(e((m, d), dtype) for d, m in zip(widths[1:-1], widths[2:], strict=True)))
+        self.WTs = (e((1, 1), dtype), *(e((m, d), dtype) for d, m in zip(widths[1:-1], widths[2:], strict=True)))
         self.entries: dict = {}
         self.lock = threading.Lock()
 
@@ -104,20 +120,20 @@ class DensePlan:
         return view
 
     def _weights(self) -> tuple | None:
-        """(Ws, bs) as the layers hold them now, or None when one does not fit the plan."""
-        dt, nd, need = self.dtype, np.ndarray, _NEED
+        """(Ws, bs) as the layers hold them now, or None when one is not an ndarray of the plan's
+        dtype and number of dimensions (what the entry points' conversion relies on: their shapes,
+        strides and alignment are the kernel's to check)."""
+        dt, nd = self.dtype, np.ndarray
         Ws, bs = [], []
-        for a, ws, bsh in self.checks:
+        for a in self.affines:
             W, b = a.W, a.b
             if (
                 type(W) is not nd
                 or type(b) is not nd
                 or W.dtype is not dt
                 or b.dtype is not dt
-                or W.shape != ws
-                or b.shape != bsh
-                or W.flags.num & need != need
-                or b.flags.num & need != need
+                or W.ndim != 2
+                or b.ndim != 1
             ):
                 return None
             Ws.append(W)
@@ -126,10 +142,15 @@ class DensePlan:
 
     def _call(self, mode: str, args: tuple):
         """Run ``mode``'s kernel on ``args``: small calls through the serial twin's entry point
-        (its argument types are the plan's, checked above), larger ones through the launcher."""
+        (compiled for the types of the first call's arguments; later calls' arrays have the same
+        dtypes and dimensions, checked above, and the kernel checks their shapes and layout), larger
+        ones through the launcher. Arguments that are not all C-contiguous, aligned and writeable
+        reach neither (``BAD_LAYOUT``): the kernels are compiled for those types alone."""
         entry = self.entries.get(mode)
         if entry is not None:
             return entry(*args)
+        if not all(_fits(a, a.dtype, a.shape) for a in _arrays(args)):
+            return _dense.BAD_LAYOUT
         kernel = getattr(_dense, _KERNELS[mode])
         size = self.macs * (3 if mode == "gradient" else 1)
         if size >= kernel.parallel_min:
@@ -142,70 +163,84 @@ class DensePlan:
         whenever a buffer is replaced."""
         bufs, L = self.bufs, self.L
         self.outs = tuple(bufs[:L])
-        self.hidden_outs = self.outs[:-1]  # the inputs of the layers after the first
         self.dWs, self.dbs = tuple(bufs[L : 2 * L]), tuple(bufs[2 * L : 3 * L])
 
-    def _fresh(self, upto: int) -> None:
+    def _fresh(self, upto: int, strict: bool = False) -> None:
         """Replace every buffer among the first ``upto`` that someone but the plan and the layers
         it published it to holds (it is theirs now), or that was changed in place through a layer
-        (reshaped, resized, made read-only: the entry points take the buffers' shapes as the plan
-        made them, so a buffer of another shape must never reach them)."""
-        bufs, limits, shapes = self.bufs, self.limits, self.shapes
+        (made read-only, or given another number of dimensions, which the entry points' conversion
+        relies on); ``strict``: also one of another shape or layout (reshaped or resized in place:
+        the kernels refuse those)."""
+        bufs, limits, ndims = self.bufs, self.limits, self.ndims
         replaced = False
         for i in range(upto):
             b = bufs[i]  # one more reference than the limits count
-            if sys.getrefcount(b) > limits[i] + 1 or b.shape != shapes[i] or not b.flags.writeable:
-                bufs[i] = np.empty(shapes[i], self.dtype)
+            if (
+                _getrefcount(b) > limits[i] + 1
+                or b.ndim != ndims[i]
+                or not b.flags.writeable
+                or (strict and not _fits(b, self.dtype, self.shapes[i]))
+            ):
+                bufs[i] = np.empty(self.shapes[i], self.dtype)
                 replaced = True
         if replaced:
             self._tuples()
 
-    def predict(self, x, x2):
+    def predict(self, x, x2, strict: bool = False):
         """The scores of ``x2`` (``x`` as rows) by the compiled forward pass, or None when the
         weights do not fit."""
         weights = self._weights()
         if weights is None:
             return None
-        self._fresh(self.L)
+        self._fresh(self.L, strict)
         outs = self.outs
-        self._call("predict", ((x2, *self.hidden_outs), *weights, self.acts, outs))
+        args = (x2, *weights, self.acts, outs)
+        entry = self.entries.get("predict")
+        if (entry(*args) if entry is not None else self._call("predict", args)) == _dense.BAD_LAYOUT:
+            return None if strict else self.predict(x, x2, True)
         self._publish(x, x2, outs)
         return outs[-1]
 
     def _publish(self, x, x2, outs: tuple) -> None:
         """Leave every layer's attributes as its own forward would."""
-        first = self.affines[0]
-        first.x, first.original_x_shape = x2, x.shape
-        for (a, act), h in zip(self.hidden, outs, strict=False):  # outs[-1]: below
-            a.x, a.original_x_shape = h, h.shape
+        first = self.first
+        first.x = x2
+        first.original_x_shape = x.shape
+        for (a, act, shape), h in zip(self.hidden, outs):  # noqa: B905 - outs[-1]: below
+            a.x = h
+            a.original_x_shape = shape  # the kernel checked h's shape
             act.out = h
-        self.affines[-1]._out = outs[-1]
+        self.last_affine._out = outs[-1]
 
-    def run(self, x, x2, t, mode: str):
+    def run(self, x, x2, t, mode: str, strict: bool = False):
         """The compiled call: ``mode`` "loss" (returns the loss) or "gradient" (returns True, having
-        left every Affine's ``dW`` and ``db`` as its backward would). None when the weights do not
-        fit or a label lies outside the classes (the caller takes the general path)."""
+        left every Affine's ``dW`` and ``db`` as its backward would). None when the weights or the
+        labels do not fit or a label lies outside the classes (the caller takes the general path)."""
         weights = self._weights()
         if weights is None:
             return None
         Ws, bs = weights
-        self._fresh(3 * self.L)
+        self._fresh(3 * self.L, strict)
         bufs = self.bufs
         outs = self.outs
-        ins = (x2, *self.hidden_outs)
         y = bufs[-1]  # private, but reachable as the published view's base: checked as _fresh does
-        if sys.getrefcount(self.y_view) > _REFS + 1 or y.shape != self.shapes[-1] or not y.flags.writeable:
+        if (
+            _getrefcount(self.y_view) > _REFS + 1
+            or y.ndim != 2
+            or not y.flags.writeable
+            or (strict and not _fits(y, self.dtype, self.shapes[-1]))
+        ):
             y = bufs[-1] = np.empty(self.shapes[-1], self.dtype)
             self.y_view = self._frozen(y)
         if mode == "loss":
-            args = (ins, Ws, bs, self.acts, outs, t, y, self.losses)
+            args = (x2, Ws, bs, self.acts, outs, t, y, self.losses)
         else:
-            args = (ins, Ws, bs, self.acts, outs, t, y, self.losses, self.grads, self.dins, self.dWs, self.dbs,
+            args = (x2, Ws, bs, self.acts, outs, t, y, self.losses, self.grads, self.dWs, self.dbs,
                     self.WTs, self.scale)  # fmt: skip
         entry = self.entries.get(mode)
         total = entry(*args) if entry is not None else self._call(mode, args)
         if total < 0:
-            return None
+            return None if strict or total != _dense.BAD_LAYOUT else self.run(x, x2, t, mode, True)
         self._publish(x, x2, outs)
         last = self.last
         loss = self.dtype.type(total / x2.shape[0])
@@ -280,7 +315,7 @@ def _call(net, x, t, mode: str):
     decay) or "gradient" (True once every layer is left as its own backward would leave it; the net
     reads its gradients from the layers). A prediction before Numba is loaded is left to the walk, which
     answers small ones without waiting for Numba (ARCHITECTURE.md, "Loading")."""
-    if type(x) is not np.ndarray or (mode == "predict" and "numba" not in sys.modules):
+    if type(x) is not _ndarray or (mode == "predict" and "numba" not in _modules):
         return None
     shape = x.shape
     if len(shape) != 2:
@@ -290,11 +325,9 @@ def _call(net, x, t, mode: str):
         shape = x2.shape
     else:
         x2 = x
-    if x2.flags.num & _NEED != _NEED:
-        return None
-    if mode != "predict" and (
-        type(t) is not np.ndarray or t.dtype is not _I64 or t.shape != shape[:1] or t.flags.num & _NEED != _NEED
-    ):
+    # x2's and t's shapes, strides and alignment are the kernel's to check (a batch that is not
+    # C-contiguous is refused there, and walked)
+    if mode != "predict" and (type(t) is not _ndarray or t.dtype is not _I64 or t.ndim != 1):
         return None
     dtype = x.dtype
     layers = list(net.layers.values())
@@ -312,9 +345,9 @@ def _call(net, x, t, mode: str):
     lock = plan.lock
     if lock is None or (_context_backend() or _backend._default) != "numba":  # _backend.current(), inline
         return None
-    if dtype.itemsize == 8 and _backend.is_float32():
+    if dtype is _F64 and _backend.is_float32():
         return None
-    if not lock.acquire(blocking=False):
+    if not lock.acquire(False):  # without blocking
         return None
     try:
         return plan.predict(x, x2) if mode == "predict" else plan.run(x, x2, t, mode)
