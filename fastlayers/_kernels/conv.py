@@ -462,8 +462,13 @@ def conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db, arg):
         for i in range(n):
             gp = (i * fnp + f) * lg
             dp = (i * fn + f) * ld
+            # Each plane is zeroed whole, in one long loop, and its rows written over it: the rows
+            # are short (7-28 items), and a loop per row for each border cost more than the copies
+            # (docs/PERFORMANCE.md, "The gradient's layouts").
+            if not shared:
+                _zero_at(gf, gp, gp + lg)
             if padded:
-                _zero_at(df, dp, dp + qh * wd + qw)
+                _zero_at(df, dp, dp + ld)
             for yy in range(oh):
                 # unsigned indices: a signed one costs a negative-index test that blocks vector code
                 src = u64(((i * fn + f) * oh + yy) * ow)
@@ -473,25 +478,16 @@ def conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db, arg):
                     if yy < 2 * ph2:
                         pooled_src = u64(((i * fn + f) * ph2 + yy // 2) * pw2)
                         _pooled_row(of, af, pooled_src, yf, src, pw2, u64(2 * (yy % 2)), ow, dst, row)
-                    else:  # a last row no window covers
-                        _zero_at(dst, row, row + ow)
+                    # else: a last row no window covers, left 0
                 elif relu:
                     for x in range(u64(ow)):
                         dst[row + x] = zero if yf[src + x] <= zero else of[src + x]
                 else:
                     for x in range(u64(ow)):
                         dst[row + x] = of[src + x]
-                if not shared:
-                    _zero_at(gf, gp + yy * wp + ow, gp + (yy + 1) * wp)
-                if padded:
-                    if not shared:
-                        for x in range(u64(ow)):
-                            df[start + x] = gf[row + x]
-                    _zero_at(df, dp + (yy + qh) * wd + qw + ow, dp + (yy + qh) * wd + qw + ow + 2 * qw)
-            if not shared:
-                _zero_at(gf, gp + oh * wp, gp + lg)
-            if padded:
-                _zero_at(df, dp + (oh + qh) * wd + qw, dp + ld)
+                if padded and not shared:
+                    for x in range(u64(ow)):
+                        df[start + x] = gf[row + x]
             if shared:
                 total += row_sum(df[dp + shift : dp + shift + lg])
             else:
