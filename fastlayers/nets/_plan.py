@@ -186,9 +186,9 @@ class DensePlan:
         if replaced:
             self._tuples()
 
-    def predict(self, x, x2, strict: bool = False):
-        """The scores of ``x2`` (``x`` as rows) by the compiled forward pass, or None when the
-        weights do not fit."""
+    def predict(self, xshape: tuple, x2, strict: bool = False):
+        """The scores of ``x2`` (the batch of shape ``xshape`` as rows) by the compiled forward
+        pass, or None when the weights do not fit."""
         weights = self._weights()
         if weights is None:
             return None
@@ -197,22 +197,22 @@ class DensePlan:
         args = (x2, *weights, self.acts, outs)
         entry = self.entries.get("predict")
         if (entry(*args) if entry is not None else self._call("predict", args)) == _dense.BAD_LAYOUT:
-            return None if strict else self.predict(x, x2, True)
-        self._publish(x, x2, outs)
+            return None if strict else self.predict(xshape, x2, True)
+        self._publish(xshape, x2, outs)
         return outs[-1]
 
-    def _publish(self, x, x2, outs: tuple) -> None:
+    def _publish(self, xshape: tuple, x2, outs: tuple) -> None:
         """Leave every layer's attributes as its own forward would."""
         first = self.first
         first.x = x2
-        first.original_x_shape = x.shape
+        first.original_x_shape = xshape
         for (a, act, shape), h in zip(self.hidden, outs):  # noqa: B905 - outs[-1]: below
             a.x = h
             a.original_x_shape = shape  # the kernel checked h's shape
             act.out = h
         self.last_affine._out = outs[-1]
 
-    def run(self, x, x2, t, mode: str, strict: bool = False):
+    def run(self, xshape: tuple, x2, t, mode: str, strict: bool = False):
         """The compiled call: ``mode`` "loss" (returns the loss) or "gradient" (returns True, having
         left every Affine's ``dW`` and ``db`` as its backward would). None when the weights or the
         labels do not fit or a label lies outside the classes (the caller takes the general path)."""
@@ -240,8 +240,8 @@ class DensePlan:
         entry = self.entries.get(mode)
         total = entry(*args) if entry is not None else self._call(mode, args)
         if total < 0:
-            return None if strict or total != _dense.BAD_LAYOUT else self.run(x, x2, t, mode, True)
-        self._publish(x, x2, outs)
+            return None if strict or total != _dense.BAD_LAYOUT else self.run(xshape, x2, t, mode, True)
+        self._publish(xshape, x2, outs)
         last = self.last
         loss = self.dtype.type(total / x2.shape[0])
         last._fused = None
@@ -317,7 +317,7 @@ def _call(net, x, t, mode: str):
     answers small ones without waiting for Numba (ARCHITECTURE.md, "Loading")."""
     if type(x) is not _ndarray or (mode == "predict" and "numba" not in _modules):
         return None
-    shape = x.shape
+    shape = xshape = x.shape
     if len(shape) != 2:
         if len(shape) < 2 or shape[0] == 0:
             return None
@@ -350,6 +350,6 @@ def _call(net, x, t, mode: str):
     if not lock.acquire(False):  # without blocking
         return None
     try:
-        return plan.predict(x, x2) if mode == "predict" else plan.run(x, x2, t, mode)
+        return plan.predict(xshape, x2) if mode == "predict" else plan.run(xshape, x2, t, mode)
     finally:
         lock.release()
