@@ -276,7 +276,7 @@ def _net_fits(a: np.ndarray, *shape: int) -> bool:
 def _net_forward_fits(x, Ws, bs, outs) -> bool:
     n = x.shape[0]
     ins = (x, *outs[:-1])
-    return all(
+    return n > 0 and all(
         _net_fits(ins[layer], n, W.shape[0])
         and _net_fits(W, *W.shape)
         and _net_fits(bs[layer], W.shape[1])

@@ -157,6 +157,12 @@ def test_bad_weights_and_labels_get_the_layers_errors():
     net.layers["Affine2"].W = np.zeros((8, 5))
     with pytest.raises(ValueError, match="shape"):
         net.predict(x)
+    rows = TwoLayerNet(13, 9, 5, seed=0)
+    rows.gradient(x, t)
+    rows.layers["Affine1"].W = rows.layers["Affine1"].W[:-1].copy()  # fewer rows than x has columns
+    for call in (lambda: rows.predict(x), lambda: rows.loss(x, t), lambda: rows.gradient(x, t)):
+        with pytest.raises(ValueError, match="shape"):
+            call()
     net.layers["Affine2"].W = np.zeros((9, 5), np.float32)  # another dtype: NumPy's rule, by the walk
     assert net.predict(x).dtype == np.float64
 
@@ -182,15 +188,17 @@ def test_kept_results_are_never_overwritten():
     # nobody keeps the gradients, the hidden output or the scores: the next call writes the same memory
     first = {k: id(v) for k, v in net.gradient(x1, t1).items()}
     first["hidden"], first["scores"] = id(net.layers["Relu1"].out), id(net.layers["Affine2"]._out)
+    first["y"] = id(net.last_layer.y.base)
     after = {k: id(v) for k, v in net.gradient(x2, t2).items()}
     after["hidden"], after["scores"] = id(net.layers["Relu1"].out), id(net.layers["Affine2"]._out)
+    after["y"] = id(net.last_layer.y.base)
     assert first == after
     hidden = id(net.layers["Relu1"].out)
     net.predict(x1)
     assert id(net.layers["Relu1"].out) == hidden
 
 
-@pytest.mark.parametrize("change", ["resize", "reshape", "read-only"])
+@pytest.mark.parametrize("change", ["resize", "reshape", "read-only", "retype"])
 @pytest.mark.parametrize("where", ["Affine1.dW", "Affine2.db", "Relu1.out", "scores", "y.base"])
 def test_buffers_changed_in_place_through_a_layer_are_not_written(where, change, walk):
     """A buffer the plan published (a layer's ``dW``, ``db``, ``Relu.out``, the scores ``predict``
@@ -218,6 +226,8 @@ def test_buffers_changed_in_place_through_a_layer_are_not_written(where, change,
             a[...] = 7.0
         elif change == "reshape":
             a.shape = (a.size,) if a.ndim == 2 else (a.size, 1)
+        elif change == "retype":  # the same item size: the entry point would write floats as integers
+            a.dtype = np.int64
         else:
             a.flags.writeable = False
         return weakref.ref(a), a.copy()
@@ -278,6 +288,46 @@ def _planned_and_walked(net, twin, x, t, walk):
                 want = twin.gradient(x, t)
             for key, value in want.items():
                 np.testing.assert_array_equal(got[key], value)
+
+
+def test_labels_that_are_a_view_of_the_softmax_buffer_are_not_written_through(walk):
+    """Labels made a view of the plan's softmax buffer (reached through ``last_layer.y.base``) would
+    change as the kernel writes the softmax: the plan sees the buffer held and writes a new one."""
+    net = TwoLayerNet(13, 9, 5, seed=0)
+    twin = TwoLayerNet(13, 9, 5, seed=0)
+    x, t0 = _batch(13, 6, np.float64, 5)
+    net.gradient(x, t0)
+    t = net.last_layer.y.base.reshape(-1).view(np.int64)[: t0.shape[0]]
+    t[:] = t0
+    got = net.gradient(x, t)
+    with walk():
+        want = twin.gradient(x, t0)
+    np.testing.assert_array_equal(t, t0)
+    for key, value in want.items():
+        np.testing.assert_array_equal(got[key], value)
+    assert net.last_layer.y.base is not t.base.base
+
+
+@pytest.mark.parametrize("mode", ["predict", "loss", "gradient"])
+def test_an_empty_batch_gets_the_walks_error(mode, walk):
+    """A 0-row batch (a slice, strides kept) never reaches a kernel: the walk answers as it would."""
+    net = MultiLayerNet(13, [1], 1, seed=0)
+    x, t = _batch(13, 4, np.float64, 1)
+    net.gradient(x, t)
+
+    def call(n):
+        return n.predict(x[:0]) if mode == "predict" else getattr(n, mode)(x[:0], t[:0])
+
+    with walk():
+        try:
+            want = call(net)
+        except ValueError as e:
+            want = e
+    if isinstance(want, ValueError):
+        with pytest.raises(ValueError, match=str(want)[:20]):
+            call(net)
+    else:
+        np.testing.assert_array_equal(np.asarray(call(net)), np.asarray(want))
 
 
 def test_layers_replaced_in_the_net_are_seen(walk):

@@ -13,8 +13,9 @@ C-contiguous:
   output of layer l after its activation and the input of layer l + 1;
 - ``Ws``: L arrays (Dl, D(l+1)); ``bs``: L arrays (D(l+1),); ``acts``: int64 (L,), the activation
   after each layer: ``NONE``, ``RELU`` or ``SIGMOID`` (the last layer's is ``NONE``);
-- ``t``: (N,) integer labels, read once each into a local and checked to lie in [0, DL) before any
-  use; a kernel that finds one outside returns :data:`BAD_LABEL` before writing anything;
+- ``t``: (N,) integer labels, checked to lie in [0, DL) before any row is done; a kernel that
+  finds one outside returns :data:`BAD_LABEL` before writing anything (each row reads its label
+  again, clamped to [0, DL): labels sharing memory with an output cannot index past a row);
 - ``y``: (N, DL), the softmax; ``losses``: (N,); ``grads``: a tuple of L arrays, ``grads[l]``
   (N, D(l+1)), the gradient with respect to ``outs[l]`` before the activation (it holds the
   gradient with respect to the activation's output first, then is overwritten in place);
@@ -22,8 +23,8 @@ C-contiguous:
   for ``x``: nobody uses the net's input gradient); ``dWs``, ``dbs``: shaped like
   ``Ws`` and ``bs``; ``scale``: 1 / N in the dtype.
 
-No output overlaps an input. Each kernel checks, before it writes anything, that every array it
-reads or writes has the shape the contract gives it from ``Ws``' shapes and ``x``'s rows,
+No output overlaps an input. Each kernel checks, before it writes anything, that N >= 1 and that
+every array it reads or writes has the shape the contract gives it from ``Ws``' shapes and ``x``'s rows,
 C-contiguous strides (NumPy's rule: an axis of length 1 may have any stride) and an address aligned
 to its items (the unused ``WTs[0]`` excepted), and returns :data:`BAD_LAYOUT` when one does not:
 the plans check only each array's type, dtype and number of dimensions in Python (which the
@@ -157,7 +158,7 @@ def _fits_vector(a, n):
 def _forward_fits(x, Ws, bs, outs):
     """Every array of the forward pass is as the contract says (the module's docstring)."""
     n = x.shape[0]
-    ok = _fits(x, n, Ws[0].shape[0])
+    ok = (n > 0) & _fits(x, n, Ws[0].shape[0])
     for layer in range(len(Ws)):
         W, b, dst = Ws[layer], bs[layer], outs[layer]
         d, m = W.shape
@@ -252,7 +253,10 @@ def _softmax_rows(scores, t, y, losses, with_grad, grad, scale, i0, i1):
 @helper
 def _row_loss(scores, t, y, losses, with_grad, grad, scale, i, m, s):
     """Row i's loss from its max ``m`` and sum of exps ``s``, and its label's gradient entry."""
-    k = np.int64(t[i])  # read once: checked against the row's length before any row is done
+    # Read again: checked against the row's length before any row was done, but labels that share
+    # memory with an output (which the plans never pass) could have changed since; clamped, so that
+    # such labels give wrong values, never an index past the row.
+    k = min(max(np.int64(t[i]), 0), scores.shape[1] - 1)
     if with_grad:
         grad[i, k] = (y[i, k] - typed(1, y)) * scale
     losses[i] = (np.log(s) + m) - scores[i, k]

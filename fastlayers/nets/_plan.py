@@ -83,8 +83,8 @@ class DensePlan:
         n = shape[0]
         widths = [shape[1]] + [a.W.shape[1] for a in self.affines]
         self.first, self.last_affine = self.affines[0], self.affines[-1]
-        # (the Affine after each activation, the activation, the shape of the hidden output)
-        self.hidden = list(zip(self.affines[1:], self.activations, [(n, m) for m in widths[1:-1]], strict=True))
+        # (the Affine after each activation, the activation)
+        self.hidden = list(zip(self.affines[1:], self.activations, strict=True))
         self.acts = np.array([_CODES[type(a)] for a in self.activations] + [0], np.int64)
         self.macs = n * sum(a.W.size for a in self.affines)
         self.scale = dtype.type(1) / dtype.type(n)
@@ -168,15 +168,16 @@ class DensePlan:
     def _fresh(self, upto: int, strict: bool = False) -> None:
         """Replace every buffer among the first ``upto`` that someone but the plan and the layers
         it published it to holds (it is theirs now), or that was changed in place through a layer
-        (made read-only, or given another number of dimensions, which the entry points' conversion
-        relies on); ``strict``: also one of another shape or layout (reshaped or resized in place:
-        the kernels refuse those)."""
-        bufs, limits, ndims = self.bufs, self.limits, self.ndims
+        (made read-only, or given another dtype or number of dimensions, which the entry points'
+        conversion relies on); ``strict``: also one of another shape or layout (reshaped or resized
+        in place: the kernels refuse those)."""
+        bufs, limits, ndims, dt = self.bufs, self.limits, self.ndims, self.dtype
         replaced = False
         for i in range(upto):
             b = bufs[i]  # one more reference than the limits count
             if (
                 _getrefcount(b) > limits[i] + 1
+                or b.dtype is not dt
                 or b.ndim != ndims[i]
                 or not b.flags.writeable
                 or (strict and not _fits(b, self.dtype, self.shapes[i]))
@@ -206,9 +207,9 @@ class DensePlan:
         first = self.first
         first.x = x2
         first.original_x_shape = xshape
-        for (a, act, shape), h in zip(self.hidden, outs):  # noqa: B905 - outs[-1]: below
+        for (a, act), h in zip(self.hidden, outs):  # noqa: B905 - outs[-1]: below
             a.x = h
-            a.original_x_shape = shape  # the kernel checked h's shape
+            a.original_x_shape = h.shape
             act.out = h
         self.last_affine._out = outs[-1]
 
@@ -223,9 +224,14 @@ class DensePlan:
         self._fresh(3 * self.L, strict)
         bufs = self.bufs
         outs = self.outs
-        y = bufs[-1]  # private, but reachable as the published view's base: checked as _fresh does
+        # private, but reachable as the published view's base: checked as _fresh does, and replaced
+        # when someone holds the view or the buffer itself (labels made a view of it would change
+        # as the kernel writes the softmax)
+        y = bufs[-1]
         if (
             _getrefcount(self.y_view) > _REFS + 1
+            or _getrefcount(y) > self.limits[-1] + 1  # one more: the local name, as in _fresh
+            or y.dtype is not self.dtype
             or y.ndim != 2
             or not y.flags.writeable
             or (strict and not _fits(y, self.dtype, self.shapes[-1]))
@@ -319,12 +325,14 @@ def _call(net, x, t, mode: str):
         return None
     shape = xshape = x.shape
     if len(shape) != 2:
-        if len(shape) < 2 or shape[0] == 0:
+        if len(shape) < 2:
             return None
         x2 = x.reshape(shape[0], -1)
         shape = x2.shape
     else:
         x2 = x
+    if shape[0] == 0:  # an empty batch: the walk says what is wrong
+        return None
     # x2's and t's shapes, strides and alignment are the kernel's to check (a batch that is not
     # C-contiguous is refused there, and walked)
     if mode != "predict" and (type(t) is not _ndarray or t.dtype is not _I64 or t.ndim != 1):
