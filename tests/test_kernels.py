@@ -241,11 +241,9 @@ def _strided(a: np.ndarray) -> np.ndarray:
 
 
 def _reshaped(a: np.ndarray) -> np.ndarray:
-    """``a`` with its axes' lengths swapped (the same number of dimensions), as a caller's in-place
-    ``a.shape = ...`` leaves it."""
-    out = a.copy()
-    out.shape = out.shape[::-1]
-    return out
+    """A copy of ``a`` with its axes' lengths swapped (the same number of dimensions), as a caller's
+    in-place ``a.shape = ...`` leaves it."""
+    return a.copy().reshape(a.shape[::-1])
 
 
 #: (kernel argument position, item of a tuple or None, how the array is spoiled): each makes a

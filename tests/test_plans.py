@@ -5,6 +5,7 @@ parameters replaced or mutated between calls, results kept by the caller, bad la
 from __future__ import annotations
 
 import threading
+import warnings
 import weakref
 
 import numpy as np
@@ -225,9 +226,9 @@ def test_buffers_changed_in_place_through_a_layer_are_not_written(where, change,
             a.resize((3,), refcheck=False)
             a[...] = 7.0
         elif change == "reshape":
-            a.shape = (a.size,) if a.ndim == 2 else (a.size, 1)
+            _set_in_place(a, "shape", (a.size,) if a.ndim == 2 else (a.size, 1))
         elif change == "retype":  # the same item size: the entry point would write floats as integers
-            a.dtype = np.int64
+            _set_in_place(a, "dtype", np.dtype(np.int64))
         else:
             a.flags.writeable = False
         return weakref.ref(a), a.copy()
@@ -248,6 +249,14 @@ def test_buffers_changed_in_place_through_a_layer_are_not_written(where, change,
         np.testing.assert_array_equal(old(), before)
 
 
+def _set_in_place(a: np.ndarray, name: str, value) -> None:
+    """``a.<name> = value`` (``shape`` or ``dtype``) in place, as a caller may still do: NumPy 2.5
+    deprecates both."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        setattr(a, name, value)
+
+
 @pytest.mark.parametrize("where", ["Affine1.dW", "Relu1.out", "scores", "y.base"])
 def test_buffers_reshaped_in_place_to_as_many_dimensions_are_replaced(where, walk):
     """A published 2-D buffer given its axes' lengths swapped in place keeps its number of
@@ -260,7 +269,7 @@ def test_buffers_reshaped_in_place_to_as_many_dimensions_are_replaced(where, wal
     net.predict(x)
     layer = {"scores": ("Affine2", "_out"), "Affine1.dW": ("Affine1", "dW"), "Relu1.out": ("Relu1", "out")}
     a = net.last_layer.y.base if where == "y.base" else getattr(net.layers[layer[where][0]], layer[where][1])
-    a.shape = a.shape[::-1]
+    _set_in_place(a, "shape", a.shape[::-1])
     old, before = weakref.ref(a), a.copy()
     del a  # held by the layer alone: the plan's reference counts let it through, the kernel does not
     _planned_and_walked(net, twin, x, t, walk)
