@@ -180,9 +180,9 @@ class DensePlan:
                 or b.dtype is not dt
                 or b.ndim != ndims[i]
                 or not b.flags.writeable
-                or (strict and not _fits(b, self.dtype, self.shapes[i]))
+                or (strict and not _fits(b, dt, self.shapes[i]))
             ):
-                bufs[i] = np.empty(self.shapes[i], self.dtype)
+                bufs[i] = np.empty(self.shapes[i], dt)
                 replaced = True
         if replaced:
             self._tuples()
@@ -221,23 +221,17 @@ class DensePlan:
         if weights is None:
             return None
         Ws, bs = weights
-        self._fresh(3 * self.L, strict)
         bufs = self.bufs
-        outs = self.outs
-        # private, but reachable as the published view's base: checked as _fresh does, and replaced
-        # when someone holds the view or the buffer itself (labels made a view of it would change
-        # as the kernel writes the softmax)
+        if _getrefcount(self.y_view) > _REFS + 1:  # someone holds the published softmax: it is theirs
+            bufs[-1] = np.empty(self.shapes[-1], self.dtype)
+        # The softmax buffer, private but reachable as the view's base, is checked as the published
+        # buffers are: someone holding it (labels made a view of it would change as the kernel
+        # writes the softmax) or changing it in place gets it replaced.
+        self._fresh(3 * self.L + 1, strict)
         y = bufs[-1]
-        if (
-            _getrefcount(self.y_view) > _REFS + 1
-            or _getrefcount(y) > self.limits[-1] + 1  # one more: the local name, as in _fresh
-            or y.dtype is not self.dtype
-            or y.ndim != 2
-            or not y.flags.writeable
-            or (strict and not _fits(y, self.dtype, self.shapes[-1]))
-        ):
-            y = bufs[-1] = np.empty(self.shapes[-1], self.dtype)
+        if self.y_view.base is not y:
             self.y_view = self._frozen(y)
+        outs = self.outs
         if mode == "loss":
             args = (x2, Ws, bs, self.acts, outs, t, y, self.losses)
         else:
