@@ -158,12 +158,11 @@ def _fits_vector(a, n):
 def _forward_fits(x, Ws, bs, outs):
     """Every array of the forward pass is as the contract says (the module's docstring)."""
     n = x.shape[0]
-    ok = (n > 0) & _fits(x, n, Ws[0].shape[0])
+    ok = n > 0
     for layer in range(len(Ws)):
-        W, b, dst = Ws[layer], bs[layer], outs[layer]
+        src, W, b, dst = _input(x, outs, layer), Ws[layer], bs[layer], outs[layer]
         d, m = W.shape
-        ok &= _fits(W, d, m) & _fits_vector(b, m) & _fits(dst, n, m)
-        ok &= outs[max(layer - 1, 0)].shape[1] == (d if layer > 0 else m)  # the previous output is this input
+        ok &= _fits(src, n, d) & _fits(W, d, m) & _fits_vector(b, m) & _fits(dst, n, m)
     return ok
 
 
