@@ -18,8 +18,9 @@ batches timed:
   giving the achieved GFLOP/s and its fraction of that rate (the roofline of a compute-bound call).
 
 fastlayers, its reference, NumPy and the limit are timed round-robin, batch by batch, so that they
-see the same load on a shared machine; PyTorch's entries are timed in blocks of their own, which
-alternate with blocks of the others (see :func:`interleaved_samples`).
+see the same load on a shared machine; PyTorch's entries, and in the rows with matrix products the
+entries whose products run on NumPy's BLAS, are timed in blocks of their own, which alternate with
+blocks of the others (see :func:`interleaved_samples` and :func:`apart_entries`).
 """
 
 from __future__ import annotations
@@ -108,17 +109,20 @@ def interleaved_samples(
     rounds: int = 9,
     blocks: int = 3,
     apart: tuple[str, ...] = ("torch", "torch_compile"),
+    settle: float = 0.0,
 ) -> dict[str, list[float]]:
     """Seconds per call of each ``(callable, backend)`` entry, one value per timed batch.
 
     The entries not named in ``apart`` are timed round-robin: each round runs one batch of every
     such entry in turn (``backend``, when not None, is selected outside the timed region), so that
-    they all see the same load. The ``apart`` entries (PyTorch's) never share a moment with the
-    others: their OpenMP threads and OpenBLAS's take the cores from each other when interleaved
-    (see docs/PERFORMANCE.md). The ``rounds`` are split into ``blocks``; each block times the
-    round-robin entries, then each ``apart`` entry alone, so that a slow drift of the machine's
-    load reaches both sides. Each timed batch follows an untimed one of the same entry, to wake its
-    thread pools.
+    they all see the same load. The ``apart`` entries (:func:`apart_entries`) never share a moment
+    with the others: PyTorch's OpenMP threads, OpenBLAS's and our kernels' take the cores from
+    each other when interleaved (see docs/PERFORMANCE.md). The ``rounds`` are split into
+    ``blocks``; each block times the round-robin entries, then each ``apart`` entry alone, so that
+    a slow drift of the machine's load reaches both sides. After each ``apart`` entry's batches the
+    thread sleeps ``settle`` seconds: the idle threads of that entry's pool (OpenBLAS's, PyTorch's
+    OpenMP) spin for a while before they sleep, and would otherwise take a core from the next
+    entry. Each timed batch follows an untimed one of the same entry, to wake its thread pools.
     """
     numbers = {}
     for name, (fn, backend) in entries.items():
@@ -150,6 +154,7 @@ def interleaved_samples(
                 if name in apart:
                     for _ in range(count):
                         batch(name)
+                    time.sleep(settle)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -180,6 +185,25 @@ def _gemms_fn(a: dict) -> Callable[[], object]:
     return lambda: _gemm.affine_products(numpy_gemm, x, W, dout, out, dx, dW)
 
 
+#: seconds the timing thread sleeps after an entry timed apart (:func:`interleaved_samples`): long
+#: enough for OpenBLAS's and OpenMP's idle threads to stop spinning
+SETTLE = 0.05
+#: the entries of every row that are timed apart: PyTorch's, whose OpenMP threads spin after each call
+TORCH_ENTRIES = ("torch", "torch_compile")
+
+
+def apart_entries(case: Case) -> tuple[str, ...]:
+    """The entries of ``case``'s row timed in blocks of their own (:func:`interleaved_samples`):
+    PyTorch's always; for a row with matrix products (Affine, the nets, the convolutions) also the
+    reference path, idiomatic NumPy and the limit, whose products run on NumPy's BLAS: OpenBLAS's
+    threads spin for a while after each product, and timed round-robin with fastlayers they took a
+    core from its next batch (DeepConvNet's step read about 2x its time alone: docs/PERFORMANCE.md,
+    "Timing beside OpenBLAS")."""
+    if case.limit in ("3 GEMMs", "GEMM rate") or case.kind in ("net", "step"):
+        return ("ref", "numpy", "limit", *TORCH_ENTRIES)
+    return TORCH_ENTRIES
+
+
 def bench_case(case: Case, shape: tuple, dtype, torch, torch_compile: bool = True, rate: float | None = None) -> Row:
     """One row: ``case`` (an entry of the table of layers) at ``shape``, through the classic API on
     both backends, against idiomatic NumPy, PyTorch (when given) and the hardware limit (for a
@@ -202,7 +226,8 @@ def bench_case(case: Case, shape: tuple, dtype, torch, torch_compile: bool = Tru
             compiled = step_torch_compile(torch, inputs)
             if compiled is not None:
                 entries["torch_compile"] = (compiled[2], None)
-    row = _row(case.name, shape, dtype, interleaved_samples(entries), case.limit, nbytes)
+    samples = interleaved_samples(entries, apart=apart_entries(case), settle=SETTLE)
+    row = _row(case.name, shape, dtype, samples, case.limit, nbytes)
     if case.limit == "GEMM rate":
         rate = rate or gemm_rate(dtype)
         flops = case.flops(inputs)

@@ -367,3 +367,29 @@ def test_no_import_cycle_with_the_command_line(module):
     from fastlayers import _info
 
     assert cli.info is _info.info and cli.format_info is _info.format_info
+
+
+def test_bench_times_blas_entries_apart_from_ours():
+    """In a row with matrix products, the reference path, idiomatic NumPy and the limit (all on
+    NumPy's BLAS) and PyTorch are timed in runs of their own, never between two batches of
+    fastlayers; rows without products keep them round-robin. The order of the batches is checked,
+    not their times."""
+    from fastlayers import _table, bench
+
+    for name in ("affine", "two_layer", "predict", "step", "conv", "conv_forward", "deep_convnet_step"):
+        assert {"ref", "numpy", "limit", "torch"} <= set(bench.apart_entries(_table.CASES[name])), name
+    for name in ("relu", "softmax_loss", "pool", "dropout", "batchnorm", "nesterov"):
+        assert bench.apart_entries(_table.CASES[name]) == bench.TORCH_ENTRIES, name
+
+    log: list[str] = []
+    entries = {name: ((lambda name=name: log.append(name)), None) for name in ("fast", "ref", "numpy", "torch")}
+    samples = bench.interleaved_samples(entries, min_batch=0.0, rounds=4, blocks=2, apart=("ref", "numpy", "torch"))
+    assert all(len(samples[name]) == 4 for name in entries)
+    # one call per batch once calibrated (min_batch 0): runs of each entry, fast's between the others'
+    runs = [name for i, name in enumerate(log) if i == 0 or log[i - 1] != name]
+    timed = runs[4:]  # after the calibration calls of the four entries
+    assert timed == ["fast", "ref", "numpy", "torch"] * 2, runs
+    log.clear()
+    bench.interleaved_samples(entries, min_batch=0.0, rounds=2, blocks=1, apart=("torch",))
+    runs = [name for i, name in enumerate(log) if i == 0 or log[i - 1] != name]
+    assert runs[4:] == ["fast", "ref", "numpy", "fast", "ref", "numpy", "torch"], runs
