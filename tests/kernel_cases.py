@@ -326,20 +326,57 @@ def _conv_direct(xp, koff, wr, b, wp, relu, tile, out, pool, arg, vals, vidx):
     for i in range(n):
         terms = xf[i][koff[:, None] + q[None, :]]  # (K, OH*OW): the input under each filter term
         for blk in range(nblk):
-            f0, count = blk * fc, min(fc, fn - blk * fc)
-            v = (wr[blk, :, :count].T @ terms + b[f0 : f0 + count, None]).reshape(count, oh, ow)
-            out[i, f0 : f0 + count] = reference.relu_forward(v) if relu else v
+            _block_out(out, i, blk, wr, terms, b, relu)
             seen = xf[i][koff[:, None] + (last + np.arange(span))[None, :]]
             tile[i * nblk + blk, : fc * span] = (wr[blk].T @ seen).reshape(-1)
-    if pool.shape[0]:  # the 2x2, stride 2 pooling of the output, task i*nblk + blk's scratch row
-        pool[...], idx = reference.maxpool_forward(out, 2, 2, 2, 0)
-        arg[...] = idx
-        ph, pw = pool.shape[2:]
-        for i in range(n):
-            for blk in range(nblk):
-                last = min(fn, (blk + 1) * fc) - 1
-                row = vals[i * nblk + blk], vidx[i * nblk + blk]
-                row[0][: ph * 2 * pw], row[1][: ph * 2 * pw] = _first_pass(out[i, last], ph, pw)
+    _pool_tasks(out, fc, pool, arg, vals, vidx)
+
+
+def _block_out(out, i, blk, wr, terms, b, relu):
+    """Image ``i``'s output channels of filter block ``blk`` (``wr``: (nblk, K, fc)) from the input
+    under each filter term, ``terms`` (K, OH*OW), plus the bias, through ReLU with ``relu``."""
+    fc = wr.shape[2]
+    fn, oh, ow = out.shape[1:]
+    f0, count = blk * fc, min(fc, fn - blk * fc)
+    v = (wr[blk, :, :count].T @ terms + b[f0 : f0 + count, None]).reshape(count, oh, ow)
+    out[i, f0 : f0 + count] = reference.relu_forward(v) if relu else v
+
+
+def _pool_tasks(out, fc, pool, arg, vals, vidx):
+    """The direct kernels' 2x2, stride 2 pooling of their output when ``pool`` is not empty, task
+    i*nblk + blk's scratch row left holding the first pass of its last plane."""
+    if not pool.shape[0]:
+        return
+    n, fn = out.shape[:2]
+    nblk = -(-fn // fc)
+    pool[...], idx = reference.maxpool_forward(out, 2, 2, 2, 0)
+    arg[...] = idx
+    ph, pw = pool.shape[2:]
+    for i in range(n):
+        for blk in range(nblk):
+            last = min(fn, (blk + 1) * fc) - 1
+            row = vals[i * nblk + blk], vidx[i * nblk + blk]
+            row[0][: ph * 2 * pw], row[1][: ph * 2 * pw] = _first_pass(out[i, last], ph, pw)
+
+
+def _conv_direct_lanes(xp, koff, wr, b, wp, relu, pof, tile, out, pool, arg, vals, vidx):
+    n, c, lx = xp.shape
+    nblk, k, fc = wr.shape
+    fn, oh, ow = out.shape[1:]
+    if fc != 4 * (64 // xp.itemsize):
+        return
+    points, plane = 6, oh * ow
+    xf = xp.reshape(n, c * lx)
+    q = (np.arange(oh)[:, None] * wp + np.arange(ow)[None, :]).reshape(-1)
+    last = np.minimum(((plane - 1) // points) * points + np.arange(points), plane - 1)  # each task's last tile
+    last = (last // ow) * wp + last % ow
+    for i in range(n):
+        terms = xf[i][koff[:, None] + q[None, :]]  # (K, OH*OW): the input under each filter term
+        for blk in range(nblk):
+            _block_out(out, i, blk, wr, terms, b, relu)
+            tile[i * nblk + blk, : points * fc] = (xf[i][koff[:, None] + last[None, :]].T @ wr[blk]).reshape(-1)
+            pof[i * nblk + blk, :points] = i * c * lx + last
+    _pool_tasks(out, fc, pool, arg, vals, vidx)
 
 
 #: the direct convolution's shapes, then with the 2x2 pooling of the output in the same pass (a
@@ -354,13 +391,14 @@ DIRECT_CASES = [(*s, False) for s in DIRECT_SHAPES] + [
 ]
 
 
-def _make_direct(dtype, spec, rng):
-    n, c, h, w, fn, fh, fw, pad, fc, pooled = spec
+def _direct_inputs(dtype, spec, fc, lx, rng):
+    """The padded batch, term offsets, filter blocks of ``fc`` channels, bias and pooling arrays of
+    a direct kernel's case ``spec`` (N, C, H, W, FN, FH, FW, pad, ..., pooled), planes ``lx`` long:
+    values in the padded planes, NaN where no stored output may look (past the padded plane, and in
+    the filters' channels past FN, computed in the tiles, never stored)."""
+    n, c, h, w, fn, fh, fw, pad = spec[:8]
+    pooled = spec[-1]
     g = _geo((n, c, h, w, fn, fh, fw, 1, pad))
-    span = (24 // fc) * (64 // np.dtype(dtype).itemsize)
-    lx = g.lx + span
-    # values everywhere, NaN where no stored output may look: past the padded plane, and in the
-    # filters' channels past FN (computed in the tiles, never stored)
     xp = (3 * rng.standard_normal((n, c, lx))).astype(dtype)
     xp[:, :, (g.h + 2 * pad) * g.wp :] = np.nan
     nblk = -(-fn // fc)
@@ -372,14 +410,47 @@ def _make_direct(dtype, spec, rng):
         np.arange(c)[:, None, None] * lx + np.arange(fh)[None, :, None] * g.wp + np.arange(fw)[None, None, :]
     ).reshape(-1)
     b = rng.standard_normal(fn).astype(dtype)
-    tile = np.full((n * nblk, fc * span), np.nan, dtype)
     shape = (n, fn, g.oh // 2, g.ow // 2) if pooled else (0, 0, 0, 0)
     pool, arg = np.full(shape, np.nan, dtype), np.full(shape, 9, np.uint8)
     rows = (n * nblk, shape[2] * 2 * shape[3] + 1) if pooled else (0, 0)  # one column past what is written
     vals, vidx = np.full(rows, np.nan, dtype), np.full(rows, 7, np.uint8)
-    relu = fc in (6, 12) or pooled
     out = np.full(g.out_shape, np.nan, dtype)
-    return [xp, koff.astype(np.int64), wr, b, g.wp, relu, tile, out, pool, arg, vals, vidx]
+    return g, xp, koff.astype(np.int64), wr, b, out, (pool, arg, vals, vidx)
+
+
+def _make_direct(dtype, spec, rng):
+    n, c, h, w, fn, fh, fw, pad, fc, pooled = spec
+    span = (24 // fc) * (64 // np.dtype(dtype).itemsize)
+    lx = _geo((n, c, h, w, fn, fh, fw, 1, pad)).lx + span
+    g, xp, koff, wr, b, out, pooling = _direct_inputs(dtype, spec, fc, lx, rng)
+    tile = np.full((n * wr.shape[0], fc * span), np.nan, dtype)
+    relu = fc in (6, 12) or pooled
+    return [xp, koff, wr, b, g.wp, relu, tile, out, *pooling]
+
+
+#: the channel-lanes kernel (N, C, H, W, FN, FH, FW, pad, pooled): the 7x7 of the performance issue,
+#: channels past a block with pooling, few channels on a plane of 16 pixels with non-square filters,
+#: a 3x3 plane (one pooled pixel), one pixel, an odd plane with pooling's leftover row and column,
+#: and one past the parallel threshold
+LANES_CASES = [
+    (2, 32, 7, 7, 64, 3, 3, 1, False),
+    (3, 5, 8, 8, 70, 3, 3, 1, True),
+    (1, 3, 5, 6, 20, 2, 3, 0, False),
+    (2, 4, 3, 3, 64, 3, 3, 1, True),
+    (1, 2, 1, 1, 8, 1, 1, 0, False),
+    (2, 3, 9, 7, 33, 3, 2, 2, True),
+    (40, 16, 8, 8, 64, 3, 3, 1, False),
+]
+
+
+def _make_direct_lanes(dtype, spec, rng):
+    n, c, h, w, fn, fh, fw, pad, pooled = spec
+    fc = 4 * (64 // np.dtype(dtype).itemsize)
+    lx = (h + 2 * pad) * (w + 2 * pad) + 3  # a little past the padded plane
+    g, xp, koff, wr, b, out, pooling = _direct_inputs(dtype, spec, fc, lx, rng)
+    pof = np.full((n * wr.shape[0], 7), -1, np.int64)  # one column past what is written
+    tile = np.full((n * wr.shape[0], 6 * fc + 1), np.nan, dtype)
+    return [xp, koff, wr, b, g.wp, pooled or fn % 2 == 0, pof, tile, out, *pooling]
 
 
 def _conv_direct_rows(xp, foff, wr, b, wp, fh, fw, relu, tile, out):
@@ -800,6 +871,9 @@ CASES: dict[str, Case] = {
     ),
     "net_gradient": Case(reference.net_gradient, _make_net, "sum", shapes=NET_SHAPES, n=_net_n),
     "conv_direct": Case(_conv_direct, _make_direct, "sum", shapes=DIRECT_CASES, n=lambda s: s[1] * s[5] * s[6]),
+    "conv_direct_lanes": Case(
+        _conv_direct_lanes, _make_direct_lanes, "sum", shapes=LANES_CASES, n=lambda s: s[1] * s[5] * s[6]
+    ),
     "conv_direct_rows": Case(
         _conv_direct_rows, _make_direct_rows, "sum", shapes=ROWS_SHAPES, n=lambda s: s[1] * s[5] * s[6]
     ),

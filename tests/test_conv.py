@@ -316,6 +316,51 @@ def test_input_gradient_to_few_channels_runs_on_the_rows_tile(dtype, monkeypatch
     assert_close(rows, flat, "sum", n=W[0].size * W.shape[0])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "spec",
+    [
+        (5, 32, 8, 8, 64, 3, 3, 1, 1),  # DeepConvNet's fifth layer: forward on the lanes, not its input gradient
+        (4, 64, 8, 8, 64, 3, 3, 1, 1),  # its sixth: both
+        (3, 32, 7, 7, 64, 3, 3, 1, 1),  # the performance issue's 7x7 (float64: only the input gradient)
+        (2, 8, 3, 3, 64, 3, 3, 1, 1),  # a 3x3 plane (one pooled pixel)
+        (2, 4, 5, 5, 100, 3, 3, 1, 1),  # channels past a block (float32: 2 blocks of 64)
+    ],
+)
+def test_small_planes_run_on_the_channel_lanes_with_the_direct_kernels_bits(spec, dtype, monkeypatch):
+    """Small planes with many output channels take the channel-lanes kernel where it computes far
+    fewer terms than the direct kernel's padded rows (``lanes_serve``), forward and input gradient;
+    the outputs and all gradients equal the direct kernel's bit for bit (the same FMAs in the same
+    order), with and without a 2x2 pooling fused into the forward."""
+    x, W, b, stride, pad = _data(spec, dtype)
+    kernels = []
+    launch = C.launch
+    monkeypatch.setattr(C, "launch", lambda kernel, *args: kernels.append(kernel.name) or launch(kernel, *args))
+    geo = C.geometry(x.shape, W.shape, stride, pad)
+    fwd = C.lanes_serve(geo.fn, geo.oh, geo.ow, geo.wp, x.itemsize)
+    dx = C.lanes_serve(geo.c, geo.h, geo.w, geo.w + 2 * (W.shape[3] - 1 - pad), x.itemsize)
+    assert fwd or dx
+
+    def run():
+        layer = fl.Convolution(W, b, stride, pad)
+        out = layer.forward(x).copy()
+        dout = np.random.default_rng(2).standard_normal(out.shape).astype(dtype)
+        got = [out, layer.backward(dout).copy(), layer.dW.copy(), layer.db.copy()]
+        relu, pool = fl.Relu(), fl.Pooling(2, 2, 2)
+        pooled = fl.layers.conv.conv_relu_pool_forward(layer, relu, pool, x)
+        return [*got, pooled.copy(), pool.arg_max.copy()]
+
+    kernels.clear()
+    lanes = run()
+    assert kernels.count("conv_direct_lanes") == 2 * fwd + dx
+    monkeypatch.setattr(C, "LANES_MAX_RATIO", {4: 0.0, 8: 0.0})
+    kernels.clear()
+    direct = run()
+    assert "conv_direct_lanes" not in kernels
+    for a, c in zip(lanes, direct, strict=True):
+        np.testing.assert_array_equal(a, c)
+
+
 def test_backward_uses_the_filters_as_they_are_then_and_checks_their_shape():
     x, W, b, stride, pad = _data(CONV[1], np.float64)
     layer = fl.Convolution(W.copy(), b, stride, pad)

@@ -17,7 +17,7 @@ from fastlayers._kernels._math import exp_nonpos
 from fastlayers._kernels._numba import row_max, row_sum
 
 from .conftest import DTYPES, assert_close, compiled_only
-from .kernel_cases import CASES, DIRECT_CASES, _make_direct, sizes
+from .kernel_cases import CASES, DIRECT_CASES, LANES_CASES, _make_direct, _make_direct_lanes, sizes
 
 ALL_KERNELS = list(load_all())  # every kernel module, imported
 
@@ -354,23 +354,55 @@ def test_fused_affine_kernels_equal_the_unfused_ones(shape, dtype, twin):
 
 @pytest.mark.parametrize("twin", ["serial", "parallel"])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("spec", [s for s in DIRECT_CASES if s[-1]])
-def test_pooling_in_the_direct_convolutions_pass_equals_the_pooling_kernel(spec, dtype, twin):
-    """The direct convolution's 2x2 pooling of its own output (NaN and infinities in the input)
+@pytest.mark.parametrize(
+    ("kernel", "spec"),
+    [("conv_direct", s) for s in DIRECT_CASES if s[-1]] + [("conv_direct_lanes", s) for s in LANES_CASES if s[-1]],
+)
+def test_pooling_in_the_direct_convolutions_pass_equals_the_pooling_kernel(kernel, spec, dtype, twin):
+    """The direct convolutions' 2x2 pooling of their own output (NaN and infinities in the input)
     gives bit for bit what the pooling kernel gives on that output: the same maxima, the same
     indices."""
     from fastlayers._kernels import conv
 
-    args = _make_direct(dtype, spec, np.random.default_rng(7))
+    lanes = kernel == "conv_direct_lanes"
+    args = (_make_direct_lanes if lanes else _make_direct)(dtype, spec, np.random.default_rng(7))
     xp = args[0]
     xp[0, 0, :5] = np.nan
     xp[-1, -1, 3:6] = np.inf
-    getattr(conv.conv_direct, twin)(*args)
-    out, pool, arg = args[7], args[8], args[9]
+    getattr(getattr(conv, kernel), twin)(*args)
+    out, pool, arg, rows_of = args[-5:-1]
     assert np.isnan(pool).any() and np.isinf(out).any()
     for rows in (1, 5, 0):  # the pooling kernel's tasks of several planes, and without scratch rows
         want, want_arg = np.full_like(pool, 7.0), np.full_like(arg, 9)
-        vals, vidx = np.empty((rows, args[10].shape[1]), dtype), np.empty((rows, args[10].shape[1]), np.uint8)
+        vals, vidx = np.empty((rows, rows_of.shape[1]), dtype), np.empty((rows, rows_of.shape[1]), np.uint8)
         getattr(conv.maxpool_forward, twin)(out, 2, 2, 2, 0, want, want_arg, vals, vidx)
         np.testing.assert_array_equal(pool, want)
         np.testing.assert_array_equal(arg, want_arg)
+
+
+@pytest.mark.parametrize("twin", ["serial", "parallel"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_channel_lanes_kernel_writes_nothing_outside_its_contract(dtype, twin):
+    """The channel-lanes convolution checks what its reads rest on before it writes: a term
+    reaching past the image's planes, a negative term, terms and filters of different counts,
+    blocks of another width, scratch too small, output rows wider than the padded ones."""
+    from fastlayers._kernels import conv
+
+    kernel = getattr(conv.conv_direct_lanes, twin)
+    spoils = {
+        "term past the planes": lambda a: a[1].__setitem__(-1, a[0].shape[2] * a[0].shape[1] - 2),
+        "negative term": lambda a: a[1].__setitem__(0, -1),
+        "too few terms": lambda a: a.__setitem__(1, a[1][:-1].copy()),
+        "narrow blocks": lambda a: a.__setitem__(2, np.ascontiguousarray(a[2][:, :, :-8])),
+        "short pof rows": lambda a: a.__setitem__(6, np.zeros((a[6].shape[0], 5), np.int64)),
+        "few tile rows": lambda a: a.__setitem__(7, a[7][:-1].copy()),
+        "rows wider than wp": lambda a: a.__setitem__(4, a[8].shape[3] - 1),
+    }
+    for name, spoil in spoils.items():
+        args = _make_direct_lanes(dtype, LANES_CASES[0], np.random.default_rng(3))
+        spoil(args)
+        kernel(*args)
+        assert np.isnan(args[8]).all(), name
+    args = _make_direct_lanes(dtype, LANES_CASES[0], np.random.default_rng(3))
+    kernel(*args)
+    assert not np.isnan(args[8]).any()  # the unspoiled call writes every output

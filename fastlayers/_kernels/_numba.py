@@ -609,6 +609,123 @@ conv_tile_1x24 = conv_tile(1, 24)
 
 
 # --------------------------------------------------------------------------------------------
+# The channel-lanes tile of the direct convolution (conv_direct_lanes): ``points`` output pixels
+# times ``vectors`` vectors of consecutive output channels (16 float32 or 8 float64 lanes each),
+# accumulated in vector registers over the whole reduction: per term k, ``vectors`` loads of
+# filter values, ``points`` broadcast input values (one per pixel, each from its own offset),
+# ``points * vectors`` FMAs. The pixels may lie anywhere, so no padded column is computed.
+# --------------------------------------------------------------------------------------------
+def _lanes_python(points: int, vectors: int) -> Callable:
+    def conv_lanes_tile(xf, pof, koff, wf, woff, tile):
+        fc = vectors * (64 // xf.itemsize)
+        nk = koff.shape[0]
+        if pof.shape[0] < points or woff < 0 or woff + nk * fc > wf.shape[0] or points * fc > tile.shape[0]:
+            raise IndexError("conv_lanes_tile would read pof or wf or write tile out of bounds")
+        at = pof[:points]
+        if nk and (at.min() < 0 or koff.min() < 0 or int(at.max()) + int(koff.max()) >= xf.shape[0]):
+            raise IndexError("conv_lanes_tile would read xf out of bounds")
+        acc = np.zeros((points, fc), xf.dtype)
+        for k in range(nk):
+            w = wf[woff + k * fc : woff + (k + 1) * fc]
+            acc += xf[at + koff[k]][:, None] * w[None, :]
+        tile[: points * fc] = acc.reshape(-1)
+
+    conv_lanes_tile.__name__ = conv_lanes_tile.__qualname__ = f"conv_lanes_tile_{points}x{vectors}"
+    return conv_lanes_tile
+
+
+def _lanes_function(module: ir.Module, fty, intp, points: int, vectors: int) -> ir.Function:
+    """The channel-lanes tile as its own LLVM function (``noinline``, as the other tiles), made once
+    per module: f(x, pof, koff, nk, w, tile) with w already offset."""
+    size = 4 if isinstance(fty, ir.FloatType) else 8
+    lanes = 64 // size
+    fc = vectors * lanes
+    ptr = fty.as_pointer()
+    name = f"fastlayers_conv_lanes_tile_{points}x{vectors}_f{size * 8}"
+    fn, new = _tile_declaration(module, name, [ptr, intp.as_pointer(), intp.as_pointer(), intp, ptr, ptr])
+    if not new:
+        return fn
+    x, pof, koff, nk, w, tile = fn.args
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    vty = ir.VectorType(fty, lanes)
+    i32 = ir.IntType(32)
+    fma = cgutils.get_or_insert_function(module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{lanes}f{size * 8}")
+    zero = cgutils.get_null_value(vty)
+    accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(vectors)] for _ in range(points)]
+    bases = [builder.gep(x, [builder.load(builder.gep(pof, [ir.Constant(intp, p)]))]) for p in range(points)]
+    with cgutils.for_range(builder, nk) as loop:
+        k = loop.index
+        term = builder.load(builder.gep(koff, [k]))
+        wbase = builder.gep(w, [builder.mul(k, ir.Constant(intp, fc))])
+        wv = []
+        for v in range(vectors):
+            vptr = builder.bitcast(builder.gep(wbase, [ir.Constant(intp, v * lanes)]), vty.as_pointer())
+            wv.append(builder.load(vptr, align=size))
+        for p in range(points):
+            value = builder.load(builder.gep(bases[p], [term]))
+            one = builder.insert_element(ir.Constant(vty, ir.Undefined), value, ir.Constant(i32, 0))
+            splat = builder.shuffle_vector(one, ir.Constant(vty, ir.Undefined), _indices([0] * lanes))
+            for v in range(vectors):
+                acc = accs[p][v]
+                builder.store(builder.call(fma, [splat, wv[v], builder.load(acc)]), acc)
+    for p in range(points):
+        for v in range(vectors):
+            tptr = builder.gep(tile, [ir.Constant(intp, p * fc + v * lanes)])
+            builder.store(builder.load(accs[p][v]), builder.bitcast(tptr, vty.as_pointer()), align=size)
+    builder.ret_void()
+    return fn
+
+
+def _lanes_codegen(points: int, vectors: int):
+    def codegen(context, builder, signature, args):
+        xty, pty, kty, wty, _, tty = signature.args
+        xf, pof, koff, wf, woff, tile = args
+        xa = context.make_array(xty)(context, builder, xf)
+        pa = context.make_array(pty)(context, builder, pof)
+        ka = context.make_array(kty)(context, builder, koff)
+        wa = context.make_array(wty)(context, builder, wf)
+        ta = context.make_array(tty)(context, builder, tile)
+        nk = builder.extract_value(ka.shape, 0)
+        woff = context.cast(builder, woff, signature.args[4], types.intp)
+        fty = context.get_value_type(xty.dtype)
+        fn = _lanes_function(builder.module, fty, nk.type, points, vectors)
+        builder.call(fn, [xa.data, pa.data, ka.data, nk, builder.gep(wa.data, [woff]), ta.data])
+        return context.get_dummy_value()
+
+    return codegen
+
+
+def conv_lanes_tile(points: int, vectors: int) -> Callable:
+    """``conv_lanes_tile_PxV(xf, pof, koff, wf, woff, tile)``: with FC = ``vectors`` * (64 //
+    itemsize), tile[p*FC + f] = the sum over k, in order, of xf[pof[p] + koff[k]] * wf[woff + k*FC
+    + f] (one FMA each in compiled code), for p < ``points`` and f < FC. 1-D C-contiguous float
+    arrays of one dtype, ``pof`` and ``koff`` int64. Compiled code does not check bounds: the caller
+    guarantees them (the Python body checks them)."""
+    python_body = _lanes_python(points, vectors)
+    codegen = _lanes_codegen(points, vectors)
+
+    def typer(typingctx, xf, pof, koff, wf, woff, tile):
+        if not (_tile_check(xf, koff, wf, tile) and _tile_check(xf, pof, wf, tile)):
+            return None
+        return types.none(xf, pof, koff, wf, woff, tile), codegen
+
+    tile_llvm = intrinsic(typer)
+
+    @overload(python_body, inline="always")
+    def _impl(xf, pof, koff, wf, woff, tile):
+        return lambda xf, pof, koff, wf, woff, tile: tile_llvm(xf, pof, koff, wf, woff, tile)
+
+    return python_body
+
+
+#: the channel-lanes tile, (pixels, vectors of output channels): 24 accumulators, which with the 4
+#: loaded filter vectors and one broadcast fit AVX-512's 32 vector registers. One of 12 pixels by 2
+#: vectors was slower at every size measured (docs/PERFORMANCE.md)
+CONV_LANES_TILE = (6, 4)
+conv_lanes_tile_6x4 = conv_lanes_tile(6, 4)
+
+
+# --------------------------------------------------------------------------------------------
 # The rows tile of the direct convolution for one output channel (conv_direct_rows): ``rows`` whole
 # rows of ``vectors`` vectors each (the planes' rows exactly that wide), so that an input vector
 # loaded once serves the filter's ``fh`` rows of taps for ``fh`` output rows (per input channel

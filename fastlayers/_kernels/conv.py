@@ -6,7 +6,8 @@ channels x pixels in vector registers over the whole reduction, the filters rear
 of the tile's channels, bias and ReLU applied as the tile is written out (and, for the nets'
 Convolution -> ReLU -> 2x2 Pooling, each task's planes pooled as soon as they are written).
 :func:`conv_direct_rows` is the same convolution to a few channels (a net's first input gradient)
-in a tile of whole rows.
+in a tile of whole rows, :func:`conv_direct_lanes` the same on small planes with many output
+channels, in a tile whose vector lanes are output channels.
 
 Other strides run as im2col, one matrix product (:func:`fastlayers._gemm.matmul`, in
 :mod:`fastlayers.functional.conv`), and a pass that writes the output; over a batch it works in
@@ -46,6 +47,7 @@ from numba import prange
 
 from ._numba import (
     conv_dw_tile_4x6,
+    conv_lanes_tile_6x4,
     conv_rows_tile_3x2,
     conv_rows_tile_3x4,
     conv_rows_tile_5x2,
@@ -261,6 +263,24 @@ def _store_row(acc, src, of, dst, count, bias, relu):
             of[dst + m] = acc[src + m] + bias
 
 
+@helper
+def _pools(out, nblk, pool, arg, vals, vidx):
+    """Whether the direct kernels pool their output ``out`` (N, FN, OH, OW), tasks of ``nblk``
+    blocks per image: ``pool`` (N, FN, PH, PW) with 2*PH <= OH, 2*PW <= OW, ``arg`` of its shape,
+    and scratch rows ``vals`` and ``vidx`` of at least N*nblk rows of PH*2*PW."""
+    n, fn, oh, ow = out.shape
+    ph, pw = pool.shape[2], pool.shape[3]
+    return (
+        pool.shape[0] == n
+        and pool.shape[1] == fn
+        and arg.shape == pool.shape
+        and 2 * ph <= oh
+        and 2 * pw <= ow
+        and min(vals.shape[0], vidx.shape[0]) >= n * nblk
+        and min(vals.shape[1], vidx.shape[1]) >= ph * 2 * pw
+    )
+
+
 @twins(DIRECT_MIN)
 def conv_direct(xp, koff, wr, b, wp, relu, tile, out, pool, arg, vals, vidx):
     """The direct convolution, stride 1: out[i, f, y, xo] = the sum over k = (c, ky, kx), in that
@@ -294,15 +314,7 @@ def conv_direct(xp, koff, wr, b, wp, relu, tile, out, pool, arg, vals, vidx):
     wf = wr.reshape(nblk * k * fc)
     of = out.reshape(out.size)
     ph, pw = pool.shape[2], pool.shape[3]
-    pooled = (
-        pool.shape[0] == n
-        and pool.shape[1] == fn
-        and arg.shape == pool.shape
-        and 2 * ph <= oh
-        and 2 * pw <= ow
-        and min(vals.shape[0], vidx.shape[0]) >= n * nblk
-        and min(vals.shape[1], vidx.shape[1]) >= ph * 2 * pw
-    )
+    pooled = _pools(out, nblk, pool, arg, vals, vidx)
     pf = pool.reshape(pool.size)
     af = arg.reshape(arg.size)
     if fc < 1 or fc > 12 or 24 % fc != 0:
@@ -352,6 +364,76 @@ def conv_direct(xp, koff, wr, b, wp, relu, tile, out, pool, arg, vals, vidx):
             for j in range(nj):
                 plane = (i * fn + f0 + j) * ph * pw
                 _pool2x2_plane(out[i, f0 + j], ph, pw, pf, af, plane, vals[t], vidx[t])
+
+
+@twins(DIRECT_MIN)
+def conv_direct_lanes(xp, koff, wr, b, wp, relu, pof, tile, out, pool, arg, vals, vidx):
+    """The direct convolution of :func:`conv_direct` (stride 1, the same output, the same ``xp``,
+    ``koff``, ``pool``, ``arg``, ``vals`` and ``vidx``), through a tile whose vector lanes are
+    output channels (``_numba.conv_lanes_tile_*``): P pixels of a plane times FC output channels,
+    each output the same FMAs in the same order as in :func:`conv_direct`, so the same bits. No
+    padded column is computed: it serves small planes, where most of the padded rows' pixels would
+    be padding (docs/PERFORMANCE.md, "Small planes: output channels in the lanes").
+
+    ``wr``: (nblk, K, FC), the filters in blocks of FC output channels as for :func:`conv_direct`,
+    FC = 4 * (64 // itemsize) (64 float32 or 32 float64; with another it returns at once), the 4
+    vectors of ``_numba.CONV_LANES_TILE``, whose P = 6 pixels make a tile; ``pof``: (N*nblk, >= P) int64 scratch,
+    each task's pixel offsets in ``xp`` (left holding its last tile's); ``tile``: (N*nblk, >= P*FC)
+    scratch, tile[t, p*FC + f] (left holding the last tile's sums, without bias). Pixels q = y*OW +
+    xo of a plane are taken P at a time, the last tile's missing pixels replaced by the plane's
+    last (computed, not stored). It returns without writing when the arrays do not fit that (a
+    pixel's terms reaching past its image's planes included)."""
+    n, c, lx = xp.shape
+    nblk, k, fc = wr.shape
+    fn, oh, ow = out.shape[1], out.shape[2], out.shape[3]
+    lanes = 64 // xp.itemsize
+    points = 6
+    plane = oh * ow
+    xf = xp.reshape(n * c * lx)
+    wf = wr.reshape(nblk * k * fc)
+    of = out.reshape(out.size)
+    ph, pw = pool.shape[2], pool.shape[3]
+    pooled = _pools(out, nblk, pool, arg, vals, vidx)
+    pf = pool.reshape(pool.size)
+    af = arg.reshape(arg.size)
+    if fc != 4 * lanes or plane < 1 or koff.shape[0] != k or ow > wp:
+        return
+    if min(pof.shape[0], tile.shape[0]) < n * nblk or pof.shape[1] < points or tile.shape[1] < points * fc:
+        return
+    reach = 0  # the farthest term: every pixel's reads stay inside its image's planes
+    for j in range(k):
+        if koff[j] < 0:
+            return
+        reach = max(reach, koff[j])
+    if (oh - 1) * wp + ow - 1 + reach >= c * lx:
+        return
+    zero = typed(0, out)
+    for t in prange(n * nblk):
+        i = t // nblk
+        blk = t % nblk
+        f0 = blk * fc
+        nj = min(fc, fn - f0)
+        acc = tile[t]
+        at = pof[t]
+        woff = blk * k * fc
+        base = i * c * lx
+        for q0 in range(0, plane, points):
+            for p in range(points):
+                q = min(q0 + p, plane - 1)
+                y = q // ow
+                at[p] = base + y * wp + q - y * ow
+            conv_lanes_tile_6x4(xf, at, koff, wf, woff, acc)
+            count = min(points, plane - q0)
+            for j in range(nj):
+                dst = (i * fn + f0 + j) * plane + q0
+                bias = b[f0 + j]
+                for p in range(count):
+                    v = acc[p * fc + j] + bias
+                    of[dst + p] = zero if relu and v <= zero else v
+        if pooled:
+            for j in range(nj):
+                plane_at = (i * fn + f0 + j) * ph * pw
+                _pool2x2_plane(out[i, f0 + j], ph, pw, pf, af, plane_at, vals[t], vidx[t])
 
 
 @twins(DIRECT_MIN)

@@ -205,6 +205,29 @@ def direct_plan(geo: Geometry, itemsize: int) -> tuple[int, int] | None:
     return _tile(geo.fn, geo.oh * geo.wp, itemsize)
 
 
+#: The channel-lanes tile of :func:`~fastlayers._kernels.conv.conv_direct_lanes`: (pixels, vectors
+#: of output channels), ``_kernels._numba.CONV_LANES_TILE``.
+LANES_TILE = (6, 4)
+#: The largest ratio of the terms the lanes kernel computes to those the direct kernel computes at
+#: which a convolution takes the lanes kernel, per item size: it loads a filter vector per 6 FMAs
+#: where the direct tile loads an input vector per 8, so it pays only where the padded rows waste
+#: more (measured: docs/PERFORMANCE.md, "Small planes: output channels in the lanes").
+LANES_MAX_RATIO = {4: 0.85, 8: 0.8}
+
+
+def lanes_serve(fn: int, oh: int, ow: int, wp: int, itemsize: int) -> bool:
+    """Whether a stride-1 convolution to ``fn`` output channels of OH x OW pixels, on padded rows
+    of width ``wp``, runs on :func:`~fastlayers._kernels.conv.conv_direct_lanes`: its tiles compute
+    the pixels rounded up to 6 and the channels rounded up to 64 (float32) or 32 (float64), at most
+    ``LANES_MAX_RATIO`` times the terms of the direct kernel's tile (:func:`_tile`)."""
+    points, vectors = LANES_TILE
+    fc = vectors * (64 // itemsize)
+    lanes_terms = -(-(oh * ow) // points) * points * (-(-fn // fc) * fc)
+    dfc, span = _tile(fn, oh * wp, itemsize)
+    direct_terms = -(-(oh * wp) // span) * span * (-(-fn // dfc) * dfc)
+    return lanes_terms <= LANES_MAX_RATIO[itemsize] * direct_terms
+
+
 def _offsets(ws: Workspace, name: str, c: int, fh: int, fw: int, lx: int, wp: int, rows: int = 0) -> np.ndarray:
     """The term offsets c*lx + ky*wp + kx of the K = c*fh*fw terms, int64, private; with ``rows``,
     in rows of that many, the last row filled with 0."""
@@ -245,6 +268,10 @@ def _direct(xp, W, b, geo: Geometry, plan: tuple[int, int], out, relu: bool, ws:
     tile's output channels, the offsets of the K terms, and the tiles' scratch, all private;
     ``pool``: None, or the (pooled output, indices) of a 2x2 pooling done in the same pass."""
     fc, span = plan
+    lanes = lanes_serve(geo.fn, geo.oh, geo.ow, geo.wp, W.dtype.itemsize)
+    if lanes:
+        points, vectors = LANES_TILE
+        fc, span = vectors * (64 // W.dtype.itemsize), points
     koff = _offsets(ws, "koff", geo.c, geo.fh, geo.fw, xp.shape[2], geo.wp)
     wr = _blocks(ws, "wr", W.reshape(geo.fn, geo.k), fc)
     tile = ws.flat("tile", (geo.n * wr.shape[0], fc * span), W.dtype)
@@ -255,7 +282,11 @@ def _direct(xp, W, b, geo: Geometry, plan: tuple[int, int], out, relu: bool, ws:
         pooled, arg = pool
         rows = (tile.shape[0], pooled.shape[2] * 2 * pooled.shape[3])
         vals, vidx = ws.flat("pool_vals", rows, W.dtype), ws.flat("pool_vidx", rows, np.dtype(np.uint8))
-    launch(_conv.conv_direct, macs, xp, koff, wr, b, geo.wp, relu, tile, out, pooled, arg, vals, vidx)
+    if lanes:
+        pof = ws.flat("pof", (tile.shape[0], span), np.dtype(np.int64))
+        launch(_conv.conv_direct_lanes, macs, xp, koff, wr, b, geo.wp, relu, pof, tile, out, pooled, arg, vals, vidx)
+    else:
+        launch(_conv.conv_direct, macs, xp, koff, wr, b, geo.wp, relu, tile, out, pooled, arg, vals, vidx)
 
 
 def direct_backward_serves(ws: Workspace, dtype: np.dtype, with_dx: bool) -> bool:
@@ -298,6 +329,7 @@ def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu:
     shared = SHARE_SAME_PADDING and with_dx and wd == geo.wp and fnp == geo.fn
     g0 = qh * wd + qw if shared else 0  # where the filter gradient's pixel 0 lies in its planes
     rows = with_dx and rows_serve(geo.c, geo.fh, wd, dtype.itemsize)
+    by_lanes = with_dx and not rows and lanes_serve(geo.c, geo.h, geo.w, wd, dtype.itemsize)
     if with_dx:
         fc, span = (1, ROWS_ACCUMULATORS // (wd // lanes) * wd) if rows else _tile(geo.c, geo.h * wd, dtype.itemsize)
         dpad = ws.flat("dpad", (geo.n, geo.fn, max(hd * wd + geo.fw + span, g0 + nvec * lanes)), dtype)
@@ -317,6 +349,9 @@ def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu:
     launch(_conv.conv_dw_direct, macs, gin, g0, ws.xp, koff, nvec, acc, dW.reshape(geo.fn, geo.k))
     if with_dx:
         flipped = W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(geo.c, geo.fn * geo.fh * geo.fw)
+        if by_lanes:
+            points, vectors = LANES_TILE
+            fc, span = vectors * lanes, points
         wr = _blocks(ws, "wr_dx", flipped, fc)
         tile = ws.flat("tile_dx", (geo.n * wr.shape[0], fc * span), dtype)
         zeros = ws.flat("zeros", (geo.c,), dtype)
@@ -328,7 +363,11 @@ def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu:
         else:
             koff = _offsets(ws, "koff_dx", geo.fn, geo.fh, geo.fw, dpad.shape[2], wd)
             none = (_no_pool(dtype), _NO_ARG, _no_rows(dtype), _NO_VIDX)
-            launch(_conv.conv_direct, macs, dpad, koff, wr, zeros, wd, False, tile, dx, *none)
+            if by_lanes:
+                pof = ws.flat("pof_dx", (tile.shape[0], span), np.dtype(np.int64))
+                launch(_conv.conv_direct_lanes, macs, dpad, koff, wr, zeros, wd, False, pof, tile, dx, *none)
+            else:
+                launch(_conv.conv_direct, macs, dpad, koff, wr, zeros, wd, False, tile, dx, *none)
     return True
 
 
