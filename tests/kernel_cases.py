@@ -360,6 +360,8 @@ def _pool_tasks(out, fc, pool, arg, vals, vidx):
 
 
 def _conv_direct_lanes(xp, koff, wr, b, wp, relu, pof, tile, out, pool, arg, vals, vidx):
+    # arrays inside the kernel's contract (the registry makes no others; its refusals have their own
+    # test in test_kernels)
     n, c, lx = xp.shape
     nblk, k, fc = wr.shape
     fn, oh, ow = out.shape[1:]

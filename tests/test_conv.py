@@ -338,7 +338,7 @@ def test_small_planes_run_on_the_channel_lanes_with_the_direct_kernels_bits(spec
     monkeypatch.setattr(C, "launch", lambda kernel, *args: kernels.append(kernel.name) or launch(kernel, *args))
     geo = C.geometry(x.shape, W.shape, stride, pad)
     fwd = C.lanes_serve(geo.fn, geo.oh, geo.ow, geo.wp, x.itemsize)
-    dx = C.lanes_serve(geo.c, geo.h, geo.w, geo.w + 2 * (W.shape[3] - 1 - pad), x.itemsize)
+    dx = C.lanes_serve(geo.c, geo.h, geo.w, geo.ow + 2 * (geo.fw - 1 - pad), x.itemsize)  # as _direct_backward
     assert fwd or dx
 
     def run():

@@ -380,29 +380,50 @@ def test_pooling_in_the_direct_convolutions_pass_equals_the_pooling_kernel(kerne
         np.testing.assert_array_equal(arg, want_arg)
 
 
+def _one_past(args):
+    """The term offset that takes the last pixel of a plane exactly one past its image's planes."""
+    xp, wp, out = args[0], args[4], args[8]
+    return xp.shape[1] * xp.shape[2] - ((out.shape[2] - 1) * wp + out.shape[3] - 1)
+
+
 @pytest.mark.parametrize("twin", ["serial", "parallel"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_channel_lanes_kernel_writes_nothing_outside_its_contract(dtype, twin):
-    """The channel-lanes convolution checks what its reads rest on before it writes: a term
-    reaching past the image's planes, a negative term, terms and filters of different counts,
-    blocks of another width, scratch too small, output rows wider than the padded ones."""
+    """The channel-lanes convolution checks what its reads and writes rest on before it writes: a
+    term reaching one past the image's planes, a negative term, terms and filters of different
+    counts, blocks of another width or too few for the channels, scratch too small in either
+    dimension, output rows wider than the padded ones, an empty plane, an output of another batch
+    size, a bias too short."""
     from fastlayers._kernels import conv
 
     kernel = getattr(conv.conv_direct_lanes, twin)
+
+    def put(i, value):
+        return lambda a: a.__setitem__(i, value(a))
+
     spoils = {
-        "term past the planes": lambda a: a[1].__setitem__(-1, a[0].shape[2] * a[0].shape[1] - 2),
+        "term one past the planes": lambda a: a[1].__setitem__(-1, _one_past(a)),
         "negative term": lambda a: a[1].__setitem__(0, -1),
-        "too few terms": lambda a: a.__setitem__(1, a[1][:-1].copy()),
-        "narrow blocks": lambda a: a.__setitem__(2, np.ascontiguousarray(a[2][:, :, :-8])),
-        "short pof rows": lambda a: a.__setitem__(6, np.zeros((a[6].shape[0], 5), np.int64)),
-        "few tile rows": lambda a: a.__setitem__(7, a[7][:-1].copy()),
-        "rows wider than wp": lambda a: a.__setitem__(4, a[8].shape[3] - 1),
+        "too few terms": put(1, lambda a: a[1][:-1].copy()),
+        "narrow blocks": put(2, lambda a: np.ascontiguousarray(a[2][:, :, :-8])),
+        "too few blocks": put(8, lambda a: np.full((2, 65, 7, 7), np.nan, a[8].dtype)),
+        "short pof rows": put(6, lambda a: np.zeros((a[6].shape[0], 5), np.int64)),
+        "few pof rows": put(6, lambda a: a[6][:-1].copy()),
+        "short tile rows": put(7, lambda a: a[7][:, : 6 * a[2].shape[2] - 1].copy()),
+        "few tile rows": put(7, lambda a: a[7][:-1].copy()),
+        "rows wider than wp": put(4, lambda a: a[8].shape[3] - 1),
+        "empty plane": put(8, lambda a: np.full((2, 64, 0, 7), np.nan, a[8].dtype)),
+        "another batch size": put(8, lambda a: np.full((1, 64, 7, 7), np.nan, a[8].dtype)),
+        "short bias": put(3, lambda a: a[3][:-1].copy()),
     }
+    assert LANES_CASES[0][:5] == (2, 32, 7, 7, 64)  # the shapes the spoils above assume
     for name, spoil in spoils.items():
         args = _make_direct_lanes(dtype, LANES_CASES[0], np.random.default_rng(3))
         spoil(args)
         kernel(*args)
         assert np.isnan(args[8]).all(), name
     args = _make_direct_lanes(dtype, LANES_CASES[0], np.random.default_rng(3))
+    args[0][np.isnan(args[0])] = 0  # finite past the padded planes, where the far term reads
+    args[1][-1] = _one_past(args) - 1  # the farthest term still inside: served
     kernel(*args)
-    assert not np.isnan(args[8]).any()  # the unspoiled call writes every output
+    assert not np.isnan(args[8]).any()  # every output written

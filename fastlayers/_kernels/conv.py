@@ -381,8 +381,10 @@ def conv_direct_lanes(xp, koff, wr, b, wp, relu, pof, tile, out, pool, arg, vals
     each task's pixel offsets in ``xp`` (left holding its last tile's); ``tile``: (N*nblk, >= P*FC)
     scratch, tile[t, p*FC + f] (left holding the last tile's sums, without bias). Pixels q = y*OW +
     xo of a plane are taken P at a time, the last tile's missing pixels replaced by the plane's
-    last (computed, not stored). It returns without writing when the arrays do not fit that (a
-    pixel's terms reaching past its image's planes included)."""
+    last (computed, not stored). It returns without writing when the arrays do not fit that: a
+    pixel's terms reaching past its image's planes, ``koff`` and ``wr`` of different term counts,
+    blocks of another width or too few for FN, ``b`` shorter than FN, ``out`` of another batch size
+    or an empty plane, rows wider than ``wp``, scratch too small."""
     n, c, lx = xp.shape
     nblk, k, fc = wr.shape
     fn, oh, ow = out.shape[1], out.shape[2], out.shape[3]
@@ -397,6 +399,8 @@ def conv_direct_lanes(xp, koff, wr, b, wp, relu, pof, tile, out, pool, arg, vals
     pf = pool.reshape(pool.size)
     af = arg.reshape(arg.size)
     if fc != 4 * lanes or plane < 1 or koff.shape[0] != k or ow > wp:
+        return
+    if out.shape[0] != n or b.shape[0] < fn or nblk * fc < fn:
         return
     if min(pof.shape[0], tile.shape[0]) < n * nblk or pof.shape[1] < points or tile.shape[1] < points * fc:
         return

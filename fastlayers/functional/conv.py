@@ -225,7 +225,7 @@ def lanes_serve(fn: int, oh: int, ow: int, wp: int, itemsize: int) -> bool:
     lanes_terms = -(-(oh * ow) // points) * points * (-(-fn // fc) * fc)
     dfc, span = _tile(fn, oh * wp, itemsize)
     direct_terms = -(-(oh * wp) // span) * span * (-(-fn // dfc) * dfc)
-    return lanes_terms <= LANES_MAX_RATIO[itemsize] * direct_terms
+    return lanes_terms <= LANES_MAX_RATIO.get(itemsize, 0.0) * direct_terms
 
 
 def _offsets(ws: Workspace, name: str, c: int, fh: int, fw: int, lx: int, wp: int, rows: int = 0) -> np.ndarray:
