@@ -513,7 +513,7 @@ def _direct_geo(spec):
     return g, fh - 1 - pad, fw - 1 - pad
 
 
-def _conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db, arg):
+def _conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db, arg, sums):
     n, fn, oh, ow = y.shape
     if arg.shape[0]:  # dout: a 2x2, stride 2 pooling's upstream gradient, arg its indices
         ph2, pw2 = arg.shape[2:]
@@ -532,9 +532,10 @@ def _conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db, arg):
         planes = np.zeros(dpad.shape, dpad.dtype)
         planes[:, :, : (oh + 2 * qh) * wd].reshape(n, fn, oh + 2 * qh, wd)[:, :, qh : qh + oh, qw : qw + ow] = d
         dpad[...] = planes
+    sums[:n, :fn] = rows.sum(axis=2)
     db[...] = 0
     for i in range(n):
-        db += rows[i].sum(axis=1)
+        db += sums[i, :fn]
 
 
 #: the direct backward's layout of the gradient: the forward's shapes, and (a trailing True) the
@@ -575,7 +576,9 @@ def _make_dout_direct(dtype, spec, rng):
     dpad = np.full((g.n if padded else 0, g.fn, ld), np.nan, dtype)
     rows = np.full((0 if spec[10] else g.n, fnp, lg), np.nan, dtype)
     relu = pooled or spec[8] in (6, 12)
-    return [dout, y, relu, g.wp, qh, qw, padded, rows, dpad, rng.standard_normal(g.fn).astype(dtype), arg]
+    sums = np.full((g.n + 1, g.fn + 1), np.nan, dtype)  # a row and a column past what is written
+    db = rng.standard_normal(g.fn).astype(dtype)
+    return [dout, y, relu, g.wp, qh, qw, padded, rows, dpad, db, arg, sums]
 
 
 def _conv_dw_direct(g, g0, xp, koff, nvec, acc, dw):

@@ -503,10 +503,13 @@ def _pooled_row(of, af, src, yf, base, pw2, top, ow, gf, row):
 
 
 @twins(MEMORY_BOUND_MIN)
-def conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db, arg):
+def conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db, arg, sums):
     """The upstream gradient in the two layouts of the direct backward pass, ReLU's mask applied
     when ``relu`` (0 where the forward output ``y`` is <= 0), and db[f] = the sum over images, in
-    order, of each image's :func:`~fastlayers._kernels._numba.row_sum` of its plane of ``g``:
+    order, of each image's :func:`~fastlayers._kernels._numba.row_sum` of its plane of ``g``, kept
+    in sums[i, f] (``sums``: (>= N, >= FN) scratch of the dtype; smaller, nothing is written). The
+    tasks take the planes image by image, each image's channels in turn, so that a task's planes lie
+    next to each other in every array (docs/PERFORMANCE.md, "The gradient's layouts"):
 
     - g[i, f, yy*wp + x] = dout[i, f, yy, x] for x < OW, 0 in the other columns of rows of width
       ``wp`` and past OH*wp (the filter gradient's layout, the forward's pixel grid);
@@ -543,41 +546,47 @@ def conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db, arg):
     dst = df if shared else gf  # where each row is laid out first
     of = dout.reshape(dout.size)
     yf = y.reshape(y.size)
-    for f in prange(fn):
+    if sums.shape[0] < n or sums.shape[1] < fn:
+        return
+    for t in prange(n * fn):
+        i = t // fn
+        f = t % fn
+        gp = (i * fnp + f) * lg
+        dp = (i * fn + f) * ld
+        # Each plane is zeroed whole, in one long loop, and its rows written over it: the rows
+        # are short (7-28 items), and a loop per row for each border cost more than the copies
+        # (docs/PERFORMANCE.md, "The gradient's layouts").
+        if not shared:
+            _zero_at(gf, gp, gp + lg)
+        if padded:
+            _zero_at(df, dp, dp + ld)
+        for yy in range(oh):
+            # unsigned indices: a signed one costs a negative-index test that blocks vector code
+            src = u64(((i * fn + f) * oh + yy) * ow)
+            start = u64(dp + (yy + qh) * wd + qw if padded else 0)  # the row in dpad
+            row = start if shared else u64(gp + yy * wp)
+            if pooled:
+                if yy < 2 * ph2:
+                    pooled_src = u64(((i * fn + f) * ph2 + yy // 2) * pw2)
+                    _pooled_row(of, af, pooled_src, yf, src, pw2, u64(2 * (yy % 2)), ow, dst, row)
+                # else: a last row no window covers, left 0
+            elif relu:
+                for x in range(u64(ow)):
+                    dst[row + x] = zero if yf[src + x] <= zero else of[src + x]
+            else:
+                for x in range(u64(ow)):
+                    dst[row + x] = of[src + x]
+            if padded and not shared:
+                for x in range(u64(ow)):
+                    df[start + x] = gf[row + x]
+        if shared:
+            sums[i, f] = row_sum(df[dp + shift : dp + shift + lg])
+        else:
+            sums[i, f] = row_sum(gf[gp : gp + lg])
+    for f in range(fn):
         total = zero
         for i in range(n):
-            gp = (i * fnp + f) * lg
-            dp = (i * fn + f) * ld
-            # Each plane is zeroed whole, in one long loop, and its rows written over it: the rows
-            # are short (7-28 items), and a loop per row for each border cost more than the copies
-            # (docs/PERFORMANCE.md, "The gradient's layouts").
-            if not shared:
-                _zero_at(gf, gp, gp + lg)
-            if padded:
-                _zero_at(df, dp, dp + ld)
-            for yy in range(oh):
-                # unsigned indices: a signed one costs a negative-index test that blocks vector code
-                src = u64(((i * fn + f) * oh + yy) * ow)
-                start = u64(dp + (yy + qh) * wd + qw if padded else 0)  # the row in dpad
-                row = start if shared else u64(gp + yy * wp)
-                if pooled:
-                    if yy < 2 * ph2:
-                        pooled_src = u64(((i * fn + f) * ph2 + yy // 2) * pw2)
-                        _pooled_row(of, af, pooled_src, yf, src, pw2, u64(2 * (yy % 2)), ow, dst, row)
-                    # else: a last row no window covers, left 0
-                elif relu:
-                    for x in range(u64(ow)):
-                        dst[row + x] = zero if yf[src + x] <= zero else of[src + x]
-                else:
-                    for x in range(u64(ow)):
-                        dst[row + x] = of[src + x]
-                if padded and not shared:
-                    for x in range(u64(ow)):
-                        df[start + x] = gf[row + x]
-            if shared:
-                total += row_sum(df[dp + shift : dp + shift + lg])
-            else:
-                total += row_sum(gf[gp : gp + lg])
+            total += sums[i, f]
         db[f] = total
 
 

@@ -341,7 +341,8 @@ def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu:
         g = ws.flat("g", (geo.n, fnp, nvec * lanes), dtype)
         g[:, geo.fn :] = 0
     arg = _NO_ARG if arg is None else arg
-    launch(_conv.conv_dout_direct, y.size, dout, y, relu, geo.wp, qh, qw, with_dx, g, dpad, db, arg)
+    sums = ws.flat("db_sums", (geo.n, geo.fn), dtype)
+    launch(_conv.conv_dout_direct, y.size, dout, y, relu, geo.wp, qh, qw, with_dx, g, dpad, db, arg, sums)
     koff = _offsets(ws, "koff_dw", geo.c, geo.fh, geo.fw, ws.xp.shape[2], geo.wp, rows=6)
     acc = ws.flat("acc_dw", ((fnp // 4) * koff.shape[0], 24 * lanes), dtype)
     macs = geo.n * geo.fn * geo.oh * geo.ow * geo.k
