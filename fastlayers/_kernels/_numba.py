@@ -483,6 +483,18 @@ def _tile_python(channels: int, vectors: int) -> Callable:
     return conv_tile
 
 
+def _vector_fma(module: ir.Module, vty: ir.VectorType) -> ir.Function:
+    """LLVM's fused multiply-add of ``vty`` vectors (one rounding per lane), declared in ``module``."""
+    bits = 32 if isinstance(vty.element, ir.FloatType) else 64
+    return cgutils.get_or_insert_function(module, ir.FunctionType(vty, [vty] * 3), f"llvm.fma.v{vty.count}f{bits}")
+
+
+def _splat(builder: ir.IRBuilder, value, vty: ir.VectorType):
+    """A ``vty`` vector with ``value`` in every lane (insert into lane 0, then broadcast it)."""
+    one = builder.insert_element(ir.Constant(vty, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(one, ir.Constant(vty, ir.Undefined), _indices([0] * vty.count))
+
+
 def _tile_declaration(module: ir.Module, name: str, args: list, noalias: bool = True) -> tuple[ir.Function, bool]:
     """The register tile ``name`` of ``module`` as an LLVM function of ``args`` returning nothing,
     and whether it is new (its body still to be built): each tile is made once per module, with
@@ -514,8 +526,7 @@ def _tile_function(module: ir.Module, fty, intp, channels: int, vectors: int) ->
     x, koff, nk, w, tile = fn.args
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     vty = ir.VectorType(fty, lanes)
-    i32 = ir.IntType(32)
-    fma = cgutils.get_or_insert_function(module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{lanes}f{size * 8}")
+    fma = _vector_fma(module, vty)
     zero = cgutils.get_null_value(vty)
     accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(vectors)] for _ in range(channels)]
     with cgutils.for_range(builder, nk) as loop:
@@ -528,8 +539,7 @@ def _tile_function(module: ir.Module, fty, intp, channels: int, vectors: int) ->
         wbase = builder.gep(w, [builder.mul(k, ir.Constant(intp, channels))])
         for f in range(channels):
             value = builder.load(builder.gep(wbase, [ir.Constant(intp, f)]))
-            one = builder.insert_element(ir.Constant(vty, ir.Undefined), value, ir.Constant(i32, 0))
-            splat = builder.shuffle_vector(one, ir.Constant(vty, ir.Undefined), _indices([0] * lanes))
+            splat = _splat(builder, value, vty)
             for v in range(vectors):
                 acc = accs[f][v]
                 builder.store(builder.call(fma, [splat, xv[v], builder.load(acc)]), acc)
@@ -648,8 +658,7 @@ def _lanes_function(module: ir.Module, fty, intp, points: int, vectors: int) -> 
     x, pof, koff, nk, w, tile = fn.args
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     vty = ir.VectorType(fty, lanes)
-    i32 = ir.IntType(32)
-    fma = cgutils.get_or_insert_function(module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{lanes}f{size * 8}")
+    fma = _vector_fma(module, vty)
     zero = cgutils.get_null_value(vty)
     accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(vectors)] for _ in range(points)]
     bases = [builder.gep(x, [builder.load(builder.gep(pof, [ir.Constant(intp, p)]))]) for p in range(points)]
@@ -663,8 +672,7 @@ def _lanes_function(module: ir.Module, fty, intp, points: int, vectors: int) -> 
             wv.append(builder.load(vptr, align=size))
         for p in range(points):
             value = builder.load(builder.gep(bases[p], [term]))
-            one = builder.insert_element(ir.Constant(vty, ir.Undefined), value, ir.Constant(i32, 0))
-            splat = builder.shuffle_vector(one, ir.Constant(vty, ir.Undefined), _indices([0] * lanes))
+            splat = _splat(builder, value, vty)
             for v in range(vectors):
                 acc = accs[p][v]
                 builder.store(builder.call(fma, [splat, wv[v], builder.load(acc)]), acc)
@@ -771,8 +779,7 @@ def _rows_function(module: ir.Module, fty, intp, fh: int, vectors: int) -> ir.Fu
     x, foff, nf, fw, wd, w, tile = fn.args
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     vty = ir.VectorType(fty, lanes)
-    i32 = ir.IntType(32)
-    fma = cgutils.get_or_insert_function(module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{lanes}f{size * 8}")
+    fma = _vector_fma(module, vty)
     zero = cgutils.get_null_value(vty)
     accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(vectors)] for _ in range(rows)]
     taps = builder.mul(fw, ir.Constant(intp, fh))
@@ -784,8 +791,7 @@ def _rows_function(module: ir.Module, fty, intp, fh: int, vectors: int) -> ir.Fu
             splats = []
             for ky in range(fh):
                 value = builder.load(builder.gep(wc, [builder.add(builder.mul(ir.Constant(intp, ky), fw), kx)]))
-                one = builder.insert_element(ir.Constant(vty, ir.Undefined), value, ir.Constant(i32, 0))
-                splats.append(builder.shuffle_vector(one, ir.Constant(vty, ir.Undefined), _indices([0] * lanes)))
+                splats.append(_splat(builder, value, vty))
             xk = builder.gep(xc, [kx])
             for r in range(rows + fh - 1):  # input row r serves output rows r - ky
                 xr = builder.gep(xk, [builder.mul(ir.Constant(intp, r), wd)])
@@ -901,7 +907,7 @@ def _dw_function(module: ir.Module, fty, intp, filters: int, terms: int) -> ir.F
     g, gstride, gimage, x, ximage, koff, nvec, nimg, acc_ptr = fn.args
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     vty = ir.VectorType(fty, lanes)
-    fma = cgutils.get_or_insert_function(module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{lanes}f{size * 8}")
+    fma = _vector_fma(module, vty)
 
     def vptr(base, index):
         return builder.bitcast(builder.gep(base, [index]), vty.as_pointer())
@@ -1044,7 +1050,7 @@ def _dense_function(module: ir.Module, fty, intp, rows: int, vectors: int) -> ir
     vty = ir.VectorType(fty, lanes)
     i1, i32 = ir.IntType(1), ir.IntType(32)
     mty = ir.VectorType(i1, lanes)
-    fma = cgutils.get_or_insert_function(module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{lanes}f{size * 8}")
+    fma = _vector_fma(module, vty)
     load_name, store_name = _masked_names(vty)
     vptr = vty.as_pointer()
     mload = cgutils.get_or_insert_function(module, ir.FunctionType(vty, [vptr, i32, mty, vty]), load_name)
@@ -1053,8 +1059,7 @@ def _dense_function(module: ir.Module, fty, intp, rows: int, vectors: int) -> ir
     # the last vector's lanes that exist: lane + (vectors - 1) * lanes < ncols
     first = (vectors - 1) * lanes
     iota = ir.Constant(ir.VectorType(intp, lanes), [ir.Constant(intp, first + i) for i in range(lanes)])
-    one = builder.insert_element(ir.Constant(ir.VectorType(intp, lanes), ir.Undefined), ncols, ir.Constant(i32, 0))
-    limit = builder.shuffle_vector(one, ir.Constant(ir.VectorType(intp, lanes), ir.Undefined), _indices([0] * lanes))
+    limit = _splat(builder, ncols, ir.VectorType(intp, lanes))
     mask = builder.icmp_signed("<", iota, limit)
     align = ir.Constant(i32, size)
     accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(vectors)] for _ in range(rows)]
@@ -1071,8 +1076,7 @@ def _dense_function(module: ir.Module, fty, intp, rows: int, vectors: int) -> ir
         abase = builder.gep(a, [builder.mul(k, aks)])
         for r in range(rows):
             value = builder.load(builder.gep(abase, [builder.mul(ir.Constant(intp, r), ars)]))
-            single = builder.insert_element(ir.Constant(vty, ir.Undefined), value, ir.Constant(i32, 0))
-            splat = builder.shuffle_vector(single, ir.Constant(vty, ir.Undefined), _indices([0] * lanes))
+            splat = _splat(builder, value, vty)
             for v in range(vectors):
                 acc = accs[r][v]
                 builder.store(builder.call(fma, [splat, bv[v], builder.load(acc)]), acc)
