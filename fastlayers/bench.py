@@ -103,12 +103,19 @@ def _batch_size(fn: Callable[[], object], min_batch: float) -> int:
         number *= 2
 
 
+#: seconds the timing thread sleeps after an entry timed apart (:func:`interleaved_samples`): long
+#: enough for OpenBLAS's and OpenMP's idle threads to stop spinning
+SETTLE = 0.05
+#: the entries of every row that are timed apart: PyTorch's, whose OpenMP threads spin after each call
+TORCH_ENTRIES = ("torch", "torch_compile")
+
+
 def interleaved_samples(
     entries: dict[str, tuple[Callable[[], object], str | None]],
     min_batch: float = 0.005,
     rounds: int = 9,
     blocks: int = 3,
-    apart: tuple[str, ...] = ("torch", "torch_compile"),
+    apart: tuple[str, ...] = TORCH_ENTRIES,
     settle: float = 0.0,
 ) -> dict[str, list[float]]:
     """Seconds per call of each ``(callable, backend)`` entry, one value per timed batch.
@@ -183,13 +190,6 @@ def _gemms_fn(a: dict) -> Callable[[], object]:
     out, dx, dW = np.empty_like(dout), np.empty_like(x), np.empty_like(W)
     numpy_gemm = _gemm.library("numpy")
     return lambda: _gemm.affine_products(numpy_gemm, x, W, dout, out, dx, dW)
-
-
-#: seconds the timing thread sleeps after an entry timed apart (:func:`interleaved_samples`): long
-#: enough for OpenBLAS's and OpenMP's idle threads to stop spinning
-SETTLE = 0.05
-#: the entries of every row that are timed apart: PyTorch's, whose OpenMP threads spin after each call
-TORCH_ENTRIES = ("torch", "torch_compile")
 
 
 def apart_entries(case: Case) -> tuple[str, ...]:

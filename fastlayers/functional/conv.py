@@ -215,13 +215,18 @@ LANES_TILE = (6, 4)
 LANES_MAX_RATIO = {4: 0.85, 8: 0.8}
 
 
+def _lanes_block(itemsize: int) -> tuple[int, int]:
+    """(output channels, pixels) of the channel-lanes tile in this item size (``LANES_TILE``)."""
+    points, vectors = LANES_TILE
+    return vectors * (64 // itemsize), points
+
+
 def lanes_serve(fn: int, oh: int, ow: int, wp: int, itemsize: int) -> bool:
     """Whether a stride-1 convolution to ``fn`` output channels of OH x OW pixels, on padded rows
     of width ``wp``, runs on :func:`~fastlayers._kernels.conv.conv_direct_lanes`: its tiles compute
     the pixels rounded up to 6 and the channels rounded up to 64 (float32) or 32 (float64), at most
     ``LANES_MAX_RATIO`` times the terms of the direct kernel's tile (:func:`_tile`)."""
-    points, vectors = LANES_TILE
-    fc = vectors * (64 // itemsize)
+    fc, points = _lanes_block(itemsize)
     lanes_terms = -(-(oh * ow) // points) * points * (-(-fn // fc) * fc)
     dfc, span = _tile(fn, oh * wp, itemsize)
     direct_terms = -(-(oh * wp) // span) * span * (-(-fn // dfc) * dfc)
@@ -270,8 +275,7 @@ def _direct(xp, W, b, geo: Geometry, plan: tuple[int, int], out, relu: bool, ws:
     fc, span = plan
     lanes = lanes_serve(geo.fn, geo.oh, geo.ow, geo.wp, W.dtype.itemsize)
     if lanes:
-        points, vectors = LANES_TILE
-        fc, span = vectors * (64 // W.dtype.itemsize), points
+        fc, span = _lanes_block(W.dtype.itemsize)
     koff = _offsets(ws, "koff", geo.c, geo.fh, geo.fw, xp.shape[2], geo.wp)
     wr = _blocks(ws, "wr", W.reshape(geo.fn, geo.k), fc)
     tile = ws.flat("tile", (geo.n * wr.shape[0], fc * span), W.dtype)
@@ -351,8 +355,7 @@ def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu:
     if with_dx:
         flipped = W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(geo.c, geo.fn * geo.fh * geo.fw)
         if by_lanes:
-            points, vectors = LANES_TILE
-            fc, span = vectors * lanes, points
+            fc, span = _lanes_block(dtype.itemsize)
         wr = _blocks(ws, "wr_dx", flipped, fc)
         tile = ws.flat("tile_dx", (geo.n * wr.shape[0], fc * span), dtype)
         zeros = ws.flat("zeros", (geo.c,), dtype)
