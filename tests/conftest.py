@@ -16,6 +16,9 @@ Why these tolerances (eps = machine epsilon of the dtype: 1.19e-7 for float32, 2
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -77,3 +80,15 @@ def layout(a: np.ndarray, kind: str) -> np.ndarray:
 
 
 LAYOUTS = ["C", "F", "strided"]
+
+
+def project_copy(dest: Path) -> Path:
+    """A copy of what builds the package (``fastlayers/`` without its caches, ``pyproject.toml``,
+    the README and the licence) in ``dest``, for tests that build it: a build in the clone would share
+    its build folder with another Python's test run on the same clone (CI runs two at once) and
+    could meet cache files written mid-build."""
+    root = Path(__file__).resolve().parents[1]
+    shutil.copytree(root / "fastlayers", dest / "fastlayers", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(root / name, dest / name)
+    return dest

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .conftest import project_copy
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -37,7 +39,8 @@ def test_installed_package_wins_over_a_clone_folder_named_fastlayers(tmp_path):
     clone named ``fastlayers`` imports the package, not the clone folder as a namespace package."""
     site = tmp_path / "site"
     res = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(ROOT)],
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site),
+         str(project_copy(tmp_path / "source"))],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]

@@ -17,7 +17,7 @@ import pytest
 
 import fastlayers as fl
 
-from .conftest import compiled_only
+from .conftest import compiled_only, project_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ["tbb", "omp", "workqueue"]
@@ -166,8 +166,14 @@ def test_two_processes_compile_into_empty_cache(tmp_path):
 
 @pytest.mark.slow
 def test_wheel_has_no_cache_files_and_works(tmp_path):
+    # the copy is given cache files of each kind, which the wheel must leave out
+    source = project_copy(tmp_path / "source")
+    cache = source / "fastlayers" / "_kernels" / "__pycache__"
+    cache.mkdir()
+    for name in ("relu_forward-10.py311.nbi", "relu_forward-10.py311.1.nbc", "elementwise.cpython-311.pyc"):
+        (cache / name).write_bytes(b"\0" * 64)
     res = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(source)],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
