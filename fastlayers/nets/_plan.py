@@ -119,11 +119,13 @@ class DensePlan:
         view.flags.writeable = False
         return view
 
-    def _weights(self) -> tuple | None:
-        """(Ws, bs) as the layers hold them now, or None when one is not an ndarray of the plan's
-        dtype and number of dimensions (what the entry points' conversion relies on: their shapes,
-        strides and alignment are the kernel's to check)."""
-        dt, nd = self.dtype, np.ndarray
+    def _ready(self, upto: int, strict: bool = False) -> tuple | None:
+        """(Ws, bs) as the layers hold them now, the first ``upto`` buffers made fit for the call
+        (:meth:`_fresh`, run only when one of them needs it); None, having replaced nothing, when a
+        weight or bias is not an ndarray of the plan's dtype and number of dimensions (what the
+        entry points' conversion relies on: their shapes, strides and alignment are the kernel's to
+        check). One pass, inline: this runs at every call (docs/PERFORMANCE.md, "Plans")."""
+        dt, nd = self.dtype, _ndarray
         Ws, bs = [], []
         for a in self.affines:
             W, b = a.W, a.b
@@ -138,6 +140,15 @@ class DensePlan:
                 return None
             Ws.append(W)
             bs.append(b)
+        if strict:
+            self._fresh(upto, True)
+        else:
+            bufs, limits, ndims = self.bufs, self.limits, self.ndims
+            for i in range(upto):
+                b = bufs[i]  # the same test as _fresh's, with the same references
+                if _getrefcount(b) > limits[i] + 1 or b.dtype is not dt or b.ndim != ndims[i] or not b.flags.writeable:
+                    self._fresh(upto)
+                    break
         return tuple(Ws), tuple(bs)
 
     def _call(self, mode: str, args: tuple):
@@ -190,14 +201,16 @@ class DensePlan:
     def predict(self, xshape: tuple, x2, strict: bool = False):
         """The scores of ``x2`` (the batch of shape ``xshape`` as rows) by the compiled forward
         pass, or None when the weights do not fit."""
-        weights = self._weights()
+        weights = self._ready(self.L, strict)
         if weights is None:
             return None
-        self._fresh(self.L, strict)
         outs = self.outs
-        args = (x2, *weights, self.acts, outs)
         entry = self.entries.get("predict")
-        if (entry(*args) if entry is not None else self._call("predict", args)) == _dense.BAD_LAYOUT:
+        if entry is not None:
+            code = entry(x2, *weights, self.acts, outs)
+        else:
+            code = self._call("predict", (x2, *weights, self.acts, outs))
+        if code == _dense.BAD_LAYOUT:
             return None if strict else self.predict(xshape, x2, True)
         self._publish(xshape, x2, outs)
         return outs[-1]
@@ -217,17 +230,16 @@ class DensePlan:
         """The compiled call: ``mode`` "loss" (returns the loss) or "gradient" (returns True, having
         left every Affine's ``dW`` and ``db`` as its backward would). None when the weights or the
         labels do not fit or a label lies outside the classes (the caller takes the general path)."""
-        weights = self._weights()
+        # The softmax buffer, private but reachable as the view's base, is checked as the published
+        # buffers are: someone holding it (labels made a view of it would change as the kernel
+        # writes the softmax) or changing it in place gets it replaced.
+        weights = self._ready(3 * self.L + 1, strict)
         if weights is None:
             return None
         Ws, bs = weights
         bufs = self.bufs
         if _getrefcount(self.y_view) > _REFS + 1:  # someone holds the published softmax: it is theirs
             bufs[-1] = np.empty(self.shapes[-1], self.dtype)
-        # The softmax buffer, private but reachable as the view's base, is checked as the published
-        # buffers are: someone holding it (labels made a view of it would change as the kernel
-        # writes the softmax) or changing it in place gets it replaced.
-        self._fresh(3 * self.L + 1, strict)
         y = bufs[-1]
         if self.y_view.base is not y:
             self.y_view = self._frozen(y)
@@ -317,30 +329,33 @@ def _call(net, x, t, mode: str):
     answers small ones without waiting for Numba (ARCHITECTURE.md, "Loading")."""
     if type(x) is not _ndarray or (mode == "predict" and "numba" not in _modules):
         return None
-    shape = xshape = x.shape
-    if len(shape) != 2:
-        if len(shape) < 2:
-            return None
-        x2 = x.reshape(shape[0], -1)
-        shape = x2.shape
-    else:
-        x2 = x
-    if shape[0] == 0:  # an empty batch: the walk says what is wrong
-        return None
     # x2's and t's shapes, strides and alignment are the kernel's to check (a batch that is not
     # C-contiguous is refused there, and walked)
     if mode != "predict" and (type(t) is not _ndarray or t.dtype is not _I64 or t.ndim != 1):
         return None
+    shape = xshape = x.shape
     dtype = x.dtype
     layers = list(net.layers.values())
     plan = net.__dict__.get("_hot")  # the latest call's plan, most often this one's
+    # a plan's shape is that of a 2-D batch with rows, so x is one when it has the hot plan's shape
     if (
-        plan is None
-        or plan.shape != shape
-        or plan.dtype is not dtype
-        or plan.last is not net.last_layer
-        or plan.layers != layers
+        plan is not None
+        and plan.shape == shape
+        and plan.dtype is dtype
+        and plan.last is net.last_layer
+        and plan.layers == layers
     ):
+        x2 = x
+    else:
+        if len(shape) != 2:
+            if len(shape) < 2:
+                return None
+            x2 = x.reshape(shape[0], -1)
+            shape = x2.shape
+        else:
+            x2 = x
+        if shape[0] == 0:  # an empty batch: the walk says what is wrong
+            return None
         plan = _find(net, layers, shape, dtype)
         if plan is None:
             return None
