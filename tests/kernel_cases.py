@@ -456,53 +456,75 @@ def _make_direct_lanes(dtype, spec, rng):
 
 
 def _conv_direct_rows(xp, foff, wr, b, wp, fh, fw, relu, tile, out):
-    n, c, lx = xp.shape
+    n, planes, lx = xp.shape
+    c = foff.shape[0]
     fn, oh, ow = out.shape[1:]
     lanes = 64 // xp.itemsize
-    vectors = wp // lanes
-    if wp % lanes or vectors not in (2, 4) or fh not in (3, 5) or wr.shape[1] != c * fh * fw:
+    vectors = -(-ow // lanes)
+    width, rows = vectors * lanes, 24 // max(vectors, 1)
+    if vectors not in (2, 4) or fh not in (3, 5) or wr.shape[1] != c * fh * fw or c > planes:
         return
-    span = (24 // vectors) * wp
-    last = ((oh * wp - 1) // span) * span  # the start of each task's last tile, left in ``tile``
-    xf = xp.reshape(n, c * lx)
+    if (-(-oh // rows) * rows + fh - 2) * wp + fw - 1 + width > lx:
+        return
+    last = ((oh - 1) // rows) * rows  # the first output row of each task's last tile, left in ``tile``
+    xf = xp.reshape(n, planes * lx)
     koff = (foff[:, None, None] + np.arange(fh)[None, :, None] * wp + np.arange(fw)[None, None, :]).reshape(-1)
     q = (np.arange(oh)[:, None] * wp + np.arange(ow)[None, :]).reshape(-1)
-    w2 = wr[:, :, 0]
+    p = ((last + np.arange(rows))[:, None] * wp + np.arange(width)[None, :]).reshape(-1)
+    w2 = wr[:fn, :, 0]
     for i in range(n):
-        v = (w2 @ xf[i][koff[:, None] + q[None, :]] + b[:, None]).reshape(fn, oh, ow)
+        v = (w2 @ xf[i][koff[:, None] + q[None, :]] + b[:fn, None]).reshape(fn, oh, ow)
         out[i] = reference.relu_forward(v) if relu else v
-        tile[i * fn : (i + 1) * fn, :span] = w2 @ xf[i][koff[:, None] + (last + np.arange(span))[None, :]]
+        tile[i * fn : (i + 1) * fn, : rows * width] = w2 @ xf[i][koff[:, None] + p[None, :]]
 
 
-#: the rows tile (N, C, H, W, FN, FH, FW, pad, V): rows of V vectors (V = 3: not served, nothing
+#: the rows tile (N, C, H, W, FN, FH, FW, pad, stride[, planes]): outputs of 2 or 4 vectors (float32
+#: and float64: 2 and 4 at OW 26-29, 4 and 8 at 60, 1 and 2 at 13, 1 at 3: not served, nothing
 #: written), filters of 3 and 5 rows, non-square, FN 1-3, SimpleConvNet's input gradient (30 -> 1
-#: channel, 5x5 "full" padding 4) past the parallel threshold, planes smaller than a tile
+#: channel, 5x5 "full" padding 4) past the parallel threshold, planes smaller than a tile; input
+#: rows of the tile's width (stride 0), as wide as the padded rows, wider (with more planes an image
+#: than the input's channels), and narrower: the input gradient laid out in the forward's rows of 28,
+#: each row's zero columns the next one's left padding, in planes of FN rounded up to 4
 ROWS_SHAPES = [
-    (1, 1, 5, 7, 1, 3, 3, 0, 2),
-    (2, 3, 12, 14, 2, 5, 5, 1, 2),
-    (3, 2, 9, 11, 3, 3, 2, 2, 4),
-    (2, 4, 10, 13, 3, 3, 3, 1, 2),
-    (2, 30, 24, 24, 1, 5, 5, 4, 4),
-    (1, 1, 5, 5, 1, 3, 3, 0, 3),
+    (1, 1, 5, 30, 1, 3, 3, 0, 0),
+    (2, 3, 12, 28, 2, 5, 5, 1, 0),
+    (3, 2, 9, 26, 3, 3, 2, 2, 0),
+    (2, 4, 10, 13, 3, 3, 3, 1, 0),
+    (1, 2, 7, 60, 1, 3, 3, 1, 0),
+    (2, 30, 24, 24, 1, 5, 5, 4, 0),
+    (1, 1, 5, 5, 1, 3, 3, 0, 0),
+    (2, 30, 24, 24, 1, 5, 5, 4, 28, 32),
+    (3, 2, 9, 26, 3, 3, 2, 2, 40, 3),
+    (2, 3, 30, 27, 2, 5, 3, 2, 31),
 ]
 
 
 def _make_direct_rows(dtype, spec, rng):
-    n, c, h, w, fn, fh, fw, pad, vectors = spec
+    n, c, h, w, fn, fh, fw, pad, stride = spec[:9]
+    planes = spec[9] if len(spec) > 9 else c
     lanes = 64 // np.dtype(dtype).itemsize
-    wp = vectors * lanes
-    hp = h + 2 * pad
-    oh, ow = hp - fh + 1, w + 2 * pad - fw + 1
-    span = (24 // vectors) * wp
-    lx = -(-oh * wp // span) * span + (fh - 1) * wp + fw - 1 + 3  # a little past what is read
+    hp, wpad = h + 2 * pad, w + 2 * pad
+    oh, ow = hp - fh + 1, wpad - fw + 1
+    vectors = -(-ow // lanes)
+    wp = stride or vectors * lanes
+    rows = 24 // max(vectors, 1)
+    lx = (-(-oh // rows) * rows + fh - 2) * wp + fw - 1 + vectors * lanes + 3  # a little past what is read
     # values in the padded planes, NaN where no stored output may look: past the planes' rows and
-    # in the columns past W + 2*pad
-    xp = np.full((n, c, lx), np.nan, dtype)
-    planes = xp[:, :, : hp * wp].reshape(n, c, hp, wp)
-    planes[..., : w + 2 * pad] = 3 * rng.standard_normal((n, c, hp, w + 2 * pad))
+    # in the columns past W + 2*pad of rows wider than that; rows narrower (the flat layout, each
+    # row's zero columns the next one's left padding) hold the padded plane's values as read flat
+    xp = np.full((n, planes, lx), np.nan, dtype)
+    if wp >= wpad:
+        view = xp[:, :c, : hp * wp].reshape(n, c, hp, wp)
+        view[..., :wpad] = 3 * rng.standard_normal((n, c, hp, wpad))
+    else:  # the flat plane: rows of wp >= W + pad, the padding's zero columns shared by neighbouring rows
+        assert wp >= w + pad, spec
+        flat = np.zeros((n, c, (hp + 1) * wp), dtype)
+        inner = flat[:, :, : hp * wp].reshape(n, c, hp, wp)
+        inner[:, :, pad : pad + h, pad : pad + w] = 3 * rng.standard_normal((n, c, h, w))
+        xp[:, :c, : (hp + 1) * wp] = flat
     wr = rng.standard_normal((fn, c * fh * fw, 1)).astype(dtype)
     b = rng.standard_normal(fn).astype(dtype)
-    tile = np.full((n * fn, span), np.nan, dtype)
+    tile = np.full((n * fn, rows * vectors * lanes), np.nan, dtype)
     out = np.full((n, fn, oh, ow), np.nan, dtype)
     return [xp, (np.arange(c) * lx).astype(np.int64), wr, b, wp, fh, fw, fn == 2, tile, out]
 
@@ -527,10 +549,11 @@ def _conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db, arg, sums)
     rows[:, :, : oh * wp].reshape(n, fn, oh, wp)[..., :ow] = d
     if g.shape[0]:  # empty: shared, the layout in dpad only
         g[:, :fn] = rows
-    if padded:
-        wd = ow + 2 * qw
-        planes = np.zeros(dpad.shape, dpad.dtype)
-        planes[:, :, : (oh + 2 * qh) * wd].reshape(n, fn, oh + 2 * qh, wd)[:, :, qh : qh + oh, qw : qw + ow] = d
+    if padded:  # shared: rows of wp, each row's zero columns past OW the next one's left padding
+        wd = wp if g.shape[0] == 0 else ow + 2 * qw
+        at = ((np.arange(oh)[:, None] + qh) * wd + qw + np.arange(ow)[None, :]).reshape(-1)
+        planes = np.zeros(dpad.shape, dpad.dtype)  # the planes past FN too
+        planes[:, :fn, at] = d.reshape(n, fn, oh * ow)
         dpad[...] = planes
     sums[:n, :fn] = rows.sum(axis=2)
     db[...] = 0
@@ -540,7 +563,9 @@ def _conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db, arg, sums)
 
 #: the direct backward's layout of the gradient: the forward's shapes, and (a trailing True) the
 #: gradient of a 2x2 pooling after the ReLU, odd planes and past the parallel threshold included;
-#: then, with "same" padding, the layout in dpad only ("shared", a second trailing True)
+#: then the layout in dpad only ("shared", a second trailing True): "same" padding, and with less
+#: (pad 0 and 1 of 5x5 filters: rows of the forward's width, narrower than the padded gradient's),
+#: FN not a multiple of 4 (dpad's planes past FN zeroed)
 DOUT_SHAPES = [(*s, False, False) for s in DIRECT_SHAPES] + [
     (2, 3, 9, 8, 4, 3, 2, 0, 6, True, False),
     (3, 16, 28, 28, 16, 3, 3, 1, 8, True, False),
@@ -550,6 +575,9 @@ DOUT_SHAPES = [(*s, False, False) for s in DIRECT_SHAPES] + [
     (2, 3, 9, 7, 4, 3, 3, 1, 6, True, True),
     (2, 5, 11, 6, 8, 5, 5, 2, 4, False, True),
     (1, 2, 5, 5, 4, 1, 1, 0, 12, False, True),
+    (2, 1, 28, 28, 30, 5, 5, 0, 6, False, True),
+    (2, 1, 12, 11, 6, 5, 3, 0, 6, True, True),
+    (2, 3, 10, 9, 5, 5, 5, 1, 4, False, True),
 ]
 
 
@@ -570,10 +598,10 @@ def _make_dout_direct(dtype, spec, rng):
         dout = (3 * rng.standard_normal(g.out_shape)).astype(dtype)
         arg = np.zeros((0, 0, 0, 0), np.uint8)
     ld = (g.oh + 2 * qh) * (g.ow + 2 * qw) + 3 if padded else 1
-    if spec[10]:  # shared: dpad long enough for the filter gradient's layout at qh*wd + qw
-        assert padded and g.ow + 2 * qw == g.wp and fnp == g.fn, spec
-        ld = max(ld, qh * g.wp + qw + lg)
-    dpad = np.full((g.n if padded else 0, g.fn, ld), np.nan, dtype)
+    if spec[10]:  # shared: rows of wp, dpad long enough for the filter gradient's layout at qh*wp + qw
+        assert padded and g.wp >= g.ow + qw, spec
+        ld = max((g.oh + 2 * qh) * g.wp + 3, qh * g.wp + qw + lg)
+    dpad = np.full((g.n if padded else 0, fnp if spec[10] else g.fn, ld), np.nan, dtype)
     rows = np.full((0 if spec[10] else g.n, fnp, lg), np.nan, dtype)
     relu = pooled or spec[8] in (6, 12)
     sums = np.full((g.n + 1, g.fn + 1), np.nan, dtype)  # a row and a column past what is written

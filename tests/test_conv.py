@@ -608,20 +608,29 @@ def test_direct_convolution_propagates_nan_and_infinity():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("pooled", [False, True])
-def test_same_padding_backward_reads_one_layout_and_keeps_the_bits(dtype, pooled, monkeypatch):
-    """With "same" padding the direct backward lays the gradient out once (in the padded layout the
-    input gradient reads) and the filter gradient reads it at an offset: dx, dW and db are the bits
-    of the two-layout pass, which it takes when that sharing is switched off."""
+@pytest.mark.parametrize(
+    "geometry",
+    [(5, 8, 3, 1, 10, 12), (1, 30, 5, 0, 28, 28), (3, 6, 5, 1, 11, 9), (2, 3, 3, 0, 9, 30)],
+    ids=["3x3-same", "5x5-pad0-rows", "5x5-pad1-fn6", "3x3-pad0-rows"],
+)
+def test_backward_reads_one_layout_and_keeps_the_bits(dtype, pooled, geometry, monkeypatch):
+    """The direct backward lays the gradient out once, in the padded layout the input gradient reads
+    with the forward's row width ("same" padding, and less: each row's zero columns are the next
+    one's left padding), and the filter gradient reads it at an offset, in planes of FN rounded up to
+    4 (FN 30 and 6): dx (through the rows tile to 1-3 channels too), dW and db are the bits of the
+    two-layout pass, which it takes when that sharing is switched off."""
+    c, fn, k, pad, h, w = geometry
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((3, 5, 10, 12)).astype(dtype)
-    W = (0.3 * rng.standard_normal((8, 5, 3, 3))).astype(dtype)
-    b = rng.standard_normal(8).astype(dtype)
-    dout = rng.standard_normal((3, 8, 10, 12)).astype(dtype)
-    dpool = rng.standard_normal((3, 8, 5, 6)).astype(dtype)
+    x = rng.standard_normal((3, c, h, w)).astype(dtype)
+    W = (0.3 * rng.standard_normal((fn, c, k, k))).astype(dtype)
+    b = rng.standard_normal(fn).astype(dtype)
+    oh, ow = h + 2 * pad - k + 1, w + 2 * pad - k + 1
+    dout = rng.standard_normal((3, fn, oh, ow)).astype(dtype)
+    dpool = rng.standard_normal((3, fn, oh // 2, ow // 2)).astype(dtype)
     arg = rng.integers(0, 4, dpool.shape).astype(np.uint8)
 
     def gradients():
-        conv = fl.Convolution(W, b, pad=1)
+        conv = fl.Convolution(W, b, pad=pad)
         y = np.maximum(conv.forward(x), 0)
         if pooled:
             got = C.pooled_backward_run(dpool, arg, y, conv.W, conv._ws, True)
@@ -631,7 +640,7 @@ def test_same_padding_backward_reads_one_layout_and_keeps_the_bits(dtype, pooled
 
     shared, second = gradients()
     assert not second
-    monkeypatch.setattr(C, "SHARE_SAME_PADDING", False)
+    monkeypatch.setattr(C, "SHARE_LAYOUT", False)
     apart, second = gradients()
     assert second
     for s, a in zip(shared, apart, strict=True):

@@ -734,32 +734,33 @@ conv_lanes_tile_6x4 = conv_lanes_tile(6, 4)
 
 
 # --------------------------------------------------------------------------------------------
-# The rows tile of the direct convolution for one output channel (conv_direct_rows): ``rows`` whole
-# rows of ``vectors`` vectors each (the planes' rows exactly that wide), so that an input vector
-# loaded once serves the filter's ``fh`` rows of taps for ``fh`` output rows (per input channel
-# and tap column: fh broadcast weights, (rows + fh - 1) * vectors loads, rows * fh * vectors FMAs).
+# The rows tile of the direct convolution for one output channel (conv_direct_rows): ``rows`` rows
+# of ``vectors`` vectors each, read from input rows of any stride ``wd`` (past the row's end it reads
+# on into the next row), so that an input vector loaded once serves the filter's ``fh`` rows of taps
+# for ``fh`` output rows (per input channel and tap column: fh broadcast weights, (rows + fh - 1) *
+# vectors loads, rows * fh * vectors FMAs).
 # --------------------------------------------------------------------------------------------
 def _rows_python(fh: int, vectors: int) -> Callable:
     rows = 24 // vectors
 
     def conv_rows_tile(xf, xoff, foff, fw, wd, wf, woff, tile):
-        lanes = 64 // xf.itemsize
-        span = rows * wd
+        width = vectors * (64 // xf.itemsize)
         nf = foff.shape[0]
-        if wd != vectors * lanes or fw < 1 or xoff < 0 or woff < 0:
-            raise IndexError("conv_rows_tile: rows of another width, or negative offsets")
-        reach = (fh - 1) * wd + fw - 1 + span  # past the last tap of the last pixel, from foff[f]
+        if wd < 1 or fw < 1 or xoff < 0 or woff < 0:
+            raise IndexError("conv_rows_tile: a row stride or tap count below 1, or negative offsets")
+        reach = (rows + fh - 2) * wd + fw - 1 + width  # past the last tap of the last pixel, from foff[f]
         if nf and (foff.min() < 0 or xoff + int(foff.max()) + reach > xf.shape[0]):
             raise IndexError("conv_rows_tile would read xf out of bounds")
-        if woff + nf * fh * fw > wf.shape[0] or span > tile.shape[0]:
+        if woff + nf * fh * fw > wf.shape[0] or rows * width > tile.shape[0]:
             raise IndexError("conv_rows_tile would read wf or write tile out of bounds")
-        acc = np.zeros(span, xf.dtype)
+        acc = np.zeros((rows, width), xf.dtype)
         for f in range(nf):
             for kx in range(fw):
                 for ky in range(fh):
-                    at = xoff + foff[f] + ky * wd + kx
-                    acc += wf[woff + (f * fh + ky) * fw + kx] * xf[at : at + span]
-        tile[:span] = acc
+                    for r in range(rows):
+                        at = xoff + foff[f] + (r + ky) * wd + kx
+                        acc[r] += wf[woff + (f * fh + ky) * fw + kx] * xf[at : at + width]
+        tile[: rows * width] = acc.reshape(-1)
 
     conv_rows_tile.__name__ = conv_rows_tile.__qualname__ = f"conv_rows_tile_{fh}x{vectors}"
     return conv_rows_tile
@@ -830,11 +831,11 @@ def _rows_codegen(fh: int, vectors: int):
 
 def conv_rows_tile(fh: int, vectors: int) -> Callable:
     """``conv_rows_tile_FHxV(xf, xoff, foff, fw, wd, wf, woff, tile)``: with R = 24 // ``vectors``
-    rows of ``wd`` = ``vectors`` * (64 // itemsize) pixels, tile[p] for p < R*wd = the sum over
-    f < len(foff), kx < fw, ky < ``fh``, in that order, of wf[woff + (f*fh + ky)*fw + kx] *
-    xf[xoff + foff[f] + ky*wd + kx + p] (one FMA each in compiled code). 1-D C-contiguous float
-    arrays of one dtype, ``foff`` int64. Compiled code does not check bounds or ``wd``: the caller
-    guarantees them (the Python body checks them)."""
+    rows of L = ``vectors`` * (64 // itemsize) pixels, read from input rows ``wd`` apart,
+    tile[r*L + p] for r < R, p < L = the sum over f < len(foff), kx < fw, ky < ``fh``, in that
+    order, of wf[woff + (f*fh + ky)*fw + kx] * xf[xoff + foff[f] + (r + ky)*wd + kx + p] (one FMA
+    each in compiled code). 1-D C-contiguous float arrays of one dtype, ``foff`` int64. Compiled
+    code does not check bounds: the caller guarantees them (the Python body checks them)."""
     python_body = _rows_python(fh, vectors)
     codegen = _rows_codegen(fh, vectors)
 

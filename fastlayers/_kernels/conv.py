@@ -443,37 +443,47 @@ def conv_direct_lanes(xp, koff, wr, b, wp, relu, pof, tile, out, pool, arg, vals
 @twins(DIRECT_MIN)
 def conv_direct_rows(xp, foff, wr, b, wp, fh, fw, relu, tile, out):
     """The direct convolution of :func:`conv_direct` (stride 1, the same output) one output channel
-    at a time, through the rows tile (``_numba.conv_rows_tile_*``): R = 24 // V whole rows of
-    ``wp`` = V vectors each, an input vector loaded once serving the filter's ``fh`` rows; in each
+    at a time, through the rows tile (``_numba.conv_rows_tile_*``): R = 24 // V rows of V vectors,
+    V = ceil(OW / lanes), each input vector loaded once serving the filter's ``fh`` rows; in each
     output element the terms add in the order (c, kx, ky), one FMA each in compiled code. For
     convolutions to few channels (the input gradient of a net's first layer), where the tiles of
     :func:`conv_direct` load a vector per FMA or two.
 
-    ``xp``: the padded batch (N, C, Lx), planes of row width ``wp``, Lx >= ceil(OH*wp / (R*wp)) *
-    R*wp + (fh - 1)*wp + fw - 1; ``foff``: (C,) int64, foff[c] = c*Lx; ``wr``: (FN, K, 1), wr[f, (c*fh
-    + ky)*fw + kx, 0] = W[f, c, ky, kx]; ``tile``: (N*FN, >= R*wp) scratch; ``out``: (N, FN, OH, OW).
-    Returns at once (nothing written) unless ``wp`` is V vectors for a (``fh``, V) of
-    ``_numba.CONV_ROWS_TILES``."""
-    n, c, lx = xp.shape
+    ``xp``: the padded batch (N, P, Lx), P >= C planes an image (the first C are the input's), of
+    row stride ``wp`` (the columns past OW of an output row read on into the next input row, and are
+    not stored), Lx >= (ceil(OH / R)*R + fh - 2)*wp + fw - 1 + V*lanes; ``foff``: (C,) int64,
+    foff[c] = c*Lx; ``wr``: (FN, K, 1), wr[f, (c*fh + ky)*fw + kx, 0] = W[f, c, ky, kx]; ``tile``:
+    (N*FN, >= R*V*lanes) scratch; ``out``: (N, FN, OH, OW). Returns at once (nothing written)
+    unless (``fh``, V) is one of ``_numba.CONV_ROWS_TILES``, or when Lx, ``foff``, ``wr`` or
+    ``tile`` do not fit."""
+    n, planes, lx = xp.shape
+    c = foff.shape[0]
     fn, oh, ow = out.shape[1], out.shape[2], out.shape[3]
     k = wr.shape[1]
     lanes = 64 // xp.itemsize
-    vectors = wp // lanes
-    if wp % lanes != 0 or not (vectors == 2 or vectors == 4) or not (fh == 3 or fh == 5):
+    vectors = (ow + lanes - 1) // lanes
+    if not (vectors == 2 or vectors == 4) or not (fh == 3 or fh == 5) or wp < 1 or fw < 1:
         return
-    if k != c * fh * fw or foff.shape[0] != c:
+    if k != c * fh * fw or c > planes or wr.shape[0] < fn or wr.shape[2] != 1 or b.shape[0] < fn:
         return
-    span = (24 // vectors) * wp
-    total = oh * wp
-    xf = xp.reshape(n * c * lx)
-    wf = wr.reshape(fn * k)
+    width = vectors * lanes  # the tile's row: the output row and the columns past it
+    rows = 24 // vectors
+    if (-(-oh // rows) * rows + fh - 2) * wp + fw - 1 + width > lx or tile.shape[1] < rows * width:
+        return
+    if tile.shape[0] < n * fn:
+        return
+    for ch in range(c):
+        if foff[ch] != ch * lx:
+            return
+    xf = xp.reshape(n * planes * lx)
+    wf = wr.reshape(wr.shape[0] * k)
     of = out.reshape(out.size)
     for t in prange(n * fn):
         i = t // fn
         f = t % fn
         acc = tile[t]
-        for start in range(0, total, span):
-            xoff = i * c * lx + start
+        for y0 in range(0, oh, rows):
+            xoff = i * planes * lx + y0 * wp
             if fh == 3 and vectors == 2:
                 conv_rows_tile_3x2(xf, xoff, foff, fw, wp, wf, f * k, acc)
             elif fh == 3:
@@ -482,7 +492,8 @@ def conv_direct_rows(xp, foff, wr, b, wp, fh, fw, relu, tile, out):
                 conv_rows_tile_5x2(xf, xoff, foff, fw, wp, wf, f * k, acc)
             else:
                 conv_rows_tile_5x4(xf, xoff, foff, fw, wp, wf, f * k, acc)
-            _store_tile(acc, 0, of, (i * fn + f) * oh * ow, b[f], relu, start, min(total, start + span), wp, ow)
+            stop = min(oh, y0 + rows)
+            _store_tile(acc, 0, of, (i * fn + f) * oh * ow, b[f], relu, y0 * width, stop * width, width, ow)
 
 
 @helper
@@ -514,7 +525,8 @@ def conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db, arg, sums):
     - g[i, f, yy*wp + x] = dout[i, f, yy, x] for x < OW, 0 in the other columns of rows of width
       ``wp`` and past OH*wp (the filter gradient's layout, the forward's pixel grid);
     - dpad[i, f]: the plane zero-padded by ``qh`` rows and ``qw`` columns on each side, flattened
-      with row width OW + 2*qw, 0 past it (the input gradient's input); only when ``padded``.
+      with row width OW + 2*qw, 0 past it (the input gradient's input); only when ``padded``. Planes
+      FN ... of each image, where dpad has more, are zeroed.
 
     With ``arg`` not empty (the nets' Convolution -> ReLU -> 2x2 Pooling, ``relu`` set), ``dout`` is
     the pooling's upstream gradient, (N, FN, PH, PW) with 2*PH <= OH and 2*PW <= OW, and ``arg``
@@ -523,22 +535,27 @@ def conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db, arg, sums):
     nothing) through ReLU's mask, as :func:`_pooled_row` says; the full-size gradient is never
     written.
 
-    With ``g`` empty, (0, FNp, Lg) ("shared": ``padded``, ``wp`` = OW + 2*qw and FNp = FN, so that
+    With ``g`` empty, (0, FNp, Lg) ("shared": ``padded`` and ``wp`` >= OW + ``qw``), only ``dpad``
+    is written, its planes with row width ``wp`` instead: each row's zero columns past OW are then
+    also the next row's left padding (the flat plane reads the same as the padded one), and
     ``dpad`` holds the first layout too, shifted by s = qh*wp + qw: dpad[i, f, s + q] = g[i, f, q]
-    for q < Lg), only ``dpad`` is written, and db from dpad[i, f, s : s + Lg], the same values in
-    the same order; the filter gradient then reads ``dpad`` (:func:`conv_dw_direct`'s ``g0``).
+    for q < Lg. db is summed from dpad[i, f, s : s + Lg], the same values in the same order; the
+    filter gradient then reads ``dpad`` (:func:`conv_dw_direct`'s ``g0``), whose planes past FN are
+    zero.
 
     ``y``: (N, FN, OH, OW), C-contiguous (unread without ``relu``); ``dout``: (N, FN, OH, OW), or as
     above; ``g``: (N, >= FN, Lg >= OH*wp), rows past FN left alone, or empty as above; ``dpad``: (N,
-    FN, Ld >= (OH + 2*qh)*(OW + 2*qw), and >= s + Lg when shared) (unread and unwritten without
-    ``padded``); ``db``: (FN,), set; ``arg``: empty (0, 0, 0, 0), or as above."""
+    >= FN, Ld >= (OH + 2*qh)*(row width), and >= s + Lg when shared) (unread and unwritten without
+    ``padded``); ``db``: (FN,), set; ``arg``: empty (0, 0, 0, 0), or as above. Nothing is written
+    when an array does not fit."""
     n, fn, oh, ow = y.shape
     pooled = arg.shape[0] > 0
     ph2, pw2 = arg.shape[2], arg.shape[3]
     af = arg.reshape(arg.size)
     fnp, lg, ld = g.shape[1], g.shape[2], dpad.shape[2]
-    wd = ow + 2 * qw
     shared = g.shape[0] == 0  # the gradient laid out in dpad only (see above)
+    wd = wp if shared else ow + 2 * qw
+    dn = dpad.shape[1]  # dpad's planes an image
     shift = qh * wd + qw
     zero = typed(0, g)
     gf = g.reshape(g.size)  # flat indices: a slice view per row costs ~12 ns
@@ -548,11 +565,17 @@ def conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db, arg, sums):
     yf = y.reshape(y.size)
     if sums.shape[0] < n or sums.shape[1] < fn:
         return
+    if padded and (dpad.shape[0] < n or dn < fn or qh < 0 or qw < 0 or (oh + 2 * qh) * wd > ld):
+        return
+    if shared and (not padded or wp < ow + qw or shift + lg > ld):
+        return
+    if not shared and (g.shape[0] < n or fnp < fn or lg < oh * wp or wp < ow):
+        return
     for t in prange(n * fn):
         i = t // fn
         f = t % fn
         gp = (i * fnp + f) * lg
-        dp = (i * fn + f) * ld
+        dp = (i * dn + f) * ld
         # Each plane is zeroed whole, in one long loop, and its rows written over it: the rows
         # are short (7-28 items), and a loop per row for each border cost more than the copies
         # (docs/PERFORMANCE.md, "The gradient's layouts").
@@ -579,6 +602,8 @@ def conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db, arg, sums):
             if padded and not shared:
                 for x in range(u64(ow)):
                     df[start + x] = gf[row + x]
+        if padded and f == fn - 1:  # the image's planes past FN
+            _zero_at(df, (i * dn + fn) * ld, (i + 1) * dn * ld)
         if shared:
             sums[i, f] = row_sum(df[dp + shift : dp + shift + lg])
         else:

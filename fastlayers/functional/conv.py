@@ -305,9 +305,9 @@ def direct_backward_serves(ws: Workspace, dtype: np.dtype, with_dx: bool) -> boo
 
 _NO_ARG = np.zeros((0, 0, 0, 0), np.uint8)
 _NO_VIDX = np.zeros((0, 0), np.uint8)
-#: Whether the backward with "same" padding lays the gradient out once (see :func:`_direct_backward`);
-#: off only to compare with the two-layout pass.
-SHARE_SAME_PADDING = True
+#: Whether the direct backward that computes the input gradient lays the upstream gradient out once
+#: (see :func:`_direct_backward`); off only to compare with the two-layout pass.
+SHARE_LAYOUT = True
 
 
 def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu: bool, dx, dW, db, arg=None) -> bool:
@@ -325,18 +325,26 @@ def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu:
     lanes = 64 // dtype.itemsize
     nvec = -(-geo.oh * geo.wp // lanes)
     fnp = -(-geo.fn // 4) * 4
-    hd, wd = geo.oh + 2 * max(qh, 0), geo.ow + 2 * max(qw, 0)
-    # "same" padding (2*pad = FH-1 = FW-1, all of DeepConvNet's): the padded gradient that the input
-    # gradient reads holds the filter gradient's layout too, shifted by qh*wd + qw (its rows are as
-    # wide, its zero columns the same), so the filter gradient reads it there and no second copy of
-    # the gradient is made
-    shared = SHARE_SAME_PADDING and with_dx and wd == geo.wp and fnp == geo.fn
+    # One layout of the gradient for both (pad <= FH-1, FW-1, the padding of every net): the padded
+    # gradient that the input gradient reads is laid out with the forward's row width wp >= OW + qw,
+    # each row's zero columns past OW serving as the next row's left padding, so that it holds the
+    # filter gradient's layout too, shifted by qh*wp + qw; the filter gradient reads it there, in
+    # planes of FN rounded up to 4 (the rest zero), and no second copy of the gradient is made
+    shared = SHARE_LAYOUT and with_dx and min(qh, qw) >= 0 and geo.wp >= geo.ow + qw
+    hd, wd = geo.oh + 2 * max(qh, 0), (geo.wp if shared else geo.ow + 2 * max(qw, 0))
     g0 = qh * wd + qw if shared else 0  # where the filter gradient's pixel 0 lies in its planes
-    rows = with_dx and rows_serve(geo.c, geo.fh, wd, dtype.itemsize)
+    rows = with_dx and rows_serve(geo.c, geo.fh, geo.w, dtype.itemsize)
     by_lanes = with_dx and not rows and lanes_serve(geo.c, geo.h, geo.w, wd, dtype.itemsize)
     if with_dx:
-        fc, span = (1, ROWS_ACCUMULATORS // (wd // lanes) * wd) if rows else _tile(geo.c, geo.h * wd, dtype.itemsize)
-        dpad = ws.flat("dpad", (geo.n, geo.fn, max(hd * wd + geo.fw + span, g0 + nvec * lanes)), dtype)
+        if rows:  # its tiles: R rows of V vectors, read from rows wd apart
+            vectors = -(-geo.w // lanes)
+            fc, span = 1, ROWS_ACCUMULATORS // vectors * vectors * lanes
+            reach = (-(-geo.h // (ROWS_ACCUMULATORS // vectors)) * (ROWS_ACCUMULATORS // vectors) + geo.fh) * wd
+            length = reach + geo.fw + vectors * lanes
+        else:
+            fc, span = _tile(geo.c, geo.h * wd, dtype.itemsize)
+            length = hd * wd + geo.fw + span
+        dpad = ws.flat("dpad", (geo.n, fnp if shared else geo.fn, max(length, g0 + nvec * lanes)), dtype)
     else:
         dpad = ws.flat("dpad", (0, geo.fn, 1), dtype)
     if shared:
@@ -382,12 +390,13 @@ ROWS_ACCUMULATORS = 24
 ROWS_MAX_CHANNELS = 3
 
 
-def rows_serve(channels: int, fh: int, wp: int, itemsize: int) -> bool:
-    """Whether a stride-1 convolution to ``channels`` output channels with filters of ``fh`` rows,
-    on planes of row width ``wp``, runs on :func:`~fastlayers._kernels.conv.conv_direct_rows`:
-    few channels, filters of 3 or 5 rows, rows of 2 or 4 whole vectors."""
+def rows_serve(channels: int, fh: int, ow: int, itemsize: int) -> bool:
+    """Whether a stride-1 convolution to ``channels`` output channels of width ``ow`` with filters
+    of ``fh`` rows runs on :func:`~fastlayers._kernels.conv.conv_direct_rows`: few channels,
+    filters of 3 or 5 rows, output rows of 2 or 4 vectors (the last one's lanes past OW computed
+    and not stored)."""
     lanes = 64 // itemsize
-    return channels <= ROWS_MAX_CHANNELS and fh in (3, 5) and wp % lanes == 0 and wp // lanes in (2, 4)
+    return channels <= ROWS_MAX_CHANNELS and fh in (3, 5) and -(-ow // lanes) in (2, 4)
 
 
 def pool_fuses(geo: Geometry, dtype: np.dtype) -> bool:
