@@ -464,7 +464,7 @@ def _conv_direct_rows(xp, foff, wr, b, wp, fh, fw, relu, tile, out):
     width, rows = vectors * lanes, 24 // max(vectors, 1)
     if vectors not in (2, 4) or fh not in (3, 5) or wr.shape[1] != c * fh * fw or c > planes:
         return
-    if (-(-oh // rows) * rows + fh - 2) * wp + fw - 1 + width > lx:
+    if (-(-oh // rows) * rows + fh - 2) * wp + fw - 1 + width > lx or out.shape[0] != n:
         return
     last = ((oh - 1) // rows) * rows  # the first output row of each task's last tile, left in ``tile``
     xf = xp.reshape(n, planes * lx)
@@ -484,7 +484,9 @@ def _conv_direct_rows(xp, foff, wr, b, wp, fh, fw, relu, tile, out):
 #: channel, 5x5 "full" padding 4) past the parallel threshold, planes smaller than a tile; input
 #: rows of the tile's width (stride 0), as wide as the padded rows, wider (with more planes an image
 #: than the input's channels), and narrower: the input gradient laid out in the forward's rows of 28,
-#: each row's zero columns the next one's left padding, in planes of FN rounded up to 4
+#: each row's zero columns the next one's left padding, in planes of FN rounded up to 4; the tiles
+#: of 5 rows by 2 vectors in float64 (OW 10) and by 4 in float32 (OW 56); the planes exactly as long
+#: as the tile reads (a trailing slack of 0) and one element shorter (-1: nothing written)
 ROWS_SHAPES = [
     (1, 1, 5, 30, 1, 3, 3, 0, 0),
     (2, 3, 12, 28, 2, 5, 5, 1, 0),
@@ -496,19 +498,24 @@ ROWS_SHAPES = [
     (2, 30, 24, 24, 1, 5, 5, 4, 28, 32),
     (3, 2, 9, 26, 3, 3, 2, 2, 40, 3),
     (2, 3, 30, 27, 2, 5, 3, 2, 31),
+    (2, 3, 10, 12, 2, 5, 5, 1, 0),
+    (1, 2, 6, 56, 1, 5, 5, 2, 0),
+    (2, 30, 24, 24, 1, 5, 5, 4, 28, 32, 0),
+    (2, 30, 24, 24, 1, 5, 5, 4, 28, 32, -1),
 ]
 
 
 def _make_direct_rows(dtype, spec, rng):
     n, c, h, w, fn, fh, fw, pad, stride = spec[:9]
     planes = spec[9] if len(spec) > 9 else c
+    slack = spec[10] if len(spec) > 10 else 3  # elements past what the tiles read
     lanes = 64 // np.dtype(dtype).itemsize
     hp, wpad = h + 2 * pad, w + 2 * pad
     oh, ow = hp - fh + 1, wpad - fw + 1
     vectors = -(-ow // lanes)
-    wp = stride or vectors * lanes
+    wp = stride or max(vectors * lanes, wpad)
     rows = 24 // max(vectors, 1)
-    lx = (-(-oh // rows) * rows + fh - 2) * wp + fw - 1 + vectors * lanes + 3  # a little past what is read
+    lx = (-(-oh // rows) * rows + fh - 2) * wp + fw - 1 + vectors * lanes + slack
     # values in the padded planes, NaN where no stored output may look: past the planes' rows and
     # in the columns past W + 2*pad of rows wider than that; rows narrower (the flat layout, each
     # row's zero columns the next one's left padding) hold the padded plane's values as read flat
@@ -518,10 +525,10 @@ def _make_direct_rows(dtype, spec, rng):
         view[..., :wpad] = 3 * rng.standard_normal((n, c, hp, wpad))
     else:  # the flat plane: rows of wp >= W + pad, the padding's zero columns shared by neighbouring rows
         assert wp >= w + pad, spec
-        flat = np.zeros((n, c, (hp + 1) * wp), dtype)
+        flat = np.zeros((n, c, max(lx, hp * wp)), dtype)
         inner = flat[:, :, : hp * wp].reshape(n, c, hp, wp)
         inner[:, :, pad : pad + h, pad : pad + w] = 3 * rng.standard_normal((n, c, h, w))
-        xp[:, :c, : (hp + 1) * wp] = flat
+        xp[:, :c] = flat[:, :, :lx]  # zero up to the plane's end: the padding past the last row
     wr = rng.standard_normal((fn, c * fh * fw, 1)).astype(dtype)
     b = rng.standard_normal(fn).astype(dtype)
     tile = np.full((n * fn, rows * vectors * lanes), np.nan, dtype)

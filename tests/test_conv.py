@@ -640,6 +640,11 @@ def test_backward_reads_one_layout_and_keeps_the_bits(dtype, pooled, geometry, m
 
     shared, second = gradients()
     assert not second
+    if not pooled:  # and the one layout's gradients are the convolution's
+        y = np.maximum(R.conv_forward(x, W, b, 1, pad), 0)
+        want = R.conv_backward(np.where(y > 0, dout, 0).astype(dtype), x, W, 1, pad)
+        for got, ref, terms in zip(shared, want, (fn * k * k, 3 * oh * ow, 3 * oh * ow), strict=True):
+            assert_close(got, ref, "sum", n=terms)
     monkeypatch.setattr(C, "SHARE_LAYOUT", False)
     apart, second = gradients()
     assert second

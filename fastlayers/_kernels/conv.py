@@ -470,7 +470,7 @@ def conv_direct_rows(xp, foff, wr, b, wp, fh, fw, relu, tile, out):
     rows = 24 // vectors
     if (-(-oh // rows) * rows + fh - 2) * wp + fw - 1 + width > lx or tile.shape[1] < rows * width:
         return
-    if tile.shape[0] < n * fn:
+    if tile.shape[0] < n * fn or out.shape[0] != n:
         return
     for ch in range(c):
         if foff[ch] != ch * lx:
@@ -563,7 +563,12 @@ def conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db, arg, sums):
     dst = df if shared else gf  # where each row is laid out first
     of = dout.reshape(dout.size)
     yf = y.reshape(y.size)
-    if sums.shape[0] < n or sums.shape[1] < fn:
+    if sums.shape[0] < n or sums.shape[1] < fn or db.shape[0] < fn:
+        return
+    if pooled:  # dout: the pooling's upstream gradient, arg its indices (see above)
+        if dout.shape != arg.shape or arg.shape[0] != n or arg.shape[1] != fn or 2 * ph2 > oh or 2 * pw2 > ow:
+            return
+    elif dout.shape != y.shape:
         return
     if padded and (dpad.shape[0] < n or dn < fn or qh < 0 or qw < 0 or (oh + 2 * qh) * wd > ld):
         return
