@@ -338,9 +338,9 @@ def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu:
     if with_dx:
         if rows:  # its tiles: R rows of V vectors, read from rows wd apart
             vectors = -(-geo.w // lanes)
-            fc, span = 1, ROWS_ACCUMULATORS // vectors * vectors * lanes
-            reach = (-(-geo.h // (ROWS_ACCUMULATORS // vectors)) * (ROWS_ACCUMULATORS // vectors) + geo.fh) * wd
-            length = reach + geo.fw + vectors * lanes
+            r = ROWS_ACCUMULATORS // vectors
+            fc, span = 1, r * vectors * lanes
+            length = (-(-geo.h // r) * r + geo.fh) * wd + geo.fw + vectors * lanes
         else:
             fc, span = _tile(geo.c, geo.h * wd, dtype.itemsize)
             length = hd * wd + geo.fw + span
