@@ -342,9 +342,10 @@ def _block_out(out, i, blk, wr, terms, b, relu):
     out[i, f0 : f0 + count] = reference.relu_forward(v) if relu else v
 
 
-def _pool_tasks(out, fc, pool, arg, vals, vidx):
+def _pool_tasks(out, fc, pool, arg, vals, vidx, group=1):
     """The direct kernels' 2x2, stride 2 pooling of their output when ``pool`` is not empty, task
-    i*nblk + blk's scratch row left holding the first pass of its last plane."""
+    g*nblk + blk (images g*group ... in block blk) leaving its scratch row holding the first pass
+    of its last plane (its last image's last channel)."""
     if not pool.shape[0]:
         return
     n, fn = out.shape[:2]
@@ -352,14 +353,15 @@ def _pool_tasks(out, fc, pool, arg, vals, vidx):
     pool[...], idx = reference.maxpool_forward(out, 2, 2, 2, 0)
     arg[...] = idx
     ph, pw = pool.shape[2:]
-    for i in range(n):
+    for g in range(-(-n // group)):
+        i = min(n, (g + 1) * group) - 1
         for blk in range(nblk):
             last = min(fn, (blk + 1) * fc) - 1
-            row = vals[i * nblk + blk], vidx[i * nblk + blk]
+            row = vals[g * nblk + blk], vidx[g * nblk + blk]
             row[0][: ph * 2 * pw], row[1][: ph * 2 * pw] = _first_pass(out[i, last], ph, pw)
 
 
-def _conv_direct_lanes(xp, koff, wr, b, wp, relu, pof, tile, out, pool, arg, vals, vidx):
+def _conv_direct_lanes(xp, koff, wr, b, wp, relu, group, pof, tile, out, pool, arg, vals, vidx):
     # arrays inside the kernel's contract (the registry makes no others; its refusals have their own
     # test in test_kernels)
     n, c, lx = xp.shape
@@ -370,15 +372,21 @@ def _conv_direct_lanes(xp, koff, wr, b, wp, relu, pof, tile, out, pool, arg, val
     points, plane = 6, oh * ow
     xf = xp.reshape(n, c * lx)
     q = (np.arange(oh)[:, None] * wp + np.arange(ow)[None, :]).reshape(-1)
-    last = np.minimum(((plane - 1) // points) * points + np.arange(points), plane - 1)  # each task's last tile
-    last = (last // ow) * wp + last % ow
     for i in range(n):
         terms = xf[i][koff[:, None] + q[None, :]]  # (K, OH*OW): the input under each filter term
         for blk in range(nblk):
             _block_out(out, i, blk, wr, terms, b, relu)
-            tile[i * nblk + blk, : points * fc] = (xf[i][koff[:, None] + last[None, :]].T @ wr[blk]).reshape(-1)
-            pof[i * nblk + blk, :points] = i * c * lx + last
-    _pool_tasks(out, fc, pool, arg, vals, vidx)
+    for g in range(-(-n // group)):  # each task's last tile: its group's pixels, image by image
+        total = min(group, n - g * group) * plane
+        last = np.minimum(((total - 1) // points) * points + np.arange(points), total - 1)
+        img, at = g * group + last // plane, last % plane
+        offsets = img * c * lx + (at // ow) * wp + at % ow
+        for blk in range(nblk):
+            t = g * nblk + blk
+            tile[t, : points * fc] = (xp.reshape(-1)[offsets[:, None] + koff[None, :]] @ wr[blk]).reshape(-1)
+            pof[t, :points] = offsets
+            pof[t, points : 2 * points] = (img * fn + blk * fc) * plane + at
+    _pool_tasks(out, fc, pool, arg, vals, vidx, group)
 
 
 #: the direct convolution's shapes, then with the 2x2 pooling of the output in the same pass (a
@@ -430,29 +438,33 @@ def _make_direct(dtype, spec, rng):
     return [xp, koff, wr, b, g.wp, relu, tile, out, *pooling]
 
 
-#: the channel-lanes kernel (N, C, H, W, FN, FH, FW, pad, pooled): the 7x7 of the performance issue,
-#: channels past a block with pooling, few channels on a plane of 16 pixels with non-square filters,
-#: a 3x3 plane (one pooled pixel), one pixel, an odd plane with pooling's leftover row and column,
-#: and one past the parallel threshold
+#: the channel-lanes kernel (N, C, H, W, FN, FH, FW, pad, group, pooled): the 7x7 of the
+#: performance issue image by image and two images a task (tiles across images), channels past a
+#: block with pooling, few channels on a plane of 16 pixels with non-square filters, a 3x3 plane
+#: (one pooled pixel) two images a task (the last task one), one pixel (a tile across three images,
+#: a group larger than the batch), an odd plane with pooling's leftover row and column three images
+#: a task, and one past the parallel threshold three images a task (the last task one)
 LANES_CASES = [
-    (2, 32, 7, 7, 64, 3, 3, 1, False),
-    (3, 5, 8, 8, 70, 3, 3, 1, True),
-    (1, 3, 5, 6, 20, 2, 3, 0, False),
-    (2, 4, 3, 3, 64, 3, 3, 1, True),
-    (1, 2, 1, 1, 8, 1, 1, 0, False),
-    (2, 3, 9, 7, 33, 3, 2, 2, True),
-    (40, 16, 8, 8, 64, 3, 3, 1, False),
+    (2, 32, 7, 7, 64, 3, 3, 1, 1, False),
+    (4, 32, 7, 7, 64, 3, 3, 1, 2, False),
+    (3, 5, 8, 8, 70, 3, 3, 1, 2, True),
+    (1, 3, 5, 6, 20, 2, 3, 0, 1, False),
+    (3, 4, 3, 3, 64, 3, 3, 1, 2, True),
+    (3, 2, 1, 1, 8, 1, 1, 0, 5, False),
+    (4, 3, 9, 7, 33, 3, 2, 2, 3, True),
+    (40, 16, 8, 8, 64, 3, 3, 1, 3, False),
 ]
 
 
 def _make_direct_lanes(dtype, spec, rng):
-    n, c, h, w, fn, fh, fw, pad, pooled = spec
+    n, c, h, w, fn, fh, fw, pad, group, pooled = spec
     fc = 4 * (64 // np.dtype(dtype).itemsize)
     lx = (h + 2 * pad) * (w + 2 * pad) + 3  # a little past the padded plane
     g, xp, koff, wr, b, out, pooling = _direct_inputs(dtype, spec, fc, lx, rng)
-    pof = np.full((n * wr.shape[0], 7), -1, np.int64)  # one column past what is written
-    tile = np.full((n * wr.shape[0], 6 * fc + 1), np.nan, dtype)
-    return [xp, koff, wr, b, g.wp, pooled or fn % 2 == 0, pof, tile, out, *pooling]
+    tasks = -(-n // group) * wr.shape[0]
+    pof = np.full((tasks, 13), -1, np.int64)  # one column past what is written
+    tile = np.full((tasks, 6 * fc + 1), np.nan, dtype)
+    return [xp, koff, wr, b, g.wp, pooled or fn % 2 == 0, group, pof, tile, out, *pooling]
 
 
 def _conv_direct_rows(xp, foff, wr, b, wp, fh, fw, relu, tile, out):

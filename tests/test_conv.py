@@ -317,12 +317,38 @@ def test_input_gradient_to_few_channels_runs_on_the_rows_tile(dtype, monkeypatch
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_channel_lanes_tasks_of_several_images_keep_the_bits(dtype, monkeypatch):
+    """However many images a task of the channel-lanes kernel takes (its tiles then run across
+    images: ``lanes_group``), the forward, its fused pooling and every gradient are the same bits,
+    on the parallel twin (7 images: the last group is shorter)."""
+    from fastlayers import _kernels
+
+    x, W, b, stride, pad = _data((7, 32, 7, 7, 64, 3, 3, 1, 1), dtype)
+    geo = C.geometry(x.shape, W.shape, stride, pad)
+    assert C.lanes_serve(geo.fn, geo.oh, geo.ow, geo.wp, x.itemsize)
+    assert 7 * geo.fn * geo.oh * geo.ow * geo.k >= _kernels.lazy("conv").conv_direct_lanes.parallel_min
+    dout = np.random.default_rng(2).standard_normal((7, 64, 7, 7)).astype(dtype)
+    runs = []
+    for group in (1, 2, 3, 4, 5):
+        monkeypatch.setattr(C, "lanes_group", lambda *a, g=group: g)
+        layer = fl.Convolution(W, b, stride, pad)
+        got = [layer.forward(x).copy()]
+        got += [layer.backward(dout).copy(), layer.dW.copy(), layer.db.copy()]
+        pool = fl.Pooling(2, 2, 2)
+        got += [fl.layers.conv.conv_relu_pool_forward(layer, fl.Relu(), pool, x).copy(), pool.arg_max.copy()]
+        runs.append(got)
+    for run in runs[1:]:
+        for a, c in zip(runs[0], run, strict=True):
+            np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     "spec",
     [
         (5, 32, 8, 8, 64, 3, 3, 1, 1),  # DeepConvNet's fifth layer: forward on the lanes, not its input gradient
         (4, 64, 8, 8, 64, 3, 3, 1, 1),  # its sixth: both
-        (3, 32, 7, 7, 64, 3, 3, 1, 1),  # the performance issue's 7x7 (float64: only the input gradient)
+        (3, 32, 7, 7, 64, 3, 3, 1, 1),  # the performance issue's 7x7
         (2, 8, 3, 3, 64, 3, 3, 1, 1),  # a 3x3 plane (one pooled pixel)
         (2, 4, 5, 5, 100, 3, 3, 1, 1),  # channels past a block (float32: 2 blocks of 64)
     ],

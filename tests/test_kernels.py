@@ -382,7 +382,7 @@ def test_pooling_in_the_direct_convolutions_pass_equals_the_pooling_kernel(kerne
 
 def _one_past(args):
     """The term offset that takes the last pixel of a plane exactly one past its image's planes."""
-    xp, wp, out = args[0], args[4], args[8]
+    xp, wp, out = args[0], args[4], args[9]
     return xp.shape[1] * xp.shape[2] - ((out.shape[2] - 1) * wp + out.shape[3] - 1)
 
 
@@ -392,8 +392,8 @@ def test_channel_lanes_kernel_writes_nothing_outside_its_contract(dtype, twin):
     """The channel-lanes convolution checks what its reads and writes rest on before it writes: a
     term reaching one past the image's planes, a negative term, terms and filters of different
     counts, blocks of another width or too few for the channels, scratch too small in either
-    dimension, output rows wider than the padded ones, an empty plane, an output of another batch
-    size, a bias too short."""
+    dimension, no images in a task's group, output rows wider than the padded ones, an empty plane,
+    an output of another batch size, a bias too short."""
     from fastlayers._kernels import conv
 
     kernel = getattr(conv.conv_direct_lanes, twin)
@@ -406,14 +406,15 @@ def test_channel_lanes_kernel_writes_nothing_outside_its_contract(dtype, twin):
         "negative term": lambda a: a[1].__setitem__(0, -1),
         "too few terms": put(1, lambda a: a[1][:-1].copy()),
         "narrow blocks": put(2, lambda a: np.ascontiguousarray(a[2][:, :, :-8])),
-        "too few blocks": put(8, lambda a: np.full((2, 65, 7, 7), np.nan, a[8].dtype)),
-        "short pof rows": put(6, lambda a: np.zeros((a[6].shape[0], 5), np.int64)),
-        "few pof rows": put(6, lambda a: a[6][:-1].copy()),
-        "short tile rows": put(7, lambda a: a[7][:, : 6 * a[2].shape[2] - 1].copy()),
-        "few tile rows": put(7, lambda a: a[7][:-1].copy()),
-        "rows wider than wp": put(4, lambda a: a[8].shape[3] - 1),
-        "empty plane": put(8, lambda a: np.full((2, 64, 0, 7), np.nan, a[8].dtype)),
-        "another batch size": put(8, lambda a: np.full((1, 64, 7, 7), np.nan, a[8].dtype)),
+        "too few blocks": put(9, lambda a: np.full((2, 65, 7, 7), np.nan, a[9].dtype)),
+        "no images in a group": put(6, lambda a: 0),
+        "short pof rows": put(7, lambda a: a[7][:, :11].copy()),
+        "few pof rows": put(7, lambda a: a[7][:-1].copy()),
+        "short tile rows": put(8, lambda a: a[8][:, : 6 * a[2].shape[2] - 1].copy()),
+        "few tile rows": put(8, lambda a: a[8][:-1].copy()),
+        "rows wider than wp": put(4, lambda a: a[9].shape[3] - 1),
+        "empty plane": put(9, lambda a: np.full((2, 64, 0, 7), np.nan, a[9].dtype)),
+        "another batch size": put(9, lambda a: np.full((1, 64, 7, 7), np.nan, a[9].dtype)),
         "short bias": put(3, lambda a: a[3][:-1].copy()),
     }
     assert LANES_CASES[0][:5] == (2, 32, 7, 7, 64)  # the shapes the spoils above assume
@@ -421,9 +422,9 @@ def test_channel_lanes_kernel_writes_nothing_outside_its_contract(dtype, twin):
         args = _make_direct_lanes(dtype, LANES_CASES[0], np.random.default_rng(3))
         spoil(args)
         kernel(*args)
-        assert np.isnan(args[8]).all(), name
+        assert np.isnan(args[9]).all(), name
     args = _make_direct_lanes(dtype, LANES_CASES[0], np.random.default_rng(3))
     args[0][np.isnan(args[0])] = 0  # finite past the padded planes, where the far term reads
     args[1][-1] = _one_past(args) - 1  # the farthest term still inside: served
     kernel(*args)
-    assert not np.isnan(args[8]).any()  # every output written
+    assert not np.isnan(args[9]).any()  # every output written

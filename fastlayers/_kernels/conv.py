@@ -367,24 +367,30 @@ def conv_direct(xp, koff, wr, b, wp, relu, tile, out, pool, arg, vals, vidx):
 
 
 @twins(DIRECT_MIN)
-def conv_direct_lanes(xp, koff, wr, b, wp, relu, pof, tile, out, pool, arg, vals, vidx):
+def conv_direct_lanes(xp, koff, wr, b, wp, relu, group, pof, tile, out, pool, arg, vals, vidx):
     """The direct convolution of :func:`conv_direct` (stride 1, the same output, the same ``xp``,
     ``koff``, ``pool``, ``arg``, ``vals`` and ``vidx``), through a tile whose vector lanes are
-    output channels (``_numba.conv_lanes_tile_*``): P pixels of a plane times FC output channels,
-    each output the same FMAs in the same order as in :func:`conv_direct`, so the same bits. No
-    padded column is computed: it serves small planes, where most of the padded rows' pixels would
-    be padding (docs/PERFORMANCE.md, "Small planes: output channels in the lanes").
+    output channels (``_numba.conv_lanes_tile_*``): P pixels times FC output channels, each output
+    the same FMAs in the same order as in :func:`conv_direct`, so the same bits. No padded column
+    is computed: it serves small planes, where most of the padded rows' pixels would be padding
+    (docs/PERFORMANCE.md, "Small planes: output channels in the lanes").
 
     ``wr``: (nblk, K, FC), the filters in blocks of FC output channels as for :func:`conv_direct`,
     FC = 4 * (64 // itemsize) (64 float32 or 32 float64; with another it returns at once), the 4
-    vectors of ``_numba.CONV_LANES_TILE``, whose P = 6 pixels make a tile; ``pof``: (N*nblk, >= P) int64 scratch,
-    each task's pixel offsets in ``xp`` (left holding its last tile's); ``tile``: (N*nblk, >= P*FC)
-    scratch, tile[t, p*FC + f] (left holding the last tile's sums, without bias). Pixels q = y*OW +
-    xo of a plane are taken P at a time, the last tile's missing pixels replaced by the plane's
-    last (computed, not stored). It returns without writing when the arrays do not fit that: a
-    pixel's terms reaching past its image's planes, ``koff`` and ``wr`` of different term counts,
-    blocks of another width or too few for FN, ``b`` shorter than FN, ``out`` of another batch size
-    or an empty plane, rows wider than ``wp``, scratch too small."""
+    vectors of ``_numba.CONV_LANES_TILE``, whose P = 6 pixels make a tile. A task is a block of
+    channels of ``group`` consecutive images (the last group: what is left): their planes' pixels
+    (image by image, q = y*OW + xo within a plane) taken P at a time, so that a tile may span
+    images and only each task's last tile computes pixels it does not store (its missing pixels
+    replaced by the task's last, computed, not stored). ``pof``: (T, >= 2P) int64 scratch, T =
+    ceil(N / group) * nblk, task t's row holding each pixel's offset in ``xp`` (columns 0..P-1)
+    and in the output (P..2P-1, the block's first channel) for its last tile; ``tile``: (T, >=
+    P*FC) scratch, tile[t, p*FC + f] (left holding the last tile's sums, without bias). It returns
+    without writing when the arrays do not fit that: ``group`` < 1, a pixel's terms reaching past
+    its image's planes, ``koff`` and ``wr`` of different term counts, blocks of another width or
+    too few for FN, ``b`` shorter than FN, ``out`` of another batch size or an empty plane, rows
+    wider than ``wp``, scratch too small. With ``pool``, each task pools its planes (image by
+    image, channel by channel) once its tiles are stored, into the scratch rows ``vals[t]`` and
+    ``vidx[t]``."""
     n, c, lx = xp.shape
     nblk, k, fc = wr.shape
     fn, oh, ow = out.shape[1], out.shape[2], out.shape[3]
@@ -398,11 +404,12 @@ def conv_direct_lanes(xp, koff, wr, b, wp, relu, pof, tile, out, pool, arg, vals
     pooled = _pools(out, nblk, pool, arg, vals, vidx)
     pf = pool.reshape(pool.size)
     af = arg.reshape(arg.size)
-    if fc != 4 * lanes or plane < 1 or koff.shape[0] != k or ow > wp:
+    if fc != 4 * lanes or plane < 1 or koff.shape[0] != k or ow > wp or group < 1:
         return
     if out.shape[0] != n or b.shape[0] < fn or nblk * fc < fn:
         return
-    if min(pof.shape[0], tile.shape[0]) < n * nblk or pof.shape[1] < points or tile.shape[1] < points * fc:
+    tasks = ((n + group - 1) // group) * nblk
+    if min(pof.shape[0], tile.shape[0]) < tasks or pof.shape[1] < 2 * points or tile.shape[1] < points * fc:
         return
     reach = 0  # the farthest term: every pixel's reads stay inside its image's planes
     for j in range(k):
@@ -412,32 +419,38 @@ def conv_direct_lanes(xp, koff, wr, b, wp, relu, pof, tile, out, pool, arg, vals
     if (oh - 1) * wp + ow - 1 + reach >= c * lx:
         return
     zero = typed(0, out)
-    for t in prange(n * nblk):
-        i = t // nblk
+    for t in prange(tasks):
+        i0 = (t // nblk) * group
         blk = t % nblk
         f0 = blk * fc
         nj = min(fc, fn - f0)
+        ni = min(group, n - i0)
         acc = tile[t]
         at = pof[t]
         woff = blk * k * fc
-        base = i * c * lx
-        for q0 in range(0, plane, points):
+        total = ni * plane
+        for q0 in range(0, total, points):
             for p in range(points):
-                q = min(q0 + p, plane - 1)
+                qq = min(q0 + p, total - 1)
+                i = qq // plane
+                q = qq - i * plane
                 y = q // ow
-                at[p] = base + y * wp + q - y * ow
+                at[p] = (i0 + i) * c * lx + y * wp + q - y * ow
+                at[points + p] = ((i0 + i) * fn + f0) * plane + q
             conv_lanes_tile_6x4(xf, at, koff, wf, woff, acc)
-            count = min(points, plane - q0)
-            for j in range(nj):
-                dst = (i * fn + f0 + j) * plane + q0
-                bias = b[f0 + j]
-                for p in range(count):
-                    v = acc[p * fc + j] + bias
-                    of[dst + p] = zero if relu and v <= zero else v
+            # pixel by pixel, its channels' sums in a row of the tile: faster than channel by
+            # channel (docs/PERFORMANCE.md, "Small planes: output channels in the lanes")
+            for p in range(min(points, total - q0)):
+                dst = at[points + p]
+                row = acc[p * fc : p * fc + nj]
+                for j in range(nj):
+                    v = row[j] + b[f0 + j]
+                    of[dst + j * plane] = zero if relu and v <= zero else v
         if pooled:
-            for j in range(nj):
-                plane_at = (i * fn + f0 + j) * ph * pw
-                _pool2x2_plane(out[i, f0 + j], ph, pw, pf, af, plane_at, vals[t], vidx[t])
+            for i in range(i0, i0 + ni):
+                for j in range(nj):
+                    plane_at = (i * fn + f0 + j) * ph * pw
+                    _pool2x2_plane(out[i, f0 + j], ph, pw, pf, af, plane_at, vals[t], vidx[t])
 
 
 @twins(DIRECT_MIN)

@@ -15,6 +15,7 @@ back into ``dx``. Details of the layouts: :mod:`fastlayers._kernels.conv`.
 
 from __future__ import annotations
 
+import functools
 import operator
 from typing import NamedTuple
 
@@ -23,7 +24,7 @@ from numpy.typing import ArrayLike
 
 from .. import _gemm, reference
 from .._kernels import lazy
-from .._kernels._threads import launch
+from .._kernels._threads import launch, load_numba
 from ._checks import FLOATS, as_array, check_out, compute_dtype, convert, numpy_backend, plain
 
 _conv = lazy("conv")  # imported (with Numba) at the first kernel call
@@ -211,14 +212,46 @@ LANES_TILE = (6, 4)
 #: The largest ratio of the terms the lanes kernel computes to those the direct kernel computes at
 #: which a convolution takes the lanes kernel, per item size: it loads a filter vector per 6 FMAs
 #: where the direct tile loads an input vector per 8, so it pays only where the padded rows waste
-#: more (measured: docs/PERFORMANCE.md, "Small planes: output channels in the lanes").
-LANES_MAX_RATIO = {4: 0.85, 8: 0.8}
+#: more (measured: docs/PERFORMANCE.md, "Small planes: output channels in the lanes"; in float64
+#: since its tasks take several images, it wins at 0.818-0.825 and loses at 0.914).
+LANES_MAX_RATIO = {4: 0.85, 8: 0.85}
 
 
 def _lanes_block(itemsize: int) -> tuple[int, int]:
     """(output channels, pixels) of the channel-lanes tile in this item size (``LANES_TILE``)."""
     points, vectors = LANES_TILE
     return vectors * (64 // itemsize), points
+
+
+#: The most images a task of the channel-lanes kernel takes (its tiles run on from one image's
+#: plane into the next): more leaves too few tasks to share between threads.
+LANES_GROUP_MAX = 4
+
+
+@functools.lru_cache(maxsize=256)
+def lanes_group(n: int, nblk: int, plane: int, threads: int) -> int:
+    """Images per task of :func:`~fastlayers._kernels.conv.conv_direct_lanes` for ``n`` images,
+    ``nblk`` blocks of channels and planes of ``plane`` pixels on ``threads`` threads: of 1 to
+    ``LANES_GROUP_MAX``, the count whose tasks are done soonest (in tiles: each task's pixels
+    rounded up to the tile's; the larger of the full tasks shared out whole and all the tiles
+    shared out evenly), the smaller on a tie. One image a task computes up to 5 pixels a plane that
+    it does not store (10% at 7x7); several leave that once per task (docs/PERFORMANCE.md, "Small
+    planes: output channels in the lanes")."""
+    points = LANES_TILE[0]
+    best, cost = 1, -1
+    for group in range(1, min(LANES_GROUP_MAX, n) + 1):
+        full, rest = (n // group) * nblk, n % group
+        tiles = -(-(group * plane) // points)
+        left = nblk * -(-(rest * plane) // points)  # the last images' tasks, when the groups do not divide n
+        c = max(-(-full // threads) * tiles, -(-(full * tiles + left) // threads))
+        if cost < 0 or c < cost:
+            best, cost = group, c
+    return best
+
+
+def _lanes_threads(macs: int) -> int:
+    """The threads the channel-lanes kernel runs on for ``macs`` multiply-adds (as ``launch``)."""
+    return load_numba().get_num_threads() if macs >= _conv.conv_direct_lanes.parallel_min else 1
 
 
 def lanes_serve(fn: int, oh: int, ow: int, wp: int, itemsize: int) -> bool:
@@ -287,8 +320,10 @@ def _direct(xp, W, b, geo: Geometry, plan: tuple[int, int], out, relu: bool, ws:
         rows = (tile.shape[0], pooled.shape[2] * 2 * pooled.shape[3])
         vals, vidx = ws.flat("pool_vals", rows, W.dtype), ws.flat("pool_vidx", rows, np.dtype(np.uint8))
     if lanes:
-        pof = ws.flat("pof", (tile.shape[0], span), np.dtype(np.int64))
-        launch(_conv.conv_direct_lanes, macs, xp, koff, wr, b, geo.wp, relu, pof, tile, out, pooled, arg, vals, vidx)
+        group = lanes_group(geo.n, wr.shape[0], geo.oh * geo.ow, _lanes_threads(macs))
+        pof = ws.flat("pof", (tile.shape[0], 2 * span), np.dtype(np.int64))
+        args = (xp, koff, wr, b, geo.wp, relu, group, pof, tile, out, pooled, arg, vals, vidx)
+        launch(_conv.conv_direct_lanes, macs, *args)
     else:
         launch(_conv.conv_direct, macs, xp, koff, wr, b, geo.wp, relu, tile, out, pooled, arg, vals, vidx)
 
@@ -376,8 +411,9 @@ def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu:
             koff = _offsets(ws, "koff_dx", geo.fn, geo.fh, geo.fw, dpad.shape[2], wd)
             none = (_no_pool(dtype), _NO_ARG, _no_rows(dtype), _NO_VIDX)
             if by_lanes:
-                pof = ws.flat("pof_dx", (tile.shape[0], span), np.dtype(np.int64))
-                launch(_conv.conv_direct_lanes, macs, dpad, koff, wr, zeros, wd, False, pof, tile, dx, *none)
+                group = lanes_group(geo.n, wr.shape[0], geo.h * geo.w, _lanes_threads(macs))
+                pof = ws.flat("pof_dx", (tile.shape[0], 2 * span), np.dtype(np.int64))
+                launch(_conv.conv_direct_lanes, macs, dpad, koff, wr, zeros, wd, False, group, pof, tile, dx, *none)
             else:
                 launch(_conv.conv_direct, macs, dpad, koff, wr, zeros, wd, False, tile, dx, *none)
     return True
