@@ -254,6 +254,16 @@ def _lanes_threads(macs: int) -> int:
     return load_numba().get_num_threads() if macs >= _conv.conv_direct_lanes.parallel_min else 1
 
 
+def _lanes(ws: Workspace, name: str, macs: int, xp, koff, wr, b, wp: int, relu: bool, tile, out, *pool) -> None:
+    """:func:`~fastlayers._kernels.conv.conv_direct_lanes` into ``out`` with tasks of
+    :func:`lanes_group` images, each task's pixel offsets (in the input and in ``out``: 2P
+    columns) in the private scratch ``name``; ``pool``: the kernel's (pool, arg, vals, vidx)."""
+    n, _, oh, ow = out.shape
+    group = lanes_group(n, wr.shape[0], oh * ow, _lanes_threads(macs))
+    pof = ws.flat(name, (tile.shape[0], 2 * LANES_TILE[0]), np.dtype(np.int64))
+    launch(_conv.conv_direct_lanes, macs, xp, koff, wr, b, wp, relu, group, pof, tile, out, *pool)
+
+
 def lanes_serve(fn: int, oh: int, ow: int, wp: int, itemsize: int) -> bool:
     """Whether a stride-1 convolution to ``fn`` output channels of OH x OW pixels, on padded rows
     of width ``wp``, runs on :func:`~fastlayers._kernels.conv.conv_direct_lanes`: its tiles compute
@@ -320,10 +330,7 @@ def _direct(xp, W, b, geo: Geometry, plan: tuple[int, int], out, relu: bool, ws:
         rows = (tile.shape[0], pooled.shape[2] * 2 * pooled.shape[3])
         vals, vidx = ws.flat("pool_vals", rows, W.dtype), ws.flat("pool_vidx", rows, np.dtype(np.uint8))
     if lanes:
-        group = lanes_group(geo.n, wr.shape[0], geo.oh * geo.ow, _lanes_threads(macs))
-        pof = ws.flat("pof", (tile.shape[0], 2 * span), np.dtype(np.int64))
-        args = (xp, koff, wr, b, geo.wp, relu, group, pof, tile, out, pooled, arg, vals, vidx)
-        launch(_conv.conv_direct_lanes, macs, *args)
+        _lanes(ws, "pof", macs, xp, koff, wr, b, geo.wp, relu, tile, out, pooled, arg, vals, vidx)
     else:
         launch(_conv.conv_direct, macs, xp, koff, wr, b, geo.wp, relu, tile, out, pooled, arg, vals, vidx)
 
@@ -411,9 +418,7 @@ def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu:
             koff = _offsets(ws, "koff_dx", geo.fn, geo.fh, geo.fw, dpad.shape[2], wd)
             none = (_no_pool(dtype), _NO_ARG, _no_rows(dtype), _NO_VIDX)
             if by_lanes:
-                group = lanes_group(geo.n, wr.shape[0], geo.h * geo.w, _lanes_threads(macs))
-                pof = ws.flat("pof_dx", (tile.shape[0], 2 * span), np.dtype(np.int64))
-                launch(_conv.conv_direct_lanes, macs, dpad, koff, wr, zeros, wd, False, group, pof, tile, dx, *none)
+                _lanes(ws, "pof_dx", macs, dpad, koff, wr, zeros, wd, False, tile, dx, *none)
             else:
                 launch(_conv.conv_direct, macs, dpad, koff, wr, zeros, wd, False, tile, dx, *none)
     return True
