@@ -284,7 +284,7 @@ def test_whole_net_kernels_refuse_arrays_outside_their_contract(mode, twin):
     from fastlayers._kernels import dense
 
     name = f"net_{mode}"
-    spec = (5, (7, 6, 4), (1,))
+    spec = (5, (7, 6, 3, 4), (1, 2))  # the registry's depth (its compiled code serves here), no square array
     good = CASES[name].make(np.float64, spec, np.random.default_rng(0))
     if twin == "numpy":
         kernel = getattr(reference, name)
