@@ -1,86 +1,175 @@
-"""Winograd F(2x2, 3x3) for 3x3 pad 1 stride 1 (H, W even), a measured experiment (not a code path
-of fastlayers): input and output transforms in plain Numba loops (parallel over images), the 16
-products (tiles x C) @ (C x FN) through NumPy's BLAS (batched matmul); against the direct kernel
-(fastlayers' Convolution layer) and a float64 reference. Usage: ``python tools/winograd_experiment.py``.
-Its transforms are naive; the point it measures is the products alone against the direct kernel."""
+"""Winograd F(2x2, 3x3) for 3x3 stride 1 convolutions, a measured experiment (not a code path of
+fastlayers), against the direct kernels (fastlayers' Convolution layer) and a float64 reference.
+
+The input is zero-padded (one more row and column than the padding where the output's size is odd,
+so that every 4x4 tile lies inside), transformed tile by tile into V (16, N, C, T) (T: tiles a
+plane), multiplied position by position with the transformed filters U (16, FN, C), and the
+products M (16, N, FN, T) transformed back into the output, bias added. Two routes for the 16
+products, each timed:
+
+- ``blas``: one batched ``numpy.matmul`` of U with V (NumPy's BLAS);
+- ``lanes``: fastlayers' channel-lanes tile (``conv_direct_lanes``, the kernel of small planes),
+  each position's product a 1x1 convolution of V's planes: the register tile that runs at the
+  cores' FMA peak in the direct forward.
+
+The transforms are plain Numba loops, parallel over planes. Usage: ``python
+tools/winograd_experiment.py [float32|float64 ...]``; docs/PERFORMANCE.md, "Winograd", has the
+figures and what they say.
+"""
 
 from __future__ import annotations
 
-import functools
+import sys
 import time
 
 import numpy as np
 from numba import njit, prange
 
 import fastlayers as fl
+from fastlayers._kernels import _threads
+from fastlayers._kernels import conv as kconv
+from fastlayers.functional import conv as fconv
+
+#: (N, C, H, FN, pad): DeepConvNet's 3x3 layers, and the 7x7 planes of the convolution issue
+SHAPES = [
+    (100, 16, 28, 16, 1),
+    (100, 16, 14, 32, 1),
+    (100, 32, 14, 32, 2),
+    (100, 32, 8, 64, 1),
+    (100, 64, 8, 64, 1),
+    (100, 32, 7, 64, 1),
+]
+
+
+@njit(inline="always", fastmath={"contract"}, error_model="numpy")
+def in_row(d0, d1, d2, d3, V, e, i, ch, q):  # noqa: N803
+    """One row of B^T d times B, into positions e..e+3."""
+    V[e, i, ch, q] = d0 - d2
+    V[e + 1, i, ch, q] = d1 + d2
+    V[e + 2, i, ch, q] = d2 - d1
+    V[e + 3, i, ch, q] = d1 - d3
+
+
+@njit(inline="always", fastmath={"contract"}, error_model="numpy")
+def in_tile(p, r, s, V, i, ch, q):  # noqa: N803
+    """The 4x4 tile of the padded plane ``p`` at (r, s): B^T d B into V[:, i, ch, q], in registers."""
+    a0, a1, a2, a3 = p[r, s], p[r, s + 1], p[r, s + 2], p[r, s + 3]
+    b0, b1, b2, b3 = p[r + 1, s], p[r + 1, s + 1], p[r + 1, s + 2], p[r + 1, s + 3]
+    c0, c1, c2, c3 = p[r + 2, s], p[r + 2, s + 1], p[r + 2, s + 2], p[r + 2, s + 3]
+    d0, d1, d2, d3 = p[r + 3, s], p[r + 3, s + 1], p[r + 3, s + 2], p[r + 3, s + 3]
+    in_row(a0 - c0, a1 - c1, a2 - c2, a3 - c3, V, 0, i, ch, q)  # B^T d: rows 0-c, b+c, c-b, b-d
+    in_row(b0 + c0, b1 + c1, b2 + c2, b3 + c3, V, 4, i, ch, q)
+    in_row(c0 - b0, c1 - b1, c2 - b2, c3 - b3, V, 8, i, ch, q)
+    in_row(b0 - d0, b1 - d1, b2 - d2, b3 - d3, V, 12, i, ch, q)
 
 
 @njit(parallel=True, fastmath={"contract"}, error_model="numpy")
-def in_transform(x, V):  # x (N, C, H, W); V (16, N*T, C), T = (H/2)*(W/2)
-    n, c, h, w = x.shape
-    th, tw = h // 2, w // 2
-    for i in prange(n):
-        for ch in range(c):
-            for ty in range(th):
-                for tx in range(tw):
-                    d = np.zeros((4, 4), x.dtype)
-                    for a in range(4):
-                        yy = 2 * ty - 1 + a
-                        if 0 <= yy < h:
-                            for b in range(4):
-                                xx = 2 * tx - 1 + b
-                                if 0 <= xx < w:
-                                    d[a, b] = x[i, ch, yy, xx]
-                    t = np.empty((4, 4), x.dtype)  # B^T d
-                    for b in range(4):
-                        t[0, b] = d[0, b] - d[2, b]
-                        t[1, b] = d[1, b] + d[2, b]
-                        t[2, b] = d[2, b] - d[1, b]
-                        t[3, b] = d[1, b] - d[3, b]
-                    tile = i * th * tw + ty * tw + tx
-                    for a in range(4):  # (B^T d) B
-                        V[a * 4 + 0, tile, ch] = t[a, 0] - t[a, 2]
-                        V[a * 4 + 1, tile, ch] = t[a, 1] + t[a, 2]
-                        V[a * 4 + 2, tile, ch] = t[a, 2] - t[a, 1]
-                        V[a * 4 + 3, tile, ch] = t[a, 1] - t[a, 3]
-
-
-@njit(parallel=True, fastmath={"contract"}, error_model="numpy")
-def out_transform(M, b, out):  # M (16, N*T, FN); out (N, FN, H, W)
-    n, fn, h, w = out.shape
-    th, tw = h // 2, w // 2
-    for i in prange(n):
+def in_transform(xp, th, tw, V):  # noqa: N803 - xp (N, C, >= 2th+2, >= 2tw+2) padded; V (16, N, C, th*tw)
+    n, c = xp.shape[0], xp.shape[1]
+    for job in prange(n * c):
+        i, ch = job // c, job % c
+        p = xp[i, ch]
         for ty in range(th):
             for tx in range(tw):
-                tile = i * th * tw + ty * tw + tx
-                for f in range(fn):
-                    m = np.empty((4, 4), out.dtype)
-                    for e in range(16):
-                        m[e // 4, e % 4] = M[e, tile, f]
-                    t = np.empty((2, 4), out.dtype)  # A^T m
-                    for q in range(4):
-                        t[0, q] = m[0, q] + m[1, q] + m[2, q]
-                        t[1, q] = m[1, q] - m[2, q] - m[3, q]
-                    for a in range(2):
-                        out[i, f, 2 * ty + a, 2 * tx] = t[a, 0] + t[a, 1] + t[a, 2] + b[f]
-                        out[i, f, 2 * ty + a, 2 * tx + 1] = t[a, 1] - t[a, 2] - t[a, 3] + b[f]
+                in_tile(p, 2 * ty, 2 * tx, V, i, ch, ty * tw + tx)
 
 
-def filt(W):  # U (16, C, FN) = G g G^T
-    G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], W.dtype)
-    U = np.einsum("ak,fckl,bl->abcf", G, W, G)
-    return np.ascontiguousarray(U.reshape(16, W.shape[1], W.shape[0]))
+@njit(inline="always", fastmath={"contract"}, error_model="numpy")
+def out_tile(M, b, i, f, q, y, x, oh, ow, out):  # noqa: N803
+    """One tile's 2x2 outputs: A^T m A, bias added, the pixels past OH and OW left out."""
+    m = M[:, i, f, q]
+    a0, a1, a2, a3 = m[0] + m[4] + m[8], m[1] + m[5] + m[9], m[2] + m[6] + m[10], m[3] + m[7] + m[11]
+    c0, c1, c2, c3 = m[4] - m[8] - m[12], m[5] - m[9] - m[13], m[6] - m[10] - m[14], m[7] - m[11] - m[15]
+    out[i, f, y, x] = a0 + a1 + a2 + b[f]
+    if x + 1 < ow:
+        out[i, f, y, x + 1] = a1 - a2 - a3 + b[f]
+    if y + 1 < oh:
+        out[i, f, y + 1, x] = c0 + c1 + c2 + b[f]
+        if x + 1 < ow:
+            out[i, f, y + 1, x + 1] = c1 - c2 - c3 + b[f]
 
 
-def winograd(x, W, b, V, M, out):
-    in_transform(x, V)
-    np.matmul(V, filt(W), out=M)
-    out_transform(M, b, out)
-    return out
+@njit(parallel=True, fastmath={"contract"}, error_model="numpy")
+def out_transform(M, b, th, tw, out):  # noqa: N803 - M (16, N, FN, th*tw); out (N, FN, OH, OW)
+    n, fn, oh, ow = out.shape
+    for job in prange(n * fn):
+        i, f = job // fn, job % fn
+        for ty in range(th):
+            for tx in range(tw):
+                out_tile(M, b, i, f, ty * tw + tx, 2 * ty, 2 * tx, oh, ow, out)
 
 
-def tmed(f, reps=15):
-    time.sleep(0.1)
+def filters(W: np.ndarray) -> np.ndarray:  # noqa: N803
+    """U (16, FN, C) = G g G^T for each filter g."""
+    G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], W.dtype)  # noqa: N806
+    U = np.einsum("ak,fckl,bl->abfc", G, W, G)  # noqa: N806
+    return np.ascontiguousarray(U.reshape(16, W.shape[0], W.shape[1]))
+
+
+class Winograd:
+    """The buffers and scratch of one shape, and its two routes."""
+
+    def __init__(self, shape: tuple, fn: int, pad: int, dtype: np.dtype) -> None:
+        n, c, h, w = shape
+        self.pad = pad
+        self.oh, self.ow = h + 2 * pad - 2, w + 2 * pad - 2
+        self.th, self.tw = (self.oh + 1) // 2, (self.ow + 1) // 2
+        t = self.th * self.tw
+        self.xp = np.zeros((n, c, 2 * self.th + 2, 2 * self.tw + 2), dtype)
+        self.V = np.empty((16, n, c, t), dtype)
+        self.M = np.empty((16, n, fn, 1, t), dtype)
+        self.out = np.empty((n, fn, self.oh, self.ow), dtype)
+        self.fc = fconv._lanes_block(np.dtype(dtype).itemsize)[0]
+        self.nblk = -(-fn // self.fc)
+        self.koff = np.arange(c, dtype=np.int64) * t  # a 1x1 "filter": channel j's plane
+        threads = _threads.load_numba().get_num_threads()
+        self.group = fconv.lanes_group(n, self.nblk, t, threads)
+        tasks = -(-n // self.group) * self.nblk
+        self.pof, self.tile = np.empty((tasks, 12), np.int64), np.empty((tasks, 6 * self.fc), dtype)
+        self.zeros = np.zeros(fn, dtype)
+        self.no_pool = (
+            np.empty((0, 0, 0, 0), dtype),
+            np.zeros((0, 0, 0, 0), np.uint8),
+            np.empty((0, 0), dtype),
+            np.zeros((0, 0), np.uint8),
+        )
+        self.macs = n * fn * t * c
+
+    def blocks(self, U: np.ndarray) -> np.ndarray:  # noqa: N803
+        """U's positions as the lanes kernel's filter blocks (16, nblk, C, fc), 0 past FN."""
+        fn, c = U.shape[1], U.shape[2]
+        wide = np.zeros((16, self.nblk * self.fc, c), U.dtype)
+        wide[:, :fn] = U
+        return np.ascontiguousarray(wide.reshape(16, self.nblk, self.fc, c).transpose(0, 1, 3, 2))
+
+    def transform_in(self, x: np.ndarray) -> None:
+        h, w, p = x.shape[2], x.shape[3], self.pad
+        self.xp[:, :, p : p + h, p : p + w] = x
+        in_transform(self.xp, self.th, self.tw, self.V)
+
+    def products(self, route: str, U: np.ndarray, wr: np.ndarray) -> None:  # noqa: N803
+        if route == "blas":
+            np.matmul(U[:, None], self.V, out=self.M[:, :, :, 0, :])
+            return
+        for e in range(16):
+            _threads.launch(
+                kconv.conv_direct_lanes, self.macs, self.V[e], self.koff, wr[e], self.zeros, self.V.shape[3],
+                False, self.group, self.pof, self.tile, self.M[e], *self.no_pool,
+            )  # fmt: skip
+
+    def transform_out(self, b: np.ndarray) -> np.ndarray:
+        m = self.M.reshape(self.M.shape[0], self.M.shape[1], self.M.shape[2], self.M.shape[4])
+        out_transform(m, b, self.th, self.tw, self.out)
+        return self.out
+
+    def __call__(self, route: str, x: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:  # noqa: N803
+        self.transform_in(x)
+        U = filters(W)  # noqa: N806
+        self.products(route, U, self.blocks(U) if route == "lanes" else U)
+        return self.transform_out(b)
+
+
+def median_time(f, reps: int = 15) -> float:
     f()
     f()
     ts = []
@@ -88,35 +177,40 @@ def tmed(f, reps=15):
         t = time.perf_counter()
         f()
         ts.append(time.perf_counter() - t)
-    return np.median(ts)
+    return float(np.median(ts))
 
 
-def main() -> None:
+def row(dt: np.dtype, n: int, c: int, h: int, fn: int, pad: int, rng: np.random.Generator) -> str:
+    """One shape's figures: the direct forward, the transforms, each route whole and its products."""
+    x = rng.standard_normal((n, c, h, h)).astype(dt)
+    W = (rng.standard_normal((fn, c, 3, 3)) / np.sqrt(9 * c)).astype(dt)  # noqa: N806
+    b = rng.standard_normal(fn).astype(dt)
+    wino = Winograd(x.shape, fn, pad, dt)
+    layer = fl.Convolution(W, b, 1, pad)
+    ref = fl.Convolution(W.astype(np.float64), b.astype(np.float64), 1, pad).forward(x.astype(np.float64))
+    scale = np.abs(ref).max()
+    U = filters(W)  # noqa: N806
+    operands = {"blas": U, "lanes": wino.blocks(U)}
+    parts = [
+        f"{dt} {c}->{fn} {h}x{h} pad {pad}: direct {median_time(lambda: layer.forward(x)) * 1e3:.2f} ms",
+        f"(error {np.abs(layer.forward(x) - ref).max() / scale:.1e});",
+        f"input transform {median_time(lambda: wino.transform_in(x)) * 1e3:.2f},",
+        f"output transform {median_time(lambda: wino.transform_out(b)) * 1e3:.2f};",
+    ]
+    for route, wr in operands.items():
+        error = np.abs(wino(route, x, W, b) - ref).max() / scale
+        whole = median_time(lambda route=route: wino(route, x, W, b))
+        alone = median_time(lambda route=route, wr=wr: wino.products(route, U, wr))
+        parts.append(f"{route}: {whole * 1e3:.2f} ms, products {alone * 1e3:.2f} (error {error:.1e});")
+    return " ".join(parts)
+
+
+def main(argv: list[str]) -> None:
     rng = np.random.default_rng(0)
-    for dt in (np.float32, np.float64):
-        for n, c, h, fn in [(100, 16, 28, 16), (100, 32, 14, 32), (100, 64, 8, 64)]:
-            x = rng.standard_normal((n, c, h, h)).astype(dt)
-            W = (rng.standard_normal((fn, c, 3, 3)) / np.sqrt(9 * c)).astype(dt)  # noqa: N806
-            b = np.zeros(fn, dt)
-            tiles = n * (h // 2) ** 2
-            V, M = np.empty((16, tiles, c), dt), np.empty((16, tiles, fn), dt)  # noqa: N806
-            out = np.empty((n, fn, h, h), dt)
-            layer = fl.Convolution(W, b, 1, 1)
-            ref = fl.Convolution(W.astype(np.float64), b.astype(np.float64), 1, 1).forward(x.astype(np.float64))
-            scale = np.abs(ref).max()
-            e_w = np.abs(winograd(x, W, b, V, M, out) - ref).max() / scale
-            e_d = np.abs(layer.forward(x) - ref).max() / scale
-            tw = tmed(functools.partial(winograd, x, W, b, V, M, out))
-            td = tmed(functools.partial(layer.forward, x))
-            t_in = tmed(functools.partial(in_transform, x, V))
-            t_mm = tmed(functools.partial(np.matmul, V, filt(W), out=M))
-            t_out = tmed(functools.partial(out_transform, M, b, out))
-            print(
-                f"{dt.__name__} {c}->{fn} {h}x{h}: winograd {tw * 1e3:.2f} ms (input transform {t_in * 1e3:.2f}, "
-                f"products {t_mm * 1e3:.2f}, output transform {t_out * 1e3:.2f}), direct {td * 1e3:.2f} ms; "
-                f"max error / max |y|: winograd {e_w:.1e}, direct {e_d:.1e}"
-            )
+    for dt in [np.dtype(a) for a in argv] or [np.dtype(np.float64), np.dtype(np.float32)]:
+        for shape in SHAPES:
+            print(row(dt, *shape, rng), flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
