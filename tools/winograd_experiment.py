@@ -12,6 +12,12 @@ products, each timed:
   each position's product a 1x1 convolution of V's planes: the register tile that runs at the
   cores' FMA peak in the direct forward.
 
+A third route, ``fused``, works image by image in a thread's own scratch (in its L2 cache): the
+image zero-padded channels-last, the input transform with channels as its inner (vector) loop into
+(16, T, C), the 16 products straight on the channel-lanes tile (tiles as its pixels, channels as its
+terms, output channels in its lanes) into (16, T, FN), the output transform with channels inner,
+then back to NCHW.
+
 The transforms are plain Numba loops, parallel over planes. Usage: ``python
 tools/winograd_experiment.py [float32|float64 ...]``; docs/PERFORMANCE.md, "Winograd", has the
 figures and what they say.
@@ -28,6 +34,7 @@ from numba import njit, prange
 import fastlayers as fl
 from fastlayers._kernels import _threads
 from fastlayers._kernels import conv as kconv
+from fastlayers._kernels._numba import conv_lanes_tile_6x4
 from fastlayers.functional import conv as fconv
 
 #: (N, C, H, FN, pad): DeepConvNet's 3x3 layers, and the 7x7 planes of the convolution issue
@@ -99,6 +106,84 @@ def out_transform(M, b, th, tw, out):  # noqa: N803 - M (16, N, FN, th*tw); out 
                 out_tile(M, b, i, f, ty * tw + tx, 2 * ty, 2 * tx, oh, ow, out)
 
 
+@njit(inline="always", fastmath={"contract"}, error_model="numpy")
+def fused_in(xt, r, s, V, t):  # noqa: N803
+    """The input transform of the tile at (r, s) of the channels-last plane ``xt``, channels inner."""
+    for ch in range(xt.shape[2]):
+        a0, a1, a2, a3 = xt[r, s, ch], xt[r, s + 1, ch], xt[r, s + 2, ch], xt[r, s + 3, ch]
+        b0, b1, b2, b3 = xt[r + 1, s, ch], xt[r + 1, s + 1, ch], xt[r + 1, s + 2, ch], xt[r + 1, s + 3, ch]
+        c0, c1, c2, c3 = xt[r + 2, s, ch], xt[r + 2, s + 1, ch], xt[r + 2, s + 2, ch], xt[r + 2, s + 3, ch]
+        d0, d1, d2, d3 = xt[r + 3, s, ch], xt[r + 3, s + 1, ch], xt[r + 3, s + 2, ch], xt[r + 3, s + 3, ch]
+        for e, (u0, u1, u2, u3) in enumerate(
+            (
+                (a0 - c0, a1 - c1, a2 - c2, a3 - c3),
+                (b0 + c0, b1 + c1, b2 + c2, b3 + c3),
+                (c0 - b0, c1 - b1, c2 - b2, c3 - b3),
+                (b0 - d0, b1 - d1, b2 - d2, b3 - d3),
+            )
+        ):
+            V[4 * e, t, ch] = u0 - u2
+            V[4 * e + 1, t, ch] = u1 + u2
+            V[4 * e + 2, t, ch] = u2 - u1
+            V[4 * e + 3, t, ch] = u1 - u3
+
+
+@njit(inline="always", fastmath={"contract"}, error_model="numpy")
+def fused_out(M, b, t, y, x, yt):  # noqa: N803
+    """The output transform of tile ``t`` into the channels-last (y, x) block of ``yt``, bias added."""
+    for f in range(yt.shape[2]):
+        m = M[:, t, f]
+        a0, a1, a2, a3 = m[0] + m[4] + m[8], m[1] + m[5] + m[9], m[2] + m[6] + m[10], m[3] + m[7] + m[11]
+        c0, c1, c2, c3 = m[4] - m[8] - m[12], m[5] - m[9] - m[13], m[6] - m[10] - m[14], m[7] - m[11] - m[15]
+        yt[y, x, f] = a0 + a1 + a2 + b[f]
+        yt[y, x + 1, f] = a1 - a2 - a3 + b[f]
+        yt[y + 1, x, f] = c0 + c1 + c2 + b[f]
+        yt[y + 1, x + 1, f] = c1 - c2 - c3 + b[f]
+
+
+@njit(parallel=True, fastmath={"contract"}, error_model="numpy")
+def fused(x, pad, U, b, out, xt_s, V_s, M_s, yt_s, at_s, acc_s, koff):  # noqa: N803
+    """The fused route: x (N, C, H, W), U (16, nblk, C, fc) the filters in the lanes tile's blocks,
+    out (N, FN, OH, OW); the scratch arrays have one row per task (thread)."""
+    n, c, h, w = x.shape
+    fn, oh, ow = out.shape[1], out.shape[2], out.shape[3]
+    nblk, fc = U.shape[1], U.shape[3]
+    th, tw = (oh + 1) // 2, (ow + 1) // 2
+    tiles = th * tw
+    uf = U.reshape(U.size)
+    tasks = xt_s.shape[0]
+    per = -(-n // tasks)
+    for task in prange(tasks):
+        xt, V, M, yt, at, acc = xt_s[task], V_s[task], M_s[task], yt_s[task], at_s[task], acc_s[task]
+        vf = V.reshape(V.size)
+        for i in range(task * per, min(n, (task + 1) * per)):
+            xt[...] = 0
+            for ch in range(c):  # channels last, zero-padded
+                for r in range(h):
+                    for s in range(w):
+                        xt[r + pad, s + pad, ch] = x[i, ch, r, s]
+            for ty in range(th):
+                for tx in range(tw):
+                    fused_in(xt, 2 * ty, 2 * tx, V, ty * tw + tx)
+            for e in range(16):  # M[e, t, f] = sum over channels of V[e, t, ch] * U[e, f, ch]
+                for blk in range(nblk):
+                    f0 = blk * fc
+                    for t0 in range(0, tiles, 6):
+                        for p in range(6):
+                            at[p] = (e * tiles + min(t0 + p, tiles - 1)) * c
+                        conv_lanes_tile_6x4(vf, at, koff, uf, (e * nblk + blk) * c * fc, acc)
+                        for p in range(min(6, tiles - t0)):
+                            for f in range(min(fc, fn - f0)):
+                                M[e, t0 + p, f0 + f] = acc[p * fc + f]
+            for ty in range(th):
+                for tx in range(tw):
+                    fused_out(M, b, ty * tw + tx, 2 * ty, 2 * tx, yt)
+            for f in range(fn):  # back to NCHW
+                for y in range(oh):
+                    for xx in range(ow):
+                        out[i, f, y, xx] = yt[y, xx, f]
+
+
 def filters(W: np.ndarray) -> np.ndarray:  # noqa: N803
     """U (16, FN, C) = G g G^T for each filter g."""
     G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], W.dtype)  # noqa: N806
@@ -107,7 +192,7 @@ def filters(W: np.ndarray) -> np.ndarray:  # noqa: N803
 
 
 class Winograd:
-    """The buffers and scratch of one shape, and its two routes."""
+    """The buffers and scratch of one shape, and its three routes."""
 
     def __init__(self, shape: tuple, fn: int, pad: int, dtype: np.dtype) -> None:
         n, c, h, w = shape
@@ -134,6 +219,16 @@ class Winograd:
             np.zeros((0, 0), np.uint8),
         )
         self.macs = n * fn * t * c
+        e = np.empty  # the fused route's scratch, a row per thread
+        self.scratch = (
+            e((threads, 2 * self.th + 2, 2 * self.tw + 2, c), dtype),
+            e((threads, 16, t, c), dtype),
+            e((threads, 16, t, fn), dtype),
+            e((threads, 2 * self.th, 2 * self.tw, fn), dtype),
+            e((threads, 6), np.int64),
+            e((threads, 6 * self.fc), dtype),
+            np.arange(c, dtype=np.int64),  # the terms: channel j at offset j
+        )
 
     def blocks(self, U: np.ndarray) -> np.ndarray:  # noqa: N803
         """U's positions as the lanes kernel's filter blocks (16, nblk, C, fc), 0 past FN."""
@@ -163,6 +258,9 @@ class Winograd:
         return self.out
 
     def __call__(self, route: str, x: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:  # noqa: N803
+        if route == "fused":
+            fused(x, self.pad, self.blocks(filters(W)), b, self.out, *self.scratch)
+            return self.out
         self.transform_in(x)
         U = filters(W)  # noqa: N806
         self.products(route, U, self.blocks(U) if route == "lanes" else U)
@@ -202,6 +300,8 @@ def row(dt: np.dtype, n: int, c: int, h: int, fn: int, pad: int, rng: np.random.
         whole = median_time(lambda route=route: wino(route, x, W, b))
         alone = median_time(lambda route=route, wr=wr: wino.products(route, U, wr))
         parts.append(f"{route}: {whole * 1e3:.2f} ms, products {alone * 1e3:.2f} (error {error:.1e});")
+    error = np.abs(wino("fused", x, W, b) - ref).max() / scale
+    parts.append(f"fused: {median_time(lambda: wino('fused', x, W, b)) * 1e3:.2f} ms (error {error:.1e})")
     return " ".join(parts)
 
 
