@@ -49,25 +49,34 @@ SHAPES = [
 
 
 @njit(inline="always", fastmath={"contract"}, error_model="numpy")
-def in_row(d0, d1, d2, d3, V, e, i, ch, q):  # noqa: N803
-    """One row of B^T d times B, into positions e..e+3."""
-    V[e, i, ch, q] = d0 - d2
-    V[e + 1, i, ch, q] = d1 + d2
-    V[e + 2, i, ch, q] = d2 - d1
-    V[e + 3, i, ch, q] = d1 - d3
+def in_row(d0, d1, d2, d3, v, e):
+    """One row of B^T d times B, into v[e : e + 4]."""
+    v[e] = d0 - d2
+    v[e + 1] = d1 + d2
+    v[e + 2] = d2 - d1
+    v[e + 3] = d1 - d3
 
 
 @njit(inline="always", fastmath={"contract"}, error_model="numpy")
-def in_tile(p, r, s, V, i, ch, q):  # noqa: N803
-    """The 4x4 tile of the padded plane ``p`` at (r, s): B^T d B into V[:, i, ch, q], in registers."""
+def in_tile(p, r, s, v):
+    """B^T d B of the 4x4 tile of the plane ``p`` at (r, s) into the 16 values ``v``, in registers."""
     a0, a1, a2, a3 = p[r, s], p[r, s + 1], p[r, s + 2], p[r, s + 3]
     b0, b1, b2, b3 = p[r + 1, s], p[r + 1, s + 1], p[r + 1, s + 2], p[r + 1, s + 3]
     c0, c1, c2, c3 = p[r + 2, s], p[r + 2, s + 1], p[r + 2, s + 2], p[r + 2, s + 3]
     d0, d1, d2, d3 = p[r + 3, s], p[r + 3, s + 1], p[r + 3, s + 2], p[r + 3, s + 3]
-    in_row(a0 - c0, a1 - c1, a2 - c2, a3 - c3, V, 0, i, ch, q)  # B^T d: rows 0-c, b+c, c-b, b-d
-    in_row(b0 + c0, b1 + c1, b2 + c2, b3 + c3, V, 4, i, ch, q)
-    in_row(c0 - b0, c1 - b1, c2 - b2, c3 - b3, V, 8, i, ch, q)
-    in_row(b0 - d0, b1 - d1, b2 - d2, b3 - d3, V, 12, i, ch, q)
+    in_row(a0 - c0, a1 - c1, a2 - c2, a3 - c3, v, 0)  # B^T d: rows a-c, b+c, c-b, b-d
+    in_row(b0 + c0, b1 + c1, b2 + c2, b3 + c3, v, 4)
+    in_row(c0 - b0, c1 - b1, c2 - b2, c3 - b3, v, 8)
+    in_row(b0 - d0, b1 - d1, b2 - d2, b3 - d3, v, 12)
+
+
+@njit(inline="always", fastmath={"contract"}, error_model="numpy")
+def out_tile(m, bias):
+    """A^T m A of a tile's 16 products ``m``, bias added: its (top-left, top-right, bottom-left,
+    bottom-right) outputs."""
+    a0, a1, a2, a3 = m[0] + m[4] + m[8], m[1] + m[5] + m[9], m[2] + m[6] + m[10], m[3] + m[7] + m[11]
+    c0, c1, c2, c3 = m[4] - m[8] - m[12], m[5] - m[9] - m[13], m[6] - m[10] - m[14], m[7] - m[11] - m[15]
+    return a0 + a1 + a2 + bias, a1 - a2 - a3 + bias, c0 + c1 + c2 + bias, c1 - c2 - c3 + bias
 
 
 @njit(parallel=True, fastmath={"contract"}, error_model="numpy")
@@ -75,25 +84,9 @@ def in_transform(xp, th, tw, V):  # noqa: N803 - xp (N, C, >= 2th+2, >= 2tw+2) p
     n, c = xp.shape[0], xp.shape[1]
     for job in prange(n * c):
         i, ch = job // c, job % c
-        p = xp[i, ch]
         for ty in range(th):
             for tx in range(tw):
-                in_tile(p, 2 * ty, 2 * tx, V, i, ch, ty * tw + tx)
-
-
-@njit(inline="always", fastmath={"contract"}, error_model="numpy")
-def out_tile(M, b, i, f, q, y, x, oh, ow, out):  # noqa: N803
-    """One tile's 2x2 outputs: A^T m A, bias added, the pixels past OH and OW left out."""
-    m = M[:, i, f, q]
-    a0, a1, a2, a3 = m[0] + m[4] + m[8], m[1] + m[5] + m[9], m[2] + m[6] + m[10], m[3] + m[7] + m[11]
-    c0, c1, c2, c3 = m[4] - m[8] - m[12], m[5] - m[9] - m[13], m[6] - m[10] - m[14], m[7] - m[11] - m[15]
-    out[i, f, y, x] = a0 + a1 + a2 + b[f]
-    if x + 1 < ow:
-        out[i, f, y, x + 1] = a1 - a2 - a3 + b[f]
-    if y + 1 < oh:
-        out[i, f, y + 1, x] = c0 + c1 + c2 + b[f]
-        if x + 1 < ow:
-            out[i, f, y + 1, x + 1] = c1 - c2 - c3 + b[f]
+                in_tile(xp[i, ch], 2 * ty, 2 * tx, V[:, i, ch, ty * tw + tx])
 
 
 @njit(parallel=True, fastmath={"contract"}, error_model="numpy")
@@ -103,42 +96,15 @@ def out_transform(M, b, th, tw, out):  # noqa: N803 - M (16, N, FN, th*tw); out 
         i, f = job // fn, job % fn
         for ty in range(th):
             for tx in range(tw):
-                out_tile(M, b, i, f, ty * tw + tx, 2 * ty, 2 * tx, oh, ow, out)
-
-
-@njit(inline="always", fastmath={"contract"}, error_model="numpy")
-def fused_in(xt, r, s, V, t):  # noqa: N803
-    """The input transform of the tile at (r, s) of the channels-last plane ``xt``, channels inner."""
-    for ch in range(xt.shape[2]):
-        a0, a1, a2, a3 = xt[r, s, ch], xt[r, s + 1, ch], xt[r, s + 2, ch], xt[r, s + 3, ch]
-        b0, b1, b2, b3 = xt[r + 1, s, ch], xt[r + 1, s + 1, ch], xt[r + 1, s + 2, ch], xt[r + 1, s + 3, ch]
-        c0, c1, c2, c3 = xt[r + 2, s, ch], xt[r + 2, s + 1, ch], xt[r + 2, s + 2, ch], xt[r + 2, s + 3, ch]
-        d0, d1, d2, d3 = xt[r + 3, s, ch], xt[r + 3, s + 1, ch], xt[r + 3, s + 2, ch], xt[r + 3, s + 3, ch]
-        for e, (u0, u1, u2, u3) in enumerate(
-            (
-                (a0 - c0, a1 - c1, a2 - c2, a3 - c3),
-                (b0 + c0, b1 + c1, b2 + c2, b3 + c3),
-                (c0 - b0, c1 - b1, c2 - b2, c3 - b3),
-                (b0 - d0, b1 - d1, b2 - d2, b3 - d3),
-            )
-        ):
-            V[4 * e, t, ch] = u0 - u2
-            V[4 * e + 1, t, ch] = u1 + u2
-            V[4 * e + 2, t, ch] = u2 - u1
-            V[4 * e + 3, t, ch] = u1 - u3
-
-
-@njit(inline="always", fastmath={"contract"}, error_model="numpy")
-def fused_out(M, b, t, y, x, yt):  # noqa: N803
-    """The output transform of tile ``t`` into the channels-last (y, x) block of ``yt``, bias added."""
-    for f in range(yt.shape[2]):
-        m = M[:, t, f]
-        a0, a1, a2, a3 = m[0] + m[4] + m[8], m[1] + m[5] + m[9], m[2] + m[6] + m[10], m[3] + m[7] + m[11]
-        c0, c1, c2, c3 = m[4] - m[8] - m[12], m[5] - m[9] - m[13], m[6] - m[10] - m[14], m[7] - m[11] - m[15]
-        yt[y, x, f] = a0 + a1 + a2 + b[f]
-        yt[y, x + 1, f] = a1 - a2 - a3 + b[f]
-        yt[y + 1, x, f] = c0 + c1 + c2 + b[f]
-        yt[y + 1, x + 1, f] = c1 - c2 - c3 + b[f]
+                y, x = 2 * ty, 2 * tx  # the pixels past OH and OW are left out
+                y00, y01, y10, y11 = out_tile(M[:, i, f, ty * tw + tx], b[f])
+                out[i, f, y, x] = y00
+                if x + 1 < ow:
+                    out[i, f, y, x + 1] = y01
+                if y + 1 < oh:
+                    out[i, f, y + 1, x] = y10
+                    if x + 1 < ow:
+                        out[i, f, y + 1, x + 1] = y11
 
 
 @njit(parallel=True, fastmath={"contract"}, error_model="numpy")
@@ -164,7 +130,8 @@ def fused(x, pad, U, b, out, xt_s, V_s, M_s, yt_s, at_s, acc_s, koff):  # noqa: 
                         xt[r + pad, s + pad, ch] = x[i, ch, r, s]
             for ty in range(th):
                 for tx in range(tw):
-                    fused_in(xt, 2 * ty, 2 * tx, V, ty * tw + tx)
+                    for ch in range(c):  # channels inner
+                        in_tile(xt[:, :, ch], 2 * ty, 2 * tx, V[:, ty * tw + tx, ch])
             for e in range(16):  # M[e, t, f] = sum over channels of V[e, t, ch] * U[e, f, ch]
                 for blk in range(nblk):
                     f0 = blk * fc
@@ -177,7 +144,10 @@ def fused(x, pad, U, b, out, xt_s, V_s, M_s, yt_s, at_s, acc_s, koff):  # noqa: 
                                 M[e, t0 + p, f0 + f] = acc[p * fc + f]
             for ty in range(th):
                 for tx in range(tw):
-                    fused_out(M, b, ty * tw + tx, 2 * ty, 2 * tx, yt)
+                    y, xx = 2 * ty, 2 * tx
+                    for f in range(fn):  # channels inner, into the channels-last yt
+                        y00, y01, y10, y11 = out_tile(M[:, ty * tw + tx, f], b[f])
+                        yt[y, xx, f], yt[y, xx + 1, f], yt[y + 1, xx, f], yt[y + 1, xx + 1, f] = y00, y01, y10, y11
             for f in range(fn):  # back to NCHW
                 for y in range(oh):
                     for xx in range(ow):
