@@ -554,8 +554,12 @@ def _direct_geo(spec):
     return g, fh - 1 - pad, fw - 1 - pad
 
 
-def _conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db, arg, sums):
-    n, fn, oh, ow = y.shape
+def _conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db, arg, sums, n0):
+    fn, oh, ow = y.shape[1:]
+    m = dpad.shape[0] if g.shape[0] == 0 else g.shape[0]  # the images laid out: n0 ... n0 + m - 1
+    dout, y = dout[n0 : n0 + m], y[n0 : n0 + m]
+    arg = arg[n0 : n0 + m] if arg.shape[0] else arg
+    n = m
     if arg.shape[0]:  # dout: a 2x2, stride 2 pooling's upstream gradient, arg its indices
         ph2, pw2 = arg.shape[2:]
         up = np.zeros(y.shape, y.dtype)
@@ -571,12 +575,12 @@ def _conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db, arg, sums)
     if padded:  # shared: rows of wp, each row's zero columns past OW the next one's left padding
         wd = wp if g.shape[0] == 0 else ow + 2 * qw
         at = ((np.arange(oh)[:, None] + qh) * wd + qw + np.arange(ow)[None, :]).reshape(-1)
-        planes = np.zeros(dpad.shape, dpad.dtype)  # the planes past FN too
+        planes = np.zeros((n, *dpad.shape[1:]), dpad.dtype)  # the planes past FN too
         planes[:, :fn, at] = d.reshape(n, fn, oh * ow)
-        dpad[...] = planes
-    sums[:n, :fn] = rows.sum(axis=2)
+        dpad[:n] = planes[:n]
+    sums[n0 : n0 + n, :fn] = rows.sum(axis=2)
     db[...] = 0
-    for i in range(n):
+    for i in range(n0 + n):
         db += sums[i, :fn]
 
 
@@ -597,12 +601,18 @@ DOUT_SHAPES = [(*s, False, False) for s in DIRECT_SHAPES] + [
     (2, 1, 28, 28, 30, 5, 5, 0, 6, False, True),
     (2, 1, 12, 11, 6, 5, 3, 0, 6, True, True),
     (2, 3, 10, 9, 5, 5, 5, 1, 4, False, True),
+    # a chunk of a batch (a 12th entry: its first image n0; the layouts hold the images from n0 on)
+    (5, 3, 10, 9, 5, 5, 5, 1, 4, False, True, 2),
+    (4, 16, 12, 12, 16, 3, 3, 1, 8, True, True, 3),
+    (3, 3, 9, 8, 4, 3, 2, 0, 6, True, False, 1),
 ]
 
 
 def _make_dout_direct(dtype, spec, rng):
     g, qh, qw = _direct_geo(spec[:9])
     pooled = spec[9]
+    n0 = spec[11] if len(spec) > 11 else 0
+    m = g.n - n0  # the images laid out
     padded = min(qh, qw) >= 0
     lanes = 64 // np.dtype(dtype).itemsize
     lg = -(-g.oh * g.wp // lanes) * lanes
@@ -620,15 +630,16 @@ def _make_dout_direct(dtype, spec, rng):
     if spec[10]:  # shared: rows of wp, dpad long enough for the filter gradient's layout at qh*wp + qw
         assert padded and g.wp >= g.ow + qw, spec
         ld = max((g.oh + 2 * qh) * g.wp + 3, qh * g.wp + qw + lg)
-    dpad = np.full((g.n if padded else 0, fnp if spec[10] else g.fn, ld), np.nan, dtype)
-    rows = np.full((0 if spec[10] else g.n, fnp, lg), np.nan, dtype)
+    dpad = np.full((m if padded else 0, fnp if spec[10] else g.fn, ld), np.nan, dtype)
+    rows = np.full((0 if spec[10] else m, fnp, lg), np.nan, dtype)
     relu = pooled or spec[8] in (6, 12)
     sums = np.full((g.n + 1, g.fn + 1), np.nan, dtype)  # a row and a column past what is written
+    sums[:n0] = rng.standard_normal((n0, g.fn + 1)).astype(dtype)  # the earlier chunks' sums
     db = rng.standard_normal(g.fn).astype(dtype)
-    return [dout, y, relu, g.wp, qh, qw, padded, rows, dpad, db, arg, sums]
+    return [dout, y, relu, g.wp, qh, qw, padded, rows, dpad, db, arg, sums, n0]
 
 
-def _conv_dw_direct(g, g0, xp, koff, nvec, acc, dw):
+def _conv_dw_direct(g, g0, xp, koff, nvec, acc, dw, begin, end):
     n, fnp, _ = g.shape
     g = g[:, :, g0:]
     lanes = 64 // xp.itemsize
@@ -641,7 +652,11 @@ def _conv_dw_direct(g, g0, xp, koff, nvec, acc, dw):
         rows = g[:, fb * 4 : fb * 4 + 4, :span].reshape(n, 4, nvec, lanes)
         terms = xf[:, koff[tb][:, None] + np.arange(span)[None, :]].reshape(n, 6, nvec, lanes)
         lanes_sum = np.einsum("ifvl,itvl->ftl", rows, terms)  # (4, 6, lanes)
+        if not begin:  # an earlier chunk's sums
+            lanes_sum = lanes_sum + acc[t, : 24 * lanes].reshape(4, 6, lanes)
         acc[t, : 24 * lanes] = lanes_sum.reshape(-1)
+        if not end:
+            continue
         for f in range(fb * 4, min(fn, fb * 4 + 4)):
             for term in range(tb * 6, min(k, tb * 6 + 6)):
                 dw[f, term] = lanes_sum[f - fb * 4, term - tb * 6].sum()
@@ -665,7 +680,12 @@ def _make_dw_direct(dtype, spec, rng):
     g0 = g.n % 3 * 5  # pixel 0 of each plane at 0, 5 or 10 (the layout in dpad: qh*wd + qw on)
     shifted = np.full((g.n, fnp, g0 + nvec * lanes + 2), np.nan, dtype)  # NaN where nothing may read
     shifted[:, :, g0 : g0 + nvec * lanes] = rows
-    return [shifted, g0, xp, koff.reshape(kb, 6), nvec, acc, np.full((g.fn, g.k), np.nan, dtype)]
+    # a middle or last chunk of a batch (the accumulators hold the earlier chunks' sums) on some shapes
+    begin, end = g.n % 2 == 1 or g.c != 3, g.fn != 4
+    if not begin:
+        acc[:, : 24 * lanes] = rng.standard_normal((acc.shape[0], 24 * lanes)).astype(dtype)
+    dw = np.full((g.fn, g.k), np.nan, dtype)
+    return [shifted, g0, xp, koff.reshape(kb, 6), nvec, acc, dw, begin, end]
 
 
 def _pool_geo(spec):

@@ -635,6 +635,29 @@ def test_direct_convolution_propagates_nan_and_infinity():
     assert_close(got[finite], want[finite], "sum", n=27)
 
 
+def _backward_operands(dtype, geometry, n: int, seed: int) -> tuple:
+    """x, W, b, the upstream gradient, a pooled one and its window indices for the direct backward
+    tests; ``geometry``: (C, FN, filter size, pad, H, W)."""
+    c, fn, k, pad, h, w = geometry
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    W = (0.3 * rng.standard_normal((fn, c, k, k))).astype(dtype)
+    b = rng.standard_normal(fn).astype(dtype)
+    oh, ow = h + 2 * pad - k + 1, w + 2 * pad - k + 1
+    dout = rng.standard_normal((n, fn, oh, ow)).astype(dtype)
+    dpool = rng.standard_normal((n, fn, oh // 2, ow // 2)).astype(dtype)
+    return x, W, b, dout, dpool, rng.integers(0, 4, dpool.shape).astype(np.uint8)
+
+
+def _assert_relu_conv_gradients(got, x, W, b, pad, dout) -> None:
+    """(dx, dW, db) of a Convolution followed by ReLU, against the reference's."""
+    y = np.maximum(R.conv_forward(x, W, b, 1, pad), 0)
+    want = R.conv_backward(np.where(y > 0, dout, 0).astype(dout.dtype), x, W, 1, pad)
+    pixels = x.shape[0] * dout.shape[2] * dout.shape[3]
+    for a, ref, terms in zip(got, want, (W[0].size, pixels, pixels), strict=True):
+        assert_close(a, ref, "sum", n=terms)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("pooled", [False, True])
 @pytest.mark.parametrize(
@@ -648,15 +671,8 @@ def test_backward_reads_one_layout_and_keeps_the_bits(dtype, pooled, geometry, m
     one's left padding), and the filter gradient reads it at an offset, in planes of FN rounded up to
     4 (FN 30 and 6): dx (through the rows tile to 1-3 channels too), dW and db are the bits of the
     two-layout pass, which it takes when that sharing is switched off."""
-    c, fn, k, pad, h, w = geometry
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((3, c, h, w)).astype(dtype)
-    W = (0.3 * rng.standard_normal((fn, c, k, k))).astype(dtype)
-    b = rng.standard_normal(fn).astype(dtype)
-    oh, ow = h + 2 * pad - k + 1, w + 2 * pad - k + 1
-    dout = rng.standard_normal((3, fn, oh, ow)).astype(dtype)
-    dpool = rng.standard_normal((3, fn, oh // 2, ow // 2)).astype(dtype)
-    arg = rng.integers(0, 4, dpool.shape).astype(np.uint8)
+    pad = geometry[3]
+    x, W, b, dout, dpool, arg = _backward_operands(dtype, geometry, 3, 0)
 
     def gradients():
         conv = fl.Convolution(W, b, pad=pad)
@@ -670,12 +686,61 @@ def test_backward_reads_one_layout_and_keeps_the_bits(dtype, pooled, geometry, m
     shared, second = gradients()
     assert not second
     if not pooled:  # and the one layout's gradients are the convolution's
-        y = np.maximum(R.conv_forward(x, W, b, 1, pad), 0)
-        want = R.conv_backward(np.where(y > 0, dout, 0).astype(dtype), x, W, 1, pad)
-        for got, ref, terms in zip(shared, want, (fn * k * k, 3 * oh * ow, 3 * oh * ow), strict=True):
-            assert_close(got, ref, "sum", n=terms)
+        _assert_relu_conv_gradients(shared, x, W, b, pad, dout)
     monkeypatch.setattr(C, "SHARE_LAYOUT", False)
     apart, second = gradients()
     assert second
     for s, a in zip(shared, apart, strict=True):
         np.testing.assert_array_equal(s, a)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pooled", [False, True])
+@pytest.mark.parametrize(
+    "geometry",
+    [(1, 30, 5, 0, 28, 28), (16, 16, 3, 1, 12, 12), (32, 64, 3, 1, 7, 7), (3, 6, 5, 1, 11, 9)],
+    ids=["rows-tile", "direct", "channel-lanes", "5x5-pad1"],
+)
+def test_backward_in_chunks_of_images_keeps_the_bits(dtype, pooled, geometry, monkeypatch):
+    """With the input gradient, the direct backward lays out, and reads, the gradient a chunk of
+    images at a time (``BACKWARD_CHUNK_BYTES``): chunks of 1, 2 and 3 of 7 images (the last one
+    short) give dx, dW and db bit for bit as one chunk of the whole batch does, through each kernel
+    of the input gradient (rows tile, flat tiles, channel lanes), with and without the 2x2 pooling
+    after the ReLU; and those are the reference's. Without the input gradient: one chunk."""
+    n, pad = 7, geometry[3]
+    x, W, b, dout, dpool, arg = _backward_operands(dtype, geometry, n, 1)
+    layouts = []  # the padded layout of each call of conv_dout_direct: (images, planes, length)
+    real = C.launch
+
+    def spy(kernel, size, *args):
+        if kernel is C._conv.conv_dout_direct:
+            layouts.append(args[8].shape)
+        return real(kernel, size, *args)
+
+    def gradients(with_dx=True):
+        layouts.clear()
+        conv = fl.Convolution(W, b, pad=pad)
+        y = np.maximum(conv.forward(x), 0)
+        monkeypatch.setattr(C, "launch", spy)
+        if pooled:
+            got = C.pooled_backward_run(dpool, arg, y, conv.W, conv._ws, with_dx)
+        else:
+            got = C.backward_run(dout, y, conv.W, conv._ws, with_dx, True)
+        monkeypatch.setattr(C, "launch", real)
+        return [None if a is None else a.copy() for a in got]
+
+    whole = gradients()
+    assert [s[0] for s in layouts] == [n]
+    image_bytes = layouts[0][1] * layouts[0][2] * np.dtype(dtype).itemsize
+    if not pooled:
+        _assert_relu_conv_gradients(whole, x, W, b, pad, dout)
+    for per_chunk in (1, 2, 3):
+        monkeypatch.setattr(C, "BACKWARD_CHUNK_BYTES", (per_chunk + 1) * image_bytes - 1)
+        got = gradients()
+        assert [s[0] for s in layouts] == [per_chunk] * (n // per_chunk) + [n % per_chunk] * (n % per_chunk > 0)
+        for a, want_a in zip(got, whole, strict=True):
+            np.testing.assert_array_equal(a, want_a)
+        no_dx = gradients(with_dx=False)
+        assert len(layouts) == 1 and no_dx[0] is None
+        np.testing.assert_array_equal(no_dx[1], whole[1])
+        np.testing.assert_array_equal(no_dx[2], whole[2])

@@ -527,13 +527,17 @@ def _pooled_row(of, af, src, yf, base, pw2, top, ow, gf, row):
 
 
 @twins(MEMORY_BOUND_MIN)
-def conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db, arg, sums):
-    """The upstream gradient in the two layouts of the direct backward pass, ReLU's mask applied
-    when ``relu`` (0 where the forward output ``y`` is <= 0), and db[f] = the sum over images, in
-    order, of each image's :func:`~fastlayers._kernels._numba.row_sum` of its plane of ``g``, kept
-    in sums[i, f] (``sums``: (>= N, >= FN) scratch of the dtype; smaller, nothing is written). The
-    tasks take the planes image by image, each image's channels in turn, so that a task's planes lie
-    next to each other in every array (docs/PERFORMANCE.md, "The gradient's layouts"):
+def conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db, arg, sums, n0):
+    """The upstream gradient of M images, n0 ... n0 + M - 1 (M: the layouts' images, ``dpad``'s
+    when shared, else ``g``'s; a backward pass in chunks of images calls it once a chunk), in the
+    two layouts of the direct backward pass, image n0 + j in their image j, ReLU's mask applied
+    when ``relu`` (0 where the forward output ``y`` is <= 0); each image's
+    :func:`~fastlayers._kernels._numba.row_sum` of its plane of ``g`` kept in sums[n0 + j, f]
+    (``sums``: (>= N, >= FN) scratch of the dtype; smaller, nothing is written), and db[f] = the sum
+    of sums[i, f] over i < n0 + M, in order (after the last chunk, the whole batch's; rows below
+    n0 are those the earlier chunks wrote). The tasks take the planes image by image, each image's
+    channels in turn, so that a task's planes lie next to each other in every array
+    (docs/PERFORMANCE.md, "The gradient's layouts"):
 
     - g[i, f, yy*wp + x] = dout[i, f, yy, x] for x < OW, 0 in the other columns of rows of width
       ``wp`` and past OH*wp (the filter gradient's layout, the forward's pixel grid);
@@ -557,16 +561,17 @@ def conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db, arg, sums):
     zero.
 
     ``y``: (N, FN, OH, OW), C-contiguous (unread without ``relu``); ``dout``: (N, FN, OH, OW), or as
-    above; ``g``: (N, >= FN, Lg >= OH*wp), rows past FN left alone, or empty as above; ``dpad``: (N,
-    >= FN, Ld >= (OH + 2*qh)*(row width), and >= s + Lg when shared) (unread and unwritten without
-    ``padded``); ``db``: (FN,), set; ``arg``: empty (0, 0, 0, 0), or as above. Nothing is written
-    when an array does not fit."""
+    above; ``g``: (M, >= FN, Lg >= OH*wp), rows past FN left alone, or empty as above; ``dpad``: (>=
+    M, >= FN, Ld >= (OH + 2*qh)*(row width), and >= s + Lg when shared) (unread and unwritten
+    without ``padded``); ``db``: (FN,), set; ``arg``: empty (0, 0, 0, 0), or as above; 0 <= ``n0``
+    <= N - M. Nothing is written when an array does not fit."""
     n, fn, oh, ow = y.shape
     pooled = arg.shape[0] > 0
     ph2, pw2 = arg.shape[2], arg.shape[3]
     af = arg.reshape(arg.size)
     fnp, lg, ld = g.shape[1], g.shape[2], dpad.shape[2]
     shared = g.shape[0] == 0  # the gradient laid out in dpad only (see above)
+    m = dpad.shape[0] if shared else g.shape[0]  # the images laid out
     wd = wp if shared else ow + 2 * qw
     dn = dpad.shape[1]  # dpad's planes an image
     shift = qh * wd + qw
@@ -576,24 +581,25 @@ def conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db, arg, sums):
     dst = df if shared else gf  # where each row is laid out first
     of = dout.reshape(dout.size)
     yf = y.reshape(y.size)
-    if sums.shape[0] < n or sums.shape[1] < fn or db.shape[0] < fn:
+    if sums.shape[0] < n or sums.shape[1] < fn or db.shape[0] < fn or n0 < 0 or n0 + m > n:
         return
     if pooled:  # dout: the pooling's upstream gradient, arg its indices (see above)
         if dout.shape != arg.shape or arg.shape[0] != n or arg.shape[1] != fn or 2 * ph2 > oh or 2 * pw2 > ow:
             return
     elif dout.shape != y.shape:
         return
-    if padded and (dpad.shape[0] < n or dn < fn or qh < 0 or qw < 0 or (oh + 2 * qh) * wd > ld):
+    if padded and (dpad.shape[0] < m or dn < fn or qh < 0 or qw < 0 or (oh + 2 * qh) * wd > ld):
         return
     if shared and (not padded or wp < ow + qw or shift + lg > ld):
         return
-    if not shared and (g.shape[0] < n or fnp < fn or lg < oh * wp or wp < ow):
+    if not shared and (fnp < fn or lg < oh * wp or wp < ow):
         return
-    for t in prange(n * fn):
-        i = t // fn
+    for t in prange(m * fn):
+        j = t // fn  # the image's place in the layouts
+        i = n0 + j  # and in dout, y, arg and sums
         f = t % fn
-        gp = (i * fnp + f) * lg
-        dp = (i * dn + f) * ld
+        gp = (j * fnp + f) * lg
+        dp = (j * dn + f) * ld
         # Each plane is zeroed whole, in one long loop, and its rows written over it: the rows
         # are short (7-28 items), and a loop per row for each border cost more than the copies
         # (docs/PERFORMANCE.md, "The gradient's layouts").
@@ -621,54 +627,70 @@ def conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db, arg, sums):
                 for x in range(u64(ow)):
                     df[start + x] = gf[row + x]
         if padded and f == fn - 1:  # the image's planes past FN
-            _zero_at(df, (i * dn + fn) * ld, (i + 1) * dn * ld)
+            _zero_at(df, (j * dn + fn) * ld, (j + 1) * dn * ld)
         if shared:
             sums[i, f] = row_sum(df[dp + shift : dp + shift + lg])
         else:
             sums[i, f] = row_sum(gf[gp : gp + lg])
     for f in range(fn):
         total = zero
-        for i in range(n):
+        for i in range(n0 + m):
             total += sums[i, f]
         db[f] = total
 
 
 @twins(DIRECT_MIN)
-def conv_dw_direct(g, g0, xp, koff, nvec, acc, dw):
+def conv_dw_direct(g, g0, xp, koff, nvec, acc, dw, begin, end):
     """The filter gradient of the direct convolution: dw[f, k] = the sum over images, in order, of
     the sum over the pixels q < nvec*lanes of g[i, f, q] * xp[i, c, q + ky*wp + kx] (k = (c, ky,
     kx); one FMA each, lane by lane, in compiled code), the lanes then added by
     :func:`~fastlayers._kernels._numba.row_sum`.
 
     Each task (4 filters x 6 terms) keeps its accumulators in ``acc`` across chunks of images
-    (:data:`DW_CHUNK_ELEMENTS`), the images of a chunk in order inside one call of the tile.
+    (:data:`DW_CHUNK_ELEMENTS`), the images of a chunk in order inside one call of the tile; and
+    across calls: ``begin`` sets them to 0 first, ``end`` writes ``dw`` from them after. So a
+    backward pass in chunks of images (one call a chunk, ``begin`` on the first, ``end`` on the
+    last) gives the bits of one call over the whole batch.
 
     ``g``: (N, FNp, Lg) from :func:`conv_dout_direct`, FNp = FN rounded up to the tile's 4 rows
     (the extra rows 0), pixel q of each plane at ``g0`` + q, ``g0`` + nvec*lanes <= Lg (``g0``: 0
-    for its ``g``, qh*wp + qw for its ``dpad`` when shared); ``xp``: the forward's padded batch (N, C, Lx), Lx >=
-    nvec*lanes + max(koff); ``koff``: (Kb, 6) int64, the K term offsets c*Lx + ky*wp + kx in rows
-    of the tile's 6 (past K: 0); ``acc``: (ceil(FN/4)*Kb, >= 24*lanes) scratch; ``dw``: (FN, K)."""
+    for its ``g``, qh*wp + qw for its ``dpad`` when shared); ``xp``: the forward's padded planes of
+    the same N images (N, C, Lx), C*Lx >= nvec*lanes + max(koff); ``koff``: (Kb, 6) int64, the K term
+    offsets c*Lx + ky*wp + kx >= 0 in rows of the tile's 6 (past K: 0), K <= 6*Kb; ``acc``:
+    (ceil(FN/4)*Kb, >= 24*lanes) scratch; ``dw``: (FN, K). Nothing is read or written when an array
+    does not fit."""
     n, fnp, lg = g.shape
     c, lx = xp.shape[1], xp.shape[2]
     kb = koff.shape[0]
     fn, k = dw.shape
     lanes = 64 // xp.itemsize
+    tasks = ((fn + 3) // 4) * kb
+    if xp.shape[0] != n or fnp < tasks // max(kb, 1) * 4 or k > 6 * kb or g0 < 0 or nvec < 0:
+        return
+    if g0 + nvec * lanes > lg or koff.shape[1] != 6 or acc.shape[0] < tasks or acc.shape[1] < 24 * lanes:
+        return
+    for t in range(kb):
+        for j in range(6):
+            if koff[t, j] < 0 or koff[t, j] + nvec * lanes > c * lx:  # within the image's planes
+                return
     gf = g.reshape(n * fnp * lg)
     xf = xp.reshape(n * c * lx)
     zero = typed(0, dw)
-    tasks = ((fn + 3) // 4) * kb
     # images in chunks whose gradient rows and input planes stay in a core's L2 cache together
     chunk = max(1, DW_CHUNK_ELEMENTS // (fnp * lg + c * lx))
-    for t in prange(tasks):
-        a = acc[t]
-        for j in range(24 * lanes):
-            a[j] = zero
+    if begin:
+        for t in prange(tasks):
+            a = acc[t]
+            for j in range(24 * lanes):
+                a[j] = zero
     for i0 in range(0, n, chunk):
         nimg = min(chunk, n - i0)
         for t in prange(tasks):
             fb = t // kb
             gstart = (i0 * fnp + fb * 4) * lg + g0
             conv_dw_tile_4x6(gf, gstart, lg, fnp * lg, xf, i0 * c * lx, c * lx, koff[t % kb], nvec, nimg, acc[t])
+    if not end:
+        return
     for t in prange(tasks):
         fb = t // kb
         tb = t % kb

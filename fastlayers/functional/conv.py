@@ -350,15 +350,30 @@ _NO_VIDX = np.zeros((0, 0), np.uint8)
 #: Whether the direct backward that computes the input gradient lays the upstream gradient out once
 #: (see :func:`_direct_backward`); off only to compare with the two-layout pass.
 SHARE_LAYOUT = True
+#: The most bytes of the padded gradient that the direct backward with the input gradient lays out
+#: at a time (:func:`backward_chunk`): a chunk's layout written, then read by the filter gradient and
+#: the input gradient while it is in the last-level cache (docs/PERFORMANCE.md, "The gradient's
+#: layouts").
+BACKWARD_CHUNK_BYTES = 4 << 20
+
+
+def backward_chunk(n: int, image_bytes: int) -> int:
+    """Images per chunk of the direct backward pass that lays out the padded gradient: as many as
+    keep a chunk's layout within :data:`BACKWARD_CHUNK_BYTES` (``image_bytes`` an image), at least
+    one, at most ``n``."""
+    return max(1, min(n, BACKWARD_CHUNK_BYTES // max(image_bytes, 1)))
 
 
 def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu: bool, dx, dW, db, arg=None) -> bool:
     """The backward pass of a direct forward without products: the upstream gradient laid out once
     (:func:`~fastlayers._kernels.conv.conv_dout_direct`), the filter gradient by
     :func:`~fastlayers._kernels.conv.conv_dw_direct`, the input gradient as a direct convolution of
-    the gradient padded by FH-1-pad, FW-1-pad with the filters flipped and transposed. False (nothing
-    done) when :func:`direct_backward_serves` says no. With ``arg`` (uint8 indices of a 2x2, stride
-    2 pooling after the ReLU, shaped like ``dout``), ``dout`` is the pooling's upstream gradient."""
+    the gradient padded by FH-1-pad, FW-1-pad with the filters flipped and transposed. With the
+    input gradient, the three run chunk by chunk of images (:func:`backward_chunk`), so that a
+    chunk's layout is still in cache when the two convolutions read it; the bits are those of one
+    chunk. False (nothing done) when :func:`direct_backward_serves` says no. With ``arg`` (uint8
+    indices of a 2x2, stride 2 pooling after the ReLU, shaped like ``dout``), ``dout`` is the
+    pooling's upstream gradient."""
     geo = ws.geo
     dtype = W.dtype
     if not direct_backward_serves(ws, dtype, with_dx):
@@ -377,6 +392,8 @@ def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu:
     g0 = qh * wd + qw if shared else 0  # where the filter gradient's pixel 0 lies in its planes
     rows = with_dx and rows_serve(geo.c, geo.fh, geo.w, dtype.itemsize)
     by_lanes = with_dx and not rows and lanes_serve(geo.c, geo.h, geo.w, wd, dtype.itemsize)
+    lg = nvec * lanes
+    planes, length = (fnp if shared else geo.fn), 0
     if with_dx:
         if rows:  # its tiles: R rows of V vectors, read from rows wd apart
             vectors = -(-geo.w // lanes)
@@ -386,41 +403,70 @@ def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu:
         else:
             fc, span = _tile(geo.c, geo.h * wd, dtype.itemsize)
             length = hd * wd + geo.fw + span
-        dpad = ws.flat("dpad", (geo.n, fnp if shared else geo.fn, max(length, g0 + nvec * lanes)), dtype)
-    else:
-        dpad = ws.flat("dpad", (0, geo.fn, 1), dtype)
+        length = max(length, g0 + lg)
+    # With the input gradient, the layouts chunk by chunk of images, each chunk read by the two
+    # convolutions while it is in cache; without it, whole (chunks measured slower: the filter
+    # gradient alone reads the layout once, in chunks of its own that stay in L2)
+    per_image = (planes * length + (0 if shared else fnp * lg)) * dtype.itemsize
+    chunk = backward_chunk(geo.n, per_image) if with_dx else geo.n
+    dpad = ws.flat("dpad", (chunk, planes, length) if with_dx else (0, geo.fn, 1), dtype)
     if shared:
-        g = np.empty((0, fnp, nvec * lanes), dtype)  # not written: its layout is in dpad
+        g = np.empty((0, fnp, lg), dtype)  # not written: its layout is in dpad
     else:
-        g = ws.flat("g", (geo.n, fnp, nvec * lanes), dtype)
+        g = ws.flat("g", (chunk, fnp, lg), dtype)
         g[:, geo.fn :] = 0
     arg = _NO_ARG if arg is None else arg
     sums = ws.flat("db_sums", (geo.n, geo.fn), dtype)
-    launch(_conv.conv_dout_direct, y.size, dout, y, relu, geo.wp, qh, qw, with_dx, g, dpad, db, arg, sums)
     koff = _offsets(ws, "koff_dw", geo.c, geo.fh, geo.fw, ws.xp.shape[2], geo.wp, rows=6)
     acc = ws.flat("acc_dw", ((fnp // 4) * koff.shape[0], 24 * lanes), dtype)
-    macs = geo.n * geo.fn * geo.oh * geo.ow * geo.k
+    dW2 = dW.reshape(geo.fn, geo.k)
     gin = dpad if shared else g
-    launch(_conv.conv_dw_direct, macs, gin, g0, ws.xp, koff, nvec, acc, dW.reshape(geo.fn, geo.k))
     if with_dx:
         flipped = W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(geo.c, geo.fn * geo.fh * geo.fw)
         if by_lanes:
             fc, span = _lanes_block(dtype.itemsize)
         wr = _blocks(ws, "wr_dx", flipped, fc)
-        tile = ws.flat("tile_dx", (geo.n * wr.shape[0], fc * span), dtype)
         zeros = ws.flat("zeros", (geo.c,), dtype)
         zeros[...] = 0
         if rows:
             foff = ws.flat("foff_dx", (geo.fn,), np.dtype(np.int64))
             foff[...] = np.arange(geo.fn) * dpad.shape[2]
-            launch(_conv.conv_direct_rows, macs, dpad, foff, wr, zeros, wd, geo.fh, geo.fw, False, tile, dx)
         else:
-            koff = _offsets(ws, "koff_dx", geo.fn, geo.fh, geo.fw, dpad.shape[2], wd)
+            koff_dx = _offsets(ws, "koff_dx", geo.fn, geo.fh, geo.fw, dpad.shape[2], wd)
             none = (_no_pool(dtype), _NO_ARG, _no_rows(dtype), _NO_VIDX)
-            if by_lanes:
-                _lanes(ws, "pof_dx", macs, dpad, koff, wr, zeros, wd, False, tile, dx, *none)
-            else:
-                launch(_conv.conv_direct, macs, dpad, koff, wr, zeros, wd, False, tile, dx, *none)
+    for n0 in range(0, geo.n, chunk):
+        m = min(chunk, geo.n - n0)
+        part = gin[:m]
+        launch(
+            _conv.conv_dout_direct,
+            m * y[0].size,
+            dout,
+            y,
+            relu,
+            geo.wp,
+            qh,
+            qw,
+            with_dx,
+            g if shared else g[:m],
+            dpad[:m],
+            db,
+            arg,
+            sums,
+            n0,
+        )
+        macs = m * geo.fn * geo.oh * geo.ow * geo.k
+        xs = ws.xp[n0 : n0 + m]
+        launch(_conv.conv_dw_direct, macs, part, g0, xs, koff, nvec, acc, dW2, n0 == 0, n0 + m == geo.n)
+        if not with_dx:
+            continue
+        tile = ws.flat("tile_dx", (m * wr.shape[0], fc * span), dtype)
+        dxs = dx[n0 : n0 + m]
+        if rows:
+            launch(_conv.conv_direct_rows, macs, dpad[:m], foff, wr, zeros, wd, geo.fh, geo.fw, False, tile, dxs)
+        elif by_lanes:
+            _lanes(ws, "pof_dx", macs, dpad[:m], koff_dx, wr, zeros, wd, False, tile, dxs, *none)
+        else:
+            launch(_conv.conv_direct, macs, dpad[:m], koff_dx, wr, zeros, wd, False, tile, dxs, *none)
     return True
 
 
