@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import fastlayers
-from fastlayers import AddLayer, Affine, MulLayer, Relu, Sigmoid, SoftmaxWithLoss
+from fastlayers import AddLayer, Affine, MulLayer, Pooling, Relu, Sigmoid, SoftmaxWithLoss
 
 from .conftest import DTYPES, assert_close
 
@@ -248,6 +248,35 @@ def test_dropped_results_are_recycled(cls):
     frozen.flags.writeable = False
     del frozen, held
     assert layer.forward(x).flags.writeable  # a read-only buffer is never written into
+
+
+def test_results_the_next_layer_holds_alternate_between_two_arrays():
+    """A large result still held after the call (the next layer keeps it as its input, as the
+    classic Pooling.x does) is kept aside, and the call after next writes into it once nobody else
+    holds it: two arrays in turn, no fresh memory per call (SPARE_MIN_BYTES); never an array
+    someone holds (a view included), and nothing extra in the layer's ``__dict__``."""
+    checks = fastlayers.functional._checks
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((512, 512))  # 2 MiB
+    assert x.nbytes >= checks.SPARE_MIN_BYTES
+    relu, pool = Relu(), Pooling(2, 2, stride=2)
+    pool.forward(relu.forward(x).reshape(1, 1, 512, 512))  # the pooling holds the result as its x
+    results = [weakref.ref(relu.out)]
+    for _ in range(6):
+        out = relu.forward(x)
+        pool.forward(out.reshape(1, 1, 512, 512))
+        results.append(weakref.ref(out))
+        np.testing.assert_array_equal(out, np.maximum(x, 0))
+    del out
+    alive = [r() for r in results]  # a fresh array per call would leave dead references here
+    assert all(a is not None for a in alive) and len({id(a) for a in alive}) == 2
+    assert set(vars(relu)) == {"out", "_dx"}
+    held = relu.out[:, :3]  # a view of the latest result, and the pooling holds the one before
+    before = relu.out.copy()
+    for _ in range(3):
+        relu.forward(-x)
+    np.testing.assert_array_equal(held, before[:, :3])
+    np.testing.assert_array_equal(relu.out, np.maximum(-x, 0))
 
 
 @pytest.mark.parametrize("shape", [(1, 784), (3, 784), (100, 784), (2, 1, 28, 28)])

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numbers
 import sys
+import weakref
 
 import numpy as np
 
@@ -281,6 +282,12 @@ def plain(a, dtype: np.dtype) -> bool:
 #: Smaller results are allocated afresh: the checks of :func:`reusable` cost more than a small
 #: ``np.empty``, and only large allocations pay for fresh pages (see docs/PERFORMANCE.md).
 REUSE_MIN_BYTES = 32 * 1024
+#: From this size a layer keeps its result of the call before aside when the next layer holds its
+#: latest one (:func:`reusable`): NumPy's allocations this large get fresh pages at every call, at a
+#: cost measured in docs/PERFORMANCE.md ("Reusing results nobody holds").
+SPARE_MIN_BYTES = 1 << 20
+#: Each layer's results kept aside by :func:`reusable`, by attribute name.
+_SPARES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _sole_owner_refs(owner: object, name: str) -> int:
@@ -299,6 +306,18 @@ class _Probe:
 _SOLE_OWNER = _sole_owner_refs(_Probe(), "buf")
 
 
+def _local_only_refs() -> int:
+    """The reference count that :func:`reusable` sees for a spare taken out of its slot and held
+    only in a local variable (the same steps as there)."""
+    spares = {"buf": np.empty(1)}
+    spare = spares.get("buf")
+    spares["buf"] = None
+    return sys.getrefcount(spare)
+
+
+_LOCAL_ONLY = _local_only_refs()
+
+
 def reusable(owner: object, name: str, shape: tuple, dtype: np.dtype, frozen: bool = False) -> np.ndarray | None:
     """The array in attribute ``name`` of ``owner`` (a layer) when a new result of ``shape`` and
     ``dtype`` may be written into it, else None.
@@ -311,13 +330,41 @@ def reusable(owner: object, name: str, shape: tuple, dtype: np.dtype, frozen: bo
 
     With ``frozen``, the array may be one the layer made read-only when it published it (``y`` of
     ``SoftmaxWithLoss``); it is made writeable again for the layer's own write.
+
+    When someone else still holds the array (the next layer keeps it as its input, as the classic
+    ``Pooling.x`` and ``Convolution.x`` do) and it has at least :data:`SPARE_MIN_BYTES`, the owner's
+    result of the call before, kept aside (outside its ``__dict__``: not pickled or copied with it),
+    is returned instead when the same conditions hold for it, and the held array is kept aside in
+    its place. So a layer whose results the next layer holds writes into two arrays in turn: one
+    result more stays alive, and no call pays for fresh pages.
     """
     buf = owner.__dict__.get(name)
+    if type(buf) is not np.ndarray or buf.nbytes < REUSE_MIN_BYTES:
+        return None
+    if sys.getrefcount(buf) > _SOLE_OWNER:  # the attribute, ``buf`` and the call's argument
+        if buf.nbytes < SPARE_MIN_BYTES or not _same(buf, shape, dtype):
+            return None
+        try:
+            spares = _SPARES.setdefault(owner, {})
+        except TypeError:  # an owner that cannot be weakly referenced or hashed: no spare
+            return None
+        spare = spares.get(name)
+        spares[name] = buf
+        if spare is None or sys.getrefcount(spare) > _LOCAL_ONLY:  # ``spare`` and the call's argument
+            return None
+        return _writable(spare, shape, dtype, frozen)
+    return _writable(buf, shape, dtype, frozen)
+
+
+def _same(buf: np.ndarray, shape: tuple, dtype: np.dtype) -> bool:
+    return buf.shape == shape and buf.dtype == dtype
+
+
+def _writable(buf: np.ndarray, shape: tuple, dtype: np.dtype, frozen: bool) -> np.ndarray | None:
+    """``buf``, referenced by nobody else, when a result of ``shape`` and ``dtype`` may be written
+    into it (see :func:`reusable`), else None."""
     if (
-        type(buf) is not np.ndarray
-        or buf.nbytes < REUSE_MIN_BYTES
-        or sys.getrefcount(buf) > _SOLE_OWNER  # the attribute, ``buf`` and the call's argument
-        or buf.base is not None
+        buf.base is not None
         or buf.shape != shape
         or buf.dtype != dtype
         or (_context_backend() or _backend._default) != "numba"  # _backend.current(), read inline
