@@ -703,10 +703,11 @@ def test_backward_reads_one_layout_and_keeps_the_bits(dtype, pooled, geometry, m
 )
 def test_backward_in_chunks_of_images_keeps_the_bits(dtype, pooled, geometry, monkeypatch):
     """With the input gradient, the direct backward lays out, and reads, the gradient a chunk of
-    images at a time (``BACKWARD_CHUNK_BYTES``): chunks of 1, 2 and 3 of 7 images (the last one
-    short) give dx, dW and db bit for bit as one chunk of the whole batch does, through each kernel
-    of the input gradient (rows tile, flat tiles, channel lanes), with and without the 2x2 pooling
-    after the ReLU; and those are the reference's. Without the input gradient: one chunk."""
+    images at a time when the layout is more than twice ``BACKWARD_CHUNK_BYTES`` (else whole):
+    chunks of 1, 2 and 3 of 7 images (the last one short) give dx, dW and db bit for bit as one
+    chunk of the whole batch does, through each kernel of the input gradient (rows tile, flat
+    tiles, channel lanes), with and without the 2x2 pooling after the ReLU; and those are the
+    reference's. Without the input gradient: one chunk."""
     n, pad = 7, geometry[3]
     x, W, b, dout, dpool, arg = _backward_operands(dtype, geometry, n, 1)
     layouts = []  # the padded layout of each call of conv_dout_direct: (images, planes, length)
@@ -734,8 +735,11 @@ def test_backward_in_chunks_of_images_keeps_the_bits(dtype, pooled, geometry, mo
     image_bytes = layouts[0][1] * layouts[0][2] * np.dtype(dtype).itemsize
     if not pooled:
         _assert_relu_conv_gradients(whole, x, W, b, pad, dout)
+    monkeypatch.setattr(C, "BACKWARD_CHUNK_BYTES", 4 * image_bytes)  # within twice the chunk: whole
+    gradients()
+    assert [s[0] for s in layouts] == [n]
     for per_chunk in (1, 2, 3):
-        monkeypatch.setattr(C, "BACKWARD_CHUNK_BYTES", (per_chunk + 1) * image_bytes - 1)
+        monkeypatch.setattr(C, "BACKWARD_CHUNK_BYTES", per_chunk * image_bytes + image_bytes // 4)
         got = gradients()
         assert [s[0] for s in layouts] == [per_chunk] * (n // per_chunk) + [n % per_chunk] * (n % per_chunk > 0)
         for a, want_a in zip(got, whole, strict=True):

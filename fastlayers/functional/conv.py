@@ -358,9 +358,12 @@ BACKWARD_CHUNK_BYTES = 4 << 20
 
 
 def backward_chunk(n: int, image_bytes: int) -> int:
-    """Images per chunk of the direct backward pass that lays out the padded gradient: as many as
-    keep a chunk's layout within :data:`BACKWARD_CHUNK_BYTES` (``image_bytes`` an image), at least
-    one, at most ``n``."""
+    """Images per chunk of the direct backward pass that lays out the padded gradient
+    (``image_bytes`` an image): all ``n`` when the whole layout is within twice
+    :data:`BACKWARD_CHUNK_BYTES` (two chunks of such a layout were slower than one), else as many as
+    keep a chunk within it, at least one."""
+    if n * image_bytes <= 2 * BACKWARD_CHUNK_BYTES:
+        return n
     return max(1, min(n, BACKWARD_CHUNK_BYTES // max(image_bytes, 1)))
 
 
