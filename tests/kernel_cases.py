@@ -556,10 +556,9 @@ def _direct_geo(spec):
 
 def _conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db, arg, sums, n0):
     fn, oh, ow = y.shape[1:]
-    m = dpad.shape[0] if g.shape[0] == 0 else g.shape[0]  # the images laid out: n0 ... n0 + m - 1
-    dout, y = dout[n0 : n0 + m], y[n0 : n0 + m]
-    arg = arg[n0 : n0 + m] if arg.shape[0] else arg
-    n = m
+    n = dpad.shape[0] if g.shape[0] == 0 else g.shape[0]  # the images laid out: n0 ... n0 + n - 1
+    dout, y = dout[n0 : n0 + n], y[n0 : n0 + n]
+    arg = arg[n0 : n0 + n] if arg.shape[0] else arg
     if arg.shape[0]:  # dout: a 2x2, stride 2 pooling's upstream gradient, arg its indices
         ph2, pw2 = arg.shape[2:]
         up = np.zeros(y.shape, y.dtype)
@@ -577,7 +576,7 @@ def _conv_dout_direct(dout, y, relu, wp, qh, qw, padded, g, dpad, db, arg, sums,
         at = ((np.arange(oh)[:, None] + qh) * wd + qw + np.arange(ow)[None, :]).reshape(-1)
         planes = np.zeros((n, *dpad.shape[1:]), dpad.dtype)  # the planes past FN too
         planes[:, :fn, at] = d.reshape(n, fn, oh * ow)
-        dpad[:n] = planes[:n]
+        dpad[:n] = planes
     sums[n0 : n0 + n, :fn] = rows.sum(axis=2)
     db[...] = 0
     for i in range(n0 + n):

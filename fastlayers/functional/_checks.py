@@ -342,7 +342,7 @@ def reusable(owner: object, name: str, shape: tuple, dtype: np.dtype, frozen: bo
     if type(buf) is not np.ndarray or buf.nbytes < REUSE_MIN_BYTES:
         return None
     if sys.getrefcount(buf) > _SOLE_OWNER:  # the attribute, ``buf`` and the call's argument
-        if buf.nbytes < SPARE_MIN_BYTES or not _same(buf, shape, dtype):
+        if buf.nbytes < SPARE_MIN_BYTES or buf.shape != shape or buf.dtype != dtype:
             return None
         try:
             spares = _SPARES.setdefault(owner, {})
@@ -354,10 +354,6 @@ def reusable(owner: object, name: str, shape: tuple, dtype: np.dtype, frozen: bo
             return None
         return _writable(spare, shape, dtype, frozen)
     return _writable(buf, shape, dtype, frozen)
-
-
-def _same(buf: np.ndarray, shape: tuple, dtype: np.dtype) -> bool:
-    return buf.shape == shape and buf.dtype == dtype
 
 
 def _writable(buf: np.ndarray, shape: tuple, dtype: np.dtype, frozen: bool) -> np.ndarray | None:

@@ -423,7 +423,6 @@ def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu:
     koff = _offsets(ws, "koff_dw", geo.c, geo.fh, geo.fw, ws.xp.shape[2], geo.wp, rows=6)
     acc = ws.flat("acc_dw", ((fnp // 4) * koff.shape[0], 24 * lanes), dtype)
     dW2 = dW.reshape(geo.fn, geo.k)
-    gin = dpad if shared else g
     if with_dx:
         flipped = W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(geo.c, geo.fn * geo.fh * geo.fw)
         if by_lanes:
@@ -439,37 +438,23 @@ def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu:
             none = (_no_pool(dtype), _NO_ARG, _no_rows(dtype), _NO_VIDX)
     for n0 in range(0, geo.n, chunk):
         m = min(chunk, geo.n - n0)
-        part = gin[:m]
-        launch(
-            _conv.conv_dout_direct,
-            m * y[0].size,
-            dout,
-            y,
-            relu,
-            geo.wp,
-            qh,
-            qw,
-            with_dx,
-            g if shared else g[:m],
-            dpad[:m],
-            db,
-            arg,
-            sums,
-            n0,
-        )
+        padded, rows_g = dpad[:m], (g if shared else g[:m])  # this chunk's layouts
+        args = (dout, y, relu, geo.wp, qh, qw, with_dx, rows_g, padded, db, arg, sums, n0)
+        launch(_conv.conv_dout_direct, m * y[0].size, *args)
         macs = m * geo.fn * geo.oh * geo.ow * geo.k
         xs = ws.xp[n0 : n0 + m]
+        part = padded if shared else rows_g  # where the filter gradient reads the layout
         launch(_conv.conv_dw_direct, macs, part, g0, xs, koff, nvec, acc, dW2, n0 == 0, n0 + m == geo.n)
         if not with_dx:
             continue
         tile = ws.flat("tile_dx", (m * wr.shape[0], fc * span), dtype)
         dxs = dx[n0 : n0 + m]
         if rows:
-            launch(_conv.conv_direct_rows, macs, dpad[:m], foff, wr, zeros, wd, geo.fh, geo.fw, False, tile, dxs)
+            launch(_conv.conv_direct_rows, macs, padded, foff, wr, zeros, wd, geo.fh, geo.fw, False, tile, dxs)
         elif by_lanes:
-            _lanes(ws, "pof_dx", macs, dpad[:m], koff_dx, wr, zeros, wd, False, tile, dxs, *none)
+            _lanes(ws, "pof_dx", macs, padded, koff_dx, wr, zeros, wd, False, tile, dxs, *none)
         else:
-            launch(_conv.conv_direct, macs, dpad[:m], koff_dx, wr, zeros, wd, False, tile, dxs, *none)
+            launch(_conv.conv_direct, macs, padded, koff_dx, wr, zeros, wd, False, tile, dxs, *none)
     return True
 
 
