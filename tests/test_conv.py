@@ -390,6 +390,69 @@ def test_small_planes_run_on_the_channel_lanes_with_the_direct_kernels_bits(spec
         np.testing.assert_array_equal(a, c)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "spec",
+    [
+        (3, 8, 7, 7, 64, 3, 3, 1, 1),  # DeepConvNet's last layers' planes, 64 filters
+        (2, 4, 5, 5, 100, 3, 3, 1, 1),  # filters past a block (float32: 2 blocks of 64)
+        (3, 5, 14, 14, 32, 3, 3, 1, 2),  # a 16x16 output (DeepConvNet's fourth layer)
+        (2, 6, 3, 3, 64, 3, 3, 1, 1),  # a 3x3 plane
+        (2, 3, 9, 9, 40, 3, 3, 1, 0),  # unpadded
+    ],
+)
+def test_small_planes_take_the_filter_gradient_with_filters_in_the_lanes(spec, dtype, monkeypatch):
+    """Small planes with many filters take the filter gradient whose lanes are filters
+    (``conv_dw_lanes``) where ``dw_lanes_serve`` says so: its dW is the reference's (within the sum's
+    tolerance), the same bits on one thread as on all, NaN exactly where the reference's is NaN (it
+    visits only the output's pixels), and dx and db are those of the direct filter gradient's pass;
+    elsewhere the direct filter gradient runs."""
+    x, W, b, stride, pad = _data(spec, dtype)
+    geo = C.geometry(x.shape, W.shape, stride, pad)
+    serves = C.dw_lanes_serve(geo.fn, geo.oh, geo.ow, geo.wp, x.itemsize)
+    # 64 or 100 filters on planes of 3x3 to 7x7: in both dtypes; 40 on an unpadded 7x7 plane (the
+    # blocks of 64 filters, two of 32 in float64, would compute too many terms) and a 16x16 plane
+    # (more pixels than DW_LANES_MAX_PIXELS): neither
+    assert serves == (spec[4] in (64, 100))
+    kernels = []
+    launch = C.launch
+    monkeypatch.setattr(C, "launch", lambda kernel, *args: kernels.append(kernel.name) or launch(kernel, *args))
+    dout = np.random.default_rng(2).standard_normal((geo.n, geo.fn, geo.oh, geo.ow)).astype(dtype)
+
+    def run(x):
+        layer = fl.Convolution(W, b, stride, pad)
+        layer.forward(x)
+        return [layer.backward(dout).copy(), layer.dW.copy(), layer.db.copy()]
+
+    kernels.clear()
+    lanes = run(x)
+    assert kernels.count("conv_dw_lanes") == serves and kernels.count("conv_dw_direct") == (not serves)
+    _, rdW, _ = R.conv_backward(dout, x, W, stride, pad)
+    assert_close(lanes[1], rdW.astype(dtype), "sum", n=geo.n * geo.oh * geo.ow)
+    fl.set_num_threads(1)
+    try:
+        one = run(x)
+    finally:
+        fl.set_num_threads(fl._kernels._threads.num_threads_limit())
+    for a, c in zip(lanes, one, strict=True):
+        np.testing.assert_array_equal(a, c)
+    monkeypatch.setattr(C, "DW_LANES_MAX_RATIO", 0.0)
+    kernels.clear()
+    direct = run(x)
+    assert "conv_dw_lanes" not in kernels
+    np.testing.assert_array_equal(lanes[0], direct[0])
+    np.testing.assert_array_equal(lanes[2], direct[2])
+    assert_close(lanes[1], direct[1], "sum", n=geo.n * geo.oh * geo.ow)
+    monkeypatch.setattr(C, "DW_LANES_MAX_RATIO", 0.9)
+    if not serves:  # the direct kernel's padded columns multiply zeros by the next columns' inputs
+        return
+    bad = x.copy()
+    bad[0, 1, 1, 2] = np.nan
+    bad[-1, -1, -1, -1] = np.inf
+    _, rdW, _ = R.conv_backward(dout, bad, W, stride, pad)
+    np.testing.assert_array_equal(np.isnan(run(bad)[1]), np.isnan(rdW))
+
+
 def test_backward_uses_the_filters_as_they_are_then_and_checks_their_shape():
     x, W, b, stride, pad = _data(CONV[1], np.float64)
     layer = fl.Convolution(W.copy(), b, stride, pad)
@@ -706,14 +769,18 @@ def test_backward_in_chunks_of_images_keeps_the_bits(dtype, pooled, geometry, mo
     images at a time when the layout is more than twice ``BACKWARD_CHUNK_BYTES`` (else whole):
     chunks of 1, 2 and 3 of 7 images (the last one short) give dx, dW and db bit for bit as one
     chunk of the whole batch does, through each kernel of the input gradient (rows tile, flat
-    tiles, channel lanes), with and without the 2x2 pooling after the ReLU; and those are the
-    reference's. Without the input gradient: one chunk."""
+    tiles, channel lanes) and of the filter gradient (direct, filters in the lanes), with and
+    without the 2x2 pooling after the ReLU; and those are the reference's. Without the input
+    gradient: one chunk."""
     n, pad = 7, geometry[3]
     x, W, b, dout, dpool, arg = _backward_operands(dtype, geometry, n, 1)
     layouts = []  # the padded layout of each call of conv_dout_direct: (images, planes, length)
     real = C.launch
 
+    kernels = set()
+
     def spy(kernel, size, *args):
+        kernels.add(kernel.name)
         if kernel is C._conv.conv_dout_direct:
             layouts.append(args[8].shape)
         return real(kernel, size, *args)
@@ -732,6 +799,7 @@ def test_backward_in_chunks_of_images_keeps_the_bits(dtype, pooled, geometry, mo
 
     whole = gradients()
     assert [s[0] for s in layouts] == [n]
+    assert ("conv_dw_lanes" in kernels) == (geometry[1] == 64)  # the filter gradient's lanes: 7x7
     image_bytes = layouts[0][1] * layouts[0][2] * np.dtype(dtype).itemsize
     if not pooled:
         _assert_relu_conv_gradients(whole, x, W, b, pad, dout)

@@ -17,7 +17,16 @@ from fastlayers._kernels._math import exp_nonpos
 from fastlayers._kernels._numba import row_max, row_sum
 
 from .conftest import DTYPES, assert_close, compiled_only
-from .kernel_cases import CASES, DIRECT_CASES, LANES_CASES, _make_direct, _make_direct_lanes, sizes
+from .kernel_cases import (
+    CASES,
+    DIRECT_CASES,
+    LANES_CASES,
+    _make_direct,
+    _make_direct_lanes,
+    _make_dw_lanes,
+    _make_dw_lanes_layout,
+    sizes,
+)
 
 ALL_KERNELS = list(load_all())  # every kernel module, imported
 
@@ -428,3 +437,68 @@ def test_channel_lanes_kernel_writes_nothing_outside_its_contract(dtype, twin):
     args[1][-1] = _one_past(args) - 1  # the farthest term still inside: served
     kernel(*args)
     assert not np.isnan(args[9]).any()  # every output written
+
+
+@pytest.mark.parametrize("twin", ["serial", "parallel"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_filter_gradient_lanes_kernels_write_nothing_outside_their_contract(dtype, twin):
+    """The filter gradient with filters in the lanes, and its layout of the gradient, check what
+    their reads and writes rest on before they write: a pixel or a term reaching one past the
+    image's planes, negative offsets, too few term rows or rows of another width, another pixel
+    count or batch size, gradient rows narrower than the filter blocks, scratch too small in either
+    dimension; for the layout, a pixel one past the planes, a negative start."""
+    from fastlayers._kernels import conv
+
+    kernel = getattr(conv.conv_dw_lanes, twin)
+    layout = getattr(conv.conv_dw_lanes_layout, twin)
+    spec = (2, 32, 7, 7, 64, 3, 3, 1, 6)  # DeepConvNet's last layers' planes; begin and end both on
+
+    def reach(a):  # the farthest element a pixel's term reads
+        return int(a[3].max()) + int(a[2].max())
+
+    def put(i, value):
+        return lambda a: a.__setitem__(i, value(a))
+
+    size = lambda a: a[1].shape[1] * a[1].shape[2]  # noqa: E731  (the elements of an image's planes)
+    spoils = {
+        "pixel one past the planes": lambda a: a[3].__setitem__(-1, size(a) - int(a[2].max())),
+        "term one past the planes": lambda a: a[2].__setitem__((0, 0), size(a) - int(a[3].max())),
+        "negative pixel": lambda a: a[3].__setitem__(0, -1),
+        "negative term": lambda a: a[2].__setitem__((0, 1), -1),
+        "too few term rows": put(2, lambda a: a[2][:-1].copy()),
+        "term rows of 5": put(2, lambda a: a[2][:, :5].copy()),
+        "another pixel count": put(3, lambda a: a[3][:-1].copy()),
+        "narrow gradient rows": put(0, lambda a: a[0][:, :, : a[0].shape[2] - 1].copy()),
+        "another batch size": put(1, lambda a: a[1][:1].copy()),
+        "few acc rows": put(4, lambda a: a[4][:-1].copy()),
+        "short acc rows": put(4, lambda a: a[4][:, : 24 * 64 // a[4].itemsize - 1].copy()),
+    }
+    for name, spoil in spoils.items():
+        args = _make_dw_lanes(dtype, spec, np.random.default_rng(3))
+        assert args[6] and args[7]  # begin and end: the accumulators zeroed, dw written
+        spoil(args)
+        acc = args[4].copy()
+        kernel(*args)
+        assert np.isnan(args[5]).all(), name
+        np.testing.assert_array_equal(args[4], acc, err_msg=name)
+    args = _make_dw_lanes(dtype, spec, np.random.default_rng(3))
+    args[3][-1] = size(args) - 1 - int(args[2].max())  # the farthest read still inside: served
+    assert reach(args) == size(args) - 1
+    kernel(*args)
+    assert not np.isnan(args[5]).any()
+
+    layout_spoils = {
+        "pixel one past the plane": lambda a: a[2].__setitem__(-1, a[0].shape[2] - a[1]),
+        "negative pixel": lambda a: a[2].__setitem__(0, -1),
+        "negative start": put(1, lambda a: -1),
+        "another pixel count": put(2, lambda a: a[2][:-1].copy()),
+        "another batch size": put(3, lambda a: a[3][:1].copy()),
+    }
+    for name, spoil in layout_spoils.items():
+        args = _make_dw_lanes_layout(dtype, spec, np.random.default_rng(4))
+        spoil(args)
+        layout(*args)
+        assert np.isnan(args[3]).all(), name
+    args = _make_dw_lanes_layout(dtype, spec, np.random.default_rng(4))
+    layout(*args)
+    assert not np.isnan(args[3]).any()

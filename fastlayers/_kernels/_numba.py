@@ -989,6 +989,143 @@ conv_dw_tile_4x6 = conv_dw_tile(4, 6)
 
 
 # --------------------------------------------------------------------------------------------
+# The filter gradient's channel-lanes tile (conv_dw_lanes): ``terms`` filter terms times ``vectors``
+# vectors of consecutive filters (16 float32 or 8 float64 lanes each), accumulated in vector
+# registers over every pixel of every image: per pixel, ``vectors`` loads of the gradient (laid out
+# pixel by pixel, its filters contiguous), ``terms`` broadcast input values, ``terms * vectors``
+# FMAs. Only the output's pixels are visited: no padded column is computed.
+# --------------------------------------------------------------------------------------------
+def _dw_lanes_python(terms: int, vectors: int) -> Callable:
+    def conv_dw_lanes_tile(gf, goff, gstride, xf, xoff, ximage, pof, koff, nimg, acc):
+        fc = vectors * (64 // gf.itemsize)
+        npix = pof.shape[0]
+        if min(goff, gstride, xoff, ximage, nimg) < 0 or koff.shape[0] < terms or koff[:terms].min() < 0:
+            raise IndexError("conv_dw_lanes_tile: negative offsets or too few terms")
+        if npix and pof.min() < 0:
+            raise IndexError("conv_dw_lanes_tile: negative pixel offset")
+        if (
+            nimg
+            and npix
+            and (
+                goff + (nimg * npix - 1) * gstride + fc > gf.shape[0]
+                or xoff + (nimg - 1) * ximage + int(pof.max()) + int(koff[:terms].max()) >= xf.shape[0]
+            )
+        ):
+            raise IndexError("conv_dw_lanes_tile would read out of bounds")
+        if acc.shape[0] < terms * fc:
+            raise IndexError("conv_dw_lanes_tile would write acc out of bounds")
+        a = acc[: terms * fc].reshape(terms, fc)
+        for i in range(nimg):
+            for p in range(npix):
+                at = goff + (i * npix + p) * gstride
+                g = gf[at : at + fc]
+                for t in range(terms):
+                    a[t] += xf[xoff + i * ximage + pof[p] + koff[t]] * g
+
+    conv_dw_lanes_tile.__name__ = conv_dw_lanes_tile.__qualname__ = f"conv_dw_lanes_tile_{terms}x{vectors}"
+    return conv_dw_lanes_tile
+
+
+def _dw_lanes_function(module: ir.Module, fty, intp, terms: int, vectors: int) -> ir.Function:
+    """f(g, gstride, x, ximage, pof, npix, koff, nimg, acc), g and x already offset; ``noinline`` as
+    the other tiles. The accumulators stay in registers over all ``nimg`` images."""
+    size = 4 if isinstance(fty, ir.FloatType) else 8
+    lanes = 64 // size
+    ptr = fty.as_pointer()
+    name = f"fastlayers_conv_dw_lanes_tile_{terms}x{vectors}_f{size * 8}"
+    args = [ptr, intp, ptr, intp, intp.as_pointer(), intp, intp.as_pointer(), intp, ptr]
+    fn, new = _tile_declaration(module, name, args, noalias=False)
+    if not new:
+        return fn
+    g, gstride, x, ximage, pof, npix, koff, nimg, acc_ptr = fn.args
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    vty = ir.VectorType(fty, lanes)
+    fma = _vector_fma(module, vty)
+
+    def vptr(base, index):
+        return builder.bitcast(builder.gep(base, [index]), vty.as_pointer())
+
+    slots = [
+        [vptr(acc_ptr, ir.Constant(intp, (t * vectors + v) * lanes)) for v in range(vectors)] for t in range(terms)
+    ]
+    accs = [[cgutils.alloca_once_value(builder, builder.load(s, align=size)) for s in row] for row in slots]
+    offsets = [builder.load(builder.gep(koff, [ir.Constant(intp, t)])) for t in range(terms)]
+    with cgutils.for_range(builder, nimg) as image:
+        gimg = builder.gep(g, [builder.mul(builder.mul(image.index, npix), gstride)])
+        ximg = builder.gep(x, [builder.mul(image.index, ximage)])
+        with cgutils.for_range(builder, npix) as pixel:
+            xbase = builder.gep(ximg, [builder.load(builder.gep(pof, [pixel.index]))])
+            grow = builder.gep(gimg, [builder.mul(pixel.index, gstride)])
+            gv = [builder.load(vptr(grow, ir.Constant(intp, v * lanes)), align=size) for v in range(vectors)]
+            for t in range(terms):
+                splat = _splat(builder, builder.load(builder.gep(xbase, [offsets[t]])), vty)
+                for v in range(vectors):
+                    acc = accs[t][v]
+                    builder.store(builder.call(fma, [splat, gv[v], builder.load(acc)]), acc)
+    for t in range(terms):
+        for v in range(vectors):
+            builder.store(builder.load(accs[t][v]), slots[t][v], align=size)
+    builder.ret_void()
+    return fn
+
+
+def _dw_lanes_codegen(terms: int, vectors: int):
+    def codegen(context, builder, signature, args):
+        sig = signature.args
+        gf, goff, gstride, xf, xoff, ximage, pof, koff, nimg, acc = args
+        ga = context.make_array(sig[0])(context, builder, gf)
+        xa = context.make_array(sig[3])(context, builder, xf)
+        pa = context.make_array(sig[6])(context, builder, pof)
+        ka = context.make_array(sig[7])(context, builder, koff)
+        aa = context.make_array(sig[9])(context, builder, acc)
+        goff, gstride, xoff, ximage, nimg = (
+            context.cast(builder, args[i], sig[i], types.intp) for i in (1, 2, 4, 5, 8)
+        )
+        npix = builder.extract_value(pa.shape, 0)
+        fty = context.get_value_type(sig[0].dtype)
+        fn = _dw_lanes_function(builder.module, fty, npix.type, terms, vectors)
+        gptr, xptr = builder.gep(ga.data, [goff]), builder.gep(xa.data, [xoff])
+        builder.call(fn, [gptr, gstride, xptr, ximage, pa.data, npix, ka.data, nimg, aa.data])
+        return context.get_dummy_value()
+
+    return codegen
+
+
+def conv_dw_lanes_tile(terms: int, vectors: int) -> Callable:
+    """``conv_dw_lanes_tile_TxV(gf, goff, gstride, xf, xoff, ximage, pof, koff, nimg, acc)``: with
+    FC = ``vectors`` * (64 // itemsize) and P = len(pof), for t < ``terms`` and f < FC,
+    acc[t*FC + f] += the sum over images i < ``nimg`` and pixels p < P, in that order, of
+    xf[xoff + i*ximage + pof[p] + koff[t]] * gf[goff + (i*P + p)*gstride + f] (one FMA each in
+    compiled code). 1-D C-contiguous float arrays of one dtype, ``pof`` and ``koff`` int64 (the
+    first ``terms`` entries of ``koff`` are read). Compiled code does not check bounds (the Python
+    body does)."""
+    python_body = _dw_lanes_python(terms, vectors)
+    codegen = _dw_lanes_codegen(terms, vectors)
+
+    def typer(typingctx, gf, goff, gstride, xf, xoff, ximage, pof, koff, nimg, acc):
+        if not (_tile_check(gf, koff, xf, acc) and _tile_check(gf, pof, xf, acc)):
+            return None
+        return types.none(gf, goff, gstride, xf, xoff, ximage, pof, koff, nimg, acc), codegen
+
+    tile_llvm = intrinsic(typer)
+
+    @overload(python_body, inline="always")
+    def _impl(gf, goff, gstride, xf, xoff, ximage, pof, koff, nimg, acc):
+        def impl(gf, goff, gstride, xf, xoff, ximage, pof, koff, nimg, acc):
+            tile_llvm(gf, goff, gstride, xf, xoff, ximage, pof, koff, nimg, acc)
+
+        return impl
+
+    return python_body
+
+
+#: the filter gradient's channel-lanes tile: (filter terms, vectors of filters), 24 accumulators
+#: which with the 4 loaded gradient vectors and one broadcast fit AVX-512's 32 vector registers
+CONV_DW_LANES_TILE = (6, 4)
+conv_dw_lanes_tile_6x4 = conv_dw_lanes_tile(6, 4)
+
+
+# --------------------------------------------------------------------------------------------
 # The register tile of the small dense products (fastlayers._kernels.dense): ``rows`` rows of the
 # result times up to ``DENSE_VECTORS`` vectors of consecutive columns (16 float32 or 8 float64
 # lanes each), accumulated in vector registers over the whole reduction: per term k, one load of

@@ -7,7 +7,10 @@ of the tile's channels, bias and ReLU applied as the tile is written out (and, f
 Convolution -> ReLU -> 2x2 Pooling, each task's planes pooled as soon as they are written).
 :func:`conv_direct_rows` is the same convolution to a few channels (a net's first input gradient)
 in a tile of whole rows, :func:`conv_direct_lanes` the same on small planes with many output
-channels, in a tile whose vector lanes are output channels.
+channels, in a tile whose vector lanes are output channels. Backward, :func:`conv_dout_direct` lays
+the upstream gradient out; :func:`conv_dw_direct` computes the filter gradient from that layout, or,
+on small planes with many filters, :func:`conv_dw_lanes` from its copy pixel by pixel
+(:func:`conv_dw_lanes_layout`), with the filters in the vector lanes.
 
 Other strides run as im2col, one matrix product (:func:`fastlayers._gemm.matmul`, in
 :mod:`fastlayers.functional.conv`), and a pass that writes the output; over a batch it works in
@@ -46,6 +49,7 @@ import numpy as np
 from numba import prange
 
 from ._numba import (
+    conv_dw_lanes_tile_6x4,
     conv_dw_tile_4x6,
     conv_lanes_tile_6x4,
     conv_rows_tile_3x2,
@@ -675,14 +679,11 @@ def conv_dw_direct(g, g0, xp, koff, nvec, acc, dw, begin, end):
                 return
     gf = g.reshape(n * fnp * lg)
     xf = xp.reshape(n * c * lx)
-    zero = typed(0, dw)
     # images in chunks whose gradient rows and input planes stay in a core's L2 cache together
     chunk = max(1, DW_CHUNK_ELEMENTS // (fnp * lg + c * lx))
     if begin:
         for t in prange(tasks):
-            a = acc[t]
-            for j in range(24 * lanes):
-                a[j] = zero
+            _zero(acc[t, : 24 * lanes])
     for i0 in range(0, n, chunk):
         nimg = min(chunk, n - i0)
         for t in prange(tasks):
@@ -699,6 +700,104 @@ def conv_dw_direct(g, g0, xp, koff, nvec, acc, dw, begin, end):
             for term in range(tb * 6, min(k, tb * 6 + 6)):
                 slot = ((f - fb * 4) * 6 + term - tb * 6) * lanes
                 dw[f, term] = row_sum(a[slot : slot + lanes])
+
+
+@twins(MEMORY_BOUND_MIN)
+def conv_dw_lanes_layout(g, g0, pof, gt):
+    """The gradient laid out for :func:`conv_dw_lanes`, pixel by pixel with its filters contiguous:
+    gt[i, p, f] = g[i, f, g0 + pof[p]] for f < FNg, 0 for FNg <= f < FNt.
+
+    ``g``: (N, FNg, Lg), the layout of :func:`conv_dout_direct` (pixel (y, xo) of plane f at ``g0``
+    + y*wp + xo); ``pof``: (P,) int64, the P output pixels' offsets y*wp + xo; ``gt``: (N, P, FNt).
+    Nothing is written when the arrays do not fit that (another batch size or pixel count, an
+    offset outside the planes)."""
+    n, fng, lg = g.shape
+    npix, fnt = gt.shape[1], gt.shape[2]
+    if gt.shape[0] != n or pof.shape[0] != npix or g0 < 0:
+        return
+    for p in range(npix):
+        if pof[p] < 0 or g0 + pof[p] >= lg:
+            return
+    zero = typed(0, gt)
+    fn = min(fng, fnt)
+    for i in prange(n):
+        src = g[i]
+        dst = gt[i]
+        for p in range(npix):
+            q = g0 + pof[p]
+            row = dst[p]
+            for f in range(fn):
+                row[f] = src[f, q]
+            for f in range(fn, fnt):
+                row[f] = zero
+
+
+@twins(DIRECT_MIN)
+def conv_dw_lanes(gt, xp, koff, pof, acc, dw, begin, end):
+    """The filter gradient with the filters in the vector lanes: dw[f, k] = the sum over images, in
+    order, and over the output pixels p, in order, of gt[i, p, f] * xp[i, c, pof[p] + ky*wp + kx]
+    (k = (c, ky, kx); one FMA each in compiled code, ``_numba.conv_dw_lanes_tile_*``). It visits the
+    output's pixels only: it serves small planes, where :func:`conv_dw_direct` would compute many
+    padded columns (docs/PERFORMANCE.md, "Small planes: filters in the lanes of the filter gradient").
+
+    Each task (FC filters x 6 terms, FC = 4 * (64 // itemsize)) keeps its accumulators in ``acc``
+    across chunks of images (:data:`DW_CHUNK_ELEMENTS`) and across calls, as :func:`conv_dw_direct`
+    does: ``begin`` sets them to 0 first, ``end`` writes ``dw`` from them after, so a backward pass
+    in chunks of images gives the bits of one call over the whole batch.
+
+    ``gt``: (N, P, FNt) from :func:`conv_dw_lanes_layout`, FNt >= FN rounded up to FC (the rest 0);
+    ``xp``: the forward's padded planes of the same N images (N, C, Lx); ``koff``: (Kb, 6) int64, the
+    K term offsets c*Lx + ky*wp + kx in rows of 6 (past K: 0), K <= 6*Kb; ``pof``: (P,) int64, the
+    output pixels' offsets y*wp + xo; ``acc``: (ceil(FN/FC)*Kb, >= 24*lanes) scratch; ``dw``: (FN,
+    K). Nothing is read or written when an array does not fit, or a pixel's term reaches past its
+    image's planes."""
+    n, npix, fnt = gt.shape
+    c, lx = xp.shape[1], xp.shape[2]
+    kb = koff.shape[0]
+    fn, k = dw.shape
+    lanes = 64 // xp.itemsize
+    fc = 4 * lanes
+    nfb = (fn + fc - 1) // fc
+    tasks = nfb * kb
+    if xp.shape[0] != n or fnt < nfb * fc or k > 6 * kb or koff.shape[1] != 6 or pof.shape[0] != npix:
+        return
+    if acc.shape[0] < tasks or acc.shape[1] < 24 * lanes:
+        return
+    far = 0  # the farthest pixel offset and term: every read stays inside its image's planes
+    for p in range(npix):
+        if pof[p] < 0:
+            return
+        far = max(far, pof[p])
+    reach = 0
+    for t in range(kb):
+        for j in range(6):
+            if koff[t, j] < 0:
+                return
+            reach = max(reach, koff[t, j])
+    if npix and far + reach >= c * lx:
+        return
+    gf = gt.reshape(n * npix * fnt)
+    xf = xp.reshape(n * c * lx)
+    # images in chunks whose gradient rows and input planes stay in a core's L2 cache together
+    chunk = max(1, DW_CHUNK_ELEMENTS // (npix * fnt + c * lx))
+    if begin:
+        for t in prange(tasks):
+            _zero(acc[t, : 24 * lanes])
+    for i0 in range(0, n, chunk):
+        nimg = min(chunk, n - i0)
+        for t in prange(tasks):
+            fb = t // kb
+            goff = i0 * npix * fnt + fb * fc
+            conv_dw_lanes_tile_6x4(gf, goff, fnt, xf, i0 * c * lx, c * lx, pof, koff[t % kb], nimg, acc[t])
+    if not end:
+        return
+    for t in prange(tasks):
+        fb = t // kb
+        tb = t % kb
+        a = acc[t]
+        for term in range(tb * 6, min(k, tb * 6 + 6)):
+            for f in range(fb * fc, min(fn, fb * fc + fc)):
+                dw[f, term] = a[(term - tb * 6) * fc + f - fb * fc]
 
 
 @helper

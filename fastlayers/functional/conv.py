@@ -276,6 +276,31 @@ def lanes_serve(fn: int, oh: int, ow: int, wp: int, itemsize: int) -> bool:
     return lanes_terms <= LANES_MAX_RATIO.get(itemsize, 0.0) * direct_terms
 
 
+#: When a backward pass takes the filter gradient's channel-lanes kernel (:func:`dw_lanes_serve`):
+#: planes of at most ``DW_LANES_MAX_PIXELS`` output pixels (8x8), where it computes at most
+#: ``DW_LANES_MAX_RATIO`` times the terms of :func:`~fastlayers._kernels.conv.conv_dw_direct`
+#: (measured: docs/PERFORMANCE.md, "Small planes: filters in the lanes of the filter gradient"; on
+#: larger planes it won and lost by turns within the noise at the same ratios, at 5x5 1->30 24x24
+#: float64 it lost at 0.86).
+DW_LANES_MAX_RATIO = 0.9
+DW_LANES_MAX_PIXELS = 64
+
+
+def dw_lanes_serve(fn: int, oh: int, ow: int, wp: int, itemsize: int) -> bool:
+    """Whether the filter gradient of a direct convolution to ``fn`` output channels of OH x OW
+    pixels, on padded rows of width ``wp``, runs on
+    :func:`~fastlayers._kernels.conv.conv_dw_lanes`: its tasks visit the output's pixels for
+    filters rounded up to 64 (float32) or 32 (float64), those of
+    :func:`~fastlayers._kernels.conv.conv_dw_direct` the pixels ``OH * wp`` rounded up to a vector
+    for filters rounded up to 4; small planes only (``DW_LANES_MAX_PIXELS``), where the lanes
+    compute at most ``DW_LANES_MAX_RATIO`` times as many."""
+    lanes = 64 // itemsize
+    fc = _lanes_block(itemsize)[0]
+    lanes_terms = oh * ow * -(-fn // fc) * fc
+    direct_terms = -(-(oh * wp) // lanes) * lanes * -(-fn // 4) * 4
+    return oh * ow <= DW_LANES_MAX_PIXELS and lanes_terms <= DW_LANES_MAX_RATIO * direct_terms
+
+
 def _offsets(ws: Workspace, name: str, c: int, fh: int, fw: int, lx: int, wp: int, rows: int = 0) -> np.ndarray:
     """The term offsets c*lx + ky*wp + kx of the K = c*fh*fw terms, int64, private; with ``rows``,
     in rows of that many, the last row filled with 0."""
@@ -370,7 +395,9 @@ def backward_chunk(n: int, image_bytes: int) -> int:
 def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu: bool, dx, dW, db, arg=None) -> bool:
     """The backward pass of a direct forward without products: the upstream gradient laid out once
     (:func:`~fastlayers._kernels.conv.conv_dout_direct`), the filter gradient by
-    :func:`~fastlayers._kernels.conv.conv_dw_direct`, the input gradient as a direct convolution of
+    :func:`~fastlayers._kernels.conv.conv_dw_direct` (where :func:`dw_lanes_serve` says so, by
+    :func:`~fastlayers._kernels.conv.conv_dw_lanes` from that layout's copy pixel by pixel), the
+    input gradient as a direct convolution of
     the gradient padded by FH-1-pad, FW-1-pad with the filters flipped and transposed. With the
     input gradient, the three run chunk by chunk of images (:func:`backward_chunk`), so that a
     chunk's layout is still in cache when the two convolutions read it; the bits are those of one
@@ -421,7 +448,16 @@ def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu:
     arg = _NO_ARG if arg is None else arg
     sums = ws.flat("db_sums", (geo.n, geo.fn), dtype)
     koff = _offsets(ws, "koff_dw", geo.c, geo.fh, geo.fw, ws.xp.shape[2], geo.wp, rows=6)
-    acc = ws.flat("acc_dw", ((fnp // 4) * koff.shape[0], 24 * lanes), dtype)
+    dw_lanes = dw_lanes_serve(geo.fn, geo.oh, geo.ow, geo.wp, dtype.itemsize)
+    if dw_lanes:  # the gradient laid out again, pixel by pixel with its filters contiguous
+        fcl = _lanes_block(dtype.itemsize)[0]
+        fnl = -(-geo.fn // fcl) * fcl
+        pof = ws.flat("pof_dw", (geo.oh * geo.ow,), np.dtype(np.int64))
+        pof[...] = (np.arange(geo.oh)[:, None] * geo.wp + np.arange(geo.ow)[None, :]).reshape(-1)
+        gt = ws.flat("g_lanes", (chunk, geo.oh * geo.ow, fnl), dtype)
+        acc = ws.flat("acc_dw_lanes", ((fnl // fcl) * koff.shape[0], 24 * lanes), dtype)
+    else:
+        acc = ws.flat("acc_dw", ((fnp // 4) * koff.shape[0], 24 * lanes), dtype)
     dW2 = dW.reshape(geo.fn, geo.k)
     if with_dx:
         flipped = W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(geo.c, geo.fn * geo.fh * geo.fw)
@@ -444,7 +480,12 @@ def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu:
         macs = m * geo.fn * geo.oh * geo.ow * geo.k
         xs = ws.xp[n0 : n0 + m]
         part = padded if shared else rows_g  # where the filter gradient reads the layout
-        launch(_conv.conv_dw_direct, macs, part, g0, xs, koff, nvec, acc, dW2, n0 == 0, n0 + m == geo.n)
+        first, last = n0 == 0, n0 + m == geo.n
+        if dw_lanes:
+            launch(_conv.conv_dw_lanes_layout, gt[:m].size, part, g0, pof, gt[:m])
+            launch(_conv.conv_dw_lanes, macs, gt[:m], xs, koff, pof, acc, dW2, first, last)
+        else:
+            launch(_conv.conv_dw_direct, macs, part, g0, xs, koff, nvec, acc, dW2, first, last)
         if not with_dx:
             continue
         tile = ws.flat("tile_dx", (m * wr.shape[0], fc * span), dtype)
