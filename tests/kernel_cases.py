@@ -687,39 +687,26 @@ def _make_dw_direct(dtype, spec, rng):
     return [shifted, g0, xp, koff.reshape(kb, 6), nvec, acc, dw, begin, end]
 
 
-def _conv_dw_lanes_layout(g, g0, pof, gt):
-    fn = min(g.shape[1], gt.shape[2])
-    gt[:, :, :fn] = g[:, :fn, g0 + pof].transpose(0, 2, 1)
-    gt[:, :, fn:] = 0
-
-
 def _dw_lanes_pixels(g):
     return (np.arange(g.oh)[:, None] * g.wp + np.arange(g.ow)[None, :]).reshape(-1)
 
 
-def _make_dw_lanes_layout(dtype, spec, rng):
-    g, _, _ = _direct_geo(spec)
-    fc = 4 * 64 // np.dtype(dtype).itemsize
-    pof = _dw_lanes_pixels(g)
-    g0 = g.n % 3 * 5  # as in dpad: pixel 0 of each plane at qh*wd + qw
-    planes = -(-g.fn // 4) * 4
-    layout = np.full((g.n, planes, g0 + g.oh * g.wp + 3), np.nan, dtype)  # NaN where nothing may read
-    layout[:, :, g0 + pof] = (3 * rng.standard_normal((g.n, planes, pof.size))).astype(dtype)
-    wide = -(-g.fn // fc) * fc + (fc if g.n % 2 else 0)  # wider than the blocks on some shapes
-    return [layout, g0, pof, np.full((g.n, pof.size, wide), np.nan, dtype)]
-
-
-def _conv_dw_lanes(gt, xp, koff, pof, acc, dw, begin, end):
-    n = gt.shape[0]
+def _conv_dw_lanes(g, g0, xp, koff, pof, gt, acc, dw, begin, end):
+    n, chunk = g.shape[0], gt.shape[0]
     lanes = 64 // xp.itemsize
     fc = 4 * lanes
     fn, k = dw.shape
+    copied = min(g.shape[1], gt.shape[2])
+    pixel_major = np.zeros((n, pof.size, gt.shape[2]), g.dtype)  # every image's copy
+    pixel_major[:, :, :copied] = g[:, :copied, g0 + pof].transpose(0, 2, 1)
+    for i0 in range(0, n, chunk):  # the scratch: each chunk's copy over the one before
+        gt[: min(chunk, n - i0)] = pixel_major[i0 : i0 + chunk]
     xf = xp.reshape(n, -1)
     kb = koff.shape[0]
     for t in range(-(-fn // fc) * kb):
         fb, tb = divmod(t, kb)
         terms = xf[:, pof[:, None] + koff[tb][None, :]]  # (n, P, 6)
-        sums = np.einsum("ipf,ipt->tf", gt[:, :, fb * fc : (fb + 1) * fc], terms)  # (6, fc)
+        sums = np.einsum("ipf,ipt->tf", pixel_major[:, :, fb * fc : (fb + 1) * fc], terms)  # (6, fc)
         if not begin:  # an earlier chunk's sums
             sums = sums + acc[t, : 24 * lanes].reshape(6, fc)
         acc[t, : 24 * lanes] = sums.reshape(-1)
@@ -734,11 +721,15 @@ def _make_dw_lanes(dtype, spec, rng):
     g, _, _ = _direct_geo(spec)
     lanes = 64 // np.dtype(dtype).itemsize
     fc = 4 * lanes
+    pof = _dw_lanes_pixels(g)
+    g0 = g.n % 3 * 5  # as in dpad: pixel 0 of each plane at qh*wd + qw
+    planes = -(-g.fn // 4) * 4
+    layout = np.full((g.n, planes, g0 + g.oh * g.wp + 3), np.nan, dtype)  # NaN where nothing may read
+    layout[:, :, g0 + pof] = (3 * rng.standard_normal((g.n, planes, pof.size))).astype(dtype)
     lx = g.lx + 2 * lanes
     xp = (3 * rng.standard_normal((g.n, g.c, lx))).astype(dtype)
-    pof = _dw_lanes_pixels(g)
-    wide = -(-g.fn // fc) * fc + (fc if g.n % 2 else 0)
-    gt = (3 * rng.standard_normal((g.n, pof.size, wide))).astype(dtype)
+    wide = -(-g.fn // fc) * fc + (fc if g.n % 2 else 0)  # wider than the blocks on some shapes
+    gt = np.full((1 + g.n % 3, pof.size, wide), np.nan, dtype)  # chunks of 1 to 3 images
     kb = -(-g.k // 6)
     koff = np.zeros(kb * 6, np.int64)
     koff[: g.k] = (
@@ -751,7 +742,7 @@ def _make_dw_lanes(dtype, spec, rng):
     if not begin:
         acc[:, : 24 * lanes] = rng.standard_normal((acc.shape[0], 24 * lanes)).astype(dtype)
     dw = np.full((g.fn, g.k), np.nan, dtype)
-    return [gt, xp, koff.reshape(kb, 6), pof, acc, dw, begin, end]
+    return [layout, g0, xp, koff.reshape(kb, 6), pof, gt, acc, dw, begin, end]
 
 
 def _dw_terms(spec):
@@ -1024,7 +1015,6 @@ CASES: dict[str, Case] = {
         _conv_dout_direct, _make_dout_direct, "sum", shapes=DOUT_SHAPES, n=lambda s: s[0] * s[2] * s[3]
     ),
     "conv_dw_direct": Case(_conv_dw_direct, _make_dw_direct, "sum", shapes=DIRECT_SHAPES, n=_dw_terms),
-    "conv_dw_lanes_layout": Case(_conv_dw_lanes_layout, _make_dw_lanes_layout, "exact", shapes=DIRECT_SHAPES),
     "conv_dw_lanes": Case(_conv_dw_lanes, _make_dw_lanes, "sum", shapes=DIRECT_SHAPES, n=_dw_terms),
     "maxpool_forward": Case(_maxpool_forward, _make_pool_forward, "exact", shapes=POOL_FORWARD_SHAPES),
     "maxpool_backward": Case(

@@ -9,8 +9,8 @@ Convolution -> ReLU -> 2x2 Pooling, each task's planes pooled as soon as they ar
 in a tile of whole rows, :func:`conv_direct_lanes` the same on small planes with many output
 channels, in a tile whose vector lanes are output channels. Backward, :func:`conv_dout_direct` lays
 the upstream gradient out; :func:`conv_dw_direct` computes the filter gradient from that layout, or,
-on small planes with many filters, :func:`conv_dw_lanes` from its copy pixel by pixel
-(:func:`conv_dw_lanes_layout`), with the filters in the vector lanes.
+on small planes with many filters, :func:`conv_dw_lanes` from its copy pixel by pixel, a chunk of
+images at a time, with the filters in the vector lanes.
 
 Other strides run as im2col, one matrix product (:func:`fastlayers._gemm.matmul`, in
 :mod:`fastlayers.functional.conv`), and a pass that writes the output; over a batch it works in
@@ -702,70 +702,60 @@ def conv_dw_direct(g, g0, xp, koff, nvec, acc, dw, begin, end):
                 dw[f, term] = row_sum(a[slot : slot + lanes])
 
 
-@twins(MEMORY_BOUND_MIN)
-def conv_dw_lanes_layout(g, g0, pof, gt):
-    """The gradient laid out for :func:`conv_dw_lanes`, pixel by pixel with its filters contiguous:
-    gt[i, p, f] = g[i, f, g0 + pof[p]] for f < FNg, 0 for FNg <= f < FNt.
-
-    ``g``: (N, FNg, Lg), the layout of :func:`conv_dout_direct` (pixel (y, xo) of plane f at ``g0``
-    + y*wp + xo); ``pof``: (P,) int64, the P output pixels' offsets y*wp + xo; ``gt``: (N, P, FNt).
-    Nothing is written when the arrays do not fit that (another batch size or pixel count, an
-    offset outside the planes)."""
-    n, fng, lg = g.shape
-    npix, fnt = gt.shape[1], gt.shape[2]
-    if gt.shape[0] != n or pof.shape[0] != npix or g0 < 0:
-        return
-    for p in range(npix):
-        if pof[p] < 0 or g0 + pof[p] >= lg:
-            return
-    zero = typed(0, gt)
-    fn = min(fng, fnt)
-    for i in prange(n):
-        src = g[i]
-        dst = gt[i]
-        for p in range(npix):
-            q = g0 + pof[p]
-            row = dst[p]
-            for f in range(fn):
-                row[f] = src[f, q]
-            for f in range(fn, fnt):
-                row[f] = zero
+@helper
+def _pixel_major(src, g0, pof, dst):
+    """One image's gradient pixel by pixel, its filters contiguous: dst[p, f] = src[f, g0 + pof[p]]
+    for f < the planes of ``src``, 0 for the rest of ``dst``'s row."""
+    fn = min(src.shape[0], dst.shape[1])
+    zero = typed(0, dst)
+    for p in range(pof.shape[0]):
+        q = g0 + pof[p]
+        row = dst[p]
+        for f in range(fn):
+            row[f] = src[f, q]
+        for f in range(fn, dst.shape[1]):
+            row[f] = zero
 
 
 @twins(DIRECT_MIN)
-def conv_dw_lanes(gt, xp, koff, pof, acc, dw, begin, end):
+def conv_dw_lanes(g, g0, xp, koff, pof, gt, acc, dw, begin, end):
     """The filter gradient with the filters in the vector lanes: dw[f, k] = the sum over images, in
-    order, and over the output pixels p, in order, of gt[i, p, f] * xp[i, c, pof[p] + ky*wp + kx]
-    (k = (c, ky, kx); one FMA each in compiled code, ``_numba.conv_dw_lanes_tile_*``). It visits the
-    output's pixels only: it serves small planes, where :func:`conv_dw_direct` would compute many
-    padded columns (docs/PERFORMANCE.md, "Small planes: filters in the lanes of the filter gradient").
+    order, and over the output pixels p, in order, of g[i, f, g0 + pof[p]] * xp[i, c, pof[p] +
+    ky*wp + kx] (k = (c, ky, kx); one FMA each in compiled code, ``_numba.conv_dw_lanes_tile_*``).
+    It visits the output's pixels only: it serves small planes, where :func:`conv_dw_direct` would
+    compute many padded columns (docs/PERFORMANCE.md, "Small planes: filters in the lanes of the
+    filter gradient").
 
-    Each task (FC filters x 6 terms, FC = 4 * (64 // itemsize)) keeps its accumulators in ``acc``
-    across chunks of images (:data:`DW_CHUNK_ELEMENTS`) and across calls, as :func:`conv_dw_direct`
-    does: ``begin`` sets them to 0 first, ``end`` writes ``dw`` from them after, so a backward pass
-    in chunks of images gives the bits of one call over the whole batch.
+    The images go in chunks of M = len(gt): each chunk's gradient is first copied pixel by pixel,
+    its filters contiguous, into the scratch ``gt`` (gt[i, p, f] = g[i0 + i, f, g0 + pof[p]], 0 past
+    the planes of ``g``), then the tasks (FC filters x 6 terms, FC = 4 * (64 // itemsize)) add the
+    chunk to their accumulators in ``acc``. They keep them across chunks and across calls, as
+    :func:`conv_dw_direct` does: ``begin`` sets them to 0 first, ``end`` writes ``dw`` from them
+    after, so a backward pass in chunks of images gives the bits of one call over the whole batch.
 
-    ``gt``: (N, P, FNt) from :func:`conv_dw_lanes_layout`, FNt >= FN rounded up to FC (the rest 0);
-    ``xp``: the forward's padded planes of the same N images (N, C, Lx); ``koff``: (Kb, 6) int64, the
-    K term offsets c*Lx + ky*wp + kx in rows of 6 (past K: 0), K <= 6*Kb; ``pof``: (P,) int64, the
-    output pixels' offsets y*wp + xo; ``acc``: (ceil(FN/FC)*Kb, >= 24*lanes) scratch; ``dw``: (FN,
-    K). Nothing is read or written when an array does not fit, or a pixel's term reaches past its
-    image's planes."""
-    n, npix, fnt = gt.shape
+    ``g``: (N, FNg, Lg), the layout of :func:`conv_dout_direct` (pixel (y, xo) of plane f at ``g0``
+    + y*wp + xo); ``xp``: the forward's padded planes of the same N images (N, C, Lx); ``koff``:
+    (Kb, 6) int64, the K term offsets c*Lx + ky*wp + kx in rows of 6 (past K: 0), K <= 6*Kb;
+    ``pof``: (P,) int64, the output pixels' offsets y*wp + xo; ``gt``: (M >= 1, P, FNt) scratch,
+    FNt >= FN rounded up to FC, left holding the last chunk's copy; ``acc``: (ceil(FN/FC)*Kb, >=
+    24*lanes) scratch; ``dw``: (FN, K). Nothing is read or written when an array does not fit, or a
+    pixel's term reaches past its image's planes or its gradient past its plane."""
+    n, fng, lg = g.shape
     c, lx = xp.shape[1], xp.shape[2]
+    chunk, npix, fnt = gt.shape
     kb = koff.shape[0]
     fn, k = dw.shape
     lanes = 64 // xp.itemsize
     fc = 4 * lanes
     nfb = (fn + fc - 1) // fc
     tasks = nfb * kb
-    if xp.shape[0] != n or fnt < nfb * fc or k > 6 * kb or koff.shape[1] != 6 or pof.shape[0] != npix:
+    if xp.shape[0] != n or chunk < 1 or fnt < nfb * fc or k > 6 * kb or koff.shape[1] != 6 or pof.shape[0] != npix:
         return
-    if acc.shape[0] < tasks or acc.shape[1] < 24 * lanes:
+    if acc.shape[0] < tasks or acc.shape[1] < 24 * lanes or g0 < 0:
         return
     far = 0  # the farthest pixel offset and term: every read stays inside its image's planes
     for p in range(npix):
-        if pof[p] < 0:
+        if pof[p] < 0 or g0 + pof[p] >= lg:
             return
         far = max(far, pof[p])
     reach = 0
@@ -776,19 +766,18 @@ def conv_dw_lanes(gt, xp, koff, pof, acc, dw, begin, end):
             reach = max(reach, koff[t, j])
     if npix and far + reach >= c * lx:
         return
-    gf = gt.reshape(n * npix * fnt)
+    gf = gt.reshape(chunk * npix * fnt)
     xf = xp.reshape(n * c * lx)
-    # images in chunks whose gradient rows and input planes stay in a core's L2 cache together
-    chunk = max(1, DW_CHUNK_ELEMENTS // (npix * fnt + c * lx))
     if begin:
         for t in prange(tasks):
             _zero(acc[t, : 24 * lanes])
     for i0 in range(0, n, chunk):
         nimg = min(chunk, n - i0)
+        for i in prange(nimg):
+            _pixel_major(g[i0 + i], g0, pof, gt[i])
         for t in prange(tasks):
             fb = t // kb
-            goff = i0 * npix * fnt + fb * fc
-            conv_dw_lanes_tile_6x4(gf, goff, fnt, xf, i0 * c * lx, c * lx, pof, koff[t % kb], nimg, acc[t])
+            conv_dw_lanes_tile_6x4(gf, fb * fc, fnt, xf, i0 * c * lx, c * lx, pof, koff[t % kb], nimg, acc[t])
     if not end:
         return
     for t in prange(tasks):

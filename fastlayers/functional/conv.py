@@ -396,8 +396,8 @@ def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu:
     """The backward pass of a direct forward without products: the upstream gradient laid out once
     (:func:`~fastlayers._kernels.conv.conv_dout_direct`), the filter gradient by
     :func:`~fastlayers._kernels.conv.conv_dw_direct` (where :func:`dw_lanes_serve` says so, by
-    :func:`~fastlayers._kernels.conv.conv_dw_lanes` from that layout's copy pixel by pixel), the
-    input gradient as a direct convolution of
+    :func:`~fastlayers._kernels.conv.conv_dw_lanes`, which copies that layout pixel by pixel a few
+    images at a time), the input gradient as a direct convolution of
     the gradient padded by FH-1-pad, FW-1-pad with the filters flipped and transposed. With the
     input gradient, the three run chunk by chunk of images (:func:`backward_chunk`), so that a
     chunk's layout is still in cache when the two convolutions read it; the bits are those of one
@@ -449,12 +449,13 @@ def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu:
     sums = ws.flat("db_sums", (geo.n, geo.fn), dtype)
     koff = _offsets(ws, "koff_dw", geo.c, geo.fh, geo.fw, ws.xp.shape[2], geo.wp, rows=6)
     dw_lanes = dw_lanes_serve(geo.fn, geo.oh, geo.ow, geo.wp, dtype.itemsize)
-    if dw_lanes:  # the gradient laid out again, pixel by pixel with its filters contiguous
+    if dw_lanes:  # scratch for a chunk of the gradient pixel by pixel, its filters contiguous
         fcl = _lanes_block(dtype.itemsize)[0]
-        fnl = -(-geo.fn // fcl) * fcl
-        pof = ws.flat("pof_dw", (geo.oh * geo.ow,), np.dtype(np.int64))
+        fnl, npix = -(-geo.fn // fcl) * fcl, geo.oh * geo.ow
+        pof = ws.flat("pof_dw", (npix,), np.dtype(np.int64))
         pof[...] = (np.arange(geo.oh)[:, None] * geo.wp + np.arange(geo.ow)[None, :]).reshape(-1)
-        gt = ws.flat("g_lanes", (chunk, geo.oh * geo.ow, fnl), dtype)
+        images = max(1, min(chunk, _conv.DW_CHUNK_ELEMENTS // (npix * fnl + geo.c * ws.xp.shape[2])))
+        gt = ws.flat("g_lanes", (images, npix, fnl), dtype)
         acc = ws.flat("acc_dw_lanes", ((fnl // fcl) * koff.shape[0], 24 * lanes), dtype)
     else:
         acc = ws.flat("acc_dw", ((fnp // 4) * koff.shape[0], 24 * lanes), dtype)
@@ -482,8 +483,7 @@ def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu:
         part = padded if shared else rows_g  # where the filter gradient reads the layout
         first, last = n0 == 0, n0 + m == geo.n
         if dw_lanes:
-            launch(_conv.conv_dw_lanes_layout, gt[:m].size, part, g0, pof, gt[:m])
-            launch(_conv.conv_dw_lanes, macs, gt[:m], xs, koff, pof, acc, dW2, first, last)
+            launch(_conv.conv_dw_lanes, macs, part, g0, xs, koff, pof, gt, acc, dW2, first, last)
         else:
             launch(_conv.conv_dw_direct, macs, part, g0, xs, koff, nvec, acc, dW2, first, last)
         if not with_dx:
