@@ -669,22 +669,30 @@ def _make_dw_direct(dtype, spec, rng):
     lx = g.lx + 2 * lanes
     xp = (3 * rng.standard_normal((g.n, g.c, lx))).astype(dtype)
     rows = (3 * rng.standard_normal((g.n, fnp, nvec * lanes))).astype(dtype)
+    g0 = g.n % 3 * 5  # pixel 0 of each plane at 0, 5 or 10 (the layout in dpad: qh*wd + qw on)
+    shifted = np.full((g.n, fnp, g0 + nvec * lanes + 2), np.nan, dtype)  # NaN where nothing may read
+    shifted[:, :, g0 : g0 + nvec * lanes] = rows
+    koff, acc, dw, begin, end = _dw_rest(g, lx, fnp // 4, dtype, rng)
+    return [shifted, g0, xp, koff, nvec, acc, dw, begin, end]
+
+
+def _dw_rest(g, lx, blocks, dtype, rng):
+    """A filter gradient kernel's term offsets (Kb, 6) on planes of ``lx``, its accumulators for
+    ``blocks`` blocks of filters (NaN, random on a middle or last chunk; 0 past the tile: untouched),
+    ``dw`` (NaN), and its ``begin`` and ``end`` flags, which vary with the shape."""
+    lanes = 64 // np.dtype(dtype).itemsize
     kb = -(-g.k // 6)
     koff = np.zeros(kb * 6, np.int64)
     koff[: g.k] = (
         np.arange(g.c)[:, None, None] * lx + np.arange(g.fh)[None, :, None] * g.wp + np.arange(g.fw)[None, None, :]
     ).reshape(-1)
-    acc = np.full(((fnp // 4) * kb, 24 * lanes + 5), np.nan, dtype)
-    acc[:, 24 * lanes :] = 0  # past the tile: untouched
-    g0 = g.n % 3 * 5  # pixel 0 of each plane at 0, 5 or 10 (the layout in dpad: qh*wd + qw on)
-    shifted = np.full((g.n, fnp, g0 + nvec * lanes + 2), np.nan, dtype)  # NaN where nothing may read
-    shifted[:, :, g0 : g0 + nvec * lanes] = rows
+    acc = np.full((blocks * kb, 24 * lanes + 5), np.nan, dtype)
+    acc[:, 24 * lanes :] = 0
     # a middle or last chunk of a batch (the accumulators hold the earlier chunks' sums) on some shapes
     begin, end = g.n % 2 == 1 or g.c != 3, g.fn != 4
     if not begin:
         acc[:, : 24 * lanes] = rng.standard_normal((acc.shape[0], 24 * lanes)).astype(dtype)
-    dw = np.full((g.fn, g.k), np.nan, dtype)
-    return [shifted, g0, xp, koff.reshape(kb, 6), nvec, acc, dw, begin, end]
+    return koff.reshape(kb, 6), acc, np.full((g.fn, g.k), np.nan, dtype), begin, end
 
 
 def _dw_lanes_pixels(g):
@@ -730,19 +738,8 @@ def _make_dw_lanes(dtype, spec, rng):
     xp = (3 * rng.standard_normal((g.n, g.c, lx))).astype(dtype)
     wide = -(-g.fn // fc) * fc + (fc if g.n % 2 else 0)  # wider than the blocks on some shapes
     gt = np.full((1 + g.n % 3, pof.size, wide), np.nan, dtype)  # chunks of 1 to 3 images
-    kb = -(-g.k // 6)
-    koff = np.zeros(kb * 6, np.int64)
-    koff[: g.k] = (
-        np.arange(g.c)[:, None, None] * lx + np.arange(g.fh)[None, :, None] * g.wp + np.arange(g.fw)[None, None, :]
-    ).reshape(-1)
-    acc = np.full((-(-g.fn // fc) * kb, 24 * lanes + 5), np.nan, dtype)
-    acc[:, 24 * lanes :] = 0  # past the tile: untouched
-    # a middle or last chunk of a batch (the accumulators hold the earlier chunks' sums) on some shapes
-    begin, end = g.n % 2 == 1 or g.c != 3, g.fn != 4
-    if not begin:
-        acc[:, : 24 * lanes] = rng.standard_normal((acc.shape[0], 24 * lanes)).astype(dtype)
-    dw = np.full((g.fn, g.k), np.nan, dtype)
-    return [layout, g0, xp, koff.reshape(kb, 6), pof, gt, acc, dw, begin, end]
+    koff, acc, dw, begin, end = _dw_rest(g, lx, -(-g.fn // fc), dtype, rng)
+    return [layout, g0, xp, koff, pof, gt, acc, dw, begin, end]
 
 
 def _dw_terms(spec):

@@ -240,6 +240,17 @@ def conv_col2im(dcol, fh, fw, stride, wp, oh, ow, r, pad, n0, dxp, dx):
 
 
 @helper
+def _farthest(offsets):
+    """The largest of the 1-D ``offsets`` (0 when there are none), or -1 when one is negative."""
+    far = 0
+    for j in range(offsets.shape[0]):
+        if offsets[j] < 0:
+            return -1
+        far = max(far, offsets[j])
+    return far
+
+
+@helper
 def _store_tile(acc, at, of, plane, bias, relu, start, stop, wp, ow):
     """One output channel of a direct convolution's tile into the flat output ``of``: the tile's
     pixels q = start ... stop - 1 (q = y*wp + xo, read at acc[at + q - start]) with xo < OW stored
@@ -415,12 +426,8 @@ def conv_direct_lanes(xp, koff, wr, b, wp, relu, group, pof, tile, out, pool, ar
     tasks = ((n + group - 1) // group) * nblk
     if min(pof.shape[0], tile.shape[0]) < tasks or pof.shape[1] < 2 * points or tile.shape[1] < points * fc:
         return
-    reach = 0  # the farthest term: every pixel's reads stay inside its image's planes
-    for j in range(k):
-        if koff[j] < 0:
-            return
-        reach = max(reach, koff[j])
-    if (oh - 1) * wp + ow - 1 + reach >= c * lx:
+    reach = _farthest(koff)  # the farthest term: every pixel's reads stay inside its image's planes
+    if reach < 0 or (oh - 1) * wp + ow - 1 + reach >= c * lx:
         return
     zero = typed(0, out)
     for t in prange(tasks):
@@ -753,18 +760,9 @@ def conv_dw_lanes(g, g0, xp, koff, pof, gt, acc, dw, begin, end):
         return
     if acc.shape[0] < tasks or acc.shape[1] < 24 * lanes or g0 < 0:
         return
-    far = 0  # the farthest pixel offset and term: every read stays inside its image's planes
-    for p in range(npix):
-        if pof[p] < 0 or g0 + pof[p] >= lg:
-            return
-        far = max(far, pof[p])
-    reach = 0
-    for t in range(kb):
-        for j in range(6):
-            if koff[t, j] < 0:
-                return
-            reach = max(reach, koff[t, j])
-    if npix and far + reach >= c * lx:
+    # the farthest pixel offset and term: every read stays inside its image's planes and its plane
+    far, reach = _farthest(pof), _farthest(koff.reshape(kb * 6))
+    if far < 0 or reach < 0 or (npix and (g0 + far >= lg or far + reach >= c * lx)):
         return
     gf = gt.reshape(chunk * npix * fnt)
     xf = xp.reshape(n * c * lx)

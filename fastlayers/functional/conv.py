@@ -449,16 +449,16 @@ def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu:
     sums = ws.flat("db_sums", (geo.n, geo.fn), dtype)
     koff = _offsets(ws, "koff_dw", geo.c, geo.fh, geo.fw, ws.xp.shape[2], geo.wp, rows=6)
     dw_lanes = dw_lanes_serve(geo.fn, geo.oh, geo.ow, geo.wp, dtype.itemsize)
+    blocks = fnp // 4  # the filter gradient's blocks of filters: its tasks are blocks x term rows
     if dw_lanes:  # scratch for a chunk of the gradient pixel by pixel, its filters contiguous
         fcl = _lanes_block(dtype.itemsize)[0]
         fnl, npix = -(-geo.fn // fcl) * fcl, geo.oh * geo.ow
+        blocks = fnl // fcl
         pof = ws.flat("pof_dw", (npix,), np.dtype(np.int64))
         pof[...] = (np.arange(geo.oh)[:, None] * geo.wp + np.arange(geo.ow)[None, :]).reshape(-1)
         images = max(1, min(chunk, _conv.DW_CHUNK_ELEMENTS // (npix * fnl + geo.c * ws.xp.shape[2])))
         gt = ws.flat("g_lanes", (images, npix, fnl), dtype)
-        acc = ws.flat("acc_dw_lanes", ((fnl // fcl) * koff.shape[0], 24 * lanes), dtype)
-    else:
-        acc = ws.flat("acc_dw", ((fnp // 4) * koff.shape[0], 24 * lanes), dtype)
+    acc = ws.flat("acc_dw", (blocks * koff.shape[0], 24 * lanes), dtype)
     dW2 = dW.reshape(geo.fn, geo.k)
     if with_dx:
         flipped = W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(geo.c, geo.fn * geo.fh * geo.fw)
