@@ -21,6 +21,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastlayers import reference
+from fastlayers._kernels import accumulators, vector_bytes
+
+#: the register configuration the kernels are compiled for in this process (their tiles' vector
+#: bytes and accumulators): the twins below follow it
+VB, ACC = vector_bytes(), accumulators()
+
+
+def _host_fc(fc):
+    """``fc`` where it is a direct tile's channel count here (it divides ``ACC``), else the largest
+    channel count below it that is (8 -> 6 with AVX2's 12 accumulators)."""
+    return max(c for c in range(1, fc + 1) if ACC % c == 0)
+
 
 #: sizes of the main input: one element, odd sizes around BLOCK, and one past every parallel threshold
 FLAT_SIZES = [1, 7, 8191, 8193, 300_007]
@@ -318,7 +330,7 @@ def _conv_direct(xp, koff, wr, b, wp, relu, tile, out, pool, arg, vals, vidx):
     n, c, lx = xp.shape
     nblk, k, fc = wr.shape
     fn, oh, ow = out.shape[1:]
-    span = (24 // fc) * (64 // xp.itemsize)
+    span = (ACC // fc) * (VB // xp.itemsize)
     total = oh * wp
     last = ((total - 1) // span) * span  # the start of each task's last tile, left in ``tile``
     xf = xp.reshape(n, c * lx)
@@ -367,7 +379,7 @@ def _conv_direct_lanes(xp, koff, wr, b, wp, relu, group, pof, tile, out, pool, a
     n, c, lx = xp.shape
     nblk, k, fc = wr.shape
     fn, oh, ow = out.shape[1:]
-    if fc != 4 * (64 // xp.itemsize):
+    if fc != ACC // 6 * (VB // xp.itemsize):
         return
     points, plane = 6, oh * ow
     xf = xp.reshape(n, c * lx)
@@ -430,7 +442,8 @@ def _direct_inputs(dtype, spec, fc, lx, rng):
 
 def _make_direct(dtype, spec, rng):
     n, c, h, w, fn, fh, fw, pad, fc, pooled = spec
-    span = (24 // fc) * (64 // np.dtype(dtype).itemsize)
+    fc = _host_fc(fc)
+    span = (ACC // fc) * (VB // np.dtype(dtype).itemsize)
     lx = _geo((n, c, h, w, fn, fh, fw, 1, pad)).lx + span
     g, xp, koff, wr, b, out, pooling = _direct_inputs(dtype, spec, fc, lx, rng)
     tile = np.full((n * wr.shape[0], fc * span), np.nan, dtype)
@@ -458,7 +471,7 @@ LANES_CASES = [
 
 def _make_direct_lanes(dtype, spec, rng):
     n, c, h, w, fn, fh, fw, pad, group, pooled = spec
-    fc = 4 * (64 // np.dtype(dtype).itemsize)
+    fc = ACC // 6 * (VB // np.dtype(dtype).itemsize)
     lx = (h + 2 * pad) * (w + 2 * pad) + 3  # a little past the padded plane
     g, xp, koff, wr, b, out, pooling = _direct_inputs(dtype, spec, fc, lx, rng)
     tasks = -(-n // group) * wr.shape[0]
@@ -471,9 +484,9 @@ def _conv_direct_rows(xp, foff, wr, b, wp, fh, fw, relu, tile, out):
     n, planes, lx = xp.shape
     c = foff.shape[0]
     fn, oh, ow = out.shape[1:]
-    lanes = 64 // xp.itemsize
+    lanes = VB // xp.itemsize
     vectors = -(-ow // lanes)
-    width, rows = vectors * lanes, 24 // max(vectors, 1)
+    width, rows = vectors * lanes, ACC // max(vectors, 1)
     if vectors not in (2, 4) or fh not in (3, 5) or wr.shape[1] != c * fh * fw or c > planes:
         return
     if (-(-oh // rows) * rows + fh - 2) * wp + fw - 1 + width > lx or out.shape[0] != n:
@@ -521,13 +534,15 @@ def _make_direct_rows(dtype, spec, rng):
     n, c, h, w, fn, fh, fw, pad, stride = spec[:9]
     planes = spec[9] if len(spec) > 9 else c
     slack = spec[10] if len(spec) > 10 else 3  # elements past what the tiles read
-    lanes = 64 // np.dtype(dtype).itemsize
+    lanes = VB // np.dtype(dtype).itemsize
     hp, wpad = h + 2 * pad, w + 2 * pad
     oh, ow = hp - fh + 1, wpad - fw + 1
     vectors = -(-ow // lanes)
     wp = stride or max(vectors * lanes, wpad)
-    rows = 24 // max(vectors, 1)
+    rows = max(1, ACC // max(vectors, 1))  # any positive count where the tile does not serve
     lx = (-(-oh // rows) * rows + fh - 2) * wp + fw - 1 + vectors * lanes + slack
+    if vectors not in (2, 4):  # not served (nothing written): planes that hold the input
+        lx = max(lx, hp * wp)
     # values in the padded planes, NaN where no stored output may look: past the planes' rows and
     # in the columns past W + 2*pad of rows wider than that; rows narrower (the flat layout, each
     # row's zero columns the next one's left padding) hold the padded plane's values as read flat
@@ -613,7 +628,7 @@ def _make_dout_direct(dtype, spec, rng):
     n0 = spec[11] if len(spec) > 11 else 0
     m = g.n - n0  # the images laid out
     padded = min(qh, qw) >= 0
-    lanes = 64 // np.dtype(dtype).itemsize
+    lanes = VB // np.dtype(dtype).itemsize
     lg = -(-g.oh * g.wp // lanes) * lanes
     fnp = -(-g.fn // 4) * 4
     y = (3 * rng.standard_normal(g.out_shape)).astype(dtype)
@@ -641,29 +656,30 @@ def _make_dout_direct(dtype, spec, rng):
 def _conv_dw_direct(g, g0, xp, koff, nvec, acc, dw, begin, end):
     n, fnp, _ = g.shape
     g = g[:, :, g0:]
-    lanes = 64 // xp.itemsize
+    lanes = VB // xp.itemsize
     span = nvec * lanes
+    nt = ACC // 4  # the tile's terms
     fn, k = dw.shape
     xf = xp.reshape(n, -1)
     kb = koff.shape[0]
     for t in range(-(-fn // 4) * kb):
         fb, tb = divmod(t, kb)
         rows = g[:, fb * 4 : fb * 4 + 4, :span].reshape(n, 4, nvec, lanes)
-        terms = xf[:, koff[tb][:, None] + np.arange(span)[None, :]].reshape(n, 6, nvec, lanes)
-        lanes_sum = np.einsum("ifvl,itvl->ftl", rows, terms)  # (4, 6, lanes)
+        terms = xf[:, koff[tb][:, None] + np.arange(span)[None, :]].reshape(n, nt, nvec, lanes)
+        lanes_sum = np.einsum("ifvl,itvl->ftl", rows, terms)  # (4, nt, lanes)
         if not begin:  # an earlier chunk's sums
-            lanes_sum = lanes_sum + acc[t, : 24 * lanes].reshape(4, 6, lanes)
-        acc[t, : 24 * lanes] = lanes_sum.reshape(-1)
+            lanes_sum = lanes_sum + acc[t, : ACC * lanes].reshape(4, nt, lanes)
+        acc[t, : ACC * lanes] = lanes_sum.reshape(-1)
         if not end:
             continue
         for f in range(fb * 4, min(fn, fb * 4 + 4)):
-            for term in range(tb * 6, min(k, tb * 6 + 6)):
-                dw[f, term] = lanes_sum[f - fb * 4, term - tb * 6].sum()
+            for term in range(tb * nt, min(k, tb * nt + nt)):
+                dw[f, term] = lanes_sum[f - fb * 4, term - tb * nt].sum()
 
 
 def _make_dw_direct(dtype, spec, rng):
     g, _, _ = _direct_geo(spec)
-    lanes = 64 // np.dtype(dtype).itemsize
+    lanes = VB // np.dtype(dtype).itemsize
     nvec = -(-g.oh * g.wp // lanes)
     fnp = -(-g.fn // 4) * 4
     lx = g.lx + 2 * lanes
@@ -672,27 +688,27 @@ def _make_dw_direct(dtype, spec, rng):
     g0 = g.n % 3 * 5  # pixel 0 of each plane at 0, 5 or 10 (the layout in dpad: qh*wd + qw on)
     shifted = np.full((g.n, fnp, g0 + nvec * lanes + 2), np.nan, dtype)  # NaN where nothing may read
     shifted[:, :, g0 : g0 + nvec * lanes] = rows
-    koff, acc, dw, begin, end = _dw_rest(g, lx, fnp // 4, dtype, rng)
+    koff, acc, dw, begin, end = _dw_rest(g, lx, fnp // 4, ACC // 4, dtype, rng)
     return [shifted, g0, xp, koff, nvec, acc, dw, begin, end]
 
 
-def _dw_rest(g, lx, blocks, dtype, rng):
-    """A filter gradient kernel's term offsets (Kb, 6) on planes of ``lx``, its accumulators for
+def _dw_rest(g, lx, blocks, nt, dtype, rng):
+    """A filter gradient kernel's term offsets (Kb, ``nt``) on planes of ``lx``, its accumulators for
     ``blocks`` blocks of filters (NaN, random on a middle or last chunk; 0 past the tile: untouched),
     ``dw`` (NaN), and its ``begin`` and ``end`` flags, which vary with the shape."""
-    lanes = 64 // np.dtype(dtype).itemsize
-    kb = -(-g.k // 6)
-    koff = np.zeros(kb * 6, np.int64)
+    lanes = VB // np.dtype(dtype).itemsize
+    kb = -(-g.k // nt)
+    koff = np.zeros(kb * nt, np.int64)
     koff[: g.k] = (
         np.arange(g.c)[:, None, None] * lx + np.arange(g.fh)[None, :, None] * g.wp + np.arange(g.fw)[None, None, :]
     ).reshape(-1)
-    acc = np.full((blocks * kb, 24 * lanes + 5), np.nan, dtype)
-    acc[:, 24 * lanes :] = 0
+    acc = np.full((blocks * kb, ACC * lanes + 5), np.nan, dtype)
+    acc[:, ACC * lanes :] = 0
     # a middle or last chunk of a batch (the accumulators hold the earlier chunks' sums) on some shapes
     begin, end = g.n % 2 == 1 or g.c != 3, g.fn != 4
     if not begin:
-        acc[:, : 24 * lanes] = rng.standard_normal((acc.shape[0], 24 * lanes)).astype(dtype)
-    return koff.reshape(kb, 6), acc, np.full((g.fn, g.k), np.nan, dtype), begin, end
+        acc[:, : ACC * lanes] = rng.standard_normal((acc.shape[0], ACC * lanes)).astype(dtype)
+    return koff.reshape(kb, nt), acc, np.full((g.fn, g.k), np.nan, dtype), begin, end
 
 
 def _dw_lanes_pixels(g):
@@ -701,8 +717,8 @@ def _dw_lanes_pixels(g):
 
 def _conv_dw_lanes(g, g0, xp, koff, pof, gt, acc, dw, begin, end):
     n, chunk = g.shape[0], gt.shape[0]
-    lanes = 64 // xp.itemsize
-    fc = 4 * lanes
+    lanes = VB // xp.itemsize
+    fc = ACC // 6 * lanes
     fn, k = dw.shape
     copied = min(g.shape[1], gt.shape[2])
     pixel_major = np.zeros((n, pof.size, gt.shape[2]), g.dtype)  # every image's copy
@@ -716,8 +732,8 @@ def _conv_dw_lanes(g, g0, xp, koff, pof, gt, acc, dw, begin, end):
         terms = xf[:, pof[:, None] + koff[tb][None, :]]  # (n, P, 6)
         sums = np.einsum("ipf,ipt->tf", pixel_major[:, :, fb * fc : (fb + 1) * fc], terms)  # (6, fc)
         if not begin:  # an earlier chunk's sums
-            sums = sums + acc[t, : 24 * lanes].reshape(6, fc)
-        acc[t, : 24 * lanes] = sums.reshape(-1)
+            sums = sums + acc[t, : ACC * lanes].reshape(6, fc)
+        acc[t, : ACC * lanes] = sums.reshape(-1)
         if not end:
             continue
         for f in range(fb * fc, min(fn, fb * fc + fc)):
@@ -727,8 +743,8 @@ def _conv_dw_lanes(g, g0, xp, koff, pof, gt, acc, dw, begin, end):
 
 def _make_dw_lanes(dtype, spec, rng):
     g, _, _ = _direct_geo(spec)
-    lanes = 64 // np.dtype(dtype).itemsize
-    fc = 4 * lanes
+    lanes = VB // np.dtype(dtype).itemsize
+    fc = ACC // 6 * lanes
     pof = _dw_lanes_pixels(g)
     g0 = g.n % 3 * 5  # as in dpad: pixel 0 of each plane at qh*wd + qw
     planes = -(-g.fn // 4) * 4
@@ -738,7 +754,7 @@ def _make_dw_lanes(dtype, spec, rng):
     xp = (3 * rng.standard_normal((g.n, g.c, lx))).astype(dtype)
     wide = -(-g.fn // fc) * fc + (fc if g.n % 2 else 0)  # wider than the blocks on some shapes
     gt = np.full((1 + g.n % 3, pof.size, wide), np.nan, dtype)  # chunks of 1 to 3 images
-    koff, acc, dw, begin, end = _dw_rest(g, lx, -(-g.fn // fc), dtype, rng)
+    koff, acc, dw, begin, end = _dw_rest(g, lx, -(-g.fn // fc), 6, dtype, rng)
     return [layout, g0, xp, koff, pof, gt, acc, dw, begin, end]
 
 
@@ -988,7 +1004,7 @@ CASES: dict[str, Case] = {
             _rows(s[:2], dt, rng),
             _rows((s[2], s[1]), dt, rng),
             np.full((s[0], s[2]), np.nan, dt),
-            np.full((1 + s[2] % 3, s[1], 4 * 64 // np.dtype(dt).itemsize), np.nan, dt),  # 1 to 3 tasks
+            np.full((1 + s[2] % 3, s[1], ACC // 6 * VB // np.dtype(dt).itemsize), np.nan, dt),  # 1 to 3 tasks
         ],
         "sum",
         shapes=PRODUCT_SHAPES,

@@ -300,8 +300,11 @@ def test_input_gradient_to_few_channels_runs_on_the_rows_tile(dtype, monkeypatch
     """SimpleConvNet's first layer, its input gradient asked (the book's own net asks it): the
     gradient to one channel runs on the rows tile, and equals the flat tiles' within the sums'
     rounding (the terms add in another order)."""
-    x, W, b, stride, pad = _data((4, 1, 28, 28, 30, 5, 5, 1, 0), dtype)
-    dout = np.random.default_rng(2).standard_normal((4, 30, 24, 24)).astype(dtype)
+    # SimpleConvNet's 28x28, or where its input gradient's rows of 28 are no 2 or 4 vectors (AVX2's
+    # float64: 7), 16x16
+    w = 28 if C.rows_serve(1, 5, 28, np.dtype(dtype).itemsize) else 16
+    x, W, b, stride, pad = _data((4, 1, w, w, 30, 5, 5, 1, 0), dtype)
+    dout = np.random.default_rng(2).standard_normal((4, 30, w - 4, w - 4)).astype(dtype)
     kernels = []
     launch = C.launch
     monkeypatch.setattr(C, "launch", lambda kernel, *args: kernels.append(kernel.name) or launch(kernel, *args))
@@ -366,8 +369,18 @@ def test_small_planes_run_on_the_channel_lanes_with_the_direct_kernels_bits(spec
     launch = C.launch
     monkeypatch.setattr(C, "launch", lambda kernel, *args: kernels.append(kernel.name) or launch(kernel, *args))
     geo = C.geometry(x.shape, W.shape, stride, pad)
-    fwd = C.lanes_serve(geo.fn, geo.oh, geo.ow, geo.wp, x.itemsize)
-    dx = C.lanes_serve(geo.c, geo.h, geo.w, geo.ow + 2 * (geo.fw - 1 - pad), x.itemsize)  # as _direct_backward
+    wd = geo.ow + 2 * (geo.fw - 1 - pad)  # the input gradient's rows, as _direct_backward's
+
+    def served():
+        return C.lanes_serve(geo.fn, geo.oh, geo.ow, geo.wp, x.itemsize), C.lanes_serve(
+            geo.c, geo.h, geo.w, wd, x.itemsize
+        )
+
+    fwd, dx = served()
+    if not (fwd or dx):  # not chosen in this register configuration (AVX2's float64 blocks of 8 channels
+        # on the 5x5 plane): the lanes taken all the same, for their bits
+        monkeypatch.setattr(C, "LANES_MAX_RATIO", {4: 2.0, 8: 2.0})
+        fwd, dx = served()
     assert fwd or dx
 
     def run():
@@ -410,10 +423,10 @@ def test_small_planes_take_the_filter_gradient_with_filters_in_the_lanes(spec, d
     x, W, b, stride, pad = _data(spec, dtype)
     geo = C.geometry(x.shape, W.shape, stride, pad)
     serves = C.dw_lanes_serve(geo.fn, geo.oh, geo.ow, geo.wp, x.itemsize)
-    # 64 or 100 filters on planes of 3x3 to 7x7: in both dtypes; 40 on an unpadded 7x7 plane (the
-    # blocks of 64 filters, two of 32 in float64, would compute too many terms) and a 16x16 plane
-    # (more pixels than DW_LANES_MAX_PIXELS): neither
-    assert serves == (spec[4] in (64, 100))
+    # 64 or 100 filters on planes of 3x3 to 7x7: in both dtypes and register configurations; a 16x16
+    # plane (more pixels than DW_LANES_MAX_PIXELS): in none; 40 filters on an unpadded 7x7 plane: not
+    # in blocks of 64 filters (AVX-512, float32) or 32 (float64), which would compute too many terms
+    assert serves == (spec[4] in (64, 100)) or spec[4] == 40 and 40 % C._lanes_block(x.itemsize)[0] == 0
     kernels = []
     launch = C.launch
     monkeypatch.setattr(C, "launch", lambda kernel, *args: kernels.append(kernel.name) or launch(kernel, *args))
@@ -799,7 +812,10 @@ def test_backward_in_chunks_of_images_keeps_the_bits(dtype, pooled, geometry, mo
 
     whole = gradients()
     assert [s[0] for s in layouts] == [n]
-    assert ("conv_dw_lanes" in kernels) == (geometry[1] == 64)  # the filter gradient's lanes: 7x7
+    # the filter gradient's lanes: at 7x7 in every register configuration, and where dw_lanes_serve says
+    geo = C.geometry(x.shape, W.shape, 1, pad)
+    assert ("conv_dw_lanes" in kernels) == C.dw_lanes_serve(geo.fn, geo.oh, geo.ow, geo.wp, x.itemsize)
+    assert "conv_dw_lanes" in kernels or geometry[1] != 64
     image_bytes = layouts[0][1] * layouts[0][2] * np.dtype(dtype).itemsize
     if not pooled:
         _assert_relu_conv_gradients(whole, x, W, b, pad, dout)

@@ -455,7 +455,7 @@ def test_filter_gradient_lanes_kernel_writes_nothing_outside_its_contract(dtype,
         return lambda a: a.__setitem__(i, value(a))
 
     size = lambda a: a[2].shape[1] * a[2].shape[2]  # noqa: E731  (the elements of an image's planes)
-    lanes = 64 // np.dtype(dtype).itemsize
+    lanes = _numba.VECTOR_BYTES // np.dtype(dtype).itemsize
     spoils = {
         "term one past the planes": lambda a: a[3].__setitem__((0, 0), size(a) - int(a[4].max())),
         "pixel one past its gradient plane": lambda a: a[4].__setitem__(-1, a[0].shape[2] - a[1]),
@@ -469,7 +469,7 @@ def test_filter_gradient_lanes_kernel_writes_nothing_outside_its_contract(dtype,
         "no scratch image": put(5, lambda a: a[5][:0].copy()),
         "another batch size": put(2, lambda a: a[2][:1].copy()),
         "few acc rows": put(6, lambda a: a[6][:-1].copy()),
-        "short acc rows": put(6, lambda a: a[6][:, : 24 * lanes - 1].copy()),
+        "short acc rows": put(6, lambda a: a[6][:, : _numba.TILE_ACCUMULATORS * lanes - 1].copy()),
     }
     for name, spoil in spoils.items():
         args = _make_dw_lanes(dtype, spec, np.random.default_rng(3))

@@ -202,14 +202,15 @@ def test_conv_tile_python_body_matches_compiled(tile, dtype):
     """The direct convolution's register tile: its Python body (no JIT) against the compiled one
     (FMAs there: within rounding), and the bounds its Python body checks."""
     channels, vectors = tile
-    fn = getattr(_numba, f"conv_tile_{channels}x{vectors}")
+    fn = getattr(_numba, f"conv_tile_{channels}")
+    assert channels * vectors == _numba.TILE_ACCUMULATORS
 
     @njit(error_model="numpy")
     def compiled(xf, xoff, koff, wf, woff, out):
         fn(xf, xoff, koff, wf, woff, out)
 
     rng = np.random.default_rng(1)
-    span = vectors * 64 // np.dtype(dtype).itemsize
+    span = vectors * _numba.VECTOR_BYTES // np.dtype(dtype).itemsize
     koff = np.array([0, 3, 40, 41, 90], np.int64)
     xf = rng.standard_normal(100 + span).astype(dtype)
     wf = rng.standard_normal(7 + 5 * channels).astype(dtype)
@@ -229,19 +230,20 @@ def test_conv_tile_python_body_matches_compiled(tile, dtype):
 def test_conv_dw_tile_python_body_matches_compiled(dtype):
     """The filter gradient's tile: Python body against compiled (within rounding), accumulating
     into what ``acc`` holds, over images then vectors; the bounds its Python body checks."""
-    fn = _numba.conv_dw_tile_4x6
-    assert _numba.CONV_DW_TILE == (4, 6)
+    fn = _numba.conv_dw_tile_4
+    terms = _numba.TILE_ACCUMULATORS // 4
+    assert _numba.CONV_DW_TILE == (4, terms)
 
     @njit(error_model="numpy")
     def compiled(gf, goff, gstride, gimage, xf, xoff, ximage, koff, nvec, nimg, acc):
         fn(gf, goff, gstride, gimage, xf, xoff, ximage, koff, nvec, nimg, acc)
 
     rng = np.random.default_rng(2)
-    lanes = 64 // np.dtype(dtype).itemsize
-    koff = np.array([0, 1, 9, 10, 11, 30, 99], np.int64)  # the first 6 are read
+    lanes = _numba.VECTOR_BYTES // np.dtype(dtype).itemsize
+    koff = np.array([0, 1, 9, 10, 11, 30, 99], np.int64)  # the first ``terms`` are read
     gf = rng.standard_normal(3 + 2 * 200 + 3 * 40 + 2 * lanes).astype(dtype)
     xf = rng.standard_normal(5 + 2 * 150 + 30 + 2 * lanes).astype(dtype)
-    start = rng.standard_normal(24 * lanes + 2).astype(dtype)
+    start = rng.standard_normal(4 * terms * lanes + 2).astype(dtype)
     got, want = start.copy(), start.copy()
     args = (gf, 3, 40, 200, xf, 5, 150, koff, 2, 3)
     compiled(*args, got)
@@ -251,4 +253,65 @@ def test_conv_dw_tile_python_body_matches_compiled(dtype):
     with pytest.raises(IndexError):
         fn(gf, 3, 40, 200, xf, 5, 150, koff, 2, 4, want)  # a fourth image past the gradient rows
     with pytest.raises(IndexError):
-        fn(gf, 3, 40, 200, xf, 5, 150, koff, 2, 3, want[: 24 * lanes - 1])
+        fn(gf, 3, 40, 200, xf, 5, 150, koff, 2, 3, want[: 4 * terms * lanes - 1])
+
+
+def test_register_configuration_follows_the_cpu_numba_compiles_for():
+    """The tiles' vector bytes are 64 exactly where Numba's target machine has AVX-512F (unless
+    ``FASTLAYERS_VECTOR_BYTES`` chose), and every tile shape follows from its accumulators."""
+    import os
+
+    from fastlayers import _kernels
+
+    if os.environ.get("FASTLAYERS_VECTOR_BYTES"):
+        assert _numba.VECTOR_BYTES == int(os.environ["FASTLAYERS_VECTOR_BYTES"])
+    else:
+        from numba.core.registry import cpu_target
+
+        features = cpu_target.target_context.codegen()._tm_features.split(",")
+        assert (_numba.VECTOR_BYTES == 64) == ("+avx512f" in features)
+    assert _numba.TILE_ACCUMULATORS == _kernels.REGISTER_CONFIGS[_numba.VECTOR_BYTES]
+    acc = _numba.TILE_ACCUMULATORS
+    assert all(c * v == acc for c, v in _numba.CONV_TILES) and (6, acc // 6) in _numba.CONV_TILES
+    assert _numba.CONV_LANES_TILE == _numba.CONV_DW_LANES_TILE == (6, acc // 6)
+    assert _numba.CONV_DW_TILE == (4, acc // 4)
+    assert _numba.DENSE_ROWS * _numba.DENSE_VECTORS == acc
+
+
+REGISTER_PROBE = """
+import json, sys
+from fastlayers import _kernels
+try:
+    vb = _kernels.vector_bytes()
+except ValueError as e:
+    print(json.dumps({"error": str(e)}))
+    sys.exit(0)
+from fastlayers._kernels import _numba
+print(json.dumps({"vb": vb, "acc": _kernels.accumulators(), "tiles": _numba.CONV_TILES, "tag": _numba.TAG}))
+"""
+
+
+def test_the_register_configuration_can_be_chosen_and_keys_the_cache():
+    """``FASTLAYERS_VECTOR_BYTES`` chooses 32 or 64 (the tiles follow, the cache tag changes with it),
+    and anything else is a ValueError naming the variable; ``NUMBA_CPU_NAME=generic`` (no features)
+    takes 32."""
+    import os
+    import subprocess
+    import sys
+
+    def probe(**env):
+        full = {k: v for k, v in os.environ.items() if k not in ("FASTLAYERS_VECTOR_BYTES", "NUMBA_CPU_NAME")}
+        res = subprocess.run(
+            [sys.executable, "-c", REGISTER_PROBE], env={**full, **env}, capture_output=True, text=True, timeout=300
+        )
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout.strip().splitlines()[-1])
+
+    small, large = probe(FASTLAYERS_VECTOR_BYTES="32"), probe(FASTLAYERS_VECTOR_BYTES="64")
+    assert (small["vb"], small["acc"], large["vb"], large["acc"]) == (32, 12, 64, 24)
+    assert [tuple(t) for t in small["tiles"]] == [(6, 2), (4, 3), (12, 1), (3, 4), (2, 6), (1, 12)]
+    assert [tuple(t) for t in large["tiles"]] == [(8, 3), (6, 4), (4, 6), (12, 2), (3, 8), (2, 12), (1, 24)]
+    assert small["tag"] != large["tag"]
+    for bad in ("48", "avx2", "0"):
+        assert "FASTLAYERS_VECTOR_BYTES" in probe(FASTLAYERS_VECTOR_BYTES=bad)["error"]
+    assert probe(NUMBA_CPU_NAME="generic")["vb"] == 32

@@ -34,7 +34,7 @@ from numba import njit, prange
 import fastlayers as fl
 from fastlayers._kernels import _threads
 from fastlayers._kernels import conv as kconv
-from fastlayers._kernels._numba import conv_lanes_tile_6x4
+from fastlayers._kernels._numba import conv_lanes_tile_6
 from fastlayers.functional import conv as fconv
 
 #: (N, C, H, FN, pad): DeepConvNet's 3x3 layers, and the 7x7 planes of the convolution issue
@@ -138,7 +138,7 @@ def fused(x, pad, U, b, out, xt_s, V_s, M_s, yt_s, at_s, acc_s, koff):  # noqa: 
                     for t0 in range(0, tiles, 6):
                         for p in range(6):
                             at[p] = (e * tiles + min(t0 + p, tiles - 1)) * c
-                        conv_lanes_tile_6x4(vf, at, koff, uf, (e * nblk + blk) * c * fc, acc)
+                        conv_lanes_tile_6(vf, at, koff, uf, (e * nblk + blk) * c * fc, acc)
                         for p in range(min(6, tiles - t0)):
                             for f in range(min(fc, fn - f0)):
                                 M[e, t0 + p, f0 + f] = acc[p * fc + f]

@@ -21,12 +21,58 @@ imported, and only the kernel modules a program calls are ever imported.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from typing import Any
 
 #: False when ``FASTLAYERS_NO_CACHE=1``: kernels are compiled without Numba's cache (``_numba.jit``)
 CACHE_ENABLED: bool = os.environ.get("FASTLAYERS_NO_CACHE", "") in ("", "0")
+
+#: The register configurations of the tiles: vector bytes -> accumulators of every register tile.
+#: 64-byte vectors where Numba compiles for AVX-512 (32 vector registers: 24 accumulators, the loaded
+#: vectors and a broadcast), 32-byte vectors elsewhere (AVX2's 16 registers: 12 accumulators).
+#: Tiles of 64-byte vectors on a 16-register CPU spill their accumulators to the stack
+#: (docs/PERFORMANCE.md, "Tiles for the CPU's registers").
+REGISTER_CONFIGS: dict[int, int] = {64: 24, 32: 12}
+
+
+def _target_features() -> str:
+    """The CPU features Numba compiles for, as Numba reads them: ``NUMBA_CPU_FEATURES`` when set,
+    none for ``NUMBA_CPU_NAME=generic``, else the host's (llvmlite's)."""
+    features = os.environ.get("NUMBA_CPU_FEATURES")
+    if features is not None:
+        return features
+    if os.environ.get("NUMBA_CPU_NAME", "").lower() == "generic":
+        return ""
+    from llvmlite import binding
+
+    return binding.get_host_cpu_features().flatten()
+
+
+@functools.cache
+def vector_bytes() -> int:
+    """Bytes of a vector in the register tiles of the kernels (a key of :data:`REGISTER_CONFIGS`):
+    ``FASTLAYERS_VECTOR_BYTES`` when set (32 or 64; to test one configuration on a CPU made for
+    the other, where it is correct but slower), else 64 where the compile target has AVX-512F,
+    else 32. Fixed for the process at its first call.
+
+    Raises
+    ------
+    ValueError
+        ``FASTLAYERS_VECTOR_BYTES`` is set to anything but 32 or 64.
+    """
+    text = os.environ.get("FASTLAYERS_VECTOR_BYTES", "").strip()
+    if text:
+        if text not in ("32", "64"):
+            raise ValueError(f"FASTLAYERS_VECTOR_BYTES must be 32 or 64, got {text!r}")
+        return int(text)
+    return 64 if "+avx512f" in _target_features().split(",") else 32
+
+
+def accumulators() -> int:
+    """Vector accumulators of every register tile in this process's configuration (:func:`vector_bytes`)."""
+    return REGISTER_CONFIGS[vector_bytes()]
 
 
 class LazyModule:

@@ -68,7 +68,16 @@ SUPPORTED: tuple[str, str] = _threads.NUMBA_SUPPORTED
 DISABLED: bool = bool(numba.config.DISABLE_JIT)
 
 FLAGS: dict = {"error_model": "numpy", "fastmath": {"contract"}, "nogil": True}
-from . import CACHE_ENABLED  # noqa: E402, F401  (parsed where fastlayers can read it without Numba)
+from . import (  # noqa: E402
+    CACHE_ENABLED,  # noqa: F401  (parsed where fastlayers can read it without Numba)
+    accumulators,
+    vector_bytes,
+)
+
+#: Bytes of a vector in every register tile below (``fastlayers._kernels.vector_bytes``: 64 where
+#: Numba compiles for AVX-512, else 32), and the accumulators each tile keeps in registers (24 or 12).
+VECTOR_BYTES: int = vector_bytes()
+TILE_ACCUMULATORS: int = accumulators()
 
 
 def _tag() -> str:
@@ -77,6 +86,8 @@ def _tag() -> str:
     )
     # NUMBA_BOUNDSCHECK=1 compiles checked code: cached apart, or a checked run would load unchecked code
     digest.update(f"boundscheck={numba.config.BOUNDSCHECK}".encode())
+    # FASTLAYERS_VECTOR_BYTES changes every tile without changing the CPU Numba keys its cache on
+    digest.update(f"vector_bytes={vector_bytes()}".encode())
     for path in sorted(Path(__file__).parent.glob("*.py")):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:10]
@@ -460,13 +471,13 @@ def _row_max_impl(a):
 
 # --------------------------------------------------------------------------------------------
 # The register tile of the direct convolution (fastlayers._kernels.conv.conv_direct): ``channels``
-# output channels times ``vectors`` vectors of consecutive output pixels (16 float32 or 8 float64
+# output channels times ``vectors`` vectors of consecutive output pixels (VECTOR_BYTES // itemsize
 # lanes each), accumulated in vector registers over the whole reduction: per term k, ``vectors``
 # unaligned loads of input, ``channels`` broadcast weights, ``channels * vectors`` FMAs.
 # --------------------------------------------------------------------------------------------
 def _tile_python(channels: int, vectors: int) -> Callable:
     def conv_tile(xf, xoff, koff, wf, woff, tile):
-        span = vectors * (64 // xf.itemsize)
+        span = vectors * (VECTOR_BYTES // xf.itemsize)
         nk = koff.shape[0]
         if nk and (xoff < 0 or koff.min() < 0 or xoff + int(koff.max()) + span > xf.shape[0]):
             raise IndexError("conv_tile would read xf out of bounds")
@@ -517,7 +528,7 @@ def _tile_function(module: ir.Module, fty, intp, channels: int, vectors: int) ->
     the accumulators to the stack), made once per module:
     f(x, koff, nk, w, tile) with x and w already offset."""
     size = 4 if isinstance(fty, ir.FloatType) else 8
-    lanes = 64 // size
+    lanes = VECTOR_BYTES // size
     ptr = fty.as_pointer()
     name = f"fastlayers_conv_tile_{channels}x{vectors}_f{size * 8}"
     fn, new = _tile_declaration(module, name, [ptr, intp.as_pointer(), intp, ptr, ptr])
@@ -586,7 +597,7 @@ def _tile_check(xf, koff, wf, tile) -> bool:
 def conv_tile(channels: int, vectors: int) -> Callable:
     """``conv_tile_CxV(xf, xoff, koff, wf, woff, tile)``: tile[f*S + p] = the sum over k, in order,
     of wf[woff + k*channels + f] * xf[xoff + koff[k] + p] (one FMA each in compiled code), for
-    f < ``channels`` and p < S = ``vectors`` * (64 // itemsize). 1-D C-contiguous float arrays of one
+    f < ``channels`` and p < S = ``vectors`` * (VECTOR_BYTES // itemsize). 1-D C-contiguous float arrays of one
     dtype, ``koff`` int64. Compiled code does not check bounds: the caller guarantees them (the Python
     body checks them)."""
     python_body = _tile_python(channels, vectors)
@@ -606,28 +617,31 @@ def conv_tile(channels: int, vectors: int) -> Callable:
     return python_body
 
 
-#: the register tiles of the direct convolution, (output channels, vectors of pixels): 24 accumulators
-#: each, which with the loaded input vectors and one broadcast fit AVX-512's 32 vector registers
-CONV_TILES = ((8, 3), (6, 4), (4, 6), (12, 2), (3, 8), (2, 12), (1, 24))
-conv_tile_8x3 = conv_tile(8, 3)
-conv_tile_6x4 = conv_tile(6, 4)
-conv_tile_4x6 = conv_tile(4, 6)
-conv_tile_12x2 = conv_tile(12, 2)
-conv_tile_3x8 = conv_tile(3, 8)
-conv_tile_2x12 = conv_tile(2, 12)
-conv_tile_1x24 = conv_tile(1, 24)
+#: the register tiles of the direct convolution, (output channels, vectors of pixels):
+#: TILE_ACCUMULATORS accumulators each, which with the loaded input vectors and one broadcast fit
+#: the vector registers (AVX-512's 32: (8, 3), (6, 4), (4, 6), (12, 2), (3, 8), (2, 12), (1, 24);
+#: AVX2's 16: (6, 2), (4, 3), (12, 1), (3, 4), (2, 6), (1, 12)). ``conv_tile_C`` is the tile of C
+#: channels (of 8 channels and one vector where 8 does not divide the accumulators: never chosen)
+CONV_TILES = tuple((c, TILE_ACCUMULATORS // c) for c in (8, 6, 4, 12, 3, 2, 1) if TILE_ACCUMULATORS % c == 0)
+conv_tile_8 = conv_tile(8, max(1, TILE_ACCUMULATORS // 8))
+conv_tile_6 = conv_tile(6, TILE_ACCUMULATORS // 6)
+conv_tile_4 = conv_tile(4, TILE_ACCUMULATORS // 4)
+conv_tile_12 = conv_tile(12, TILE_ACCUMULATORS // 12)
+conv_tile_3 = conv_tile(3, TILE_ACCUMULATORS // 3)
+conv_tile_2 = conv_tile(2, TILE_ACCUMULATORS // 2)
+conv_tile_1 = conv_tile(1, TILE_ACCUMULATORS)
 
 
 # --------------------------------------------------------------------------------------------
 # The channel-lanes tile of the direct convolution (conv_direct_lanes): ``points`` output pixels
-# times ``vectors`` vectors of consecutive output channels (16 float32 or 8 float64 lanes each),
+# times ``vectors`` vectors of consecutive output channels (VECTOR_BYTES // itemsize lanes each),
 # accumulated in vector registers over the whole reduction: per term k, ``vectors`` loads of
 # filter values, ``points`` broadcast input values (one per pixel, each from its own offset),
 # ``points * vectors`` FMAs. The pixels may lie anywhere, so no padded column is computed.
 # --------------------------------------------------------------------------------------------
 def _lanes_python(points: int, vectors: int) -> Callable:
     def conv_lanes_tile(xf, pof, koff, wf, woff, tile):
-        fc = vectors * (64 // xf.itemsize)
+        fc = vectors * (VECTOR_BYTES // xf.itemsize)
         nk = koff.shape[0]
         if pof.shape[0] < points or woff < 0 or woff + nk * fc > wf.shape[0] or points * fc > tile.shape[0]:
             raise IndexError("conv_lanes_tile would read pof or wf or write tile out of bounds")
@@ -648,7 +662,7 @@ def _lanes_function(module: ir.Module, fty, intp, points: int, vectors: int) -> 
     """The channel-lanes tile as its own LLVM function (``noinline``, as the other tiles), made once
     per module: f(x, pof, koff, nk, w, tile) with w already offset."""
     size = 4 if isinstance(fty, ir.FloatType) else 8
-    lanes = 64 // size
+    lanes = VECTOR_BYTES // size
     fc = vectors * lanes
     ptr = fty.as_pointer()
     name = f"fastlayers_conv_lanes_tile_{points}x{vectors}_f{size * 8}"
@@ -726,11 +740,12 @@ def conv_lanes_tile(points: int, vectors: int) -> Callable:
     return python_body
 
 
-#: the channel-lanes tile, (pixels, vectors of output channels): 24 accumulators, which with the 4
-#: loaded filter vectors and one broadcast fit AVX-512's 32 vector registers. One of 12 pixels by 2
-#: vectors was slower at every size measured (docs/PERFORMANCE.md)
-CONV_LANES_TILE = (6, 4)
-conv_lanes_tile_6x4 = conv_lanes_tile(6, 4)
+#: the channel-lanes tile, (pixels, vectors of output channels): 6 pixels by TILE_ACCUMULATORS // 6
+#: vectors, which with the loaded filter vectors and one broadcast fit the vector registers. One of
+#: 12 pixels by 2 vectors was slower at every size measured with AVX-512, and of 3 pixels by 4
+#: vectors with AVX2 (docs/PERFORMANCE.md)
+CONV_LANES_TILE = (6, TILE_ACCUMULATORS // 6)
+conv_lanes_tile_6 = conv_lanes_tile(*CONV_LANES_TILE)
 
 
 # --------------------------------------------------------------------------------------------
@@ -741,10 +756,10 @@ conv_lanes_tile_6x4 = conv_lanes_tile(6, 4)
 # vectors loads, rows * fh * vectors FMAs).
 # --------------------------------------------------------------------------------------------
 def _rows_python(fh: int, vectors: int) -> Callable:
-    rows = 24 // vectors
+    rows = TILE_ACCUMULATORS // vectors
 
     def conv_rows_tile(xf, xoff, foff, fw, wd, wf, woff, tile):
-        width = vectors * (64 // xf.itemsize)
+        width = vectors * (VECTOR_BYTES // xf.itemsize)
         nf = foff.shape[0]
         if wd < 1 or fw < 1 or xoff < 0 or woff < 0:
             raise IndexError("conv_rows_tile: a row stride or tap count below 1, or negative offsets")
@@ -770,8 +785,8 @@ def _rows_function(module: ir.Module, fty, intp, fh: int, vectors: int) -> ir.Fu
     """The rows tile as its own LLVM function (``noinline``, as the other tiles), made once per
     module: f(x, foff, nf, fw, wd, w, tile) with x and w already offset."""
     size = 4 if isinstance(fty, ir.FloatType) else 8
-    lanes = 64 // size
-    rows = 24 // vectors
+    lanes = VECTOR_BYTES // size
+    rows = TILE_ACCUMULATORS // vectors
     ptr = fty.as_pointer()
     name = f"fastlayers_conv_rows_tile_{fh}x{vectors}_f{size * 8}"
     fn, new = _tile_declaration(module, name, [ptr, intp.as_pointer(), intp, intp, intp, ptr, ptr])
@@ -831,7 +846,7 @@ def _rows_codegen(fh: int, vectors: int):
 
 def conv_rows_tile(fh: int, vectors: int) -> Callable:
     """``conv_rows_tile_FHxV(xf, xoff, foff, fw, wd, wf, woff, tile)``: with R = 24 // ``vectors``
-    rows of L = ``vectors`` * (64 // itemsize) pixels, read from input rows ``wd`` apart,
+    rows of L = ``vectors`` * (VECTOR_BYTES // itemsize) pixels, read from input rows ``wd`` apart,
     tile[r*L + p] for r < R, p < L = the sum over f < len(foff), kx < fw, ky < ``fh``, in that
     order, of wf[woff + (f*fh + ky)*fw + kx] * xf[xoff + foff[f] + (r + ky)*wd + kx + p] (one FMA
     each in compiled code). 1-D C-contiguous float arrays of one dtype, ``foff`` int64. Compiled
@@ -853,7 +868,7 @@ def conv_rows_tile(fh: int, vectors: int) -> Callable:
     return python_body
 
 
-#: the rows tiles, (filter rows, vectors per row): 24 accumulators each (24 // vectors rows)
+#: the rows tiles, (filter rows, vectors per row): TILE_ACCUMULATORS each (that // vectors rows)
 CONV_ROWS_TILES = ((3, 2), (3, 4), (5, 2), (5, 4))
 conv_rows_tile_3x2 = conv_rows_tile(3, 2)
 conv_rows_tile_3x4 = conv_rows_tile(3, 4)
@@ -867,7 +882,7 @@ conv_rows_tile_5x4 = conv_rows_tile(5, 4)
 # --------------------------------------------------------------------------------------------
 def _dw_python(filters: int, terms: int) -> Callable:
     def conv_dw_tile(gf, goff, gstride, gimage, xf, xoff, ximage, koff, nvec, nimg, acc):
-        lanes = 64 // gf.itemsize
+        lanes = VECTOR_BYTES // gf.itemsize
         span = nvec * lanes
         last = max(nimg - 1, 0)
         if min(nvec, nimg, goff, xoff, gstride, gimage, ximage) < 0 or koff.shape[0] < terms or koff[:terms].min() < 0:
@@ -898,7 +913,7 @@ def _dw_function(module: ir.Module, fty, intp, filters: int, terms: int) -> ir.F
     """f(g, gstride, gimage, x, ximage, koff, nvec, nimg, acc), g and x already offset; ``noinline``
     as the forward tile. The accumulators stay in registers over all ``nimg`` images."""
     size = 4 if isinstance(fty, ir.FloatType) else 8
-    lanes = 64 // size
+    lanes = VECTOR_BYTES // size
     ptr = fty.as_pointer()
     name = f"fastlayers_conv_dw_tile_{filters}x{terms}_f{size * 8}"
     args = [ptr, intp, intp, ptr, intp, intp.as_pointer(), intp, intp, ptr]
@@ -958,7 +973,7 @@ def _dw_codegen(filters: int, terms: int):
 
 def conv_dw_tile(filters: int, terms: int) -> Callable:
     """``conv_dw_tile_FxT(gf, goff, gstride, gimage, xf, xoff, ximage, koff, nvec, nimg, acc)``: for
-    f < ``filters``, t < ``terms`` and the lanes l of a 64-byte vector, acc[(f*terms + t)*lanes + l]
+    f < ``filters``, t < ``terms`` and the lanes l of a vector (VECTOR_BYTES), acc[(f*terms + t)*lanes + l]
     += the sum over images i < ``nimg`` and vectors v < ``nvec``, in that order, of
     gf[goff + i*gimage + f*gstride + v*lanes + l] * xf[xoff + i*ximage + koff[t] + v*lanes + l] (one
     FMA each in compiled code). 1-D C-contiguous float arrays of one dtype, ``koff`` int64 (its first
@@ -983,21 +998,22 @@ def conv_dw_tile(filters: int, terms: int) -> Callable:
     return python_body
 
 
-#: the filter gradient's tile: (rows of the output gradient, filter terms), 24 accumulators
-CONV_DW_TILE = (4, 6)
-conv_dw_tile_4x6 = conv_dw_tile(4, 6)
+#: the filter gradient's tile: (rows of the output gradient, filter terms), TILE_ACCUMULATORS
+#: accumulators (4 x 6 with AVX-512; 4 x 3 with AVX2, where 4 x 6 spilled: docs/PERFORMANCE.md)
+CONV_DW_TILE = (4, TILE_ACCUMULATORS // 4)
+conv_dw_tile_4 = conv_dw_tile(*CONV_DW_TILE)
 
 
 # --------------------------------------------------------------------------------------------
 # The filter gradient's channel-lanes tile (conv_dw_lanes): ``terms`` filter terms times ``vectors``
-# vectors of consecutive filters (16 float32 or 8 float64 lanes each), accumulated in vector
+# vectors of consecutive filters (VECTOR_BYTES // itemsize lanes each), accumulated in vector
 # registers over every pixel of every image: per pixel, ``vectors`` loads of the gradient (laid out
 # pixel by pixel, its filters contiguous), ``terms`` broadcast input values, ``terms * vectors``
 # FMAs. Only the output's pixels are visited: no padded column is computed.
 # --------------------------------------------------------------------------------------------
 def _dw_lanes_python(terms: int, vectors: int) -> Callable:
     def conv_dw_lanes_tile(gf, goff, gstride, xf, xoff, ximage, pof, koff, nimg, acc):
-        fc = vectors * (64 // gf.itemsize)
+        fc = vectors * (VECTOR_BYTES // gf.itemsize)
         npix = pof.shape[0]
         if min(goff, gstride, xoff, ximage, nimg) < 0 or koff.shape[0] < terms or koff[:terms].min() < 0:
             raise IndexError("conv_dw_lanes_tile: negative offsets or too few terms")
@@ -1030,7 +1046,7 @@ def _dw_lanes_function(module: ir.Module, fty, intp, terms: int, vectors: int) -
     """f(g, gstride, x, ximage, pof, npix, koff, nimg, acc), g and x already offset; ``noinline`` as
     the other tiles. The accumulators stay in registers over all ``nimg`` images."""
     size = 4 if isinstance(fty, ir.FloatType) else 8
-    lanes = 64 // size
+    lanes = VECTOR_BYTES // size
     ptr = fty.as_pointer()
     name = f"fastlayers_conv_dw_lanes_tile_{terms}x{vectors}_f{size * 8}"
     args = [ptr, intp, ptr, intp, intp.as_pointer(), intp, intp.as_pointer(), intp, ptr]
@@ -1093,7 +1109,7 @@ def _dw_lanes_codegen(terms: int, vectors: int):
 
 def conv_dw_lanes_tile(terms: int, vectors: int) -> Callable:
     """``conv_dw_lanes_tile_TxV(gf, goff, gstride, xf, xoff, ximage, pof, koff, nimg, acc)``: with
-    FC = ``vectors`` * (64 // itemsize) and P = len(pof), for t < ``terms`` and f < FC,
+    FC = ``vectors`` * (VECTOR_BYTES // itemsize) and P = len(pof), for t < ``terms`` and f < FC,
     acc[t*FC + f] += the sum over images i < ``nimg`` and pixels p < P, in that order, of
     xf[xoff + i*ximage + pof[p] + koff[t]] * gf[goff + (i*P + p)*gstride + f] (one FMA each in
     compiled code). 1-D C-contiguous float arrays of one dtype, ``pof`` and ``koff`` int64 (the
@@ -1119,24 +1135,24 @@ def conv_dw_lanes_tile(terms: int, vectors: int) -> Callable:
     return python_body
 
 
-#: the filter gradient's channel-lanes tile: (filter terms, vectors of filters), 24 accumulators
-#: which with the 4 loaded gradient vectors and one broadcast fit AVX-512's 32 vector registers
-CONV_DW_LANES_TILE = (6, 4)
-conv_dw_lanes_tile_6x4 = conv_dw_lanes_tile(6, 4)
+#: the filter gradient's channel-lanes tile: (filter terms, vectors of filters), TILE_ACCUMULATORS
+#: accumulators, which with the loaded gradient vectors and one broadcast fit the vector registers
+CONV_DW_LANES_TILE = (6, TILE_ACCUMULATORS // 6)
+conv_dw_lanes_tile_6 = conv_dw_lanes_tile(*CONV_DW_LANES_TILE)
 
 
 # --------------------------------------------------------------------------------------------
 # The register tile of the small dense products (fastlayers._kernels.dense): ``rows`` rows of the
-# result times up to ``DENSE_VECTORS`` vectors of consecutive columns (16 float32 or 8 float64
+# result times up to ``DENSE_VECTORS`` vectors of consecutive columns (VECTOR_BYTES // itemsize
 # lanes each), accumulated in vector registers over the whole reduction: per term k, one load of
 # each vector of ``b``'s row k (the last one masked to the columns that exist), ``rows`` broadcast
 # elements of ``a``, ``rows * vectors`` FMAs. Operands are addressed by offsets and strides in
 # elements, so that one tile serves ``a @ b`` and ``a.T @ b``.
 # --------------------------------------------------------------------------------------------
-#: rows and vectors of the largest dense tile: 24 accumulators, which with the loaded vectors of
-#: ``b`` and one broadcast fit AVX-512's 32 vector registers
+#: rows and vectors of the largest dense tile: TILE_ACCUMULATORS accumulators (6 x 4 with AVX-512,
+#: 6 x 2 with AVX2), which with the loaded vectors of ``b`` and one broadcast fit the vector registers
 DENSE_ROWS = 6
-DENSE_VECTORS = 4
+DENSE_VECTORS = TILE_ACCUMULATORS // DENSE_ROWS
 
 
 def dense_tile(a, aoff, ars, aks, b, boff, bks, nk, c, coff, crs, rows, ncols):
@@ -1145,7 +1161,7 @@ def dense_tile(a, aoff, ars, aks, b, boff, bks, nk, c, coff, crs, rows, ncols):
     ``rows`` from 1 to :data:`DENSE_ROWS`, ``ncols`` from 1 to :data:`DENSE_VECTORS` * (64 //
     itemsize). ``a``, ``b``, ``c``: C-contiguous float arrays of one dtype, indexed as flat. Compiled
     code does not check bounds: the caller guarantees them (this Python body checks them)."""
-    lanes = 64 // c.itemsize
+    lanes = VECTOR_BYTES // c.itemsize
     af, bf, cf = a.reshape(-1), b.reshape(-1), c.reshape(-1)
     if not (1 <= rows <= DENSE_ROWS and 1 <= ncols <= DENSE_VECTORS * lanes and nk >= 0):
         raise IndexError("dense_tile: rows or ncols outside the tile")
@@ -1177,7 +1193,7 @@ def _dense_function(module: ir.Module, fty, intp, rows: int, vectors: int) -> ir
     f(a, ars, aks, b, bks, nk, c, crs, ncols) with a, b, c already offset; the last vector is masked
     to ``ncols``."""
     size = 4 if isinstance(fty, ir.FloatType) else 8
-    lanes = 64 // size
+    lanes = VECTOR_BYTES // size
     ptr = fty.as_pointer()
     name = f"fastlayers_dense_tile_{rows}x{vectors}_f{size * 8}"
     fn, new = _tile_declaration(module, name, [ptr, intp, intp, ptr, intp, intp, ptr, intp, intp])
@@ -1244,7 +1260,7 @@ def _dense_codegen(context, builder, signature, args):
     cd = context.make_array(cty)(context, builder, c).data
     fty = context.get_value_type(cty.dtype)
     intp = nk.type
-    lanes = 64 // context.get_abi_sizeof(fty)
+    lanes = VECTOR_BYTES // context.get_abi_sizeof(fty)
     a0, b0, c0 = builder.gep(ad, [aoff]), builder.gep(bd, [boff]), builder.gep(cd, [coff])
     # vectors = ceil(ncols / lanes); one call per (rows, vectors) pair, chosen by a switch
     vectors = builder.udiv(builder.add(ncols, ir.Constant(intp, lanes - 1)), ir.Constant(intp, lanes))

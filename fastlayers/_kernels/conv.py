@@ -49,20 +49,25 @@ import numpy as np
 from numba import prange
 
 from ._numba import (
-    conv_dw_lanes_tile_6x4,
-    conv_dw_tile_4x6,
-    conv_lanes_tile_6x4,
+    CONV_DW_LANES_TILE,
+    CONV_DW_TILE,
+    CONV_LANES_TILE,
+    TILE_ACCUMULATORS,
+    VECTOR_BYTES,
+    conv_dw_lanes_tile_6,
+    conv_dw_tile_4,
+    conv_lanes_tile_6,
     conv_rows_tile_3x2,
     conv_rows_tile_3x4,
     conv_rows_tile_5x2,
     conv_rows_tile_5x4,
-    conv_tile_1x24,
-    conv_tile_2x12,
-    conv_tile_3x8,
-    conv_tile_4x6,
-    conv_tile_6x4,
-    conv_tile_8x3,
-    conv_tile_12x2,
+    conv_tile_1,
+    conv_tile_2,
+    conv_tile_3,
+    conv_tile_4,
+    conv_tile_6,
+    conv_tile_8,
+    conv_tile_12,
     helper,
     row_sum,
     twins,
@@ -78,6 +83,12 @@ DIRECT_MIN = 1 << 18
 #: The filter gradient walks images in chunks of about this many elements (gradient rows and input
 #: planes together: 512 KiB in float32, within a core's L2 cache).
 DW_CHUNK_ELEMENTS = 1 << 17
+#: The tiles' shapes in this process's register configuration (``_numba.VECTOR_BYTES``): the
+#: channel-lanes tile's vectors of output channels (its pixels are 6), the filter gradient's terms
+#: per task (its filters are 4), the filter gradient lanes tile's terms and vectors of filters.
+LANES_VECTORS = CONV_LANES_TILE[1]
+DW_TERMS = CONV_DW_TILE[1]
+DWL_TERMS, DWL_VECTORS = CONV_DW_LANES_TILE
 
 
 @helper
@@ -304,8 +315,9 @@ def conv_direct(xp, koff, wr, b, wp, relu, tile, out, pool, arg, vals, vidx):
 
     ``xp``: the padded batch (N, C, Lx) of :func:`conv_pad`; ``koff``: (K,) int64, koff[k] = c*Lx +
     ky*wp + kx; ``wr``: (nblk, K, FC), the filters in blocks of FC output channels, wr[blk, k, j] =
-    W[blk*FC + j, k] (0 past FN), FC one of ``_numba.CONV_TILES`` (8, 6, 4, 12, 3, 2, 1; with another
-    it returns at once), whose S = (24 // FC) vectors of 64 bytes are the pixels of a tile; ``tile``: (N*nblk,
+    W[blk*FC + j, k] (0 past FN), FC one of ``_numba.CONV_TILES`` (the channel counts that divide
+    ``TILE_ACCUMULATORS``; with another it returns at once), whose S = (TILE_ACCUMULATORS // FC)
+    vectors of ``VECTOR_BYTES`` are the pixels of a tile; ``tile``: (N*nblk,
     >= FC*S) scratch; ``out``: (N, FN, OH, OW).
 
     Output pixels are walked as ``q = y*wp + xo`` (rows as wide as the padded input's, like im2col's
@@ -323,7 +335,9 @@ def conv_direct(xp, koff, wr, b, wp, relu, tile, out, pool, arg, vals, vidx):
     n, c, lx = xp.shape
     nblk, k, fc = wr.shape
     fn, oh, ow = out.shape[1], out.shape[2], out.shape[3]
-    span = (24 // fc) * (64 // xp.itemsize)  # the tile's pixels: its vectors times the lanes
+    if fc < 1 or fc > 12 or TILE_ACCUMULATORS % fc != 0:
+        return
+    span = (TILE_ACCUMULATORS // fc) * (VECTOR_BYTES // xp.itemsize)  # the tile's vectors times the lanes
     total = oh * wp
     xf = xp.reshape(n * c * lx)
     wf = wr.reshape(nblk * k * fc)
@@ -332,8 +346,6 @@ def conv_direct(xp, koff, wr, b, wp, relu, tile, out, pool, arg, vals, vidx):
     pooled = _pools(out, nblk, pool, arg, vals, vidx)
     pf = pool.reshape(pool.size)
     af = arg.reshape(arg.size)
-    if fc < 1 or fc > 12 or 24 % fc != 0:
-        return
     for t in prange(n * nblk):
         i = t // nblk
         blk = t % nblk
@@ -345,19 +357,19 @@ def conv_direct(xp, koff, wr, b, wp, relu, tile, out, pool, arg, vals, vidx):
         for start in range(0, total, span):
             xoff = i * c * lx + start
             if fc == 8:
-                conv_tile_8x3(xf, xoff, koff, wf, woff, acc)
+                conv_tile_8(xf, xoff, koff, wf, woff, acc)
             elif fc == 6:
-                conv_tile_6x4(xf, xoff, koff, wf, woff, acc)
+                conv_tile_6(xf, xoff, koff, wf, woff, acc)
             elif fc == 4:
-                conv_tile_4x6(xf, xoff, koff, wf, woff, acc)
+                conv_tile_4(xf, xoff, koff, wf, woff, acc)
             elif fc == 12:
-                conv_tile_12x2(xf, xoff, koff, wf, woff, acc)
+                conv_tile_12(xf, xoff, koff, wf, woff, acc)
             elif fc == 3:
-                conv_tile_3x8(xf, xoff, koff, wf, woff, acc)
+                conv_tile_3(xf, xoff, koff, wf, woff, acc)
             elif fc == 2:
-                conv_tile_2x12(xf, xoff, koff, wf, woff, acc)
+                conv_tile_2(xf, xoff, koff, wf, woff, acc)
             else:
-                conv_tile_1x24(xf, xoff, koff, wf, woff, acc)
+                conv_tile_1(xf, xoff, koff, wf, woff, acc)
             stop = min(total, start + span)
             # the store of _store_tile with the tile's rows outside the channels' loop: each row's
             # bounds are worked out once per tile, not once per channel, and without an integer
@@ -391,8 +403,8 @@ def conv_direct_lanes(xp, koff, wr, b, wp, relu, group, pof, tile, out, pool, ar
     (docs/PERFORMANCE.md, "Small planes: output channels in the lanes").
 
     ``wr``: (nblk, K, FC), the filters in blocks of FC output channels as for :func:`conv_direct`,
-    FC = 4 * (64 // itemsize) (64 float32 or 32 float64; with another it returns at once), the 4
-    vectors of ``_numba.CONV_LANES_TILE``, whose P = 6 pixels make a tile. A task is a block of
+    FC = LANES_VECTORS * (VECTOR_BYTES // itemsize) (with another it returns at once): the vectors
+    of ``_numba.CONV_LANES_TILE``, whose P = 6 pixels make a tile. A task is a block of
     channels of ``group`` consecutive images (the last group: what is left): their planes' pixels
     (image by image, q = y*OW + xo within a plane) taken P at a time, so that a tile may span
     images and only each task's last tile computes pixels it does not store (its missing pixels
@@ -409,7 +421,7 @@ def conv_direct_lanes(xp, koff, wr, b, wp, relu, group, pof, tile, out, pool, ar
     n, c, lx = xp.shape
     nblk, k, fc = wr.shape
     fn, oh, ow = out.shape[1], out.shape[2], out.shape[3]
-    lanes = 64 // xp.itemsize
+    lanes = VECTOR_BYTES // xp.itemsize
     points = 6
     plane = oh * ow
     xf = xp.reshape(n * c * lx)
@@ -419,7 +431,7 @@ def conv_direct_lanes(xp, koff, wr, b, wp, relu, group, pof, tile, out, pool, ar
     pooled = _pools(out, nblk, pool, arg, vals, vidx)
     pf = pool.reshape(pool.size)
     af = arg.reshape(arg.size)
-    if fc != 4 * lanes or plane < 1 or koff.shape[0] != k or ow > wp or group < 1:
+    if fc != LANES_VECTORS * lanes or plane < 1 or koff.shape[0] != k or ow > wp or group < 1:
         return
     if out.shape[0] != n or b.shape[0] < fn or nblk * fc < fn:
         return
@@ -448,7 +460,7 @@ def conv_direct_lanes(xp, koff, wr, b, wp, relu, group, pof, tile, out, pool, ar
                 y = q // ow
                 at[p] = (i0 + i) * c * lx + y * wp + q - y * ow
                 at[points + p] = ((i0 + i) * fn + f0) * plane + q
-            conv_lanes_tile_6x4(xf, at, koff, wf, woff, acc)
+            conv_lanes_tile_6(xf, at, koff, wf, woff, acc)
             # pixel by pixel, its channels' sums in a row of the tile: faster than channel by
             # channel (docs/PERFORMANCE.md, "Small planes: output channels in the lanes")
             for p in range(min(points, total - q0)):
@@ -467,7 +479,8 @@ def conv_direct_lanes(xp, koff, wr, b, wp, relu, group, pof, tile, out, pool, ar
 @twins(DIRECT_MIN)
 def conv_direct_rows(xp, foff, wr, b, wp, fh, fw, relu, tile, out):
     """The direct convolution of :func:`conv_direct` (stride 1, the same output) one output channel
-    at a time, through the rows tile (``_numba.conv_rows_tile_*``): R = 24 // V rows of V vectors,
+    at a time, through the rows tile (``_numba.conv_rows_tile_*``): R = TILE_ACCUMULATORS // V rows
+    of V vectors,
     V = ceil(OW / lanes), each input vector loaded once serving the filter's ``fh`` rows; in each
     output element the terms add in the order (c, kx, ky), one FMA each in compiled code. For
     convolutions to few channels (the input gradient of a net's first layer), where the tiles of
@@ -484,14 +497,14 @@ def conv_direct_rows(xp, foff, wr, b, wp, fh, fw, relu, tile, out):
     c = foff.shape[0]
     fn, oh, ow = out.shape[1], out.shape[2], out.shape[3]
     k = wr.shape[1]
-    lanes = 64 // xp.itemsize
+    lanes = VECTOR_BYTES // xp.itemsize
     vectors = (ow + lanes - 1) // lanes
     if not (vectors == 2 or vectors == 4) or not (fh == 3 or fh == 5) or wp < 1 or fw < 1:
         return
     if k != c * fh * fw or c > planes or wr.shape[0] < fn or wr.shape[2] != 1 or b.shape[0] < fn:
         return
     width = vectors * lanes  # the tile's row: the output row and the columns past it
-    rows = 24 // vectors
+    rows = TILE_ACCUMULATORS // vectors
     if (-(-oh // rows) * rows + fh - 2) * wp + fw - 1 + width > lx or tile.shape[1] < rows * width:
         return
     if tile.shape[0] < n * fn or out.shape[0] != n:
@@ -657,8 +670,9 @@ def conv_dw_direct(g, g0, xp, koff, nvec, acc, dw, begin, end):
     kx); one FMA each, lane by lane, in compiled code), the lanes then added by
     :func:`~fastlayers._kernels._numba.row_sum`.
 
-    Each task (4 filters x 6 terms) keeps its accumulators in ``acc`` across chunks of images
-    (:data:`DW_CHUNK_ELEMENTS`), the images of a chunk in order inside one call of the tile; and
+    Each task (4 filters x DW_TERMS terms, ``_numba.CONV_DW_TILE``) keeps its accumulators in
+    ``acc`` across chunks of images (:data:`DW_CHUNK_ELEMENTS`), the images of a chunk in order
+    inside one call of the tile; and
     across calls: ``begin`` sets them to 0 first, ``end`` writes ``dw`` from them after. So a
     backward pass in chunks of images (one call a chunk, ``begin`` on the first, ``end`` on the
     last) gives the bits of one call over the whole batch.
@@ -666,22 +680,23 @@ def conv_dw_direct(g, g0, xp, koff, nvec, acc, dw, begin, end):
     ``g``: (N, FNp, Lg) from :func:`conv_dout_direct`, FNp = FN rounded up to the tile's 4 rows
     (the extra rows 0), pixel q of each plane at ``g0`` + q, ``g0`` + nvec*lanes <= Lg (``g0``: 0
     for its ``g``, qh*wp + qw for its ``dpad`` when shared); ``xp``: the forward's padded planes of
-    the same N images (N, C, Lx), C*Lx >= nvec*lanes + max(koff); ``koff``: (Kb, 6) int64, the K term
-    offsets c*Lx + ky*wp + kx >= 0 in rows of the tile's 6 (past K: 0), K <= 6*Kb; ``acc``:
-    (ceil(FN/4)*Kb, >= 24*lanes) scratch; ``dw``: (FN, K). Nothing is read or written when an array
-    does not fit."""
+    the same N images (N, C, Lx), C*Lx >= nvec*lanes + max(koff); ``koff``: (Kb, DW_TERMS) int64, the
+    K term offsets c*Lx + ky*wp + kx >= 0 in rows of the tile's terms (past K: 0), K <= DW_TERMS*Kb;
+    ``acc``: (ceil(FN/4)*Kb, >= TILE_ACCUMULATORS*lanes) scratch; ``dw``: (FN, K). Nothing is read
+    or written when an array does not fit."""
     n, fnp, lg = g.shape
     c, lx = xp.shape[1], xp.shape[2]
     kb = koff.shape[0]
     fn, k = dw.shape
-    lanes = 64 // xp.itemsize
+    lanes = VECTOR_BYTES // xp.itemsize
+    width = TILE_ACCUMULATORS * lanes  # a task's accumulators
     tasks = ((fn + 3) // 4) * kb
-    if xp.shape[0] != n or fnp < tasks // max(kb, 1) * 4 or k > 6 * kb or g0 < 0 or nvec < 0:
+    if xp.shape[0] != n or fnp < tasks // max(kb, 1) * 4 or k > DW_TERMS * kb or g0 < 0 or nvec < 0:
         return
-    if g0 + nvec * lanes > lg or koff.shape[1] != 6 or acc.shape[0] < tasks or acc.shape[1] < 24 * lanes:
+    if g0 + nvec * lanes > lg or koff.shape[1] != DW_TERMS or acc.shape[0] < tasks or acc.shape[1] < width:
         return
     for t in range(kb):
-        for j in range(6):
+        for j in range(DW_TERMS):
             if koff[t, j] < 0 or koff[t, j] + nvec * lanes > c * lx:  # within the image's planes
                 return
     gf = g.reshape(n * fnp * lg)
@@ -690,13 +705,13 @@ def conv_dw_direct(g, g0, xp, koff, nvec, acc, dw, begin, end):
     chunk = max(1, DW_CHUNK_ELEMENTS // (fnp * lg + c * lx))
     if begin:
         for t in prange(tasks):
-            _zero(acc[t, : 24 * lanes])
+            _zero(acc[t, :width])
     for i0 in range(0, n, chunk):
         nimg = min(chunk, n - i0)
         for t in prange(tasks):
             fb = t // kb
             gstart = (i0 * fnp + fb * 4) * lg + g0
-            conv_dw_tile_4x6(gf, gstart, lg, fnp * lg, xf, i0 * c * lx, c * lx, koff[t % kb], nvec, nimg, acc[t])
+            conv_dw_tile_4(gf, gstart, lg, fnp * lg, xf, i0 * c * lx, c * lx, koff[t % kb], nvec, nimg, acc[t])
     if not end:
         return
     for t in prange(tasks):
@@ -704,8 +719,8 @@ def conv_dw_direct(g, g0, xp, koff, nvec, acc, dw, begin, end):
         tb = t % kb
         a = acc[t]
         for f in range(fb * 4, min(fn, fb * 4 + 4)):
-            for term in range(tb * 6, min(k, tb * 6 + 6)):
-                slot = ((f - fb * 4) * 6 + term - tb * 6) * lanes
+            for term in range(tb * DW_TERMS, min(k, tb * DW_TERMS + DW_TERMS)):
+                slot = ((f - fb * 4) * DW_TERMS + term - tb * DW_TERMS) * lanes
                 dw[f, term] = row_sum(a[slot : slot + lanes])
 
 
@@ -735,56 +750,59 @@ def conv_dw_lanes(g, g0, xp, koff, pof, gt, acc, dw, begin, end):
 
     The images go in chunks of M = len(gt): each chunk's gradient is first copied pixel by pixel,
     its filters contiguous, into the scratch ``gt`` (gt[i, p, f] = g[i0 + i, f, g0 + pof[p]], 0 past
-    the planes of ``g``), then the tasks (FC filters x 6 terms, FC = 4 * (64 // itemsize)) add the
+    the planes of ``g``), then the tasks (FC filters x T terms, ``_numba.CONV_DW_LANES_TILE``: T =
+    DWL_TERMS, FC = DWL_VECTORS * (VECTOR_BYTES // itemsize)) add the
     chunk to their accumulators in ``acc``. They keep them across chunks and across calls, as
     :func:`conv_dw_direct` does: ``begin`` sets them to 0 first, ``end`` writes ``dw`` from them
     after, so a backward pass in chunks of images gives the bits of one call over the whole batch.
 
     ``g``: (N, FNg, Lg), the layout of :func:`conv_dout_direct` (pixel (y, xo) of plane f at ``g0``
     + y*wp + xo); ``xp``: the forward's padded planes of the same N images (N, C, Lx); ``koff``:
-    (Kb, 6) int64, the K term offsets c*Lx + ky*wp + kx in rows of 6 (past K: 0), K <= 6*Kb;
+    (Kb, T) int64, the K term offsets c*Lx + ky*wp + kx in rows of T (past K: 0), K <= T*Kb;
     ``pof``: (P,) int64, the output pixels' offsets y*wp + xo; ``gt``: (M >= 1, P, FNt) scratch,
     FNt >= FN rounded up to FC, left holding the last chunk's copy; ``acc``: (ceil(FN/FC)*Kb, >=
-    24*lanes) scratch; ``dw``: (FN, K). Nothing is read or written when an array does not fit, or a
+    TILE_ACCUMULATORS*lanes) scratch; ``dw``: (FN, K). Nothing is read or written when an array does not fit, or a
     pixel's term reaches past its image's planes or its gradient past its plane."""
     n, fng, lg = g.shape
     c, lx = xp.shape[1], xp.shape[2]
     chunk, npix, fnt = gt.shape
     kb = koff.shape[0]
     fn, k = dw.shape
-    lanes = 64 // xp.itemsize
-    fc = 4 * lanes
+    lanes = VECTOR_BYTES // xp.itemsize
+    fc = DWL_VECTORS * lanes
+    terms = DWL_TERMS
+    width = TILE_ACCUMULATORS * lanes  # a task's accumulators: terms x fc
     nfb = (fn + fc - 1) // fc
     tasks = nfb * kb
-    if xp.shape[0] != n or chunk < 1 or fnt < nfb * fc or k > 6 * kb or koff.shape[1] != 6 or pof.shape[0] != npix:
+    if xp.shape[0] != n or chunk < 1 or fnt < nfb * fc or k > terms * kb or koff.shape[1] != terms:
         return
-    if acc.shape[0] < tasks or acc.shape[1] < 24 * lanes or g0 < 0:
+    if pof.shape[0] != npix or acc.shape[0] < tasks or acc.shape[1] < width or g0 < 0:
         return
     # the farthest pixel offset and term: every read stays inside its image's planes and its plane
-    far, reach = _farthest(pof), _farthest(koff.reshape(kb * 6))
+    far, reach = _farthest(pof), _farthest(koff.reshape(kb * terms))
     if far < 0 or reach < 0 or (npix and (g0 + far >= lg or far + reach >= c * lx)):
         return
     gf = gt.reshape(chunk * npix * fnt)
     xf = xp.reshape(n * c * lx)
     if begin:
         for t in prange(tasks):
-            _zero(acc[t, : 24 * lanes])
+            _zero(acc[t, :width])
     for i0 in range(0, n, chunk):
         nimg = min(chunk, n - i0)
         for i in prange(nimg):
             _pixel_major(g[i0 + i], g0, pof, gt[i])
         for t in prange(tasks):
             fb = t // kb
-            conv_dw_lanes_tile_6x4(gf, fb * fc, fnt, xf, i0 * c * lx, c * lx, pof, koff[t % kb], nimg, acc[t])
+            conv_dw_lanes_tile_6(gf, fb * fc, fnt, xf, i0 * c * lx, c * lx, pof, koff[t % kb], nimg, acc[t])
     if not end:
         return
     for t in prange(tasks):
         fb = t // kb
         tb = t % kb
         a = acc[t]
-        for term in range(tb * 6, min(k, tb * 6 + 6)):
+        for term in range(tb * terms, min(k, tb * terms + terms)):
             for f in range(fb * fc, min(fn, fb * fc + fc)):
-                dw[f, term] = a[(term - tb * 6) * fc + f - fb * fc]
+                dw[f, term] = a[(term - tb * terms) * fc + f - fb * fc]
 
 
 @helper

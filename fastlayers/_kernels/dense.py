@@ -42,7 +42,7 @@ import numpy as np
 from numba import prange
 
 from ._math import exp_nonpos
-from ._numba import ACCUMULATORS, DENSE_ROWS, DENSE_VECTORS, dense_tile, helper, twins, typed
+from ._numba import ACCUMULATORS, DENSE_ROWS, DENSE_VECTORS, VECTOR_BYTES, dense_tile, helper, twins, typed
 from .affine import COL_BLOCK
 from .loss import _exp_shifted_row, _scale_row_with_grad, _total
 
@@ -54,7 +54,7 @@ BAD_LABEL, BAD_LAYOUT = -1.0, -2.0
 #: kernels only below :data:`fastlayers.nets._plan.SMALL_MACS`, where one thread is faster.
 PARALLEL_MACS = 1 << 22
 #: Bytes of one row of :func:`matmul_nt`'s panels: the register tile's columns.
-PANEL_BYTES = DENSE_VECTORS * 64
+PANEL_BYTES = DENSE_VECTORS * VECTOR_BYTES
 
 
 @helper
@@ -63,7 +63,7 @@ def _rows_times(a, b, c, i0, rows):
     in order (``dense_tile``)."""
     k = a.shape[1]
     m = b.shape[1]
-    cols = DENSE_VECTORS * (64 // c.itemsize)
+    cols = DENSE_VECTORS * (VECTOR_BYTES // c.itemsize)
     for j0 in range(0, m, cols):
         dense_tile(a, i0 * k, k, 1, b, j0, m, k, c, i0 * m + j0, m, rows, min(cols, m - j0))
 
@@ -74,7 +74,7 @@ def _rows_times_tn(a, b, c, r0, rows):
     over the N rows in order."""
     n, k = a.shape
     m = b.shape[1]
-    cols = DENSE_VECTORS * (64 // c.itemsize)
+    cols = DENSE_VECTORS * (VECTOR_BYTES // c.itemsize)
     for j0 in range(0, m, cols):
         dense_tile(a, r0, 1, k, b, j0, m, n, c, r0 * m + j0, m, rows, min(cols, m - j0))
 

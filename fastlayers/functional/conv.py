@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .. import _gemm, reference
-from .._kernels import lazy
+from .._kernels import accumulators, lazy, vector_bytes
 from .._kernels._threads import launch, load_numba
 from ._checks import FLOATS, as_array, check_out, compute_dtype, convert, numpy_backend, plain
 
@@ -170,9 +170,17 @@ def _chunks(geo: Geometry, itemsize: int) -> list[tuple[int, int]]:
     return [(n0, min(geo.n, n0 + step) - n0) for n0 in range(0, geo.n, step)]
 
 
-#: The register tiles of the direct kernel, (output channels, vectors of pixels), in the order
-#: preferred on a tie (``_kernels._numba.CONV_TILES``; numbers here so that this module needs no Numba).
-DIRECT_TILES = ((8, 3), (6, 4), (4, 6), (12, 2), (3, 8), (2, 12), (1, 24))
+#: The output channels of the direct kernel's register tiles, in the order preferred on a tie: those
+#: that divide the accumulators of the process's register configuration (``_kernels.accumulators``;
+#: each tile's vectors of pixels are the accumulators over its channels), as
+#: ``_kernels._numba.CONV_TILES`` (numbers here so that this module needs no Numba).
+DIRECT_CHANNELS = (8, 6, 4, 12, 3, 2, 1)
+
+
+def direct_tiles() -> tuple[tuple[int, int], ...]:
+    """The direct kernel's register tiles in this process, (output channels, vectors of pixels)."""
+    acc = accumulators()
+    return tuple((fc, acc // fc) for fc in DIRECT_CHANNELS if acc % fc == 0)
 
 
 def _tile(fn: int, total: int, itemsize: int) -> tuple[int, int]:
@@ -181,12 +189,12 @@ def _tile(fn: int, total: int, itemsize: int) -> tuple[int, int]:
     channels, the one that computes the fewest padded terms (the first on a tie). The tiles of 1-3
     channels load a vector of input per 3 FMAs or fewer: measured much slower than the others
     wherever those waste no more than a few channels (docs/PERFORMANCE.md)."""
-    lanes = 64 // itemsize
+    lanes = vector_bytes() // itemsize
     if fn <= 3:
         fc = fn
-        return fc, (24 // fc) * lanes
+        return fc, (accumulators() // fc) * lanes
     best = None
-    for fc, vectors in DIRECT_TILES:
+    for fc, vectors in direct_tiles():
         if fc < 4:
             continue
         span = vectors * lanes
@@ -206,9 +214,10 @@ def direct_plan(geo: Geometry, itemsize: int) -> tuple[int, int] | None:
     return _tile(geo.fn, geo.oh * geo.wp, itemsize)
 
 
-#: The channel-lanes tile of :func:`~fastlayers._kernels.conv.conv_direct_lanes`: (pixels, vectors
-#: of output channels), ``_kernels._numba.CONV_LANES_TILE``.
-LANES_TILE = (6, 4)
+#: The pixels of the channel-lanes tile of :func:`~fastlayers._kernels.conv.conv_direct_lanes` and
+#: of the filter gradient's (``_kernels._numba.CONV_LANES_TILE``, ``CONV_DW_LANES_TILE``: their
+#: vectors of channels are the accumulators over these).
+LANES_POINTS = 6
 #: The largest ratio of the terms the lanes kernel computes to those the direct kernel computes at
 #: which a convolution takes the lanes kernel, per item size: it loads a filter vector per 6 FMAs
 #: where the direct tile loads an input vector per 8, so it pays only where the padded rows waste
@@ -218,9 +227,9 @@ LANES_MAX_RATIO = {4: 0.85, 8: 0.85}
 
 
 def _lanes_block(itemsize: int) -> tuple[int, int]:
-    """(output channels, pixels) of the channel-lanes tile in this item size (``LANES_TILE``)."""
-    points, vectors = LANES_TILE
-    return vectors * (64 // itemsize), points
+    """(output channels, pixels) of the channel-lanes tile in this item size (:data:`LANES_POINTS`
+    pixels by the accumulators over them in vectors of channels)."""
+    return accumulators() // LANES_POINTS * (vector_bytes() // itemsize), LANES_POINTS
 
 
 #: The most images a task of the channel-lanes kernel takes (its tiles run on from one image's
@@ -237,7 +246,7 @@ def lanes_group(n: int, nblk: int, plane: int, threads: int) -> int:
     shared out evenly), the smaller on a tie. One image a task computes up to 5 pixels a plane that
     it does not store (10% at 7x7); several leave that once per task (docs/PERFORMANCE.md, "Small
     planes: output channels in the lanes")."""
-    points = LANES_TILE[0]
+    points = LANES_POINTS
     best, cost = 1, -1
     for group in range(1, min(LANES_GROUP_MAX, n) + 1):
         full, rest = (n // group) * nblk, n % group
@@ -260,14 +269,14 @@ def _lanes(ws: Workspace, name: str, macs: int, xp, koff, wr, b, wp: int, relu: 
     columns) in the private scratch ``name``; ``pool``: the kernel's (pool, arg, vals, vidx)."""
     n, _, oh, ow = out.shape
     group = lanes_group(n, wr.shape[0], oh * ow, _lanes_threads(macs))
-    pof = ws.flat(name, (tile.shape[0], 2 * LANES_TILE[0]), np.dtype(np.int64))
+    pof = ws.flat(name, (tile.shape[0], 2 * LANES_POINTS), np.dtype(np.int64))
     launch(_conv.conv_direct_lanes, macs, xp, koff, wr, b, wp, relu, group, pof, tile, out, *pool)
 
 
 def lanes_serve(fn: int, oh: int, ow: int, wp: int, itemsize: int) -> bool:
     """Whether a stride-1 convolution to ``fn`` output channels of OH x OW pixels, on padded rows
     of width ``wp``, runs on :func:`~fastlayers._kernels.conv.conv_direct_lanes`: its tiles compute
-    the pixels rounded up to 6 and the channels rounded up to 64 (float32) or 32 (float64), at most
+    the pixels rounded up to 6 and the channels rounded up to its block (:func:`_lanes_block`), at most
     ``LANES_MAX_RATIO`` times the terms of the direct kernel's tile (:func:`_tile`)."""
     fc, points = _lanes_block(itemsize)
     lanes_terms = -(-(oh * ow) // points) * points * (-(-fn // fc) * fc)
@@ -290,11 +299,11 @@ def dw_lanes_serve(fn: int, oh: int, ow: int, wp: int, itemsize: int) -> bool:
     """Whether the filter gradient of a direct convolution to ``fn`` output channels of OH x OW
     pixels, on padded rows of width ``wp``, runs on
     :func:`~fastlayers._kernels.conv.conv_dw_lanes`: its tasks visit the output's pixels for
-    filters rounded up to 64 (float32) or 32 (float64), those of
+    filters rounded up to the lanes tile's block (:func:`_lanes_block`), those of
     :func:`~fastlayers._kernels.conv.conv_dw_direct` the pixels ``OH * wp`` rounded up to a vector
     for filters rounded up to 4; small planes only (``DW_LANES_MAX_PIXELS``), where the lanes
     compute at most ``DW_LANES_MAX_RATIO`` times as many."""
-    lanes = 64 // itemsize
+    lanes = vector_bytes() // itemsize
     fc = _lanes_block(itemsize)[0]
     lanes_terms = oh * ow * -(-fn // fc) * fc
     direct_terms = -(-(oh * wp) // lanes) * lanes * -(-fn // 4) * 4
@@ -409,7 +418,7 @@ def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu:
     if not direct_backward_serves(ws, dtype, with_dx):
         return False
     qh, qw = geo.fh - 1 - geo.pad, geo.fw - 1 - geo.pad
-    lanes = 64 // dtype.itemsize
+    lanes = vector_bytes() // dtype.itemsize
     nvec = -(-geo.oh * geo.wp // lanes)
     fnp = -(-geo.fn // 4) * 4
     # One layout of the gradient for both (pad <= FH-1, FW-1, the padding of every net): the padded
@@ -427,7 +436,7 @@ def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu:
     if with_dx:
         if rows:  # its tiles: R rows of V vectors, read from rows wd apart
             vectors = -(-geo.w // lanes)
-            r = ROWS_ACCUMULATORS // vectors
+            r = accumulators() // vectors
             fc, span = 1, r * vectors * lanes
             length = (-(-geo.h // r) * r + geo.fh) * wd + geo.fw + vectors * lanes
         else:
@@ -447,8 +456,11 @@ def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu:
         g[:, geo.fn :] = 0
     arg = _NO_ARG if arg is None else arg
     sums = ws.flat("db_sums", (geo.n, geo.fn), dtype)
-    koff = _offsets(ws, "koff_dw", geo.c, geo.fh, geo.fw, ws.xp.shape[2], geo.wp, rows=6)
     dw_lanes = dw_lanes_serve(geo.fn, geo.oh, geo.ow, geo.wp, dtype.itemsize)
+    # the term rows of the filter gradient's tasks: the lanes tile's pixels, or the direct tile's
+    # accumulators over its 4 filters
+    terms = LANES_POINTS if dw_lanes else accumulators() // 4
+    koff = _offsets(ws, "koff_dw", geo.c, geo.fh, geo.fw, ws.xp.shape[2], geo.wp, rows=terms)
     blocks = fnp // 4  # the filter gradient's blocks of filters: its tasks are blocks x term rows
     if dw_lanes:  # scratch for a chunk of the gradient pixel by pixel, its filters contiguous
         fcl = _lanes_block(dtype.itemsize)[0]
@@ -458,7 +470,7 @@ def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu:
         pof[...] = (np.arange(geo.oh)[:, None] * geo.wp + np.arange(geo.ow)[None, :]).reshape(-1)
         images = max(1, min(chunk, _conv.DW_CHUNK_ELEMENTS // (npix * fnl + geo.c * ws.xp.shape[2])))
         gt = ws.flat("g_lanes", (images, npix, fnl), dtype)
-    acc = ws.flat("acc_dw", (blocks * koff.shape[0], 24 * lanes), dtype)
+    acc = ws.flat("acc_dw", (blocks * koff.shape[0], accumulators() * lanes), dtype)
     dW2 = dW.reshape(geo.fn, geo.k)
     if with_dx:
         flipped = W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(geo.c, geo.fn * geo.fh * geo.fw)
@@ -499,8 +511,6 @@ def _direct_backward(dout, y, W: np.ndarray, ws: Workspace, with_dx: bool, relu:
     return True
 
 
-#: Accumulators of the rows tile (``_kernels._numba.CONV_ROWS_TILES``): its rows times its vectors.
-ROWS_ACCUMULATORS = 24
 #: Output channels up to which a convolution whose rows fit the rows tile takes it
 #: (:func:`rows_serve`; measured: docs/PERFORMANCE.md, "Few output channels: the rows tile").
 ROWS_MAX_CHANNELS = 3
@@ -511,7 +521,7 @@ def rows_serve(channels: int, fh: int, ow: int, itemsize: int) -> bool:
     of ``fh`` rows runs on :func:`~fastlayers._kernels.conv.conv_direct_rows`: few channels,
     filters of 3 or 5 rows, output rows of 2 or 4 vectors (the last one's lanes past OW computed
     and not stored)."""
-    lanes = 64 // itemsize
+    lanes = vector_bytes() // itemsize
     return channels <= ROWS_MAX_CHANNELS and fh in (3, 5) and -(-ow // lanes) in (2, 4)
 
 
