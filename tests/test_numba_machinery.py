@@ -277,7 +277,7 @@ def test_register_configuration_follows_the_cpu_numba_compiles_for():
     assert _numba.CONV_DW_TILE == (4, acc // 4)
     assert _numba.DENSE_ROWS * _numba.DENSE_VECTORS == acc
     # fewer rows take more vectors, up to 4 and the accumulators
-    vectors = [_numba.dense_vectors(r) for r in range(1, _numba.DENSE_ROWS + 1)]
+    vectors = list(_numba.DENSE_TILE_VECTORS[1:])
     assert vectors == [min(4, acc // r) for r in range(1, 7)] and vectors[-1] == _numba.DENSE_VECTORS
 
 

@@ -845,7 +845,7 @@ def _rows_codegen(fh: int, vectors: int):
 
 
 def conv_rows_tile(fh: int, vectors: int) -> Callable:
-    """``conv_rows_tile_FHxV(xf, xoff, foff, fw, wd, wf, woff, tile)``: with R = 24 // ``vectors``
+    """``conv_rows_tile_FHxV(xf, xoff, foff, fw, wd, wf, woff, tile)``: with R = TILE_ACCUMULATORS // ``vectors``
     rows of L = ``vectors`` * (VECTOR_BYTES // itemsize) pixels, read from input rows ``wd`` apart,
     tile[r*L + p] for r < R, p < L = the sum over f < len(foff), kx < fw, ky < ``fh``, in that
     order, of wf[woff + (f*fh + ky)*fw + kx] * xf[xoff + foff[f] + (r + ky)*wd + kx + p] (one FMA
@@ -1153,26 +1153,24 @@ conv_dw_lanes_tile_6 = conv_dw_lanes_tile(*CONV_DW_LANES_TILE)
 #: 6 x 2 with AVX2), which with the loaded vectors of ``b`` and one broadcast fit the vector registers
 DENSE_ROWS = 6
 DENSE_VECTORS = TILE_ACCUMULATORS // DENSE_ROWS
-#: the most vectors of a tile of fewer rows: ``dense_vectors(rows)`` = min(this, the accumulators
-#: over its rows), so that one row (a one-row ``predict``) keeps 4 independent sums per term with AVX2
-#: too (with AVX-512 every row count takes 4)
+#: the most vectors of a tile of fewer rows: ``DENSE_TILE_VECTORS[rows]`` = min(this, the
+#: accumulators over its rows), so that one row (a one-row ``predict``) keeps 4 independent sums per
+#: term with AVX2 too (with AVX-512 every row count takes 4)
 DENSE_VECTORS_MAX = 4
-
-
-def dense_vectors(rows):
-    """The vectors of columns of the dense tile of ``rows`` rows (1 to :data:`DENSE_ROWS`)."""
-    return min(DENSE_VECTORS_MAX, TILE_ACCUMULATORS // rows)
+#: the vectors of columns of the dense tile of ``rows`` rows, 1 to DENSE_ROWS (0 at 0 rows), read by
+#: the tile, its callers and its compiled switch alike
+DENSE_TILE_VECTORS = (0, *(min(DENSE_VECTORS_MAX, TILE_ACCUMULATORS // r) for r in range(1, DENSE_ROWS + 1)))
 
 
 def dense_tile(a, aoff, ars, aks, b, boff, bks, nk, c, coff, crs, rows, ncols):
     """c[coff + r*crs + j] = the sum over k < nk, in order, of a[aoff + r*ars + k*aks] *
     b[boff + k*bks + j] (one FMA each in compiled code), for r < ``rows`` and j < ``ncols``;
-    ``rows`` from 1 to :data:`DENSE_ROWS`, ``ncols`` from 1 to ``dense_vectors(rows)`` *
+    ``rows`` from 1 to :data:`DENSE_ROWS`, ``ncols`` from 1 to ``DENSE_TILE_VECTORS[rows]`` *
     (VECTOR_BYTES // itemsize). ``a``, ``b``, ``c``: C-contiguous float arrays of one dtype, indexed as flat. Compiled
     code does not check bounds: the caller guarantees them (this Python body checks them)."""
     lanes = VECTOR_BYTES // c.itemsize
     af, bf, cf = a.reshape(-1), b.reshape(-1), c.reshape(-1)
-    if not (1 <= rows <= DENSE_ROWS and 1 <= ncols <= dense_vectors(rows) * lanes and nk >= 0):
+    if not (1 <= rows <= DENSE_ROWS and 1 <= ncols <= DENSE_TILE_VECTORS[rows] * lanes and nk >= 0):
         raise IndexError("dense_tile: rows or ncols outside the tile")
     if min(aoff, boff, coff, ars, aks, bks, crs) < 0:
         raise IndexError("dense_tile: negative offset or stride")
@@ -1277,7 +1275,7 @@ def _dense_codegen(context, builder, signature, args):
     done = builder.append_basic_block("dense_tile.done")
     switch = builder.switch(key, done)
     for r in range(1, DENSE_ROWS + 1):
-        for v in range(1, dense_vectors(r) + 1):
+        for v in range(1, DENSE_TILE_VECTORS[r] + 1):
             block = builder.append_basic_block(f"dense_tile.{r}x{v}")
             switch.add_case(ir.Constant(intp, r * 8 + v), block)
             with builder.goto_block(block):

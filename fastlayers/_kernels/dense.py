@@ -45,9 +45,8 @@ from ._math import exp_nonpos
 from ._numba import (
     ACCUMULATORS,
     DENSE_ROWS,
+    DENSE_TILE_VECTORS,
     DENSE_VECTORS,
-    DENSE_VECTORS_MAX,
-    TILE_ACCUMULATORS,
     VECTOR_BYTES,
     dense_tile,
     helper,
@@ -74,7 +73,7 @@ def _rows_times(a, b, c, i0, rows):
     in order (``dense_tile``)."""
     k = a.shape[1]
     m = b.shape[1]
-    cols = min(DENSE_VECTORS_MAX, TILE_ACCUMULATORS // rows) * (VECTOR_BYTES // c.itemsize)  # dense_vectors
+    cols = DENSE_TILE_VECTORS[rows] * (VECTOR_BYTES // c.itemsize)
     for j0 in range(0, m, cols):
         dense_tile(a, i0 * k, k, 1, b, j0, m, k, c, i0 * m + j0, m, rows, min(cols, m - j0))
 
@@ -85,7 +84,7 @@ def _rows_times_tn(a, b, c, r0, rows):
     over the N rows in order."""
     n, k = a.shape
     m = b.shape[1]
-    cols = min(DENSE_VECTORS_MAX, TILE_ACCUMULATORS // rows) * (VECTOR_BYTES // c.itemsize)  # dense_vectors
+    cols = DENSE_TILE_VECTORS[rows] * (VECTOR_BYTES // c.itemsize)
     for j0 in range(0, m, cols):
         dense_tile(a, r0, 1, k, b, j0, m, n, c, r0 * m + j0, m, rows, min(cols, m - j0))
 

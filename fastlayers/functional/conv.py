@@ -177,6 +177,7 @@ def _chunks(geo: Geometry, itemsize: int) -> list[tuple[int, int]]:
 DIRECT_CHANNELS = (8, 6, 4, 12, 3, 2, 1)
 
 
+@functools.cache
 def direct_tiles() -> tuple[tuple[int, int], ...]:
     """The direct kernel's register tiles in this process, (output channels, vectors of pixels)."""
     acc = accumulators()
